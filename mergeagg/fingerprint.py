@@ -1,0 +1,450 @@
+"""Canonical fingerprints: one SHA-256 hex string per value, the same in every process.
+
+The runtime fingerprints every task output to prove that retries, backups and different
+tree shapes did not change the answer; users compare a fingerprint computed one way with one
+computed another. So :func:`fingerprint` is
+
+* **canonical** — a type-tagged encoding, never Python's salted ``hash()`` and never pickle:
+  the same value gives the same string in every process, on every run, on every machine;
+* **typed** — ``1``, ``1.0`` and ``True`` differ, a list differs from a tuple; but a
+  ``Counter``, ``defaultdict`` or ``OrderedDict`` is the plain ``dict`` with the same items,
+  and a numpy scalar is the Python scalar of the same kind and value;
+* **order-free where order is meaningless** — dicts, sets and frozensets are combined from
+  per-entry digests by a sum modulo 2**64 in each of two lanes, so nothing is sorted;
+* **streaming** — one pass, memory bounded by a fixed chunk beyond the value itself.
+
+Rules, in full:
+
+=====================  ==================================================================
+value                  encoded as
+=====================  ==================================================================
+None, bool             a tag byte each
+int                    tag + 8 bytes (two's complement) or tag + length + bytes if larger
+float                  tag + its IEEE-754 binary64 bits (so ``0.0`` and ``-0.0`` differ)
+complex                tag + the bits of both parts
+str / bytes            tag + length + UTF-8 (``surrogatepass``) / the bytes
+bytearray              like bytes, with its own tag
+list, tuple            tag + length + each item in order (a namedtuple is a tuple)
+dict (and subclasses)  tag + length + the 128-bit sum of per-entry digests
+set / frozenset        tag + length + the 128-bit sum of per-element digests
+numpy.ndarray          tag + dtype string + shape + the C-ordered bytes (object arrays
+                       item by item)
+numpy scalar           as the Python scalar of the same kind and value
+fractions.Fraction     tag + numerator + denominator
+decimal.Decimal        tag + its ``str``
+dataclass instance     tag + qualified class name + each field's name and value
+anything else          ``obj.__mergeagg_fingerprint__()`` if defined (the opt-in hook: return
+                       a supported value that stands for the object), else ``TypeError``
+=====================  ==================================================================
+
+A per-entry digest is MurmurHash3 x64-128 of a str's UTF-8 or of bytes, xor a tag per type;
+a splitmix64 mix of an int's or float's 64 bits; or the first 16 bytes of the SHA-256 of
+any other value's encoding. The order-free sums protect against accidents, not against an
+adversary who chooses keys to collide.
+
+>>> fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
+True
+>>> from collections import Counter
+>>> fingerprint(Counter("abca")) == fingerprint({"a": 2, "b": 1, "c": 1})
+True
+>>> len({fingerprint(1), fingerprint(1.0), fingerprint(True)})
+3
+>>> fingerprint([1, 2]) == fingerprint((1, 2))
+False
+>>> fingerprint({"x": object()})
+Traceback (most recent call last):
+...
+TypeError: cannot fingerprint a value of type object at value['x']; ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import fractions
+import hashlib
+import struct
+from itertools import islice
+
+import mmh3
+import numpy as np
+
+__all__ = ["fingerprint", "Fingerprinter"]
+
+_CHUNK = 1 << 15
+_MASK = (1 << 64) - 1
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+
+# Seeds and constants of the per-entry digests. Changing any of them changes every
+# fingerprint ever published: they are part of the format.
+_STR_TAG = (np.uint64(0x5EED0001), np.uint64(0x5EED0011))
+_BYTES_TAG = (np.uint64(0x5EED0002), np.uint64(0x5EED0022))
+_INT_K = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03))
+_FLOAT_K = (np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
+_ENTRY_K = (np.uint64(0x27D4EB2F165667C5), np.uint64(0x85EBCA77C2B2AE63))
+
+_pack_q = struct.Struct("<q").pack
+_pack_Q = struct.Struct("<Q").pack
+_pack_d = struct.Struct("<d").pack
+_pack_dd = struct.Struct("<dd").pack
+
+
+def _smix(z):
+    """splitmix64's finaliser over a uint64 array (numpy wraps array arithmetic mod 2**64)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+class _Unsupported(Exception):
+    """Raised inside the encoder; carries the offending type and the path to it."""
+
+    def __init__(self, typ, segments=()):
+        super().__init__(typ)
+        self.typ = typ
+        self.segments = list(segments)
+
+
+def _numpy_scalar_to_python(x):
+    """A numpy scalar as the Python scalar of the same kind and value."""
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.complexfloating):
+        return complex(x)
+    if isinstance(x, np.str_):
+        return str(x)
+    if isinstance(x, np.bytes_):
+        return bytes(x)
+    return x.item()
+
+
+def _mix_lanes(bits, keys):
+    out = np.empty((bits.shape[0], 2), dtype=np.uint64)
+    out[:, 0] = _smix(bits + keys[0])
+    out[:, 1] = _smix(bits + keys[1])
+    return out
+
+
+def _hash_strs(items, tag):
+    """128-bit digests, as an (n, 2) uint64 array, of a list of str or of bytes.
+
+    MurmurHash3 x64-128 of the bytes (a str as UTF-8 with ``surrogatepass``), xor ``tag``,
+    which tells str from bytes.
+    """
+    if tag is _STR_TAG and not "".join(items).isascii():
+        # Encode non-ASCII text ourselves: mmh3 must never see a lone surrogate.
+        items = [x.encode("utf-8", "surrogatepass") for x in items]
+    joined = b"".join(map(mmh3.hash_bytes, items))
+    out = np.frombuffer(joined, dtype=np.uint64).reshape(-1, 2)
+    return out ^ np.array(tag, dtype=np.uint64)
+
+
+class Fingerprinter:
+    """A streaming canonical encoder feeding SHA-256; :func:`fingerprint` is its usual face.
+
+    Cost: O(size of the value) time, O(1) memory beyond it (dicts and sets are digested in
+    chunks of 32,768 entries). Use it directly to fingerprint several values as one stream:
+
+    >>> f = Fingerprinter()
+    >>> f.update("a"); f.update(1)
+    >>> f.hexdigest() == Fingerprinter().update_many(["a", 1]).hexdigest()
+    True
+    """
+
+    __slots__ = ("_h", "_buf")
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+        self._buf = bytearray()
+
+    def update(self, value):
+        """Append ``value``'s canonical encoding to the stream."""
+        try:
+            self._encode(value)
+        except _Unsupported as exc:
+            path = "value" + "".join(reversed(exc.segments))
+            name = exc.typ.__qualname__
+            if exc.typ.__module__ != "builtins":
+                name = f"{exc.typ.__module__}.{name}"
+            raise TypeError(
+                f"cannot fingerprint a value of type {name} at {path}; supported: None, bool, "
+                "int, float, complex, str, bytes, list, tuple, dict, set, frozenset, numpy "
+                "arrays and scalars, Fraction, Decimal, dataclasses, or any object with a "
+                "__mergeagg_fingerprint__() method"
+            ) from None
+        self._flush(force=False)
+
+    def update_many(self, values):
+        """Append each value in turn; returns ``self`` so calls chain."""
+        for v in values:
+            self.update(v)
+        return self
+
+    def hexdigest(self):
+        """The SHA-256 hex digest of everything encoded so far (64 characters)."""
+        self._flush(force=True)
+        return self._h.hexdigest()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _flush(self, force):
+        if self._buf and (force or len(self._buf) >= 1 << 16):
+            self._h.update(self._buf)
+            self._buf.clear()
+
+    def _encode(self, x):
+        buf = self._buf
+        t = type(x)
+        if t is str:
+            b = x.encode("utf-8", "surrogatepass")
+            buf += b"s"
+            buf += _pack_Q(len(b))
+            buf += b
+        elif t is int:
+            if _I64_MIN <= x <= _I64_MAX:
+                buf += b"i"
+                buf += _pack_q(x)
+            else:
+                b = x.to_bytes((x.bit_length() + 8) // 8, "little", signed=True)
+                buf += b"I"
+                buf += _pack_Q(len(b))
+                buf += b
+        elif t is float:
+            buf += b"f"
+            buf += _pack_d(x)
+        elif x is None:
+            buf += b"N"
+        elif t is bool:
+            buf += b"T" if x else b"F"
+        elif t is bytes:
+            buf += b"b"
+            buf += _pack_Q(len(x))
+            buf += x
+        elif t is list or t is tuple:
+            self._encode_sequence(b"l" if t is list else b"t", x)
+        elif isinstance(x, dict):
+            self._encode_dict(x)
+        elif t is set or t is frozenset:
+            buf += b"S" if t is set else b"Z"
+            buf += _pack_Q(len(x))
+            buf += self._unordered_sum(x)
+        elif isinstance(x, np.ndarray):
+            self._encode_array(x)
+        elif isinstance(x, np.generic):
+            self._encode(_numpy_scalar_to_python(x))
+        else:
+            self._encode_other(x, t)
+        if len(buf) >= 1 << 16:
+            self._flush(force=False)
+
+    def _encode_other(self, x, t):
+        buf = self._buf
+        if isinstance(x, bool):  # pragma: no cover - bool cannot be subclassed
+            buf += b"T" if x else b"F"
+        elif isinstance(x, str):
+            self._encode(str(x))
+        elif isinstance(x, int):
+            self._encode(int(x))
+        elif isinstance(x, float):
+            self._encode(float(x))
+        elif t is complex:
+            buf += b"c"
+            buf += _pack_dd(x.real, x.imag)
+        elif t is bytearray:
+            buf += b"y"
+            buf += _pack_Q(len(x))
+            buf += x
+        elif isinstance(x, tuple):
+            self._encode_sequence(b"t", x)
+        elif isinstance(x, fractions.Fraction):
+            buf += b"q"
+            self._encode(x.numerator)
+            self._encode(x.denominator)
+        elif isinstance(x, decimal.Decimal):
+            buf += b"m"
+            self._encode(str(x))
+        elif hasattr(t, "__mergeagg_fingerprint__"):
+            buf += b"H"
+            self._encode(f"{t.__module__}.{t.__qualname__}")
+            try:
+                self._encode(x.__mergeagg_fingerprint__())
+            except _Unsupported as exc:
+                exc.segments.append(".__mergeagg_fingerprint__()")
+                raise
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            fields = dataclasses.fields(x)
+            buf += b"D"
+            self._encode(f"{t.__module__}.{t.__qualname__}")
+            buf += _pack_Q(len(fields))
+            for f in fields:
+                self._encode(f.name)
+                try:
+                    self._encode(getattr(x, f.name))
+                except _Unsupported as exc:
+                    exc.segments.append(f".{f.name}")
+                    raise
+        else:
+            raise _Unsupported(t)
+
+    def _encode_sequence(self, tag, seq):
+        buf = self._buf
+        buf += tag
+        n = len(seq)
+        buf += _pack_Q(n)
+        if n >= 16:
+            types = set(map(type, seq))
+            if types == {int} or types == {float}:
+                fast = self._fast_scalar_run(seq, int in types)
+                if fast is not None:
+                    buf += fast
+                    return
+        for i, item in enumerate(seq):
+            try:
+                self._encode(item)
+            except _Unsupported as exc:
+                exc.segments.append(f"[{i}]")
+                raise
+
+    @staticmethod
+    def _fast_scalar_run(seq, is_int):
+        """Encodings of a run of ints (int64 range) or floats, vectorised; None if not."""
+        rec = np.empty(len(seq), dtype=[("t", "S1"), ("v", "<i8" if is_int else "<f8")])
+        try:
+            rec["v"] = seq
+        except OverflowError:
+            return None
+        rec["t"] = b"i" if is_int else b"f"
+        return rec.tobytes()
+
+    def _encode_dict(self, d):
+        buf = self._buf
+        n = len(d)
+        buf += b"d"
+        buf += _pack_Q(n)
+        acc0 = acc1 = 0
+        kit, vit = iter(d.keys()), iter(d.values())
+        for _ in range(0, n, _CHUNK):
+            ks = list(islice(kit, _CHUNK))
+            vs = list(islice(vit, _CHUNK))
+            try:
+                kd = self._digests(ks)
+            except _Unsupported as exc:
+                exc.segments.append(f" (a key, {ks[exc.index]!r})" if hasattr(exc, "index")
+                                    else " (a key)")
+                raise
+            try:
+                vd = self._digests(vs)
+            except _Unsupported as exc:
+                if hasattr(exc, "index"):
+                    exc.segments.append(f"[{ks[exc.index]!r}]")
+                raise
+            e0 = _smix(kd[:, 0] ^ _smix(vd[:, 0] + _ENTRY_K[0]))
+            e1 = _smix(kd[:, 1] ^ _smix(vd[:, 1] + _ENTRY_K[1]))
+            acc0 = (acc0 + int(e0.sum(dtype=np.uint64))) & _MASK
+            acc1 = (acc1 + int(e1.sum(dtype=np.uint64))) & _MASK
+        buf += _pack_Q(acc0)
+        buf += _pack_Q(acc1)
+
+    def _unordered_sum(self, items):
+        acc0 = acc1 = 0
+        it = iter(items)
+        for _ in range(0, len(items), _CHUNK):
+            chunk = list(islice(it, _CHUNK))
+            try:
+                d = self._digests(chunk)
+            except _Unsupported as exc:
+                if hasattr(exc, "index"):
+                    exc.segments.append(f" (an element, {chunk[exc.index]!r})")
+                raise
+            acc0 = (acc0 + int(d[:, 0].sum(dtype=np.uint64))) & _MASK
+            acc1 = (acc1 + int(d[:, 1].sum(dtype=np.uint64))) & _MASK
+        return _pack_Q(acc0) + _pack_Q(acc1)
+
+    def _digests(self, items):
+        """Per-item 128-bit digests as an (n, 2) uint64 array; fast for uniform runs."""
+        types = set(map(type, items))
+        if len(types) == 1:
+            (t,) = types
+            try:
+                if t is str:
+                    return _hash_strs(items, _STR_TAG)
+                if t is int:
+                    return _mix_lanes(np.array(items, dtype=np.int64).view(np.uint64), _INT_K)
+                if t is float:
+                    return _mix_lanes(np.array(items, dtype=np.float64).view(np.uint64),
+                                      _FLOAT_K)
+                if t is bytes:
+                    return _hash_strs(items, _BYTES_TAG)
+            except OverflowError:
+                pass
+        out = np.empty((len(items), 2), dtype=np.uint64)
+        for i, item in enumerate(items):
+            try:
+                out[i] = self._digest_one(item)
+            except _Unsupported as exc:
+                exc.index = i
+                raise
+        return out
+
+    def _digest_one(self, x):
+        if isinstance(x, np.generic):
+            x = _numpy_scalar_to_python(x)
+        t = type(x)
+        if t is str:
+            return _hash_strs([x], _STR_TAG)[0]
+        elif t is bytes:
+            return _hash_strs([x], _BYTES_TAG)[0]
+        elif t is int and _I64_MIN <= x <= _I64_MAX:
+            return _mix_lanes(np.array([x], dtype=np.int64).view(np.uint64), _INT_K)[0]
+        elif t is float:
+            return _mix_lanes(np.array([x], dtype=np.float64).view(np.uint64), _FLOAT_K)[0]
+        sub = Fingerprinter()
+        sub._buf += b"e"
+        sub._encode(x)
+        sub._flush(force=True)
+        return np.frombuffer(sub._h.digest()[:16], dtype=np.uint64)
+
+    def _encode_array(self, a):
+        buf = self._buf
+        if a.dtype.hasobject:
+            buf += b"A"
+            buf += _pack_Q(a.ndim)
+            for dim in a.shape:
+                buf += _pack_Q(dim)
+            for i, item in enumerate(a.flat):
+                try:
+                    self._encode(item)
+                except _Unsupported as exc:
+                    exc.segments.append(f".flat[{i}]")
+                    raise
+            return
+        buf += b"a"
+        self._encode(a.dtype.str)
+        buf += _pack_Q(a.ndim)
+        for dim in a.shape:
+            buf += _pack_Q(dim)
+        self._flush(force=True)
+        self._h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+
+
+def fingerprint(value) -> str:
+    """The canonical SHA-256 fingerprint of ``value``, as 64 hex characters.
+
+    Cost: O(size of the value), one streaming pass; dicts and sets are never sorted. About
+    3 million ``str -> int`` dict entries per second on a 2-core machine (see
+    ``benchmarks/bench_fingerprint.py``).
+
+    >>> fingerprint([1, 2, 3])[:16]
+    'c9d216d50eeea08f'
+    >>> import numpy as np
+    >>> fingerprint(np.int64(7)) == fingerprint(7)
+    True
+    """
+    f = Fingerprinter()
+    f.update(value)
+    return f.hexdigest()

@@ -1,0 +1,9 @@
+"""Everything that runs tasks: the serial runner, the policy and the executors.
+
+``mergeagg.run`` (re-exported by the package) is the entry point; see ``docs/runtime.md``.
+"""
+
+from mergeagg.runtime.api import Result, run
+from mergeagg.runtime.report import Report
+
+__all__ = ["run", "Result", "Report"]

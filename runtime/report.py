@@ -1,0 +1,103 @@
+"""The report of a run: what ran, how often, what failed, what raced, and how long it took."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["Report", "TaskRecord", "FailureRecord"]
+
+
+@dataclass
+class TaskRecord:
+    """One task: its id, its input (a split id or the tree node it folds) and its attempts."""
+
+    task: str
+    kind: str  # "map" or "combine"
+    split: str | None
+    attempts: int = 0
+    seconds: float = 0.0
+    worker: str | None = None
+    bytes_read: int = 0
+    fingerprint: str | None = None
+
+
+@dataclass
+class FailureRecord:
+    """One failed attempt: the task, the attempt number, the worker and the cause."""
+
+    task: str
+    attempt: int
+    worker: str | None
+    cause: str
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    """Per-task attempts, failures with causes, backups, bytes read and phase timings.
+
+    ``attempts`` lists the map tasks' attempt counts in split order (``[1, 1, 2, 1]`` when
+    the third task's first attempt died). Printable with ``str()``; ``to_dict()`` is JSON.
+    """
+
+    mode: str = "serial"
+    workers: int = 0
+    fan_in: int = 0
+    tasks: list[TaskRecord] = field(default_factory=list)
+    failures: list[FailureRecord] = field(default_factory=list)
+    backups_launched: int = 0
+    backups_won: int = 0
+    verified: int = 0
+    bytes_read: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    workers_lost: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def attempts(self):
+        """Attempts per map task, in split order."""
+        return [t.attempts for t in self.tasks if t.kind == "map"]
+
+    @property
+    def retried(self):
+        """How many tasks needed more than one attempt."""
+        return sum(1 for t in self.tasks if t.attempts > 1)
+
+    def to_dict(self):
+        """A JSON-serialisable dict of everything in the report."""
+        d = asdict(self)
+        d["attempts"] = self.attempts
+        return d
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def __str__(self):
+        maps = [t for t in self.tasks if t.kind == "map"]
+        combines = [t for t in self.tasks if t.kind == "combine"]
+        lines = [
+            f"mode {self.mode}, {self.workers} worker(s), fan-in {self.fan_in}, "
+            f"wall {self.wall_seconds:.3f}s",
+            f"map tasks {len(maps)}, combine tasks {len(combines)}, "
+            f"retried {self.retried}, failures {len(self.failures)}, "
+            f"workers lost {self.workers_lost}",
+            f"backups launched {self.backups_launched}, won {self.backups_won}; "
+            f"verified {self.verified}",
+            f"bytes read {self.bytes_read}",
+            "attempts per map task " + _compact(self.attempts),
+        ]
+        if self.phases:
+            lines.append("phases " + ", ".join(f"{k} {v:.3f}s" for k, v in self.phases.items()))
+        for f in self.failures[:20]:
+            lines.append(f"  failure: task {f.task} attempt {f.attempt} on {f.worker}: {f.cause}")
+        if len(self.failures) > 20:
+            lines.append(f"  ... and {len(self.failures) - 20} more failures")
+        return "\n".join(lines)
+
+
+def _compact(xs):
+    if len(xs) <= 40:
+        return str(xs)
+    return f"{xs[:40]}... ({len(xs)} tasks)".replace("]...", ", ...]")
