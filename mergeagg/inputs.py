@@ -50,6 +50,8 @@ __all__ = [
     "parse_size",
     "DEFAULT_SPLIT_SIZE",
     "TextShard",
+    "concat",
+    "read_split",
 ]
 
 DEFAULT_SPLIT_SIZE = 16 * 1024 * 1024
@@ -74,6 +76,7 @@ class Split:
     payload: object = field(default=None, compare=False, repr=False)
     format: str = "text"
     errors: str = "strict"
+    tag: object = None
 
     @property
     def nbytes(self):
@@ -104,6 +107,24 @@ class Source:
 
     def __repr__(self):
         return f"Source({self.description}, {len(self._splits)} splits)"
+
+
+def concat(*sources):
+    """One source made of several, their splits renumbered in order (ids keep their names).
+
+    >>> a, b = shards([[1]]), shards([[2], [3]])
+    >>> [s.index for s in concat(a, b).splits()]
+    [0, 1, 2]
+    """
+    import dataclasses
+
+    splits = []
+    for src in sources:
+        if not isinstance(src, Source):
+            raise TypeError(f"concat takes Sources, got {type(src).__name__}")
+        for sp in src.splits():
+            splits.append(dataclasses.replace(sp, index=len(splits)))
+    return Source(splits, " + ".join(s.description for s in sources))
 
 
 def shards(seq):
@@ -176,14 +197,16 @@ def _expand(paths):
     return out
 
 
-def files(paths, *, split_size=None, format="text", errors="strict"):
+def files(paths, *, split_size=None, format="text", errors="strict", tag=None):
     """A source of text files: paths, globs or directories (walked, hidden files skipped).
 
     Each file is cut into byte ranges of ``split_size`` (default 16 MiB); a line belongs to
     the split in which it starts, so a line longer than the split size still lands in one
     split. ``errors`` is the UTF-8 decoding policy (``"strict"`` raises
     :class:`~mergeagg.errors.InputError` with the file and byte offset; ``"replace"`` and
-    ``"ignore"`` are Python's). Cost: one ``stat`` per file; nothing is read until a split is.
+    ``"ignore"`` are Python's). ``tag``, when given, makes every record a ``(tag, record)``
+    pair (a join tells its two sides apart this way; see :func:`concat`). Cost: one
+    ``stat`` per file; nothing is read until a split is.
     """
     if format not in _FORMATS:
         raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
@@ -199,16 +222,16 @@ def files(paths, *, split_size=None, format="text", errors="strict"):
         n = os.path.getsize(path)
         if path.endswith(".gz"):
             splits.append(Split(len(splits), f"{path}:gzip", "gzip", path, 0, n,
-                                format=format, errors=errors))
+                                format=format, errors=errors, tag=tag))
             continue
         if n == 0:
             splits.append(Split(len(splits), f"{path}:0-0", "text", path, 0, 0,
-                                format=format, errors=errors))
+                                format=format, errors=errors, tag=tag))
             continue
         for start in range(0, n, size):
             end = min(start + size, n)
             splits.append(Split(len(splits), f"{path}:{start}-{end}", "text", path, start,
-                                end, format=format, errors=errors))
+                                end, format=format, errors=errors, tag=tag))
     return Source(splits, f"{len(paths)} file(s)")
 
 
@@ -418,7 +441,18 @@ def _parse_csv(lines, path, split):
 
 
 def read_split(split):
-    """Records of ``split``; what a worker calls with a descriptor it was sent."""
+    """Records of ``split``; what a worker calls with a descriptor it was sent.
+
+    With a ``tag`` on the split, each record comes as a ``(tag, record)`` pair.
+    """
+    records = _read_untagged(split)
+    if split.tag is None:
+        return records
+    tag = split.tag
+    return [(tag, r) for r in records]
+
+
+def _read_untagged(split):
     kind = split.kind
     if kind == "memory":
         return split.payload
