@@ -12,8 +12,10 @@ Ownership (which operand ``combine`` may mutate), written down as Beam's Combine
 * it **must not modify its second argument**, and must not return an object that shares
   mutable state with the second argument (return ``a`` updated, or a new value);
 * the runtime passes every accumulator to at most one ``combine`` as the first argument and
-  never reads it again afterwards (the serial runner fingerprints a partial before it is
-  combined; worker processes keep outputs serialised and hand each combine a fresh copy).
+  never reads it again afterwards; a value it must keep (a task output that a retry or a
+  backup may need again) it keeps serialised, handing each combine a fresh copy.
+
+:func:`mergeagg.laws.check` tests both rules on your own aggregator.
 
 So ``lambda a, b: a + b`` and ``def merge(a, b): a.update(b); return a`` are both fine.
 
@@ -115,8 +117,10 @@ class _Product:
         self.parts, self.names = state
 
     def partial(self, shard):
-        # One read of the shard; every component sees the same records.
-        records = shard if isinstance(shard, (list, tuple)) else list(shard)
+        # Every component must see the same records, so a one-shot iterator (a generator,
+        # a file object) is read into a list once. Anything that can be iterated again (a
+        # list, an ndarray, a text split with its fast ``text()``) is passed as it is.
+        records = list(shard) if iter(shard) is shard else shard
         return tuple(agg.partial(records) for agg in self.parts)
 
     def combine(self, a, b):
@@ -135,7 +139,7 @@ def product(*aggregators, **named):
     Positional aggregators give a tuple of results, keyword ones a dict keyed by name
     (mixing the two is a ``TypeError``). Each shard is read once and handed to every
     component; the accumulator is the tuple of the components' accumulators. Cost: the sum
-    of the components' costs, plus materialising each shard as a list once.
+    of the components' costs, plus, when a shard is a one-shot iterator, making it a list.
 
     >>> count = Aggregator(len, lambda a, b: a + b)
     >>> biggest = Aggregator(max, max)

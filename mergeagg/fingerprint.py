@@ -84,6 +84,9 @@ _INT_K = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03))
 _FLOAT_K = (np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
 _ENTRY_K = (np.uint64(0x27D4EB2F165667C5), np.uint64(0x85EBCA77C2B2AE63))
 
+# Digest bytes are read as little-endian words on every machine (the format's byte order).
+_LE_U64 = np.dtype("<u8")
+
 _pack_q = struct.Struct("<q").pack
 _pack_Q = struct.Struct("<Q").pack
 _pack_d = struct.Struct("<d").pack
@@ -140,7 +143,7 @@ def _hash_strs(items, tag):
         # Encode non-ASCII text ourselves: mmh3 must never see a lone surrogate.
         items = [x.encode("utf-8", "surrogatepass") for x in items]
     joined = b"".join(map(mmh3.hash_bytes, items))
-    out = np.frombuffer(joined, dtype=np.uint64).reshape(-1, 2)
+    out = np.frombuffer(joined, dtype=_LE_U64).reshape(-1, 2)
     return out ^ np.array(tag, dtype=np.uint64)
 
 
@@ -156,17 +159,24 @@ class Fingerprinter:
     True
     """
 
-    __slots__ = ("_h", "_buf")
+    __slots__ = ("_h", "_buf", "_broken")
 
     def __init__(self):
         self._h = hashlib.sha256()
         self._buf = bytearray()
+        self._broken = False
 
     def update(self, value):
-        """Append ``value``'s canonical encoding to the stream."""
+        """Append ``value``'s canonical encoding to the stream. Cost: O(size of value).
+
+        A ``TypeError`` (an unsupported type inside ``value``) leaves part of ``value``
+        encoded, so the Fingerprinter refuses further use rather than give a wrong digest.
+        """
+        self._check_usable()
         try:
             self._encode(value)
         except _Unsupported as exc:
+            self._broken = True
             path = "value" + "".join(reversed(exc.segments))
             name = exc.typ.__qualname__
             if exc.typ.__module__ != "builtins":
@@ -180,17 +190,25 @@ class Fingerprinter:
         self._flush(force=False)
 
     def update_many(self, values):
-        """Append each value in turn; returns ``self`` so calls chain."""
+        """Append each value in turn; returns ``self`` so calls chain. Cost: O(total size)."""
         for v in values:
             self.update(v)
         return self
 
     def hexdigest(self):
-        """The SHA-256 hex digest of everything encoded so far (64 characters)."""
+        """The SHA-256 hex digest of everything encoded so far (64 characters). Cost: O(1)."""
+        self._check_usable()
         self._flush(force=True)
         return self._h.hexdigest()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _check_usable(self):
+        if self._broken:
+            raise ValueError(
+                "this Fingerprinter raised TypeError on an earlier value and holds a partial "
+                "encoding; start a new Fingerprinter"
+            )
 
     def _flush(self, force):
         if self._buf and (force or len(self._buf) >= 1 << 16):
@@ -407,7 +425,7 @@ class Fingerprinter:
         sub._buf += b"e"
         sub._encode(x)
         sub._flush(force=True)
-        return np.frombuffer(sub._h.digest()[:16], dtype=np.uint64)
+        return np.frombuffer(sub._h.digest()[:16], dtype=_LE_U64)
 
     def _encode_array(self, a):
         buf = self._buf
@@ -424,7 +442,9 @@ class Fingerprinter:
                     raise
             return
         buf += b"a"
-        self._encode(a.dtype.str)
+        # dtype.str says kind, byte order and item size; a structured dtype also needs its
+        # field names and types, which only its descr holds.
+        self._encode(a.dtype.str if a.dtype.names is None else repr(a.dtype.descr))
         buf += _pack_Q(a.ndim)
         for dim in a.shape:
             buf += _pack_Q(dim)

@@ -176,24 +176,24 @@ def _expand(paths):
     for p in paths:
         p = os.fspath(p)
         if os.path.isdir(p):
-            found = sorted(
-                os.path.join(root, name)
-                for root, _dirs, names in os.walk(p)
-                for name in names
-                if not name.startswith(".")
-            )
+            found = []
+            for root, dirs, names in os.walk(p):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]  # skip .git and kin
+                found.extend(os.path.join(root, n) for n in names if not n.startswith("."))
             if not found:
-                raise InputError(f"directory {p!r} holds no files")
-            out.extend(found)
+                raise InputError(f"directory {p!r} holds no (non-hidden) files")
+            out.extend(sorted(found))
+        elif os.path.isfile(p):  # before globbing: a real file may have [ or ? in its name
+            out.append(p)
         elif any(ch in p for ch in "*?["):
             found = sorted(q for q in _glob.glob(p, recursive=True) if os.path.isfile(q))
             if not found:
                 raise InputError(f"the pattern {p!r} matches no files")
             out.extend(found)
-        elif os.path.isfile(p):
-            out.append(p)
+        elif os.path.exists(p):
+            raise InputError(f"not a regular file or directory: {p!r}")
         else:
-            raise InputError(f"no such file: {p!r}")
+            raise InputError(f"no such file or directory: {p!r}")
     return out
 
 
@@ -236,10 +236,25 @@ def files(paths, *, split_size=None, format="text", errors="strict", tag=None):
 
 
 def stdin(*, format="text", errors="strict", stream=None):
-    """Standard input as one in-memory split (read now, since workers cannot see it)."""
+    """Standard input (or ``stream``, binary or text) as one in-memory split.
+
+    It is read now, since worker processes cannot see this process's standard input.
+    Cost: reads and decodes the whole stream once; holds its records in memory.
+
+    >>> import io
+    >>> src = stdin(stream=io.BytesIO(b"a b\\r\\nc\\n"))
+    >>> [list(src.read(s)) for s in src.splits()]
+    [['a b', 'c']]
+    """
+    if format not in _FORMATS:
+        raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
     stream = sys.stdin.buffer if stream is None else stream
     data = stream.read()
-    lines = _decode_lines(data, "<stdin>", 0, errors)
+    if isinstance(data, str):  # a text stream (io.StringIO, sys.stdin): already decoded
+        lines = _split_lines(data)
+        data = data.encode("utf-8", "surrogateescape")
+    else:
+        lines = _decode_lines(data, "<stdin>", 0, errors)
     records = list(_parse_records(lines, format, "<stdin>", None))
     split = Split(0, "stdin", "memory", "<stdin>", 0, len(data), payload=records)
     return Source([split], "standard input")
@@ -298,7 +313,14 @@ def as_source(obj, *, split_size=None, format="text", errors="strict"):
     if isinstance(obj, (list, tuple)) and obj and all(
         isinstance(p, (str, os.PathLike)) for p in obj
     ):
-        return files(obj, split_size=split_size, format=format, errors=errors)
+        names = [os.fspath(p) for p in obj]
+        if "-" not in names:
+            return files(obj, split_size=split_size, format=format, errors=errors)
+        rest = [p for p in names if p != "-"]
+        std = stdin(format=format, errors=errors)
+        if not rest:
+            return std
+        return concat(std, files(rest, split_size=split_size, format=format, errors=errors))
     if isinstance(obj, (list, tuple)):
         if not obj:
             raise InputError("the source is empty: an empty list gives no input")
@@ -381,16 +403,22 @@ def _decode(data, path, offset, errors):
 
 
 def _decode_lines(data, path, offset, errors):
-    text = _decode(data, path, offset, errors)
+    return _split_lines(_decode(data, path, offset, errors))
+
+
+def _split_lines(text):
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-def _csv_header(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return next(csv.reader(f), None)
+def _csv_header(path, errors):
+    # Only the first line is needed; a header longer than one split is read whole.
+    with open(path, "rb") as f:
+        first = f.readline()
+    (line,) = _decode_lines(first, path, 0, errors) or [""]
+    return next(csv.reader([line]), [])
 
 
 def _parse_records(lines, fmt, path, split):
@@ -424,7 +452,7 @@ def _parse_csv(lines, path, split):
             return []
         header, rows = rows[0], rows[1:]
     else:
-        header = _csv_header(path)
+        header = _csv_header(path, split.errors)
         rows = list(csv.reader(io.StringIO("\n".join(lines))))
     out = []
     for i, row in enumerate(rows):

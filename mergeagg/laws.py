@@ -20,7 +20,7 @@ hypothesis samples, reorders and cuts.
 >>> check(minus, records=[1, 2, 3])
 Traceback (most recent call last):
 ...
-mergeagg.laws.LawViolation: combine is not commutative: ...
+mergeagg.laws.LawViolation: combine is not associative: ...
 """
 
 from __future__ import annotations
@@ -85,6 +85,45 @@ def records_strategy(records):
     return st.lists(st.sampled_from(records), min_size=1, max_size=max(8, 2 * len(records)))
 
 
+def _require_hypothesis():
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "mergeagg.laws needs the hypothesis package: pip install hypothesis "
+            "(it comes with mergeagg[dev])"
+        ) from None
+
+
+class _Calls:
+    """Runs the user's three functions, turning what they raise into a LawViolation."""
+
+    def __init__(self, agg, fail):
+        self.agg, self.fail = agg, fail
+
+    def partial(self, records):
+        try:
+            return self.agg.partial(list(records))
+        except Exception as exc:
+            hint = (" mergeagg hands partial an empty shard when a split holds no record (an "
+                    "empty file, the tail of a long line): return the identity there"
+                    if not records else "")
+            self.fail("partial raised", f"partial({_short(records)}) raised "
+                      f"{type(exc).__name__}: {exc}.{hint}")
+
+    def combine(self, a, b, what):
+        try:
+            return self.agg.combine(a, b)
+        except Exception as exc:
+            self.fail("combine raised", f"combining {what} raised {type(exc).__name__}: {exc}")
+
+    def finalize(self, acc, what):
+        try:
+            return self.agg.finalize(acc)
+        except Exception as exc:
+            self.fail("finalize raised", f"finalize of {what} raised {type(exc).__name__}: {exc}")
+
+
 def check(aggregator, records=None, *, strategy=None, max_examples=200, rel_tol=None,
           abs_tol=0.0, seed=0):
     """Search for a counterexample to the aggregator's laws; raise :class:`LawViolation`.
@@ -92,22 +131,36 @@ def check(aggregator, records=None, *, strategy=None, max_examples=200, rel_tol=
     Give ``records`` (a list of example records, sampled with repeats) or ``strategy`` (a
     hypothesis strategy of lists of records). ``rel_tol``/``abs_tol`` opt in to comparing
     floats approximately. ``seed`` makes the search reproducible. Cost: about
-    ``max_examples`` × (three combines and a few partials).
+    ``max_examples`` × (six combines, a few partials and their fingerprints), plus the
+    shrinking of a counterexample when one is found.
     Returns ``None`` when no counterexample was found.
-    """
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import seed as hseed
-    from hypothesis import strategies as st
-    from hypothesis.errors import FlakyFailure
 
+    The shards it tries may be empty (a real input split can be), so ``partial([])`` must
+    work. Each message names the law, the shards (as record lists) and both results:
+
+    >>> from mergeagg import Aggregator
+    >>> mean_of_means = Aggregator(lambda xs: sum(xs) / max(len(xs), 1),
+    ...                            lambda a, b: (a + b) / 2)
+    >>> check(mean_of_means, records=[1, 2, 4])
+    Traceback (most recent call last):
+    ...
+    mergeagg.laws.LawViolation: combine is not associative: ...
+    """
     if not isinstance(aggregator, Aggregator):
         raise TypeError(f"check needs an Aggregator, got {type(aggregator).__name__}")
     if (records is None) == (strategy is None):
         raise TypeError("check takes exactly one of records= or strategy=")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
+    _require_hypothesis()
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hseed
+    from hypothesis import strategies as st
+    from hypothesis.errors import Flaky
+
     recs = records_strategy(records) if strategy is None else strategy
-    approx = rel_tol is not None or abs_tol
+    approx = rel_tol is not None or bool(abs_tol)
     rel = rel_tol or 0.0
-    agg = aggregator
 
     def same(x, y):
         if approx:
@@ -117,50 +170,68 @@ def check(aggregator, records=None, *, strategy=None, max_examples=200, rel_tol=
     def fail(law, detail):
         raise LawViolation(f"{law}: {detail}")
 
+    calls = _Calls(aggregator, fail)
+
     @settings(max_examples=max_examples, deadline=None, database=None, derandomize=False,
-              suppress_health_check=list(HealthCheck),
+              suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
               phases=[Phase.generate, Phase.shrink])
     @hseed(seed)
     @given(data=st.data())
     def search(data):
-        a_recs = data.draw(recs, label="records of shard a")
-        b_recs = data.draw(recs, label="records of shard b")
-        c_recs = data.draw(recs, label="records of shard c")
-        pa, pb, pc = agg.partial(list(a_recs)), agg.partial(list(b_recs)), agg.partial(
-            list(c_recs))
+        a_recs = list(data.draw(recs, label="records of shard a"))
+        b_recs = list(data.draw(recs, label="records of shard b"))
+        c_recs = list(data.draw(recs, label="records of shard c"))
+        pa, pb, pc = calls.partial(a_recs), calls.partial(b_recs), calls.partial(c_recs)
+        shown = f"shards a={_short(a_recs)}, b={_short(b_recs)}"
+        shown3 = f"{shown}, c={_short(c_recs)}"
 
-        b_before = fingerprint(pb)
-        ab = agg.combine(_fresh(pa), pb)
+        def fin(acc, what):
+            return calls.finalize(_fresh(acc), what)
+
+        # Ownership: combine may modify and return its first argument, never its second.
+        b_before, b_text = fingerprint(pb), _short(pb)
+        ab = calls.combine(_fresh(pa), pb, "a and b")
         if fingerprint(pb) != b_before:
             fail("combine modified its second argument",
-                 f"partial({_short(b_recs)}) changed when passed second to combine; "
-                 "combine may only modify and return its first argument")
-        ba = agg.combine(_fresh(pb), _fresh(pa))
-        if not same(agg.finalize(_fresh(ab)), agg.finalize(_fresh(ba))):
+                 f"with {shown}, combine(a, b) changed b from {b_text} to "
+                 f"{_short(pb)}; combine may only modify (and return) its first argument")
+        ab_value = fin(ab, "combine(a, b)")
+        calls.combine(ab, _fresh(pc), "combine(a, b) and c")
+        if fingerprint(pb) != b_before:
+            fail("combine returned an object that shares state with its second argument",
+                 f"with {shown3}, combining combine(a, b) with c changed b; combine must "
+                 "return its first argument or a new value, never b or a part of b")
+
+        ba_value = fin(calls.combine(_fresh(pb), _fresh(pa), "b and a"), "combine(b, a)")
+        if not same(ab_value, ba_value):
             fail("combine is not commutative",
-                 f"shards a={_short(a_recs)}, b={_short(b_recs)}: "
-                 f"finalize(combine(a, b)) = {_short(agg.finalize(_fresh(ab)))} but "
-                 f"finalize(combine(b, a)) = {_short(agg.finalize(_fresh(ba)))}")
+                 f"{shown}: finalize(combine(a, b)) = {_short(ab_value)} but "
+                 f"finalize(combine(b, a)) = {_short(ba_value)}. mergeagg combines partials "
+                 "in whatever order the input was split, so the two must be equal")
 
-        left = agg.combine(agg.combine(_fresh(pa), _fresh(pb)), _fresh(pc))
-        right = agg.combine(_fresh(pa), agg.combine(_fresh(pb), _fresh(pc)))
-        if not same(agg.finalize(left), agg.finalize(right)):
+        left = calls.combine(calls.combine(_fresh(pa), _fresh(pb), "a and b"), _fresh(pc),
+                             "(a+b) and c")
+        right = calls.combine(_fresh(pa), calls.combine(_fresh(pb), _fresh(pc), "b and c"),
+                              "a and (b+c)")
+        left_value, right_value = fin(left, "(a+b)+c"), fin(right, "a+(b+c)")
+        if not same(left_value, right_value):
             fail("combine is not associative",
-                 f"shards a={_short(a_recs)}, b={_short(b_recs)}, c={_short(c_recs)}: "
-                 f"(a+b)+c gives {_short(agg.finalize(agg.combine(agg.combine(_fresh(pa), _fresh(pb)), _fresh(pc))))} "  # noqa: E501
-                 f"but a+(b+c) gives {_short(agg.finalize(agg.combine(_fresh(pa), agg.combine(_fresh(pb), _fresh(pc)))))}")  # noqa: E501
+                 f"{shown3}: combine(combine(a, b), c) gives {_short(left_value)} but "
+                 f"combine(a, combine(b, c)) gives {_short(right_value)}. mergeagg folds "
+                 "partials along a tree whose shape depends on the number of splits, so "
+                 "the two must be equal")
 
-        whole = list(a_recs) + list(b_recs) + list(c_recs)
+        whole = a_recs + b_recs + c_recs
         cuts = sorted(data.draw(st.lists(st.integers(0, len(whole)), max_size=4),
                                 label="cut points"))
         bounds = [0, *cuts, len(whole)]
         pieces = [whole[i:j] for i, j in zip(bounds, bounds[1:])]
         order = data.draw(st.permutations(range(len(pieces))), label="fold order")
-        acc = agg.partial(pieces[order[0]])
+        acc = calls.partial(pieces[order[0]])
         for k in order[1:]:
-            acc = agg.combine(acc, agg.partial(pieces[k]))
-        split_value = agg.finalize(acc)
-        one_value = agg.finalize(agg.partial(whole))
+            acc = calls.combine(acc, calls.partial(pieces[k]), f"the partial of {pieces[k]}")
+        split_value = fin(acc, "the folded shards")
+        one_value = fin(calls.partial(whole), "one partial of all the records")
         if not same(split_value, one_value):
             fail("the result depends on how the records are split",
                  f"records {_short(whole)} as one shard give {_short(one_value)}, but as "
@@ -169,8 +240,8 @@ def check(aggregator, records=None, *, strategy=None, max_examples=200, rel_tol=
 
     try:
         search()
-    except FlakyFailure as exc:
+    except Flaky as exc:
         raise LawViolation(
-            "combine or partial is not deterministic: the same inputs gave different "
-            f"results on a second try ({exc})"
+            "partial or combine is not deterministic: the same shards gave different results "
+            f"when tried again, so no fingerprint could prove a result ({exc})"
         ) from None
