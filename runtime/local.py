@@ -1,0 +1,425 @@
+"""The embedded default executor: worker OS processes on this machine, and the driver loop.
+
+:class:`LocalExecutor` is an adapter of the executor port that
+:class:`~mergeagg.runtime.master.Policy` drives: it starts worker processes (replacing any
+that die), ships each job's functions once (cloudpickled), carries out the policy's
+actions and turns what the workers say (and their deaths, seen through process
+sentinels) into events. :func:`run_local` is the loop between the two.
+
+Start method: ``forkserver`` where it exists (a fork server that has already imported
+mergeagg forks each worker in milliseconds, and it is safe in programs with threads), else
+``spawn``. Under ``spawn`` (Windows) and ``forkserver`` a script that calls ``run`` must
+guard its entry point with ``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import pickle
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from multiprocessing.connection import wait
+
+import cloudpickle
+
+from mergeagg.errors import JobFailed, WorkerLost
+from mergeagg.runtime.master import Cancel, KillWorker, Launch, Policy, Release, fold_tasks
+from mergeagg.runtime.report import FailureRecord, Report, TaskRecord
+from mergeagg.runtime.worker import load_ref, serve
+
+__all__ = ["LocalExecutor", "run_local", "default_start_method"]
+
+_job_ids = itertools.count(1)
+
+
+def default_start_method():
+    """``forkserver`` where the platform has it, else ``spawn``."""
+    methods = mp.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class LocalExecutor:
+    """A pool of worker processes on this machine; the executor port's local adapter.
+
+    Cost: starting it forks ``workers`` processes (milliseconds each under forkserver once
+    the fork server runs, about 0.1-0.3 s each under spawn). Use as a context manager, or
+    call :meth:`close`; it kills its workers on close, on error, and when this process exits.
+    """
+
+    def __init__(self, workers, *, heartbeat_interval=0.2, start_method=None, workdir=None,
+                 max_restarts=None):
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"a LocalExecutor needs at least one worker, got {workers!r}")
+        self.size = workers
+        self.heartbeat_interval = heartbeat_interval
+        self.start_method = start_method or default_start_method()
+        self.ctx = mp.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            self.ctx.set_forkserver_preload(["mergeagg.runtime.worker"])
+        self._own_dir = workdir is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix="mergeagg-")
+        self.max_restarts = max_restarts if max_restarts is not None else 20 + 10 * workers
+        self.restarts = 0
+        self.procs = {}  # wid -> (process, conn)
+        self.pids = {}
+        self.ready = set()
+        self.killed = set()
+        self._ids = itertools.count(1)
+        self._jobs = {}
+        self._events = []
+        self._closed = False
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self):
+        """Start the workers (idempotent). Returns ``self``."""
+        if not self._started:
+            self._started = True
+            for _ in range(self.size):
+                self._spawn()
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _spawn(self):
+        wid = f"w{next(self._ids)}"
+        parent, child = self.ctx.Pipe(duplex=True)
+        wdir = os.path.join(self.workdir, wid)
+        proc = self.ctx.Process(target=serve, args=(wid, child, self.heartbeat_interval, wdir),
+                                name=f"mergeagg-{wid}", daemon=True)
+        proc.start()
+        child.close()
+        self.procs[wid] = (proc, parent)
+        self.pids[wid] = proc.pid
+        for job_id, (payload, plan) in self._jobs.items():
+            self._send(wid, ("job", job_id, payload, plan))
+        return wid
+
+    def close(self):
+        """Stop every worker (SIGKILL after a short grace) and remove the working directory."""
+        if self._closed:
+            return
+        self._closed = True
+        for _proc, conn in list(self.procs.values()):
+            try:
+                conn.send_bytes(pickle.dumps(("stop",)))
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 1.0
+        for _wid, (proc, conn) in list(self.procs.items()):
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                self._hard_kill(proc)
+            conn.close()
+        self.procs.clear()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @staticmethod
+    def _hard_kill(proc):
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, OSError):
+            pass
+        proc.join(5)
+
+    # -- the port --------------------------------------------------------------------------
+
+    def live_workers(self):
+        """Workers that said they are ready and have not been lost."""
+        return sorted(self.ready)
+
+    def worker_pids(self):
+        """``{worker id: pid}`` of the live worker processes (tests kill them from outside)."""
+        return {w: self.pids[w] for w in self.procs}
+
+    def load_job(self, aggregator, faults=None):
+        """Ship a job's functions to every worker once; returns the job id."""
+        job_id = next(_job_ids)
+        payload = cloudpickle.dumps(aggregator)
+        self._jobs[job_id] = (payload, faults)
+        for wid in list(self.procs):
+            self._send(wid, ("job", job_id, payload, faults))
+        return job_id
+
+    def drop_job(self, job_id):
+        """Forget a job's functions on every worker."""
+        self._jobs.pop(job_id, None)
+        for wid in list(self.procs):
+            self._send(wid, ("drop", job_id))
+
+    def apply(self, actions, job_id, hint=0.0):
+        """Carry out the policy's actions (launches are batched per worker)."""
+        batches = {}
+        for a in actions:
+            if isinstance(a, Launch):
+                batches.setdefault(a.worker, []).append(
+                    (a.attempt, job_id, a.kind, a.number, a.split, a.inputs, hint))
+            elif isinstance(a, Cancel):
+                self._send(a.worker, ("cancel", a.attempt))
+            elif isinstance(a, KillWorker):
+                self.kill(a.worker, a.cause)
+            elif isinstance(a, Release):
+                for ref in a.refs:
+                    self._release(ref)
+        for wid, items in batches.items():
+            self._send(wid, ("tasks", items))
+
+    def kill(self, wid, cause="killed by the master"):
+        """SIGKILL worker ``wid`` (the policy already counts it lost) and replace it."""
+        entry = self.procs.pop(wid, None)
+        self.ready.discard(wid)
+        if entry is None:
+            return
+        proc, conn = entry
+        self.killed.add(wid)
+        self._hard_kill(proc)
+        conn.close()
+        shutil.rmtree(os.path.join(self.workdir, wid), ignore_errors=True)
+        self._replace(wid, cause)
+
+    def fetch(self, ref):
+        """The value behind an output reference (the root's, at the end of a job)."""
+        return load_ref(ref)
+
+    def events(self, timeout):
+        """Wait up to ``timeout`` seconds; return the events that arrived, as tuples:
+        ``("joined", w)``, ``("lost", w, cause)``, ``("hb", w)``,
+        ``("done", attempt, ref, fingerprint, stats, w)``,
+        ``("fail", attempt, kind, error, traceback, w)``, ``("cancelled", attempt, w)``."""
+        if self._events:
+            out, self._events = self._events, []
+            return out
+        conns = {conn: wid for wid, (proc, conn) in self.procs.items()}
+        sentinels = {proc.sentinel: wid for wid, (proc, conn) in self.procs.items()}
+        if not conns:
+            time.sleep(min(timeout, 0.05))
+            return []
+        ready = wait(list(conns) + list(sentinels), timeout=max(0.0, timeout))
+        out = self._events
+        self._events = []
+        dead = []
+        for obj in ready:
+            wid = conns.get(obj)
+            if wid is not None:
+                self._drain(wid, obj, out, dead)
+            else:
+                dead.append(sentinels[obj])
+        for wid in dict.fromkeys(dead):
+            self._on_death(wid, out)
+        return out
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _send(self, wid, msg):
+        entry = self.procs.get(wid)
+        if entry is None:
+            return
+        try:
+            entry[1].send_bytes(pickle.dumps(msg, protocol=5))
+        except (OSError, ValueError):
+            pass  # its death will be seen through the sentinel
+
+    def _drain(self, wid, conn, out, dead):
+        try:
+            while conn.poll():
+                msg = pickle.loads(conn.recv_bytes())
+                tag = msg[0]
+                if tag == "batch":
+                    for m in msg[1]:
+                        out.append((*m, wid))
+                    out.append(("hb", wid))
+                elif tag == "hb":
+                    out.append(("hb", wid))
+                elif tag == "ready":
+                    self.ready.add(wid)
+                    out.append(("joined", wid))
+                else:
+                    out.append((*msg, wid))
+        except (EOFError, OSError):
+            dead.append(wid)
+
+    def _on_death(self, wid, out):
+        entry = self.procs.pop(wid, None)
+        if entry is None:
+            return
+        proc, conn = entry
+        proc.join(1)
+        code = proc.exitcode
+        conn.close()
+        was_ready = wid in self.ready
+        self.ready.discard(wid)
+        shutil.rmtree(os.path.join(self.workdir, wid), ignore_errors=True)
+        cause = (f"process died with signal {-code}" if code is not None and code < 0
+                 else f"process exited with code {code}")
+        if was_ready:
+            out.append(("lost", wid, cause))
+        self._replace(wid, cause)
+
+    def _replace(self, wid, cause):
+        if self._closed:
+            return
+        self.restarts += 1
+        if self.restarts > self.max_restarts:
+            raise WorkerLost(
+                f"worker {wid} was lost ({cause}) and {self.restarts - 1} workers have been "
+                f"replaced already (limit {self.max_restarts}); giving up"
+            )
+        self._spawn()
+
+    def _release(self, ref):
+        if ref is not None and ref.path is not None:
+            try:
+                os.unlink(ref.path)
+            except OSError:
+                pass
+
+
+class _Progress:
+    """A one-line progress display on stderr (only on a terminal, or when asked)."""
+
+    def __init__(self, policy, enabled, stream=None):
+        self.policy = policy
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.last = 0.0
+
+    def update(self, now, final=False):
+        if not self.enabled or (not final and now - self.last < 0.2):
+            return
+        self.last = now
+        p = self.policy
+        done = {k: p._stage_done[k] for k in ("map", "combine")}
+        total = p._stage_total
+        running = len(p.attempts)
+        retried = sum(1 for t in p.tasks.values() if t.launched > 1)
+        line = (f"\r[mergeagg] map {done['map']}/{total['map']}  combine "
+                f"{done['combine']}/{total['combine']}  running {running}  retried {retried}"
+                f"  backups {p.backups_launched}")
+        self.stream.write(line + ("\n" if final else ""))
+        self.stream.flush()
+
+
+def run_local(aggregator, source, *, workers, fan_in, config, faults=None, progress=None,
+              executor=None, heartbeat_interval=0.2, start_method=None, clock=time.monotonic):
+    """Run a fold job on worker processes. Returns ``(value, report)``.
+
+    ``executor``, when given, is a started :class:`LocalExecutor` to reuse (a session);
+    otherwise one is started for this run and closed at its end, whatever happens.
+    """
+    t_start = clock()
+    splits = source.splits()
+    tasks = fold_tasks(splits, fan_in)
+    policy = Policy(tasks, config)
+    own = executor is None
+    ex = executor if executor is not None else LocalExecutor(
+        workers, heartbeat_interval=heartbeat_interval, start_method=start_method)
+    show = _Progress(policy, progress if progress is not None else sys.stderr.isatty())
+    job_id = None
+    phases = {}
+    try:
+        ex.start()
+        job_id = ex.load_job(aggregator, faults)
+        now = clock()
+        for w in ex.live_workers():
+            policy.worker_joined(w, now)
+        t_started = clock()
+        phases["start workers"] = t_started - t_start
+        map_done_at = None
+        while True:
+            now = clock()
+            actions = policy.tick(now)
+            if actions:
+                ex.apply(actions, job_id, hint=_hint(policy))
+            if policy.error is not None:
+                raise policy.error
+            if map_done_at is None and policy._stage_done["map"] == policy._stage_total["map"]:
+                map_done_at = now
+            if policy.done:
+                ref, _fp = policy.result
+                try:
+                    acc = ex.fetch(ref)
+                    break
+                except Exception:
+                    # The root's worker died before we read its output: run it again.
+                    policy.worker_lost(ref.worker, "root output unreadable", clock())
+                    ex.kill(ref.worker, "root output unreadable")
+                    continue
+            show.update(now)
+            timeout = max(0.0, policy.next_deadline(now) - clock())
+            for ev in ex.events(timeout):
+                _dispatch(policy, ev, clock())
+        t_root = clock()
+        value = aggregator.finalize(acc)
+        t_end = clock()
+        show.update(t_end, final=True)
+        if map_done_at is None:
+            map_done_at = t_root
+        phases["map"] = map_done_at - t_started
+        phases["combine"] = t_root - map_done_at
+        phases["finalize"] = t_end - t_root
+    except KeyboardInterrupt:
+        if own:
+            ex.close()
+        raise
+    finally:
+        if own:
+            ex.close()
+        elif job_id is not None:
+            ex.drop_job(job_id)
+    report = _report(policy, workers, fan_in, phases)
+    return value, report
+
+
+def _hint(policy):
+    d = policy._durations["map"]
+    return d[len(d) // 2] if d else 0.0
+
+
+def _dispatch(policy, ev, now):
+    tag = ev[0]
+    if tag == "hb":
+        policy.heartbeat(ev[1], now)
+    elif tag == "done":
+        _, aid, ref, fp, stats, wid = ev
+        policy.heartbeat(wid, now)
+        policy.finished(aid, ref, fp, now, stats)
+    elif tag == "fail":
+        _, aid, kind, err, tb, wid = ev
+        policy.heartbeat(wid, now)
+        policy.failed(aid, err, now, traceback=tb, kind=kind)
+    elif tag == "joined":
+        policy.worker_joined(ev[1], now)
+    elif tag == "lost":
+        policy.worker_lost(ev[1], ev[2], now)
+    elif tag == "cancelled":
+        policy.heartbeat(ev[2], now)
+    else:  # pragma: no cover - a protocol error is a bug
+        raise JobFailed(f"unknown worker event {ev!r}")
+
+
+def _report(policy, workers, fan_in, phases):
+    report = Report(mode="local", workers=workers, fan_in=fan_in)
+    for tid, kind, split, attempts, seconds, worker, stats, fp in policy.task_rows():
+        nbytes = stats.get("bytes_read", 0) if stats else 0
+        report.tasks.append(TaskRecord(tid, kind, split, attempts=attempts, seconds=seconds,
+                                       worker=worker, bytes_read=nbytes, fingerprint=fp))
+        report.bytes_read += nbytes
+    for task, attempt, worker, cause, detail in policy.failures:
+        report.failures.append(FailureRecord(task, attempt, worker, cause, str(detail)[:2000]))
+    report.backups_launched = policy.backups_launched
+    report.backups_won = policy.backups_won
+    report.verified = policy.verified
+    report.workers_lost = policy.workers_lost
+    report.phases = phases
+    return report

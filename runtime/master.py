@@ -1,0 +1,735 @@
+"""The scheduling policy: a task table, retries, lost workers, backups and fingerprint checks.
+
+Pure policy, no processes and no wall clock: every method takes ``now`` from the caller, an
+executor adapter (:mod:`mergeagg.runtime.local`, :mod:`mergeagg.runtime.dask`, a simulator,
+a test's fake) feeds it events and carries out the actions it returns. Its state is plain
+data (dicts, lists, dataclasses) so that it can be journalled.
+
+The life of a job, as in MapReduce:
+
+* every task is **idle**, **in progress** (one or more attempts running) or **completed**;
+* map tasks are ready at once; a combine task (a node of the fixed-shape tree of
+  :mod:`mergeagg.runtime.tree`) is ready when its children have completed, and runs where a
+  child's output already is when that worker has a free slot;
+* user code that raises is retried up to ``max_attempts``; then the job fails with
+  :class:`~mergeagg.errors.TaskFailed` naming the task, its split, the attempts and the last
+  traceback;
+* a worker that dies, or is silent for ``heartbeat_timeout``, is lost: its running attempts
+  go back to idle, and so do completed tasks whose outputs lived on it and are still needed;
+* once ``backup_after`` (75%) of a stage's tasks have completed, a running task whose
+  elapsed time exceeds ``backup_factor`` (1.5) times the stage's median gets one backup
+  attempt on another worker; the first completion wins, the other attempt is cancelled;
+* every completion carries the output's fingerprint: two completions of one task must
+  agree, else the job stops with :class:`~mergeagg.errors.NondeterminismError`;
+  ``verify`` re-runs a sampled fraction of map tasks on another worker only to compare.
+
+>>> from mergeagg.runtime.master import Policy, TaskDef, Launch
+>>> p = Policy([TaskDef("map-0", "map", split="s0")], prefetch=1)
+>>> p.worker_joined("w1", now=0.0)
+>>> [type(a).__name__ for a in p.tick(now=0.0)]
+['Launch']
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+
+from mergeagg.errors import JobFailed, NondeterminismError, TaskFailed
+
+
+class _Where(enum.Enum):
+    LOST = "lost"  # ref_worker of an output that died with its worker
+
+
+_GONE = _Where.LOST
+
+__all__ = [
+    "TaskState",
+    "TaskDef",
+    "Launch",
+    "Cancel",
+    "KillWorker",
+    "Release",
+    "Policy",
+    "FailureDetector",
+    "PolicyConfig",
+    "fold_tasks",
+]
+
+
+class TaskState(enum.Enum):
+    """MapReduce's three task states."""
+
+    IDLE = "idle"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+@dataclass
+class TaskDef:
+    """A task: ``kind`` "map" (reads ``split``) or "combine" (folds ``children`` in order)."""
+
+    id: str
+    kind: str
+    split: object = None
+    children: tuple = ()
+    parent: str | None = None
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Run attempt ``attempt`` (number ``number``) of ``task`` on ``worker``.
+
+    ``inputs`` are the output references of the children, in fold order (combine tasks).
+    ``audit`` marks a verification re-run; ``backup`` a speculative copy.
+    """
+
+    attempt: str
+    task: str
+    number: int
+    worker: str
+    kind: str
+    split: object = None
+    inputs: tuple = ()
+    backup: bool = False
+    audit: bool = False
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop attempt ``attempt`` on ``worker`` (a backup's loser); its result is ignored."""
+
+    attempt: str
+    worker: str
+
+
+@dataclass(frozen=True)
+class KillWorker:
+    """Kill and replace ``worker`` (silent past the heartbeat timeout, or a task timed out)."""
+
+    worker: str
+    cause: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """Output references nothing needs any more; the executor may free them."""
+
+    refs: tuple
+
+
+@dataclass
+class PolicyConfig:
+    """Every knob of the policy, with MapReduce/Spark-like defaults."""
+
+    max_attempts: int = 4
+    max_lost: int = 10
+    backups: bool = True
+    backup_after: float = 0.75
+    backup_factor: float = 1.5
+    backup_min_seconds: float = 0.0
+    heartbeat_timeout: float = 10.0
+    task_timeout: float | None = None
+    verify: float = 0.0
+    seed: int = 0
+    prefetch: int = 2
+
+    def __post_init__(self):
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        if not 0.0 <= self.backup_after <= 1.0:
+            raise ValueError(f"backup_after must be within [0, 1], got {self.backup_after!r}")
+        if self.backup_factor <= 0:
+            raise ValueError(f"backup_factor must be positive, got {self.backup_factor!r}")
+        if not 0.0 <= self.verify <= 1.0:
+            raise ValueError(f"verify must be a fraction within [0, 1], got {self.verify!r}")
+        if self.heartbeat_timeout <= 0:
+            raise ValueError(f"heartbeat_timeout must be positive, got {self.heartbeat_timeout}")
+        if self.task_timeout is not None and self.task_timeout <= 0:
+            raise ValueError(f"task_timeout must be positive or None, got {self.task_timeout}")
+        if not isinstance(self.prefetch, int) or self.prefetch < 1:
+            raise ValueError(f"prefetch must be an int >= 1, got {self.prefetch!r}")
+
+
+class FailureDetector:
+    """Who has been silent too long: ``failed(now, timeout)`` lists them, sorted.
+
+    A worker is failed when ``now - last_heartbeat > timeout``, and stays failed until it
+    sends a heartbeat again. The runtime's policy and the ``mergeagg master`` JSON-lines
+    node both use this class.
+
+    >>> d = FailureDetector()
+    >>> d.heartbeat("w1", 0); d.heartbeat("w2", 8)
+    >>> d.failed(now=10, timeout=5)
+    ['w1']
+    """
+
+    def __init__(self):
+        self.last = {}
+
+    def heartbeat(self, worker, timestamp):
+        """Record that ``worker`` was heard from at ``timestamp``. Cost: O(1)."""
+        prev = self.last.get(worker)
+        if prev is None or timestamp > prev:
+            self.last[worker] = timestamp
+
+    def forget(self, worker):
+        """Stop tracking ``worker`` (it was replaced)."""
+        self.last.pop(worker, None)
+
+    def failed(self, now, timeout):
+        """Workers silent for more than ``timeout``, sorted. Cost: O(workers)."""
+        return sorted(w for w, t in self.last.items() if now - t > timeout)
+
+
+@dataclass
+class _Task:
+    d: TaskDef
+    state: TaskState = TaskState.IDLE
+    launched: int = 0
+    failures: int = 0
+    lost: int = 0
+    running: list = field(default_factory=list)
+    ref: object = None
+    ref_worker: str | None = None
+    fingerprint: str | None = None
+    duration: float = 0.0
+    worker: str | None = None
+    last_error: str = ""
+    last_traceback: str = ""
+    pending_children: int = 0
+    backup_launched: bool = False
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Attempt:
+    id: str
+    task: str
+    number: int
+    worker: str
+    started: float | None  # None while queued behind another attempt on its worker
+    backup: bool = False
+    audit: bool = False
+
+
+def fold_tasks(splits, fan_in):
+    """The task list of a fold job: one map task per split and the fixed combine tree.
+
+    Map task ``i`` is ``map-i``; tree node ``j`` of level ``L`` is ``combine-L-j``; a
+    single-child node is not a task (its child feeds the next level directly). The last
+    task is the root.
+
+    >>> [t.id for t in fold_tasks(["a", "b", "c"], 2)]
+    ['map-0', 'map-1', 'map-2', 'combine-1-0', 'combine-2-0']
+    """
+    from mergeagg.runtime.tree import level_sizes
+
+    tasks = [TaskDef(f"map-{i}", "map", split=s, index=i) for i, s in enumerate(splits)]
+    level_ids = [t.id for t in tasks]
+    sizes = level_sizes(len(tasks), fan_in)
+    by_id = {t.id: t for t in tasks}
+    for level in range(1, len(sizes)):
+        nxt = []
+        for j in range(sizes[level]):
+            kids = level_ids[j * fan_in:(j + 1) * fan_in]
+            if len(kids) == 1:
+                nxt.append(kids[0])
+                continue
+            node = TaskDef(f"combine-{level}-{j}", "combine", children=tuple(kids), index=j)
+            for k in kids:
+                by_id[k].parent = node.id
+            tasks.append(node)
+            by_id[node.id] = node
+            nxt.append(node.id)
+        level_ids = nxt
+    return tasks
+
+
+class Policy:
+    """The master's policy over an executor port; see the module docstring.
+
+    Feed it ``worker_joined``, ``worker_lost``, ``heartbeat``, ``finished`` and ``failed``
+    events and call ``tick(now)`` for the actions to carry out. ``done`` is set when the
+    root task has completed (and every audit has compared); ``error`` holds the exception
+    when the job failed. Cost: O(1) amortised per event; ``tick`` is O(workers + ready
+    tasks launched), plus O(running tasks) at most every ``scan_interval`` for backups.
+    """
+
+    scan_interval = 0.02
+
+    def __init__(self, tasks, config=None, **overrides):
+        if config is None:
+            config = PolicyConfig(**overrides)
+        elif overrides:
+            raise TypeError("pass either a PolicyConfig or keyword overrides, not both")
+        if not tasks:
+            raise ValueError("a job needs at least one task")
+        self.config = config
+        self.tasks = {t.id: _Task(t) for t in tasks}
+        self.order = [t.id for t in tasks]
+        self.root = tasks[-1].id
+        self.ready = deque()
+        for t in self.tasks.values():
+            t.pending_children = len(t.d.children)
+            if not t.d.children:
+                self.ready.append(t.d.id)
+        self.attempts = {}
+        self.workers = {}  # worker -> list of attempt ids assigned there
+        self.detector = FailureDetector()
+        self.done = False
+        self.error = None
+        self.result = None  # (ref, fingerprint) of the root
+        self.backup_wanted = deque()
+        self.audits_wanted = deque()
+        self.audits_running = 0
+        self._durations = {"map": [], "combine": []}
+        self._stage_total = {"map": 0, "combine": 0}
+        self._stage_done = {"map": 0, "combine": 0}
+        for t in tasks:
+            self._stage_total[t.kind] += 1
+        self._last_scan = float("-inf")
+        self._actions = []
+        self.failures = []  # (task, attempt number, worker, cause, detail)
+        self.backups_launched = 0
+        self.backups_won = 0
+        self.verified = 0
+        self.workers_lost = 0
+        self._now = 0.0
+
+    # -- events ----------------------------------------------------------------------------
+
+    def worker_joined(self, worker, now):
+        """A worker is ready for tasks."""
+        self.workers.setdefault(worker, [])
+        self.detector.heartbeat(worker, now)
+
+    def heartbeat(self, worker, now):
+        """``worker`` was heard from (any message counts)."""
+        if worker in self.workers:
+            self.detector.heartbeat(worker, now)
+
+    def worker_lost(self, worker, cause, now):
+        """``worker`` died or was killed: requeue its attempts and the outputs it held."""
+        self._now = now
+        if worker not in self.workers:
+            return
+        self.workers_lost += 1
+        assigned = self.workers.pop(worker)
+        self.detector.forget(worker)
+        for aid in list(assigned):
+            att = self.attempts.pop(aid, None)
+            if att is None:
+                continue
+            task = self.tasks[att.task]
+            if aid in task.running:
+                task.running.remove(aid)
+            if att.audit:
+                self.audits_running -= 1
+                continue
+            self.failures.append((att.task, att.number, worker, "worker lost", cause))
+            if task.state is TaskState.IN_PROGRESS:
+                task.lost += 1
+                if task.lost >= self.config.max_lost:
+                    self._fail(JobFailed(
+                        f"task {att.task} ({self._where(task)}) lost its worker {task.lost} "
+                        f"times (last cause: {cause}); it may be crashing its worker process"
+                    ))
+                    return
+                if not task.running:
+                    self._requeue(task)
+        # Outputs that lived on the worker are gone; re-run the tasks still needed.
+        for task in self.tasks.values():
+            if task.ref_worker == worker:
+                task.ref = None
+                task.ref_worker = _GONE
+        self._rerun_lost_outputs(worker, cause)
+
+    def finished(self, attempt_id, ref, fingerprint, now, stats=None):
+        """Attempt ``attempt_id`` completed with output ``ref`` whose fingerprint is given."""
+        self._now = now
+        att = self.attempts.pop(attempt_id, None)
+        if att is None:
+            # Cancelled or from a lost worker: still a witness of determinism.
+            return self._late_completion(attempt_id, ref, fingerprint)
+        self._unassign(att, now)
+        task = self.tasks[att.task]
+        if attempt_id in task.running:
+            task.running.remove(attempt_id)
+        if att.audit:
+            self.audits_running -= 1
+        if task.state is TaskState.COMPLETED:
+            self._compare(task, fingerprint, att)
+            if ref is not None and ref is not task.ref:
+                self._actions.append(Release((ref,)))
+            if att.audit and self.error is None:
+                self.verified += 1
+            self._maybe_done()
+            return
+        if self.error is not None or self.done:
+            return
+        task.state = TaskState.COMPLETED
+        task.ref = ref
+        task.ref_worker = getattr(ref, "worker", None)
+        task.fingerprint = fingerprint
+        task.worker = att.worker
+        task.duration = now - (att.started if att.started is not None else now)
+        task.stats = dict(stats or {})
+        kind = task.d.kind
+        self._stage_done[kind] += 1
+        bisect.insort(self._durations[kind], task.duration)
+        if att.backup:
+            self.backups_won += 1
+        for other in task.running:
+            oatt = self.attempts.get(other)
+            if oatt is not None:
+                self._actions.append(Cancel(other, oatt.worker))
+        if self.config.verify and task.d.kind == "map" and self._sampled(task.d.id):
+            self.audits_wanted.append(task.d.id)
+        parent_id = task.d.parent
+        if parent_id is None:
+            self.result = (ref, fingerprint)
+            self._maybe_done()
+            return
+        parent = self.tasks[parent_id]
+        parent.pending_children -= 1
+        if parent.pending_children == 0 and parent.state is TaskState.IDLE:
+            self.ready.append(parent_id)
+
+    def failed(self, attempt_id, error, now, traceback="", kind="raise"):
+        """Attempt ``attempt_id`` failed: user code raised (``kind="raise"``), or its input
+        was gone (``kind="input_lost"``, not counted against ``max_attempts``)."""
+        self._now = now
+        att = self.attempts.pop(attempt_id, None)
+        if att is None:
+            return
+        self._unassign(att, now)
+        task = self.tasks[att.task]
+        if attempt_id in task.running:
+            task.running.remove(attempt_id)
+        if att.audit:
+            self.audits_running -= 1
+            self.failures.append((att.task, att.number, att.worker, "audit " + kind, error))
+            self._maybe_done()
+            return
+        self.failures.append((att.task, att.number, att.worker, kind, error))
+        if task.state is not TaskState.IN_PROGRESS:
+            return
+        if kind == "input_lost":
+            self._input_lost(task)
+            return
+        task.failures += 1
+        task.last_error = error
+        task.last_traceback = traceback
+        if task.failures >= self.config.max_attempts:
+            self._fail(TaskFailed(
+                f"task {task.d.id} ({self._where(task)}) failed {task.failures} time(s), the "
+                f"limit is max_attempts={self.config.max_attempts}; last error: {error}\n"
+                f"last traceback:\n{traceback}",
+                task=task.d.id, split=self._split_id(task), attempts=task.failures,
+                traceback=traceback,
+            ))
+            return
+        if not task.running:
+            self._requeue(task)
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def tick(self, now):
+        """The actions to carry out now: launches, cancels, kills and releases."""
+        self._now = now
+        if self.error is None and not self.done:
+            self._check_silence(now)
+            self._check_timeouts(now)
+        if self.error is None and not self.done:
+            if self.config.backups and now - self._last_scan >= self.scan_interval:
+                self._last_scan = now
+                self._scan_for_stragglers(now)
+            self._assign(now)
+        out, self._actions = self._actions, []
+        return out
+
+    def next_deadline(self, now):
+        """The latest time the caller should call ``tick`` again, even without events."""
+        horizon = self.config.heartbeat_timeout / 4
+        if self.config.task_timeout is not None:
+            horizon = min(horizon, self.config.task_timeout / 4)
+        if self.config.backups and self.attempts:
+            horizon = min(horizon, max(self.scan_interval, 0.005))
+        return now + horizon
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _where(self, task):
+        split = self._split_id(task)
+        return f"split {split}" if split is not None else f"combining {', '.join(task.d.children)}"
+
+    @staticmethod
+    def _split_id(task):
+        split = task.d.split
+        return getattr(split, "id", split) if split is not None else None
+
+    def _fail(self, exc):
+        if self.error is None:
+            self.error = exc
+            for aid, att in list(self.attempts.items()):
+                self._actions.append(Cancel(aid, att.worker))
+
+    def _compare(self, task, fingerprint, att):
+        if fingerprint != task.fingerprint:
+            which = "audit" if att.audit else ("backup" if att.backup else "attempt")
+            self._fail(NondeterminismError(
+                f"task {task.d.id} ({self._where(task)}) is not deterministic: the first "
+                f"completion's output has fingerprint {task.fingerprint}, {which} "
+                f"{att.number} (on {att.worker}) gave {fingerprint}. A task must be a pure "
+                "function of its input.",
+                task=task.d.id, fingerprints=(task.fingerprint, fingerprint),
+            ))
+
+    def _late_completion(self, attempt_id, ref, fingerprint):
+        task_id = attempt_id.rsplit("#", 1)[0]
+        task = self.tasks.get(task_id)
+        if task is not None and task.state is TaskState.COMPLETED and fingerprint is not None:
+            number = int(attempt_id.rsplit("#", 1)[1])
+            self._compare(task, fingerprint, _Attempt(attempt_id, task_id, number, "?", 0.0))
+        if ref is not None and (task is None or ref is not task.ref):
+            self._actions.append(Release((ref,)))
+
+    def _sampled(self, task_id):
+        h = hashlib.blake2b(f"{self.config.seed}:{task_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(h, "little") / 2**64 < self.config.verify
+
+    def _unassign(self, att, now=None):
+        """Take ``att`` off its worker's queue; the next queued attempt starts now."""
+        now = self._now if now is None else now
+        lst = self.workers.get(att.worker)
+        if lst is not None and att.id in lst:
+            lst.remove(att.id)
+            if lst:
+                head = self.attempts.get(lst[0])
+                if head is not None and head.started is None:
+                    head.started = now
+
+    def _requeue(self, task):
+        task.state = TaskState.IDLE
+        task.backup_launched = False
+        if task.pending_children == 0:
+            self.ready.appendleft(task.d.id)
+
+    def _output_needed(self, task):
+        if task.d.parent is None:
+            return True  # the root's output is needed until the caller has fetched it
+        return self.tasks[task.d.parent].state is not TaskState.COMPLETED
+
+    def _reset_completed(self, task):
+        """A completed task's output is lost: run it again, and hold back its parent."""
+        task.state = TaskState.IDLE
+        task.ref = None
+        task.ref_worker = None
+        task.backup_launched = False
+        self._stage_done[task.d.kind] -= 1
+        if task.d.parent is None:
+            self.result = None
+            self.done = False
+        else:
+            parent = self.tasks[task.d.parent]
+            parent.pending_children += 1
+            if parent.state is TaskState.IN_PROGRESS:
+                for aid in list(parent.running):
+                    att = self.attempts.pop(aid)
+                    self._unassign(att)
+                    self._actions.append(Cancel(aid, att.worker))
+                parent.running.clear()
+                parent.state = TaskState.IDLE
+            if parent.d.id in self.ready:
+                self.ready.remove(parent.d.id)
+        if task.pending_children == 0:
+            self.ready.appendleft(task.d.id)
+
+    def _input_lost(self, task):
+        """A combine attempt could not read a child's output: re-run the lost children."""
+        if not task.running and task.state is TaskState.IN_PROGRESS:
+            task.state = TaskState.IDLE
+            if task.pending_children == 0:
+                self.ready.appendleft(task.d.id)
+        for cid in task.d.children:
+            child = self.tasks[cid]
+            if child.ref_worker is not None and child.ref_worker not in self.workers:
+                child.ref = None
+                child.ref_worker = _GONE
+        self._rerun_lost_outputs(None, "input could not be read")
+
+    def _rerun_lost_outputs(self, worker, cause):
+        """Reset completed tasks whose outputs are gone and still needed, to a fixpoint
+        (re-running a parent makes its children's outputs needed again)."""
+        changed = True
+        while changed:
+            changed = False
+            for task in self.tasks.values():
+                if (task.state is TaskState.COMPLETED and task.ref_worker is _GONE
+                        and self._output_needed(task)):
+                    self.failures.append((task.d.id, task.launched, worker,
+                                          "output lost with worker", cause))
+                    self._reset_completed(task)
+                    changed = True
+
+    def _maybe_done(self):
+        if (self.result is not None and not self.audits_wanted and self.audits_running == 0
+                and self.error is None):
+            self.done = True
+
+    def _check_silence(self, now):
+        for worker in self.detector.failed(now, self.config.heartbeat_timeout):
+            self._actions.append(KillWorker(worker, "missed heartbeats for "
+                                            f"{self.config.heartbeat_timeout:g}s"))
+            self.worker_lost(worker, "missed heartbeats", now)
+
+    def _check_timeouts(self, now):
+        limit = self.config.task_timeout
+        if limit is None:
+            return
+        for att in list(self.attempts.values()):
+            if att.started is not None and now - att.started > limit \
+                    and att.id in self.attempts:
+                task = self.tasks[att.task]
+                worker = att.worker
+                self._actions.append(KillWorker(worker, f"task {att.task} exceeded "
+                                                f"task_timeout={limit:g}s"))
+                # Count the timeout against the task as a failure of its user code.
+                self.attempts.pop(att.id)
+                self._unassign(att, now)
+                if att.id in task.running:
+                    task.running.remove(att.id)
+                if att.audit:
+                    self.audits_running -= 1
+                self.failures.append((att.task, att.number, worker, "timeout",
+                                      f"exceeded task_timeout={limit:g}s"))
+                if task.state is TaskState.IN_PROGRESS:
+                    task.failures += 1
+                    task.last_error = f"exceeded task_timeout={limit:g}s"
+                    if task.failures >= self.config.max_attempts:
+                        self._fail(TaskFailed(
+                            f"task {task.d.id} ({self._where(task)}) failed {task.failures} "
+                            f"time(s), the limit is max_attempts={self.config.max_attempts}; "
+                            f"last error: it exceeded task_timeout={limit:g}s",
+                            task=task.d.id, split=self._split_id(task),
+                            attempts=task.failures, traceback="",
+                        ))
+                        return
+                    if not task.running:
+                        self._requeue(task)
+                self.worker_lost(worker, f"killed: task {att.task} timed out", now)
+
+    def _scan_for_stragglers(self, now):
+        for kind in ("map", "combine"):
+            total = self._stage_total[kind]
+            if not total or self._stage_done[kind] < self.config.backup_after * total:
+                continue
+            durations = self._durations[kind]
+            if not durations:
+                continue
+            median = durations[len(durations) // 2]
+            limit = max(self.config.backup_factor * median, self.config.backup_min_seconds)
+            for att in self.attempts.values():
+                if att.backup or att.audit:
+                    continue
+                task = self.tasks[att.task]
+                if (task.d.kind == kind and task.state is TaskState.IN_PROGRESS
+                        and not task.backup_launched and att.started is not None
+                        and now - att.started > limit):
+                    task.backup_launched = True
+                    self.backup_wanted.append(task.d.id)
+
+    def _free_workers(self):
+        cap = self.config.prefetch
+        return [w for w, lst in self.workers.items() if len(lst) < cap]
+
+    def _launch(self, task, worker, now, backup=False, audit=False):
+        task.launched += 1
+        number = task.launched
+        aid = f"{task.d.id}#{number}"
+        queued = bool(self.workers[worker])
+        att = _Attempt(aid, task.d.id, number, worker, None if queued else now, backup, audit)
+        self.attempts[aid] = att
+        self.workers[worker].append(aid)
+        inputs = ()
+        if task.d.kind == "combine":
+            inputs = tuple(self.tasks[c].ref for c in task.d.children)
+        if not audit:
+            task.running.append(aid)
+            task.state = TaskState.IN_PROGRESS
+        self._actions.append(Launch(aid, task.d.id, number, worker, task.d.kind,
+                                    task.d.split, inputs, backup, audit))
+
+    def _assign(self, now):
+        if not self.workers:
+            return
+        cap = self.config.prefetch
+        # Backups first: they are why an idle slot exists near the end of a stage.
+        while self.backup_wanted:
+            tid = self.backup_wanted[0]
+            task = self.tasks[tid]
+            if task.state is not TaskState.IN_PROGRESS or len(task.running) != 1:
+                self.backup_wanted.popleft()
+                continue
+            busy_on = {self.attempts[a].worker for a in task.running}
+            worker = self._pick(lambda w, busy_on=busy_on: w not in busy_on and not self.workers[w],
+                                cap)
+            if worker is None:
+                break
+            self.backup_wanted.popleft()
+            self.backups_launched += 1
+            self._launch(task, worker, now, backup=True)
+        while self.audits_wanted:
+            tid = self.audits_wanted[0]
+            task = self.tasks[tid]
+            avoid = task.worker if len(self.workers) > 1 else None
+            worker = self._pick(lambda w, avoid=avoid: w != avoid, cap)
+            if worker is None:
+                break
+            self.audits_wanted.popleft()
+            self.audits_running += 1
+            self._launch(task, worker, now, audit=True)
+        while self.ready:
+            tid = self.ready[0]
+            task = self.tasks[tid]
+            if task.state is not TaskState.IDLE or task.pending_children:
+                self.ready.popleft()
+                continue
+            worker = None
+            if task.d.kind == "combine":
+                holders = [self.tasks[c].ref_worker for c in task.d.children]
+                for h in holders:
+                    if h in self.workers and len(self.workers[h]) < cap:
+                        worker = h
+                        break
+            if worker is None:
+                worker = self._pick(lambda w: True, cap)
+            if worker is None:
+                break
+            self.ready.popleft()
+            self._launch(task, worker, now)
+
+    def _pick(self, ok, cap):
+        best, best_load = None, cap
+        for w, lst in self.workers.items():
+            if len(lst) < best_load and ok(w):
+                best, best_load = w, len(lst)
+                if best_load == 0:
+                    break
+        return best
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def task_rows(self):
+        """Per-task facts for the report: (id, kind, split id, attempts, seconds, worker,
+        stats, fingerprint), in task order."""
+        for tid in self.order:
+            t = self.tasks[tid]
+            yield (tid, t.d.kind, self._split_id(t), t.launched, t.duration, t.worker,
+                   t.stats, t.fingerprint)

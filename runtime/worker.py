@@ -1,0 +1,280 @@
+"""The worker process: runs tasks sent by the master, sends back outputs' references.
+
+One worker is one OS process with three threads: the main thread runs tasks one at a time
+(user code runs here, so a cancel can interrupt it with a signal), a reader thread takes
+messages off the pipe (a cancel acts at once), and a heartbeat thread says "alive" every
+``heartbeat_interval`` seconds. When the master's end of the pipe closes, the worker exits:
+no orphans.
+
+Outputs: a task's output is pickled once and fingerprinted on the worker. Up to
+``INLINE_LIMIT`` bytes it rides back to the master inside the completion message (it then
+survives the worker); larger ones stay in the worker's own directory as a file written
+atomically (temporary name, then rename) with a CRC-32, and die with the worker, like map
+output on a MapReduce worker's local disk. Every combine gets fresh objects (it unpickles
+its inputs), so a combine that modifies its first argument never touches a stored output.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+import zlib
+from collections import deque
+
+import cloudpickle
+
+from mergeagg.fingerprint import fingerprint
+from mergeagg.inputs import read_split
+from mergeagg.runtime.faults import InjectedFault, corrupt_value
+
+__all__ = ["Ref", "serve", "INLINE_LIMIT", "dumps", "load_ref", "InputLost"]
+
+INLINE_LIMIT = 64 * 1024
+
+
+class Ref:
+    """Where a task's output is: inline ``data`` (held by the master), or a file ``path``
+    in ``worker``'s directory with its ``crc``. ``nbytes`` is the pickled size."""
+
+    __slots__ = ("worker", "key", "path", "data", "nbytes", "crc")
+
+    def __init__(self, worker, key, path=None, data=None, nbytes=0, crc=0):
+        self.worker = worker
+        self.key = key
+        self.path = path
+        self.data = data
+        self.nbytes = nbytes
+        self.crc = crc
+
+    def __getstate__(self):
+        return (self.worker, self.key, self.path, self.data, self.nbytes, self.crc)
+
+    def __setstate__(self, state):
+        self.worker, self.key, self.path, self.data, self.nbytes, self.crc = state
+
+    def __repr__(self):
+        where = "inline" if self.data is not None else f"{self.worker}:{self.path}"
+        return f"Ref({self.key}, {where}, {self.nbytes} B)"
+
+
+class InputLost(Exception):
+    """A task's input output reference could not be read (its worker died, or it is torn)."""
+
+
+class Cancelled(BaseException):
+    """Raised inside the running task when the master cancels it (a backup's loser).
+
+    A BaseException, so that user code's ``except Exception`` does not swallow it.
+    """
+
+
+def dumps(value):
+    """Pickle a task output (protocol 5; cloudpickle when it holds lambdas or closures)."""
+    try:
+        return pickle.dumps(value, protocol=5)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return cloudpickle.dumps(value, protocol=5)
+
+
+def load_ref(ref):
+    """The value behind ``ref``; :class:`InputLost` if its file is gone or torn."""
+    if ref.data is not None:
+        return pickle.loads(ref.data)
+    try:
+        with open(ref.path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise InputLost(f"output {ref.key} on worker {ref.worker} is gone ({exc})") from None
+    if len(data) != ref.nbytes or zlib.crc32(data) != ref.crc:
+        raise InputLost(f"output {ref.key} on worker {ref.worker} is torn or corrupted "
+                        f"({len(data)} of {ref.nbytes} bytes, checksum mismatch)")
+    return pickle.loads(data)
+
+
+class _Worker:
+    def __init__(self, wid, conn, workdir):
+        self.wid = wid
+        self.conn = conn
+        self.workdir = workdir
+        self.send_lock = threading.Lock()
+        self.cv = threading.Condition()
+        self.queue = deque()
+        self.jobs = {}
+        self.current = None
+        self.cancel_target = None
+        self.stopping = False
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def send(self, msg):
+        data = pickle.dumps(msg, protocol=5)
+        try:
+            with self.send_lock:
+                self.conn.send_bytes(data)
+        except (OSError, ValueError):
+            os._exit(0)  # the master is gone
+
+    def reader(self):
+        while True:
+            try:
+                data = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                os._exit(0)  # the master is gone: never outlive it
+            msg = pickle.loads(data)
+            if msg[0] == "cancel":
+                self._cancel(msg[1])
+                continue
+            with self.cv:
+                if msg[0] == "tasks":
+                    self.queue.extend(msg[1])
+                else:
+                    self.queue.append(msg)
+                self.cv.notify()
+
+    def heartbeats(self, interval):
+        msg = ("hb", self.wid)
+        while True:
+            time.sleep(interval)
+            self.send(msg)
+
+    def _cancel(self, aid):
+        with self.cv:
+            for item in self.queue:
+                if item[0] == aid:
+                    self.queue.remove(item)
+                    self.send(("cancelled", aid))
+                    return
+            if self.current == aid:
+                self.cancel_target = aid
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    def _on_signal(self, signum, frame):
+        if self.current is not None and self.current == self.cancel_target:
+            raise Cancelled()
+
+    # -- the main thread -------------------------------------------------------------------
+
+    def loop(self):
+        pending = []
+        first = 0.0
+        while True:
+            with self.cv:
+                if not self.queue and not pending:
+                    while not self.queue:
+                        self.cv.wait()
+                item = self.queue.popleft() if self.queue else None
+            if item is None:
+                self.send(("batch", pending))
+                pending = []
+                continue
+            if isinstance(item[0], str) and item[0] in ("job", "drop", "stop"):
+                if pending:
+                    self.send(("batch", pending))
+                    pending = []
+                if item[0] == "job":
+                    _, job_id, payload, plan = item
+                    self.jobs[job_id] = (cloudpickle.loads(payload), plan)
+                elif item[0] == "drop":
+                    self.jobs.pop(item[1], None)
+                else:
+                    return
+                continue
+            if not pending:
+                first = time.perf_counter()
+            pending.append(self.run_task(item))
+            if len(pending) >= 64 or time.perf_counter() - first > 0.002:
+                self.send(("batch", pending))
+                pending = []
+
+    def run_task(self, item):
+        aid, job_id, kind, number, split, inputs, hint = item
+        agg, plan = self.jobs[job_id]
+        task_id = aid.rsplit("#", 1)[0]
+        fault = plan.fault_for(task_id, number) if plan is not None else None
+        t0 = time.perf_counter()
+        nbytes_read = 0
+        self.current = aid
+        try:
+            if fault is not None:
+                self._fault_before(fault, hint)
+            if kind == "map":
+                records = read_split(split)
+                acc = agg.partial(records)
+                nbytes_read = getattr(records, "bytes_read", 0)
+            else:
+                values = [load_ref(r) for r in inputs]
+                acc = values[0]
+                for v in values[1:]:
+                    acc = agg.combine(acc, v)
+            if fault is not None:
+                acc = self._fault_after(fault, acc, time.perf_counter() - t0)
+            self.current = None
+        except Cancelled:
+            self.current = None
+            return ("cancelled", aid)
+        except InputLost as exc:
+            self.current = None
+            return ("fail", aid, "input_lost", str(exc), "")
+        except Exception as exc:
+            self.current = None
+            return ("fail", aid, "raise", f"{type(exc).__name__}: {exc}",
+                    traceback.format_exc())
+        seconds = time.perf_counter() - t0
+        try:
+            data = dumps(acc)
+            fp = fingerprint(acc)
+        except Exception as exc:
+            return ("fail", aid, "raise",
+                    f"the output of {kind} could not be serialised or fingerprinted: "
+                    f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        ref = self._store(aid, data)
+        return ("done", aid, ref, fp, {"seconds": seconds, "bytes_read": nbytes_read,
+                                       "output_bytes": len(data)})
+
+    def _fault_before(self, fault, hint):
+        if fault.kind == "hang":
+            os.kill(os.getpid(), signal.SIGSTOP)
+        elif fault.kind == "raise":
+            raise InjectedFault(f"injected fault: raise (worker {self.wid})")
+        elif fault.kind == "kill" and hint > 0:
+            delay = fault.at * hint
+            timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL))
+            timer.daemon = True
+            timer.start()
+
+    def _fault_after(self, fault, acc, elapsed):
+        if fault.kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(60)  # pragma: no cover - the process is gone
+        if fault.kind == "delay":
+            time.sleep(max(0.0, fault.factor - 1.0) * max(elapsed, 1e-3))
+        if fault.kind == "corrupt":
+            acc = corrupt_value(acc, int.from_bytes(os.urandom(4), "little") / 2**32)
+        return acc
+
+    def _store(self, aid, data):
+        if len(data) <= INLINE_LIMIT:
+            return Ref(None, aid, data=data, nbytes=len(data))
+        path = os.path.join(self.workdir, aid.replace("#", "_") + ".out")
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return Ref(self.wid, aid, path=path, nbytes=len(data), crc=zlib.crc32(data))
+
+
+def serve(wid, conn, heartbeat_interval, workdir):
+    """The worker process's main function (the target the executor starts)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's to handle
+    os.makedirs(workdir, exist_ok=True)
+    w = _Worker(wid, conn, workdir)
+    signal.signal(signal.SIGUSR1, w._on_signal)
+    threading.Thread(target=w.reader, daemon=True, name="mergeagg-reader").start()
+    threading.Thread(target=w.heartbeats, args=(heartbeat_interval,), daemon=True,
+                     name="mergeagg-heartbeat").start()
+    w.send(("ready", wid, os.getpid()))
+    w.loop()

@@ -1,0 +1,362 @@
+"""The policy, driven by a fake executor and a fake clock: no sleeps, no processes."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mergeagg.errors import JobFailed, NondeterminismError, TaskFailed
+from mergeagg.runtime.master import (
+    Cancel,
+    FailureDetector,
+    KillWorker,
+    Launch,
+    Policy,
+    PolicyConfig,
+    Release,
+    TaskState,
+    fold_tasks,
+)
+
+
+class FakeRef:
+    def __init__(self, value, worker):
+        self.value = value
+        self.worker = worker
+
+
+class Sim:
+    """A fake executor: launched attempts wait in ``running`` until the test says."""
+
+    def __init__(self, n_maps, fan_in, workers, **config):
+        self.values = list(range(1, n_maps + 1))
+        self.tasks = fold_tasks(self.values, fan_in)
+        self.policy = Policy(self.tasks, PolicyConfig(**config))
+        self.now = 0.0
+        self.running = {}  # attempt -> (Launch, worker)
+        self.finished_msgs = []
+        self.cancelled = set()
+        self.killed = []
+        self.alive = set()
+        self.next_worker = 0
+        for _ in range(workers):
+            self.add_worker()
+
+    def add_worker(self):
+        self.next_worker += 1
+        w = f"w{self.next_worker}"
+        self.alive.add(w)
+        self.policy.worker_joined(w, self.now)
+        return w
+
+    def value_of(self, launch):
+        if launch.kind == "map":
+            return launch.split
+        return sum(r.value for r in launch.inputs)
+
+    def tick(self):
+        # A replacement worker joins after the tick that killed its predecessor; tick again
+        # so the policy can use it, as the executor's next event would make it do.
+        while self._tick_once():
+            pass
+
+    def _tick_once(self):
+        killed = False
+        for a in self.policy.tick(self.now):
+            if isinstance(a, Launch):
+                assert a.worker in self.alive
+                self.running[a.attempt] = a
+            elif isinstance(a, Cancel):
+                self.cancelled.add(a.attempt)
+                self.running.pop(a.attempt, None)
+            elif isinstance(a, KillWorker):
+                self.killed.append(a.worker)
+                self.drop_worker(a.worker, notify=False)
+                killed = True
+            elif isinstance(a, Release):
+                pass
+        return killed
+
+    def finish(self, attempt, corrupt=False):
+        launch = self.running.pop(attempt)
+        v = self.value_of(launch) + (1000 if corrupt else 0)
+        ref = FakeRef(v, launch.worker)
+        self.finished_msgs.append((attempt, ref, str(v)))
+        self.policy.finished(attempt, ref, str(v), self.now, {"seconds": 1})
+
+    def fail(self, attempt):
+        self.running.pop(attempt)
+        self.policy.failed(attempt, "ValueError: boom", self.now, traceback="Traceback...")
+
+    def drop_worker(self, w, notify=True):
+        self.alive.discard(w)
+        for aid, launch in list(self.running.items()):
+            if launch.worker == w:
+                del self.running[aid]
+        if notify:
+            self.policy.worker_lost(w, "SIGKILL", self.now)
+        self.add_worker()
+
+    def root_value(self):
+        ref, fp = self.policy.result
+        return ref.value
+
+
+def drive(sim, limit=10_000):
+    for _ in range(limit):
+        sim.tick()
+        if sim.policy.done or sim.policy.error:
+            return
+        assert sim.running, "the policy launched nothing and nothing runs: a hang"
+        sim.now += 1.0
+        for w in list(sim.alive):
+            sim.policy.heartbeat(w, sim.now)
+        sim.finish(sorted(sim.running)[0])
+    raise AssertionError("did not finish")
+
+
+def test_fold_tasks_shape():
+    tasks = fold_tasks(list(range(10)), 4)
+    ids = [t.id for t in tasks]
+    assert ids[-1] == "combine-2-0"
+    by = {t.id: t for t in tasks}
+    assert by["combine-1-2"].children == ("map-8", "map-9")
+    assert by["combine-2-0"].children == ("combine-1-0", "combine-1-1", "combine-1-2")
+    assert fold_tasks([0], 4)[-1].id == "map-0"
+
+
+def test_clean_run_completes_with_every_value_once():
+    sim = Sim(13, 3, 2)
+    drive(sim)
+    assert sim.policy.done and sim.root_value() == sum(range(1, 14))
+    assert all(t.launched == 1 for t in sim.policy.tasks.values())
+
+
+def test_retry_then_named_failure():
+    sim = Sim(3, 2, 1, max_attempts=3)
+    sim.tick()
+    for _ in range(3):
+        aid = next(a for a in sim.running if a.startswith("map-1#"))
+        sim.fail(aid)
+        sim.tick()
+    err = sim.policy.error
+    assert isinstance(err, TaskFailed)
+    assert err.task == "map-1" and err.attempts == 3 and "boom" in str(err)
+    assert "max_attempts=3" in str(err) and "Traceback" in err.traceback
+
+
+def test_lost_worker_requeues_running_and_completed_outputs():
+    sim = Sim(4, 4, 2, prefetch=1)
+    sim.tick()
+    first = sorted(sim.running)[0]
+    w = sim.running[first].worker
+    sim.finish(first)  # completed on w, output lives on w
+    sim.drop_worker(w)
+    task = sim.policy.tasks[first.split("#")[0]]
+    assert task.state is TaskState.IDLE
+    drive(sim)
+    assert sim.root_value() == 1 + 2 + 3 + 4
+    assert task.launched == 2
+
+
+def test_output_lost_after_parent_completed_is_not_rerun():
+    sim = Sim(2, 2, 2)
+    drive(sim)
+    assert sim.policy.done
+    before = {t: s.launched for t, s in sim.policy.tasks.items()}
+    # Losing the worker of a map output after the root completed: nothing needs it.
+    w = sim.policy.tasks["map-0"].ref_worker
+    sim.policy.worker_lost(w, "late", sim.now)
+    assert sim.policy.tasks["map-0"].launched == before["map-0"]
+
+
+def test_lost_root_output_reruns_the_root():
+    sim = Sim(2, 2, 2)
+    drive(sim)
+    root = sim.policy.tasks[sim.policy.root]
+    w = root.ref_worker
+    sim.drop_worker(w)
+    assert not sim.policy.done and root.state is TaskState.IDLE
+    drive(sim)
+    assert sim.policy.done and sim.root_value() == 3
+
+
+def test_heartbeat_timeout_kills_and_requeues():
+    sim = Sim(2, 2, 2, heartbeat_timeout=5.0)
+    sim.tick()
+    silent = sim.running[sorted(sim.running)[0]].worker
+    other = next(w for w in sim.alive if w != silent)
+    sim.now = 4.0
+    sim.policy.heartbeat(other, sim.now)
+    sim.tick()
+    assert not sim.killed
+    sim.now = 6.0
+    sim.tick()
+    assert sim.killed == [silent]
+    drive(sim)
+    assert sim.root_value() == 3
+
+
+def test_task_timeout_counts_as_a_failure():
+    sim = Sim(1, 2, 1, task_timeout=3.0, max_attempts=2, heartbeat_timeout=100)
+    sim.tick()
+    for t in (4.0, 8.0):
+        sim.now = t
+        for w in list(sim.alive):
+            sim.policy.heartbeat(w, sim.now)
+        sim.tick()
+    assert isinstance(sim.policy.error, TaskFailed)
+    assert "task_timeout" in str(sim.policy.error)
+    assert len(sim.killed) == 2
+
+
+def test_backup_launched_for_straggler_and_first_completion_wins():
+    sim = Sim(8, 8, 3, prefetch=1, backup_after=0.5, backup_factor=1.5)
+    sim.tick()
+    straggler = "map-0#1"
+    for _step in range(12):
+        sim.now += 1.0
+        for w in list(sim.alive):
+            sim.policy.heartbeat(w, sim.now)
+        others = sorted(a for a in sim.running if a != straggler and not a.endswith("#2"))
+        if others:
+            sim.finish(others[0])
+        sim.tick()
+        if "map-0#2" in sim.running:
+            break
+    assert "map-0#2" in sim.running
+    assert sim.running["map-0#2"].backup
+    assert sim.running["map-0#2"].worker != sim.running[straggler].worker
+    sim.finish("map-0#2")
+    sim.tick()
+    assert straggler in sim.cancelled
+    drive(sim)
+    assert sim.policy.backups_launched == 1 and sim.policy.backups_won == 1
+    assert sim.root_value() == sum(range(1, 9))
+
+
+def test_backups_can_be_switched_off():
+    sim = Sim(8, 8, 3, prefetch=1, backups=False, backup_after=0.0)
+    sim.tick()
+    for _ in range(30):
+        sim.now += 1
+        for w in list(sim.alive):
+            sim.policy.heartbeat(w, sim.now)
+        rest = sorted(a for a in sim.running if a != "map-0#1")
+        if rest:
+            sim.finish(rest[0])
+        sim.tick()
+    assert sim.policy.backups_launched == 0
+
+
+def test_duplicate_completion_with_other_fingerprint_stops_the_job():
+    sim = Sim(3, 3, 2, prefetch=1, backup_after=0.0, backup_factor=0.1)
+    sim.tick()
+    sim.now += 1
+    sim.finish("map-1#1")
+    sim.now += 5
+    sim.policy.heartbeat("w1", sim.now)
+    sim.policy.heartbeat("w2", sim.now)
+    sim.tick()
+    backups = [a for a, launch in sim.running.items() if launch.backup]
+    assert backups
+    b = backups[0]
+    task = b.split("#")[0]
+    # The original finishes first, then the backup (not yet cancelled) with other bytes.
+    sim.finish(f"{task}#1")
+    sim.policy.finished(b, FakeRef(999, "w1"), "999", sim.now)
+    err = sim.policy.error
+    assert isinstance(err, NondeterminismError)
+    assert err.task == task and "999" in err.fingerprints
+
+
+def test_verify_audits_map_tasks_on_another_worker():
+    sim = Sim(6, 3, 2, verify=1.0)
+    drive(sim)
+    assert sim.policy.done and sim.policy.verified == 6
+
+
+def test_verify_catches_a_corrupt_map():
+    sim = Sim(4, 4, 2, verify=1.0, prefetch=1)
+    for _ in range(100):
+        sim.tick()
+        if sim.policy.error or sim.policy.done:
+            break
+        aid = sorted(sim.running)[0]
+        sim.now += 1
+        sim.finish(aid, corrupt=sim.running[aid].audit and aid.startswith("map-2"))
+    assert isinstance(sim.policy.error, NondeterminismError)
+    assert sim.policy.error.task == "map-2"
+
+
+def test_failure_detector_sequence():
+    d = FailureDetector()
+    d.heartbeat("w1", 1_700_000_000_000)
+    d.heartbeat("w2", 1_700_000_009_000)
+    assert d.failed(1_700_000_010_000, 5000) == ["w1"]
+    d.heartbeat("w1", 1_700_000_010_000)
+    assert d.failed(1_700_000_010_000, 5000) == []
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="max_attempts"):
+        PolicyConfig(max_attempts=0)
+    with pytest.raises(ValueError, match="verify"):
+        PolicyConfig(verify=2)
+
+
+events = st.lists(
+    st.tuples(st.sampled_from(["finish", "finish", "finish", "raise", "lose", "beat",
+                               "late", "wait"]),
+              st.integers(0, 50)),
+    max_size=60,
+)
+
+
+@given(n=st.integers(1, 12), fan_in=st.integers(2, 4), workers=st.integers(1, 3),
+       script=events, backups=st.booleans())
+def test_any_interleaving_ends_correct_or_named_and_never_counts_twice(n, fan_in, workers,
+                                                                       script, backups):
+    sim = Sim(n, fan_in, workers, max_attempts=3, backups=backups, backup_after=0.0,
+              backup_factor=1.0, heartbeat_timeout=4.0)
+    expected = sum(range(1, n + 1))
+    sim.tick()
+    for kind, pick in script:
+        if sim.policy.done or sim.policy.error:
+            break
+        sim.now += 1.0
+        live = sorted(sim.running)
+        if kind == "beat" or kind == "wait":
+            if kind == "beat":
+                for w in list(sim.alive):
+                    sim.policy.heartbeat(w, sim.now)
+        elif kind == "late" and sim.finished_msgs:
+            aid, ref, fp = sim.finished_msgs[pick % len(sim.finished_msgs)]
+            sim.policy.finished(aid, ref, fp, sim.now)  # a duplicate delivery
+        elif live and kind == "finish":
+            sim.finish(live[pick % len(live)])
+        elif live and kind == "raise":
+            sim.fail(live[pick % len(live)])
+        elif kind == "lose":
+            sim.drop_worker(sorted(sim.alive)[pick % len(sim.alive)])
+        for w in list(sim.alive):
+            if kind != "wait":
+                sim.policy.heartbeat(w, sim.now)
+        sim.tick()
+    # Then let everything finish cleanly.
+    for _ in range(10_000):
+        if sim.policy.done or sim.policy.error:
+            break
+        sim.tick()
+        if sim.policy.done or sim.policy.error:
+            break
+        assert sim.running, "nothing runs and nothing was launched: the job would hang"
+        sim.now += 1.0
+        for w in list(sim.alive):
+            sim.policy.heartbeat(w, sim.now)
+        sim.finish(sorted(sim.running)[0])
+    assert sim.policy.done or sim.policy.error is not None
+    if sim.policy.error is not None:
+        assert isinstance(sim.policy.error, (TaskFailed, JobFailed))
+        assert "map-" in str(sim.policy.error) or "combine-" in str(sim.policy.error)
+    else:
+        assert sim.root_value() == expected
