@@ -284,8 +284,9 @@ def array_rows(array, *, rows=None):
     if rows is None:
         row_bytes = max(1, arr[:1].nbytes)
         rows = max(1, DEFAULT_SPLIT_SIZE // row_bytes)
-    if not isinstance(rows, int) or rows <= 0:
+    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows <= 0:
         raise ValueError(f"rows must be a positive int, got {rows!r}")
+    rows = int(rows)
     splits = []
     for i, start in enumerate(range(0, arr.shape[0], rows)):
         end = min(start + rows, arr.shape[0])
