@@ -1,0 +1,290 @@
+"""The local runtime with real worker processes, real signals and real files."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+
+import cloudpickle
+import psutil
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mergeagg as ma
+from mergeagg.errors import NondeterminismError, TaskFailed
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+WORDS = ["alpha", "beta", "gamma", "delta", "eps"]
+
+
+def make_corpus(tmp_path, n_files=3, lines=400):
+    paths = []
+    for f in range(n_files):
+        p = tmp_path / f"part{f}.txt"
+        with open(p, "w") as fh:
+            for i in range(lines):
+                fh.write(" ".join(WORDS[(i * 7 + j + f) % 5] for j in range(i % 9)) + "\n")
+        paths.append(str(p))
+    return paths
+
+
+def pids_in(d):
+    return {int(name) for name in os.listdir(d)} if os.path.isdir(d) else set()
+
+
+def assert_gone(pids, within=5.0):
+    deadline = time.monotonic() + within
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if psutil.pid_exists(p)
+                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+        if alive:
+            time.sleep(0.05)
+    assert not alive, f"worker processes left behind: {sorted(alive)}"
+
+
+def recording_wordcount(pid_dir, slow_marker=None, sleep=0.0, combine_sleep=0.0):
+    """Word count whose partial records its worker's pid (and can be slowed down)."""
+
+    def partial(shard):
+        os.makedirs(pid_dir, exist_ok=True)
+        open(os.path.join(pid_dir, str(os.getpid())), "w").close()
+        if sleep:
+            time.sleep(sleep)
+        return ma.algorithms.wordcount().partial(shard)
+
+    def combine(a, b):
+        open(os.path.join(pid_dir, str(os.getpid())), "w").close()
+        if combine_sleep and slow_marker and not os.path.exists(slow_marker):
+            with open(slow_marker + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(slow_marker + ".tmp", slow_marker)
+            time.sleep(combine_sleep)
+        a.update(b)
+        return a
+
+    return ma.Aggregator(partial, combine)
+
+
+def test_parallel_run_equals_serial_on_files(tmp_path):
+    paths = make_corpus(tmp_path)
+    agg = ma.algorithms.wordcount()
+    serial = ma.run(agg, paths, workers=0, split_size=2000)
+    local = ma.run(agg, paths, workers=2, split_size=2000)
+    assert local.fingerprint == serial.fingerprint
+    assert local.value == serial.value
+    assert local.report.mode == "local" and len(local.report.attempts) > 5
+    assert local.report.bytes_read == sum(os.path.getsize(p) for p in paths)
+
+
+def _kill_first_pid_seen(pid_dir, sig, seen, delay=0.1):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pids = pids_in(pid_dir)
+        if pids:
+            time.sleep(delay)
+            pid = sorted(pids)[0]
+            seen.append(pid)
+            os.kill(pid, sig)
+            return
+        time.sleep(0.01)
+
+
+def test_sigkill_during_partial(tmp_path):
+    paths = make_corpus(tmp_path)
+    clean = ma.run(ma.algorithms.wordcount(), paths, workers=0, split_size=3000)
+    pid_dir = str(tmp_path / "pids")
+    killed = []
+    t = threading.Thread(target=_kill_first_pid_seen, args=(pid_dir, signal.SIGKILL, killed))
+    t.start()
+    r = ma.run(recording_wordcount(pid_dir, sleep=0.3), paths, workers=2, split_size=3000)
+    t.join()
+    assert killed
+    assert r.fingerprint == clean.fingerprint
+    assert r.report.workers_lost >= 1
+    assert any(a >= 2 for a in r.report.attempts)
+    assert any("signal 9" in f.detail for f in r.report.failures)
+    assert_gone(pids_in(pid_dir))
+
+
+def test_sigkill_during_combine(tmp_path):
+    paths = make_corpus(tmp_path)
+    clean = ma.run(ma.algorithms.wordcount(), paths, workers=0, split_size=3000)
+    pid_dir = str(tmp_path / "pids")
+    marker = str(tmp_path / "slow-combine")
+    agg = recording_wordcount(pid_dir, slow_marker=marker, combine_sleep=1.0)
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 20
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        with open(marker) as f:
+            pid = int(f.read())  # the worker running the slow combine
+        killed.append(pid)
+        os.kill(pid, signal.SIGKILL)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    r = ma.run(agg, paths, workers=2, split_size=3000, fan_in=2)
+    t.join()
+    assert killed and r.fingerprint == clean.fingerprint
+    assert r.report.workers_lost >= 1
+    assert any(f.task.startswith("combine") for f in r.report.failures)
+    assert_gone(pids_in(pid_dir))
+
+
+def test_sigstop_worker_is_declared_lost(tmp_path):
+    paths = make_corpus(tmp_path)
+    clean = ma.run(ma.algorithms.wordcount(), paths, workers=0, split_size=3000)
+    pid_dir = str(tmp_path / "pids")
+    stopped = []
+    t = threading.Thread(target=_kill_first_pid_seen, args=(pid_dir, signal.SIGSTOP, stopped))
+    t.start()
+    start = time.monotonic()
+    r = ma.run(recording_wordcount(pid_dir, sleep=0.2), paths, workers=2, split_size=3000,
+               heartbeat_timeout=1.0)
+    t.join()
+    assert stopped and r.fingerprint == clean.fingerprint
+    assert any(f.cause == "worker lost" and "heartbeat" in f.detail for f in r.report.failures)
+    assert time.monotonic() - start < 15
+    assert_gone(pids_in(pid_dir))
+
+
+def flaky_once(marker_dir):
+    def partial(shard):
+        marker = os.path.join(marker_dir, f"seen-{shard[0]}")
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise ValueError(f"first attempt fails for shard {shard[0]}")
+        return sum(shard)
+
+    return ma.Aggregator(partial, lambda a, b: a + b)
+
+
+def test_raising_once_is_retried(tmp_path):
+    shards = [[i, i + 1] for i in range(0, 20, 2)]
+    r = ma.run(flaky_once(str(tmp_path)), shards, workers=2)
+    assert r.value == sum(range(20))
+    assert r.report.attempts == [2] * 10
+    assert sum(f.cause == "raise" for f in r.report.failures) == 10
+
+
+def always_raises(pid_dir):
+    def partial(shard):
+        os.makedirs(pid_dir, exist_ok=True)
+        open(os.path.join(pid_dir, str(os.getpid())), "w").close()
+        if 3 in shard:
+            raise KeyError("no 3 allowed")
+        return sum(shard)
+
+    return ma.Aggregator(partial, lambda a, b: a + b)
+
+
+def test_always_raising_fails_with_a_named_error(tmp_path):
+    pid_dir = str(tmp_path / "pids")
+    with pytest.raises(TaskFailed) as info:
+        ma.run(always_raises(pid_dir), [[1], [2], [3], [4]], workers=2, max_attempts=3)
+    err = info.value
+    assert err.task == "map-2" and err.split == "shard:2" and err.attempts == 3
+    assert "KeyError" in str(err) and "no 3 allowed" in err.traceback
+    assert_gone(pids_in(pid_dir))
+
+
+def test_injected_faults_keep_the_fingerprint(tmp_path):
+    paths = make_corpus(tmp_path)
+    clean = ma.run(ma.algorithms.wordcount(), paths, workers=0, split_size=2000)
+    r = ma.run(ma.algorithms.wordcount(), paths, workers=2, split_size=2000,
+               faults="kill=0.3,raise=0.1,seed=5")
+    assert r.fingerprint == clean.fingerprint
+    assert r.report.retried > 0
+
+
+def test_corrupt_partial_is_caught_by_verify(tmp_path):
+    plan = ma.runtime.faults.FaultPlan(only={"map-1": {1: ma.runtime.faults.Fault("corrupt")}})
+    with pytest.raises(NondeterminismError) as info:
+        ma.run(ma.algorithms.wordcount(), [["a b"], ["c d"], ["e"]], workers=2, faults=plan,
+               verify=1.0)
+    assert info.value.task == "map-1" and len(set(info.value.fingerprints)) == 2
+
+
+def spin_forever(shard):
+    if shard == [2]:
+        while True:
+            pass
+    return sum(shard)
+
+
+def test_task_timeout_stops_an_infinite_loop():
+    agg = ma.Aggregator(spin_forever, lambda a, b: a + b)
+    with pytest.raises(TaskFailed, match="task_timeout"):
+        ma.run(agg, [[1], [2], [3]], workers=2, task_timeout=0.5, max_attempts=2,
+               backups=False)
+
+
+def test_run_from_a_non_main_thread(tmp_path):
+    paths = make_corpus(tmp_path)
+    out = {}
+
+    def job():
+        out["r"] = ma.run(ma.algorithms.wordcount(), paths, workers=2, split_size=3000)
+
+    t = threading.Thread(target=job)
+    t.start()
+    t.join(60)
+    assert out["r"].value == ma.run(ma.algorithms.wordcount(), paths, workers=0).value
+
+
+_CTRL_C = textwrap.dedent("""
+    import os, sys, time
+    import mergeagg as ma
+
+    def partial(shard):
+        open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+        time.sleep(30)
+        return 0
+
+    if __name__ == "__main__":
+        print("started", flush=True)
+        ma.run(ma.Aggregator(partial, lambda a, b: a + b), [[1], [2], [3]], workers=2)
+""")
+
+
+def test_ctrl_c_leaves_no_orphans(tmp_path):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    script = tmp_path / "job.py"
+    script.write_text(_CTRL_C)
+    proc = subprocess.Popen([sys.executable, str(script), str(pid_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len(pids_in(str(pid_dir))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pids_in(str(pid_dir))) == 2
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert_gone(pids_in(str(pid_dir)))
+
+
+@settings(max_examples=4, deadline=None)
+@given(texts=st.lists(st.lists(st.sampled_from(WORDS), max_size=30), min_size=1, max_size=12),
+       kill=st.sampled_from([0.0, 0.2, 0.4]), raise_=st.sampled_from([0.0, 0.1]),
+       seed=st.integers(0, 1000), fan_in=st.integers(2, 4))
+def test_failure_invariance(texts, kill, raise_, seed, fan_in):
+    shards = [[" ".join(t)] for t in texts]
+    agg = ma.algorithms.wordcount()
+    serial = ma.run(agg, shards, workers=0, fan_in=fan_in)
+    faults = f"kill={kill},raise={raise_},seed={seed}"
+    r = ma.run(agg, shards, workers=2, fan_in=fan_in, faults=faults, max_attempts=8)
+    assert r.fingerprint == serial.fingerprint
+    assert sum(r.value.values()) == sum(len(t) for t in texts)
+    assert r.value == Counter(w for t in texts for w in t)
