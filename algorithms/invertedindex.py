@@ -1,0 +1,305 @@
+"""Inverted index: each word -> the sorted posting list of the documents that contain it.
+
+Documents are either
+
+* **records with ids**: mappings with an id and a text (``id_field``, ``text_field``; by
+  default ``"id"`` and ``"text"``, as in JSON-lines or CSV files), or ``(id, text)`` pairs;
+* **files**: on plain text files each file is one document whose id is its path (as the
+  source names it: absolute). A file may be cut into several splits; its postings merge.
+
+Three kinds of posting (``mode``):
+
+* ``"postings"`` (default): ``word -> [doc, ...]``;
+* ``"tf"``: ``word -> [(doc, term frequency), ...]``;
+* ``"positions"``: ``word -> [(doc, [position, ...]), ...]``, a position being the token's
+  ordinal in its document (0-based). On files, positions need each file whole in one split
+  (``mergeagg run`` does that; a split file raises ``ValueError``).
+
+Document ids sort in :func:`~mergeagg.algorithms._keyed.order_key` order, words likewise, so
+the result (a dict) is the same whatever the sharding. A document id that occurs in several
+records is one document: its frequencies add and its positions merge.
+
+Tokenisation is a replaceable function ``tokenize(text) -> iterable of str``. The default,
+:func:`tokenize`, lowercases and takes the runs of Unicode word characters (``\\w+``).
+Pass a module-level function (worker processes must be able to import or unpickle it).
+
+>>> docs = [[{"id": 2, "text": "the cat"}], [{"id": 1, "text": "The hat, the cat"}]]
+>>> invertedindex().reduce(docs)
+{'cat': [1, 2], 'hat': [1], 'the': [1, 2]}
+>>> invertedindex(mode="positions").reduce(docs)["the"]
+[(1, [0, 2]), (2, [0])]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from mergeagg import inputs as _inputs
+from mergeagg.algorithms._keyed import KeyedFold, order_key
+from mergeagg.algorithms.registry import Entry, Flag
+
+__all__ = [
+    "invertedindex",
+    "tokenize",
+    "index_map",
+    "MODES",
+    "combine_postings",
+    "copy_postings",
+    "finalize_postings",
+    "make_source",
+]
+
+MODES = ("postings", "tf", "positions")
+_WORD = re.compile(r"\w+")
+
+
+def tokenize(text):
+    """The default tokeniser: lowercase, then runs of word characters. Cost: O(len(text)).
+
+    >>> tokenize("It's a Dog-eat-dog world, 2024!")
+    ['it', 's', 'a', 'dog', 'eat', 'dog', 'world', '2024']
+    """
+    return _WORD.findall(text.lower())
+
+
+# -- the per-key pieces (what a keyed job needs) ---------------------------------------------
+
+
+def _union(a, b):
+    a |= b
+    return a
+
+
+def _add_tf(a, b):
+    for doc, n in b.items():
+        a[doc] = a.get(doc, 0) + n
+    return a
+
+
+def _add_positions(a, b):
+    for doc, ps in b.items():
+        if doc in a:
+            a[doc].extend(ps)
+        else:
+            a[doc] = list(ps)
+    return a
+
+
+def _copy_positions(acc):
+    return {doc: list(ps) for doc, ps in acc.items()}
+
+
+def _final_postings(acc):
+    return sorted(acc, key=order_key)
+
+
+def _final_tf(acc):
+    return [(doc, acc[doc]) for doc in sorted(acc, key=order_key)]
+
+
+def _final_positions(acc):
+    return [(doc, sorted(acc[doc])) for doc in sorted(acc, key=order_key)]
+
+
+_PIECES = {
+    "postings": (_union, set, _final_postings),
+    "tf": (_add_tf, dict, _final_tf),
+    "positions": (_add_positions, _copy_positions, _final_positions),
+}
+
+
+def combine_postings(mode):
+    """The per-key combine of ``mode``: merges the second accumulator into the first.
+
+    >>> combine_postings("tf")({"d1": 2}, {"d1": 1, "d2": 1})
+    {'d1': 3, 'd2': 1}
+    """
+    return _PIECES[_check_mode(mode)][0]
+
+
+def copy_postings(mode):
+    """The per-key copy of ``mode`` (an accumulator taken from a combine's second operand)."""
+    return _PIECES[_check_mode(mode)][1]
+
+
+def finalize_postings(mode):
+    """The per-key finalize of ``mode``: the sorted posting list.
+
+    >>> finalize_postings("postings")({"b", "a"})
+    ['a', 'b']
+    """
+    return _PIECES[_check_mode(mode)][2]
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+# -- the map ---------------------------------------------------------------------------------
+
+
+def _add_document(index, doc, tokens, mode):
+    if mode == "postings":
+        for word in set(tokens):
+            got = index.get(word)
+            if got is None:
+                index[word] = {doc}
+            else:
+                got.add(doc)
+    elif mode == "tf":
+        for word in tokens:
+            got = index.get(word)
+            if got is None:
+                index[word] = {doc: 1}
+            else:
+                got[doc] = got.get(doc, 0) + 1
+    else:
+        for pos, word in enumerate(tokens):
+            got = index.get(word)
+            if got is None:
+                index[word] = {doc: [pos]}
+            elif doc in got:
+                got[doc].append(pos)
+            else:
+                got[doc] = [pos]
+
+
+def _record_document(record, id_field, text_field):
+    if isinstance(record, dict):
+        try:
+            return record[id_field], record[text_field]
+        except KeyError as exc:
+            raise ValueError(f"a document record lacks the field {exc.args[0]!r} "
+                             f"(id_field={id_field!r}, text_field={text_field!r}); "
+                             f"its fields are {sorted(record)}") from None
+    if isinstance(record, (tuple, list)) and len(record) == 2:
+        return record[0], record[1]
+    raise TypeError(f"a document must be a mapping with {id_field!r} and {text_field!r} or "
+                    f"an (id, text) pair, got a {type(record).__name__}")
+
+
+def index_map(shard, mode="postings", tokenize=tokenize, id_field="id", text_field="text"):
+    """One shard's dict word -> per-key accumulator (a set, or a dict doc -> tf/positions).
+
+    A plain-text file split is one document (its path); any other shard is records.
+    Cost: O(characters of the shard) plus one dict update per token.
+
+    >>> index_map([("d", "a b a")], mode="tf")
+    {'a': {'d': 2}, 'b': {'d': 1}}
+    """
+    index = {}
+    split = getattr(shard, "split", None)
+    if split is not None and split.format == "text":
+        if mode == "positions" and split.start != 0:
+            raise ValueError(
+                f"positions need each file whole in one split, but split {split.id} starts "
+                f"at byte {split.start}; use a split size above the largest file")
+        if mode == "positions" and split.end < os.path.getsize(split.path):
+            raise ValueError(
+                f"positions need each file whole in one split, but split {split.id} ends "
+                f"before the end of the file; use a split size above the largest file")
+        _add_document(index, split.path, tokenize(shard.text()), mode)
+        return index
+    for record in shard:
+        doc, text = _record_document(record, id_field, text_field)
+        if doc is None:
+            raise ValueError(f"a document id is null (record {record!r:.80})")
+        if not isinstance(text, str):
+            if text is None:
+                continue
+            raise TypeError(f"a document text must be a str, got {type(text).__name__} "
+                            f"for document {doc!r}")
+        _add_document(index, doc, tokenize(text), mode)
+    return index
+
+
+class _IndexMap:
+    """The map with its parameters bound (picklable: no closures)."""
+
+    __slots__ = ("mode", "tokenize", "id_field", "text_field")
+
+    def __init__(self, mode, tokenize, id_field, text_field):
+        self.mode, self.tokenize, self.id_field, self.text_field = (
+            mode, tokenize, id_field, text_field)
+
+    def __getstate__(self):
+        return (self.mode, self.tokenize, self.id_field, self.text_field)
+
+    def __setstate__(self, state):
+        self.mode, self.tokenize, self.id_field, self.text_field = state
+
+    def __call__(self, shard):
+        return index_map(shard, self.mode, self.tokenize, self.id_field, self.text_field)
+
+
+def invertedindex(mode="postings", tokenize=tokenize, id_field="id", text_field="text"):
+    """An Aggregator building an inverted index (a dict word -> sorted posting list).
+
+    Cost: O(input characters) in the partials; a combine costs O(postings of the second
+    operand); memory O(total postings). Finalize sorts every posting list.
+
+    >>> invertedindex(mode="tf").reduce([[("a", "x x y")], [("b", "x")]])
+    {'x': [('a', 2), ('b', 1)], 'y': [('a', 1)]}
+    """
+    _check_mode(mode)
+    if not callable(tokenize):
+        raise TypeError(f"tokenize must be callable, got {type(tokenize).__name__}")
+    for label, value in (("id_field", id_field), ("text_field", text_field)):
+        if not isinstance(value, str):
+            raise TypeError(f"{label} must be a str, got {type(value).__name__}")
+    combine, copy, finalize = _PIECES[mode]
+    fold = KeyedFold(_IndexMap(mode, tokenize, id_field, text_field), combine, copy=copy,
+                     finalize=finalize)
+    return fold.aggregator("invertedindex")
+
+
+_RECORD_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+
+
+def make_source(inputs, split_size=None, params=None):
+    """The source ``mergeagg run invertedindex`` reads: records or whole-file documents.
+
+    Files ending in ``.jsonl``, ``.ndjson``, ``.json`` or ``.csv`` are document records;
+    others are plain-text documents, one per file, kept whole in one split when
+    ``mode="positions"``.
+    """
+    params = params or {}
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    formats = {_RECORD_FORMATS.get(os.path.splitext(os.fspath(p))[1].lower(), "text")
+               for p in paths}
+    if len(formats) > 1:
+        raise ValueError(f"mix of document formats {sorted(formats)}: give one kind of file")
+    fmt = formats.pop()
+    if fmt == "text" and params.get("mode") == "positions":
+        split_size = 1 << 62  # one split per file
+    return _inputs.files(paths, split_size=split_size, format=fmt)
+
+
+def _summarize(value, params):
+    postings = sum(len(v) for v in value.values())
+    lines = [f"{len(value)} words, {postings} postings"]
+    top = params.get("_top", 10)
+    biggest = sorted(value.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:top]
+    for word, plist in biggest:
+        lines.append(f"{len(plist):>10}  {word}")
+    return lines
+
+
+ENTRY = Entry(
+    name="invertedindex",
+    summary="word -> sorted posting list of documents (files, or jsonl/csv records)",
+    factory=invertedindex,
+    flags=(
+        Flag("--mode", default="postings", choices=MODES,
+             help="postings (default), tf (term frequencies) or positions"),
+        Flag("--id-field", default="id", help="document id column / key (records)"),
+        Flag("--text-field", default="text", help="document text column / key (records)"),
+        Flag("--top", type=int, default=10, help="how many of the commonest words to print",
+             dest="_top"),
+    ),
+    make_source=make_source,
+    summarize=_summarize,
+)

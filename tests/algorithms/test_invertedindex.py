@@ -1,0 +1,127 @@
+"""Inverted index against a sequential dictionary-of-lists loop, for any sharding."""
+
+import pickle
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import mergeagg as ma
+from mergeagg.algorithms.invertedindex import index_map, invertedindex, make_source, tokenize
+from mergeagg.cli import main as cli_main
+
+WORDS = st.sampled_from(["apple", "Bob", "cat", "dog", "eel", "fig", "gnu"])
+DOC = st.tuples(st.integers(0, 12), st.lists(WORDS, max_size=8).map(" ".join))
+
+
+def reference(docs, mode):
+    """A dictionary of lists, built in one sequential loop."""
+    index = {}
+    for doc, text in docs:
+        for pos, word in enumerate(re.findall(r"\w+", text.lower())):
+            index.setdefault(word, []).append((doc, pos))
+    out = {}
+    for word in sorted(index):
+        hits = index[word]
+        ids = sorted({d for d, _ in hits})
+        if mode == "postings":
+            out[word] = ids
+        elif mode == "tf":
+            out[word] = [(d, sum(1 for e, _ in hits if e == d)) for d in ids]
+        else:
+            out[word] = [(d, sorted(p for e, p in hits if e == d)) for d in ids]
+    return out
+
+
+@st.composite
+def sharded_docs(draw):
+    docs = draw(st.lists(DOC, max_size=25))
+    cuts = sorted(draw(st.lists(st.integers(0, len(docs)), max_size=5)))
+    bounds = [0, *cuts, len(docs)]
+    return docs, [docs[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@given(sharded_docs(), st.sampled_from(["postings", "tf", "positions"]), st.integers(2, 5))
+def test_index_equals_the_sequential_reference(case, mode, fan_in):
+    docs, shards = case
+    got = ma.run(invertedindex(mode=mode), shards, workers=0, fan_in=fan_in)
+    expected = reference(docs, mode)
+    assert got.value == expected
+    assert list(got.value) == list(expected)  # words in sorted order too
+    assert got.fingerprint == ma.fingerprint(expected)
+
+
+def test_records_by_field_names_and_null_texts():
+    shards = [[{"doc": "b", "body": "Hello world"}, {"doc": "a", "body": None}],
+              [{"doc": "a", "body": "hello"}]]
+    got = invertedindex(id_field="doc", text_field="body").reduce(shards)
+    assert got == {"hello": ["a", "b"], "world": ["b"]}
+
+
+def test_custom_tokenizer_is_used():
+    got = invertedindex(tokenize=str.split).reduce([[("d", "A a A")]])
+    assert got == {"A": ["d"], "a": ["d"]}
+
+
+def test_files_are_documents_and_split_files_merge(tmp_path):
+    (tmp_path / "one.txt").write_text("red fish\nblue fish\n" * 20)
+    (tmp_path / "two.txt").write_text("one fish\n")
+    src = ma.files(tmp_path, split_size=16)
+    assert len(src) > 2
+    got = ma.run(invertedindex(mode="tf"), src, workers=0).value
+    one, two = str(tmp_path / "one.txt"), str(tmp_path / "two.txt")
+    assert got["fish"] == [(one, 40), (two, 1)]
+    assert got["blue"] == [(one, 20)]
+    whole = make_source([str(tmp_path / "one.txt"), str(tmp_path / "two.txt")], 16,
+                        {"mode": "positions"})
+    assert len(whole) == 2
+    pos = ma.run(invertedindex(mode="positions"), whole, workers=0).value
+    assert pos["red"] == [(one, list(range(0, 80, 4)))]
+    with pytest.raises(ma.TaskFailed, match="positions need each file whole"):
+        ma.run(invertedindex(mode="positions"), src, workers=0)
+
+
+def test_bad_documents_and_parameters_raise():
+    with pytest.raises(ValueError, match="lacks the field 'id'"):
+        invertedindex().reduce([[{"text": "x"}]])
+    with pytest.raises(TypeError, match="an \\(id, text\\) pair"):
+        invertedindex().reduce([["just text"]])
+    with pytest.raises(TypeError, match="text must be a str"):
+        index_map([("d", 3)])
+    with pytest.raises(ValueError, match="id is null"):
+        index_map([(None, "x")])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        invertedindex(mode="bm25")
+    with pytest.raises(TypeError, match="tokenize must be callable"):
+        invertedindex(tokenize="split")
+
+
+@pytest.mark.parametrize("mode", ["postings", "tf", "positions"])
+def test_aggregator_and_partials_survive_pickle(mode):
+    agg = pickle.loads(pickle.dumps(invertedindex(mode=mode)))
+    a = pickle.loads(pickle.dumps(agg.partial([("x", "a b a")])))
+    b = agg.partial([("x", "b"), ("y", "a")])
+    snapshot = pickle.dumps(b)
+    merged = agg.finalize(agg.combine(a, b))
+    assert pickle.dumps(b) == snapshot  # the second operand is untouched
+    assert merged == invertedindex(mode=mode).reduce([[("x", "a b a")], [("x", "b"), ("y", "a")]])
+
+
+def test_cli_on_jsonl_and_text(tmp_path, capsys):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": 1, "text": "to be or not"}\n{"id": 2, "text": "to be"}\n')
+    out_json = tmp_path / "o.json"
+    assert cli_main(["run", "invertedindex", str(docs), "--workers", "0",
+                     "--json", str(out_json)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "4 words, 6 postings"
+    import json
+
+    assert json.loads(out_json.read_text())["value"]["be"] == [1, 2]
+    text = tmp_path / "a.txt"
+    text.write_text("x y x\n")
+    assert cli_main(["run", "invertedindex", str(text), "--workers", "0",
+                     "--mode", "positions"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "2 words, 2 postings"
+    assert tokenize("A-b") == ["a", "b"]
