@@ -11,6 +11,8 @@ import argparse
 import importlib
 import json
 import math
+import os
+import re
 import sys
 
 import numpy as np
@@ -94,32 +96,58 @@ def build_parser(entries=None):
 
 
 def _entry_parser(entry):
-    p = argparse.ArgumentParser(prog=f"mergeagg run {entry.name}", add_help=False)
+    """The parser of ``mergeagg run NAME``: inputs, the common flags and the entry's flags."""
+    p = argparse.ArgumentParser(
+        prog=f"mergeagg run {entry.name}",
+        description=entry.summary,
+        usage=f"mergeagg run {entry.name} INPUT... [options]",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files, globs, directories, or - for stdin")
+    _add_common(p)
+    p.add_argument("--format", default=None, choices=["text", "jsonl", "csv"],
+                   help="how to read the input files (default: the entry's choice)")
+    group = p.add_argument_group(f"options of {entry.name}") if entry.flags else p
     for flag in entry.flags:
         kwargs = {"default": flag.default, "help": flag.help, "dest": flag.keyword}
         if flag.action:
             kwargs["action"] = flag.action
         else:
+            kwargs["metavar"] = flag.keyword.lstrip("_").upper()
             if flag.type is not None:
                 kwargs["type"] = flag.type
             if flag.choices is not None:
                 kwargs["choices"] = flag.choices
-        p.add_argument(flag.name, **kwargs)
+                kwargs.pop("metavar")
+        group.add_argument(flag.name, **kwargs)
     return p
+
+
+_COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "errors", "format")
+
+
+class _Usage(Exception):
+    """A command-line mistake: the message is printed as one line, exit status 2."""
 
 
 def _load_user_factory(spec):
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise SystemExit(f"mergeagg: {spec!r} is not of the form module.path:factory")
+        raise _Usage(f"{spec!r} is not of the form module.path:factory")
+    # Like `python -m`, look for the user's module in the current directory too (a console
+    # script's sys.path starts with the script's own directory instead).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SystemExit(f"mergeagg: cannot import module {module_name!r}: {exc}") from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise SystemExit(f"mergeagg: module {module_name!r} has no {attr!r}") from None
+        raise _Usage(f"cannot import module {module_name!r}: {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise _Usage(f"module {module_name!r} has no {attr!r}") from None
     return obj
 
 
@@ -133,40 +161,40 @@ def _cmd_catalog(out):
     return 0
 
 
-def _cmd_run(args, extra, out):
-    from mergeagg import Aggregator, inputs
+def _resolve_entry(name):
+    from mergeagg import Aggregator
     from mergeagg.algorithms.registry import Entry, entries
+
+    if ":" in name:
+        obj = _load_user_factory(name)
+        if isinstance(obj, Aggregator):
+            factory = lambda: obj
+        elif callable(obj):
+            factory = obj
+        else:
+            raise _Usage(f"{name} is a {type(obj).__name__}, not an Aggregator or a factory")
+        return Entry(name=name, summary="user aggregator", factory=factory)
+    table = entries()
+    if name not in table:
+        raise _Usage(f"no catalog entry {name!r}; known entries: {', '.join(table)} "
+                     "(or give module.path:factory)")
+    return table[name]
+
+
+def _cmd_run(name, argv, out):
+    from mergeagg import inputs
     from mergeagg.runtime.api import run
 
-    if ":" in args.name:
-        obj = _load_user_factory(args.name)
-        factory = obj if not isinstance(obj, Aggregator) else (lambda: obj)
-        entry = Entry(name=args.name, summary="user aggregator", factory=factory)
-    else:
-        table = entries()
-        if args.name not in table:
-            print(f"mergeagg: no catalog entry {args.name!r}; known entries: "
-                  f"{', '.join(table)}", file=sys.stderr)
-            return 2
-        entry = table[args.name]
-    ep = _entry_parser(entry)
-    entry_args, unknown = ep.parse_known_args(extra)
-    if unknown:
-        print(f"mergeagg run {entry.name}: unknown option(s) {' '.join(unknown)}; "
-              f"the entry's options are: {' '.join(f.name for f in entry.flags) or 'none'}",
-              file=sys.stderr)
-        return 2
-    params = vars(entry_args)
+    entry = _resolve_entry(name)
+    args = _entry_parser(entry).parse_args(argv)
+    params = {k: v for k, v in vars(args).items() if k not in _COMMON}
     factory_params = {k: v for k, v in params.items() if not k.startswith("_")}
     split_size = inputs.parse_size(args.split_size) if args.split_size else None
     if entry.make_source is not None:
         source = entry.make_source(args.inputs, split_size, params)
     else:
         fmt = args.format or entry.input_format
-        if args.inputs == ["-"]:
-            source = inputs.stdin(format=fmt, errors=args.errors)
-        else:
-            source = inputs.files(args.inputs, split_size=split_size, format=fmt,
+        source = inputs.as_source(list(args.inputs), split_size=split_size, format=fmt,
                                   errors=args.errors)
     job = entry.factory(**factory_params)
     runner = entry.runner or run
@@ -183,7 +211,9 @@ def _cmd_run(args, extra, out):
         jsonable = entry.jsonable or to_jsonable
         doc = {
             "algorithm": entry.name,
-            "params": to_jsonable(params),
+            # Display-only flags (a leading underscore: not passed to the factory) are
+            # shown under their flag's name.
+            "params": to_jsonable({k.lstrip("_"): v for k, v in params.items()}),
             "fingerprint": result.fingerprint,
             "value": jsonable(result.value),
             "report": result.report.to_dict(),
@@ -193,27 +223,68 @@ def _cmd_run(args, extra, out):
     return 0
 
 
+def _split_run_argv(argv):
+    """``(name, rest)`` of ``run ...`` tokens, or ``None`` when there is no entry name."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("name", nargs="?")
+    known, _ = probe.parse_known_args(argv)
+    if known.name is None or known.name.startswith("-"):
+        return None
+    rest = list(argv)
+    rest.remove(known.name)
+    return known.name, rest
+
+
+def _error_text(exc):
+    # An input error met while a task read its split reaches us wrapped in TaskFailed; the
+    # input error alone says what to do.
+    from mergeagg.errors import InputError
+
+    cause = exc.__cause__
+    if isinstance(cause, InputError):
+        return str(cause)
+    # From a worker process only the text crosses: the last line of its traceback.
+    found = re.findall(r"^mergeagg\.errors\.InputError: (.*)$", getattr(exc, "traceback", "")
+                       or "", re.M)
+    if found:
+        return found[-1]
+    return str(exc)
+
+
 def main(argv=None):
-    """Entry point of the ``mergeagg`` console script. Returns the exit status."""
+    """Entry point of the ``mergeagg`` console script. Returns the exit status.
+
+    Errors in the input or the job print one line, ``mergeagg: error: ...``, and give a
+    non-zero status (1 for input and job failures, 2 for a mistake on the command line).
+    """
     from mergeagg.errors import MergeaggError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
     try:
+        if argv and argv[0] == "run":
+            split = _split_run_argv(argv[1:])
+            if split is not None:
+                return _cmd_run(split[0], split[1], sys.stdout)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "catalog":
-            if extra:
-                parser.error(f"unrecognized arguments: {' '.join(extra)}")
             return _cmd_catalog(sys.stdout)
-        if args.command == "run":
-            return _cmd_run(args, extra, sys.stdout)
-    except MergeaggError as exc:
+        parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+    except _Usage as exc:
         print(f"mergeagg: error: {exc}", file=sys.stderr)
+        return 2
+    except MergeaggError as exc:
+        print(f"mergeagg: error: {_error_text(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"mergeagg: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
         return 1
     except (ValueError, TypeError) as exc:
         print(f"mergeagg: error: {exc}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
 
 

@@ -1,0 +1,213 @@
+"""The ``mergeagg`` command: catalog, run (catalog entries, user factories, stdin), errors."""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+import mergeagg
+from mergeagg import cli
+
+MERGEAGG = os.path.join(os.path.dirname(sys.executable), "mergeagg")
+TEXT = "the quick brown fox\njumps over the lazy dog\n\nthe end\r\n" * 30
+
+
+def run_cli(capsys, *argv):
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def fingerprint_line(out):
+    (fp,) = re.findall(r"^fingerprint ([0-9a-f]{64})$", out, re.M)
+    return fp
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    a = tmp_path / "a.txt"
+    b = tmp_path / "b.txt"
+    a.write_text(TEXT)
+    b.write_text("fox fox\n" * 7)
+    return [str(a), str(b)]
+
+
+def expected_counts():
+    return Counter((TEXT + "fox fox\n" * 7).split())
+
+
+def test_catalog_lists_each_entry_on_one_line(capsys):
+    status, out, _ = run_cli(capsys, "catalog")
+    assert status == 0
+    lines = out.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert names == sorted(mergeagg.algorithms.registry.entries())
+    assert "wordcount" in names
+    assert all(re.fullmatch(r"[a-z]+", n) for n in names)
+    wc = next(line for line in lines if line.startswith("wordcount "))
+    assert "count each whitespace-separated word" in wc
+
+
+def test_console_script_catalog_and_version():
+    out = subprocess.run([MERGEAGG, "catalog"], capture_output=True, text=True, check=True)
+    assert "wordcount" in out.stdout
+    out = subprocess.run([MERGEAGG, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"mergeagg {mergeagg.__version__}"
+
+
+def test_fingerprint_is_the_same_across_runs_and_split_sizes(capsys, corpus):
+    prints = set()
+    for split_size in ("16", "100", "1K", "16M"):
+        for _ in range(2):
+            status, out, err = run_cli(capsys, "run", "wordcount", *corpus, "--workers", "0",
+                                       "--split-size", split_size)
+            assert status == 0, err
+            prints.add(fingerprint_line(out))
+    assert prints == {mergeagg.fingerprint(expected_counts())}
+    assert "bytes read" in err  # the report goes to stderr
+
+
+def test_worker_processes_print_the_serial_fingerprint(capsys, corpus):
+    status, out, err = run_cli(capsys, "run", "wordcount", *corpus, "--workers", "2",
+                               "--split-size", "200")
+    assert status == 0, err
+    assert fingerprint_line(out) == mergeagg.fingerprint(expected_counts())
+
+
+def test_summary_and_entry_flags_in_any_position(capsys, corpus):
+    status, out, _ = run_cli(capsys, "run", "wordcount", "--top", "2", *corpus,
+                             "--workers", "0", "--lowercase")
+    assert status == 0
+    counts = expected_counts()
+    lines = out.splitlines()
+    assert lines[1] == f"{sum(counts.values())} words, {len(counts)} distinct"
+    top2 = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
+    assert top2 == [("the", 90), ("fox", 44)]  # lowercase: no "The" in this text anyway
+    assert [line.split() for line in lines[2:]] == [["90", "the"], ["44", "fox"]]
+
+
+def test_json_output(capsys, corpus, tmp_path):
+    target = tmp_path / "out.json"
+    status, out, _ = run_cli(capsys, "run", "wordcount", *corpus, "--workers", "0",
+                             "--json", str(target), "--top", "3")
+    assert status == 0
+    doc = json.loads(target.read_text())
+    assert set(doc) == {"algorithm", "params", "fingerprint", "value", "report"}
+    assert doc["algorithm"] == "wordcount"
+    assert doc["params"] == {"lowercase": False, "top": 3}
+    assert doc["fingerprint"] == fingerprint_line(out)
+    assert doc["value"] == dict(expected_counts())
+    assert mergeagg.fingerprint(Counter(doc["value"])) == doc["fingerprint"]
+    assert doc["report"]["attempts"] == [1, 1]
+
+
+def test_standard_input(capsys, monkeypatch, corpus):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(TEXT.encode())))
+    status, out, _ = run_cli(capsys, "run", "wordcount", "-", "--workers", "0")
+    assert status == 0
+    assert fingerprint_line(out) == mergeagg.fingerprint(Counter(TEXT.split()))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"fox fox\n" * 7)))
+    status, out, _ = run_cli(capsys, "run", "wordcount", corpus[0], "-", "--workers", "0")
+    assert fingerprint_line(out) == mergeagg.fingerprint(expected_counts())
+
+
+def test_standard_input_through_the_console_script(corpus):
+    out = subprocess.run([MERGEAGG, "run", "wordcount", "-", "--workers", "0"],
+                         input=TEXT.encode(), capture_output=True, check=True)
+    assert fingerprint_line(out.stdout.decode()) == mergeagg.fingerprint(Counter(TEXT.split()))
+
+
+USER_MODULE = '''
+from collections import Counter
+import mergeagg
+
+def letters(upper=False):
+    """Counts letters; a user's own factory."""
+    def partial(lines):
+        return Counter(ch.upper() if upper else ch for line in lines for ch in line if ch.isalpha())
+    return mergeagg.Aggregator(partial, lambda a, b: a + b)
+
+vowels = mergeagg.Aggregator(
+    lambda lines: sum(ch in "aeiou" for line in lines for ch in line), lambda a, b: a + b)
+'''
+
+
+def test_user_factory_from_the_current_directory(tmp_path, corpus):
+    (tmp_path / "my_letters.py").write_text(USER_MODULE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([MERGEAGG, "run", "my_letters:letters", *corpus, "--workers", "0"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    want = Counter(ch for ch in TEXT + "fox fox\n" * 7 if ch.isalpha())
+    assert fingerprint_line(out.stdout) == mergeagg.fingerprint(want)
+    out = subprocess.run([MERGEAGG, "run", "my_letters:vowels", *corpus, "--workers", "2",
+                          "--json", "v.json"], cwd=tmp_path, capture_output=True, text=True,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "v.json").read_text())
+    assert doc["algorithm"] == "my_letters:vowels" and doc["params"] == {}
+    assert doc["value"] == sum(ch in "aeiou" for ch in TEXT + "fox fox\n" * 7)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
+    ("mergeagg.algorithms:nothing_here", "module 'mergeagg.algorithms' has no 'nothing_here'"),
+    ("mergeagg:__version__", "mergeagg:__version__ is a str, not an Aggregator or a factory"),
+    ("nope", "no catalog entry 'nope'; known entries: "),
+])
+def test_bad_names_give_one_clear_line(capsys, corpus, spec, message):
+    status, out, err = run_cli(capsys, "run", spec, *corpus)
+    assert status == 2 and out == ""
+    assert err.startswith(f"mergeagg: error: {message}")
+    assert err.count("\n") == 1
+
+
+def test_bad_input_gives_a_non_zero_status_and_one_line(capsys, tmp_path):
+    missing = str(tmp_path / "missing.txt")
+    status, out, err = run_cli(capsys, "run", "wordcount", missing, "--workers", "0")
+    assert status == 1 and out == ""
+    assert err == f"mergeagg: error: no such file or directory: {missing!r}\n"
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\nbroken \xff byte\n")
+    for workers in ("0", "2"):
+        status, out, err = run_cli(capsys, "run", "wordcount", str(bad), "--workers", workers)
+        assert status == 1 and out == ""
+        assert err.count("\n") == 1, err
+        assert err.startswith(f"mergeagg: error: {bad}: invalid UTF-8 at byte offset 17 "), err
+    status, out, err = run_cli(capsys, "run", "wordcount", str(bad), "--workers", "0",
+                               "--errors", "replace")
+    assert status == 0 and "\ufffd" in out  # the replaced word is printed among the top
+
+    status, _, err = run_cli(capsys, "run", "wordcount", str(bad), "--split-size", "12x")
+    assert status == 2 and err.startswith("mergeagg: error: not a byte count: '12x'")
+
+
+def test_console_script_bad_input_status(tmp_path):
+    out = subprocess.run([MERGEAGG, "run", "wordcount", str(tmp_path / "nope.txt")],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"mergeagg: error: no such file or directory: {str(tmp_path / 'nope.txt')!r}"]
+
+
+def test_unknown_option_is_a_usage_error(capsys, corpus):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run", "wordcount", *corpus, "--no-such-flag"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_to_jsonable():
+    import numpy as np
+
+    assert cli.to_jsonable({"a": {3, 1}, "b": np.arange(3), "c": float("inf")}) == {
+        "a": [1, 3], "b": [0, 1, 2], "c": "inf"}
+    assert cli.to_jsonable({2: "x", 1: "y"}) == [[1, "y"], [2, "x"]]
+    assert cli.to_jsonable(b"\x01\xff") == "01ff"
+    assert cli.to_jsonable(np.int64(4)) == 4
