@@ -1,0 +1,257 @@
+"""HyperLogLog: the number of distinct keys, in 2**p bytes, within about 1.04/sqrt(2**p).
+
+Keys are hashed to 64 bits (see :mod:`mergeagg.algorithms._sketch` for the hash rules). The
+top ``p`` bits choose one of ``m = 2**p`` registers; the register keeps the largest *rank*
+seen, where rank is one plus the number of trailing zero bits of the hash's low ``64 - p``
+bits (capped at ``65 - p``). Merge is the register-wise maximum, so the sketch of a union is
+exactly the merge of the sketches. The estimate is Ertl's improved estimator (2017), which
+needs no bias tables and is accurate from an empty sketch to far beyond billions of keys.
+
+>>> hll = HyperLogLog(p=12)
+>>> hll.update(np.arange(100_000))
+HyperLogLog(p=12, seed=0, estimate=...)
+>>> abs(hll.count() - 100_000) < 3 * hll.standard_error * 100_000
+True
+>>> other = HyperLogLog(p=12).update(["a", "b", "a"])
+>>> round(other.count())
+2
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import math
+import struct
+
+import numpy as np
+
+from mergeagg.aggregator import Aggregator
+from mergeagg.algorithms._sketch import (
+    HASH_ID,
+    Sketch,
+    check_int,
+    check_seed,
+    expect_len,
+    hash64_one,
+    merge_into,
+    records_of,
+)
+from mergeagg.algorithms.registry import Entry, Flag
+
+__all__ = ["HyperLogLog", "hyperloglog", "ertl_estimate"]
+
+_CHUNK = 1 << 16
+_ALPHA_INF = 1.0 / (2.0 * math.log(2.0))
+
+
+def _sigma(x):
+    if x == 1.0:
+        return math.inf
+    y, z = 1.0, x
+    while True:
+        x *= x
+        z_old = z
+        z += x * y
+        y += y
+        if z == z_old:
+            return z
+
+
+def _tau(x):
+    if x == 0.0 or x == 1.0:
+        return 0.0
+    y, z = 1.0, 1.0 - x
+    while True:
+        x = math.sqrt(x)
+        z_old = z
+        y *= 0.5
+        z -= (1.0 - x) ** 2 * y
+        if z == z_old:
+            return z / 3.0
+
+
+def ertl_estimate(histogram, q):
+    """Ertl's improved HyperLogLog estimate from a register-value histogram.
+
+    ``histogram[k]`` counts registers holding ``k`` for ``k = 0 .. q + 1`` (``q = 64 - p``).
+    Cost: O(q) floating-point steps.
+
+    >>> ertl_estimate([16] + [0] * 61, 60)
+    0.0
+    """
+    c = [float(v) for v in histogram]
+    m = sum(c)
+    z = m * _tau(1.0 - c[q + 1] / m)
+    for k in range(q, 0, -1):
+        z = 0.5 * (z + c[k])
+    z += m * _sigma(c[0] / m)
+    if math.isinf(z):
+        return 0.0
+    return _ALPHA_INF * m * m / z
+
+
+class HyperLogLog(Sketch):
+    """A HyperLogLog sketch with ``2**p`` one-byte registers (``p`` from 4 to 18).
+
+    Memory: ``2**p`` bytes (16 KiB at the default ``p=14``). Update: ~25-35 ns per key for
+    numpy integer arrays, ~50-150 ns per str/bytes key from a list (vectorised MurmurHash3),
+    ~2 us for :meth:`add`. Standard error of :meth:`count`: ``1.04 / sqrt(2**p)`` (0.81% at
+    ``p=14``). Merge: O(2**p).
+
+    >>> a = HyperLogLog(p=10, seed=3).update(range(0, 6000))
+    >>> b = HyperLogLog(p=10, seed=3).update(range(4000, 10000))
+    >>> whole = HyperLogLog(p=10, seed=3).update(range(10000))
+    >>> a.merge(b) == whole
+    True
+    """
+
+    KIND = 1
+    __slots__ = ("p", "seed", "registers")
+
+    def __init__(self, p=14, seed=0):
+        self.p = check_int("p", p, 4, 18)
+        self.seed = check_seed(seed)
+        self.registers = np.zeros(1 << self.p, dtype=np.uint8)
+
+    def params(self):
+        """The parameters that must match for a merge. Cost: O(1).
+
+        >>> HyperLogLog(p=8).params()
+        {'p': 8, 'seed': 0, 'hash': 'mm3x64+sm64/1', 'format': 1}
+        """
+        return {"p": self.p, "seed": self.seed, "hash": HASH_ID, "format": 1}
+
+    @property
+    def m(self):
+        """The number of registers, ``2**p``."""
+        return 1 << self.p
+
+    @property
+    def standard_error(self):
+        """The relative standard error of :meth:`count`, ``1.04 / sqrt(m)``.
+
+        >>> HyperLogLog(p=14).standard_error
+        0.008125
+        """
+        return 1.04 / math.sqrt(self.m)
+
+    def _state(self):
+        return (self.registers,)
+
+    def add(self, item):
+        """Add one key. Cost: one hash (~1 us) and O(1).
+
+        >>> HyperLogLog(p=4).add("x").count() > 0
+        True
+        """
+        h = hash64_one(item, self.seed)
+        q = 64 - self.p
+        idx = h >> q
+        low = (h & ((1 << q) - 1)) | (1 << q)
+        rank = (low & -low).bit_length()
+        if rank > self.registers[idx]:
+            self.registers[idx] = rank
+        return self
+
+    def _update_hashes(self, h):
+        q = 64 - self.p
+        sentinel = np.uint64(1 << q)
+        shift = np.uint64(q)
+        regs = self.registers
+        for lo in range(0, h.shape[0], _CHUNK):
+            chunk = h[lo:lo + _CHUNK]
+            idx = (chunk >> shift).astype(np.intp)
+            x = chunk | sentinel
+            # The lowest set bit, as a float, is exactly 2**k: its exponent field is 1023 + k.
+            low = x & (~x + np.uint64(1))
+            bits = low.astype(np.float64).view(np.uint64) >> np.uint64(52)
+            rank = (bits - np.uint64(1022)).astype(np.uint8)
+            np.maximum.at(regs, idx, rank)
+
+    def _merge(self, other):
+        np.maximum(self.registers, other.registers, out=self.registers)
+
+    def histogram(self):
+        """Counts of registers holding each value 0 .. 65 - p. Cost: O(m).
+
+        >>> HyperLogLog(p=4).histogram()[:2].tolist()
+        [16, 0]
+        """
+        return np.bincount(self.registers, minlength=66 - self.p)
+
+    def count(self):
+        """The estimated number of distinct keys added. Cost: O(m).
+
+        >>> HyperLogLog().count()
+        0.0
+        """
+        return ertl_estimate(self.histogram(), 64 - self.p)
+
+    def __len__(self):
+        return round(self.count())
+
+    def _encode(self):
+        return struct.pack("<B", self.p) + self.registers.tobytes()
+
+    @classmethod
+    def _decode(cls, payload, seed):
+        if len(payload) < 1:
+            raise ValueError("corrupt HyperLogLog bytes: the payload is empty")
+        (p,) = struct.unpack_from("<B", payload)
+        if not 4 <= p <= 18:
+            raise ValueError(f"corrupt HyperLogLog bytes: precision {p} is not in 4..18")
+        expect_len(payload, 1 + (1 << p), "HyperLogLog")
+        regs = np.frombuffer(payload, dtype=np.uint8, offset=1).copy()
+        if regs.size and int(regs.max()) > 65 - p:
+            raise ValueError(f"corrupt HyperLogLog bytes: a register holds {int(regs.max())}, "
+                             f"above the maximum {65 - p} for p={p}")
+        sk = cls(p, seed)
+        sk.registers = regs
+        return sk
+
+    def to_jsonable(self):
+        """A JSON-ready summary: parameters, estimate and the bytes in base64."""
+        return {"kind": "HyperLogLog", "params": self.params(), "estimate": self.count(),
+                "standard_error": self.standard_error,
+                "bytes_base64": base64.b64encode(self.to_bytes()).decode("ascii")}
+
+    def __repr__(self):
+        return f"HyperLogLog(p={self.p}, seed={self.seed}, estimate={self.count():.6g})"
+
+
+def _hll_partial(p, seed, shard):
+    return HyperLogLog(p, seed).update(records_of(shard))
+
+
+def hyperloglog(precision=14, seed=0):
+    """An Aggregator whose value is the :class:`HyperLogLog` of every record (line).
+
+    Cost: one bulk update per shard, O(2**precision) per combine.
+
+    >>> agg = hyperloglog(precision=10)
+    >>> round(agg.reduce([["a", "b"], ["b", "c"]]).count())
+    3
+    """
+    check_int("precision", precision, 4, 18)
+    check_seed(seed)
+    return Aggregator(functools.partial(_hll_partial, precision, seed), merge_into,
+                      name="hyperloglog")
+
+
+def _summarize(value, params):
+    est, err = value.count(), value.standard_error
+    return [f"~{est:,.0f} distinct records (HyperLogLog p={value.p}, standard error "
+            f"{100 * err:.2f}%, 95% within +/-{1.96 * err * est:,.0f})"]
+
+
+ENTRY = Entry(
+    name="hyperloglog",
+    summary="estimate the number of distinct lines with a HyperLogLog sketch",
+    factory=hyperloglog,
+    flags=(
+        Flag("--precision", type=int, default=14, help="p: 2**p registers (4..18)"),
+        Flag("--seed", type=int, default=0, help="hash seed (0..2**32-1)"),
+    ),
+    summarize=_summarize,
+)
