@@ -1,0 +1,222 @@
+"""Joins against a nested-loop reference: every join type, both strategies, any sharding."""
+
+import csv
+import json
+import math
+import pickle
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import mergeagg as ma
+from mergeagg.algorithms._keyed import order_key
+from mergeagg.algorithms.join import (
+    join,
+    join_records,
+    join_source,
+    merge_pair,
+)
+from mergeagg.cli import main as cli_main
+
+NAN = float("nan")
+KEYS = st.one_of(st.integers(0, 3), st.sampled_from([None, "", "a", NAN]))
+
+
+def is_null(v, empty_is_null):
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (empty_is_null and v == "")
+
+
+def nested_loop(left, right, how, empty_is_null):
+    """SQL semantics by brute force: compare every pair of rows."""
+    out = []
+    right_matched = [False] * len(right)
+    for lrow in left:
+        lk = lrow.get("k")
+        hit = False
+        for j, rrow in enumerate(right):
+            rk = rrow.get("k")
+            if not is_null(lk, empty_is_null) and not is_null(rk, empty_is_null) and lk == rk:
+                out.append((lrow, rrow))
+                hit = True
+                right_matched[j] = True
+        if not hit and how in ("left", "full"):
+            out.append((lrow, None))
+    if how in ("right", "full"):
+        out.extend((None, rrow) for j, rrow in enumerate(right) if not right_matched[j])
+    return out
+
+
+def documented_order(pairs, empty_is_null):
+    def rank(pair):
+        row = pair[0] if pair[0] is not None else pair[1]
+        k = row.get("k")
+        return (order_key(None if is_null(k, empty_is_null) else k),
+                order_key(pair[0]), order_key(pair[1]))
+    return sorted(pairs, key=rank)
+
+
+@st.composite
+def table(draw, side):
+    keys = draw(st.lists(st.one_of(KEYS, st.just("missing")), max_size=12))
+    rows = []
+    for i, k in enumerate(keys):
+        row = {"id": f"{side}{draw(st.integers(0, 2))}"} if k == "missing" else {"k": k}
+        row["v"] = draw(st.integers(0, 1)) if i % 2 else i  # some identical rows
+        rows.append(row)
+    cuts = sorted(draw(st.lists(st.integers(0, len(rows)), max_size=4)))
+    bounds = [0, *cuts, len(rows)]
+    return rows, [rows[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@given(table("L"), table("R"), st.sampled_from(["inner", "left", "right", "full"]),
+       st.sampled_from(["reduce", "broadcast"]), st.booleans(), st.integers(2, 4))
+def test_join_equals_the_nested_loop_reference(left, right, how, strategy, empty_null,
+                                               fan_in):
+    lrows, lshards = left
+    rrows, rshards = right
+    src = join_source(lshards, rshards, strategy=strategy)
+    assert src.strategy == strategy
+    got = ma.run(join(on="k", how=how, empty_is_null=empty_null), src, workers=0,
+                 fan_in=fan_in).value
+    expected = nested_loop(lrows, rrows, how, empty_null)
+    assert Counter(map(repr, got)) == Counter(map(repr, expected))
+    assert got == documented_order(expected, empty_null)
+
+
+@given(table("L"), table("R"), st.sampled_from(["inner", "left", "right", "full"]))
+def test_both_strategies_and_both_broadcast_sides_give_the_same_list(left, right, how):
+    agg = join(on="k", how=how)
+    results = []
+    for lside, rside in ((left[1], right[1]), (left[0], right[1]), (left[1], right[0])):
+        for strategy in ("reduce", "broadcast"):
+            src = join_source(lside, rside, strategy=strategy)
+            results.append(ma.run(agg, src, workers=0).fingerprint)
+    assert len(set(results)) == 1
+
+
+def test_duplicate_keys_give_the_cross_product():
+    left = [{"k": 1, "l": i} for i in range(3)]
+    right = [{"k": 1, "r": j} for j in range(4)]
+    for strategy in ("reduce", "broadcast"):
+        got = join_records(left, right, on="k", strategy=strategy)
+        assert len(got) == 12
+        assert {(lr["l"], rr["r"]) for lr, rr in got} == {(i, j) for i in range(3)
+                                                         for j in range(4)}
+
+
+def test_empty_sides():
+    rows = [{"k": 1}, {"k": None}]
+    for strategy in ("reduce", "broadcast"):
+        assert join_records([], rows, on="k", how="inner", strategy=strategy) == []
+        assert join_records([], rows, on="k", how="right", strategy=strategy) == [
+            (None, {"k": None}), (None, {"k": 1})]
+        assert join_records(rows, [], on="k", how="full", strategy=strategy) == [
+            ({"k": None}, None), ({"k": 1}, None)]
+
+
+def test_composite_and_per_side_keys():
+    left = [{"a": 1, "b": "x"}, {"a": 1, "b": None}]
+    right = [{"c": 1, "d": "x"}, {"c": 1, "d": None}]
+    got = join_records(left, right, left_on=["a", "b"], right_on="c,d", how="full")
+    assert got == [(None, {"c": 1, "d": None}), ({"a": 1, "b": None}, None),
+                   ({"a": 1, "b": "x"}, {"c": 1, "d": "x"})]
+
+
+def test_auto_strategy_follows_the_threshold():
+    big = [{"k": i} for i in range(200)]
+    small = [{"k": 1}]
+    assert join_source(big, small).strategy == "broadcast"
+    assert join_source(big, small, broadcast_threshold=1).strategy == "reduce"
+    assert join_source(big, small, broadcast_threshold="1K").strategy == "broadcast"
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="how must be one of"):
+        join(on="k", how="cross")
+    with pytest.raises(TypeError, match="needs on="):
+        join()
+    with pytest.raises(TypeError, match="not both"):
+        join(on="k", left_on="a", right_on="b")
+    with pytest.raises(ValueError, match="same number on both sides"):
+        join(left_on=["a", "b"], right_on="c")
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        join_source([], [], strategy="hash")
+    with pytest.raises(TypeError, match="must be file paths or a list"):
+        join_source(3, [])
+    with pytest.raises(TypeError, match="must be a mapping"):
+        join_records([1], [{"k": 1}], on="k", strategy="reduce")
+    with pytest.raises(TypeError, match="a join key must be"):
+        join_records([{"k": [1]}], [{"k": 1}], on="k", strategy="reduce")
+    with pytest.raises(ValueError, match="tagged 'left' or 'right'"):
+        join(on="k").partial([("middle", {"k": 1})])
+
+
+@pytest.mark.parametrize("strategy", ["reduce", "broadcast"])
+def test_aggregator_and_accumulator_survive_pickle(strategy):
+    agg = pickle.loads(pickle.dumps(join(on="k", how="full")))
+    src = join_source([[{"k": 1}], [{"k": 2}]], [{"k": 1}, {"k": 3}], strategy=strategy)
+    parts = [pickle.loads(pickle.dumps(agg.partial(src.read(s)))) for s in src.splits()]
+    acc = parts[0]
+    for p in parts[1:]:
+        snapshot = pickle.dumps(p)
+        acc = agg.combine(acc, p)
+        assert pickle.dumps(p) == snapshot  # the second operand is untouched
+    assert agg.finalize(acc) == join_records([{"k": 1}, {"k": 2}], [{"k": 1}, {"k": 3}],
+                                             on="k", how="full")
+    assert ma.fingerprint(parts[0])
+
+
+def write_csv(path, rows, columns):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_csv_and_jsonl_files_both_strategies(tmp_path):
+    left = [{"id": str(i % 7), "x": str(i)} for i in range(40)] + [{"id": "", "x": "n"}]
+    right = [{"id": str(i), "y": str(i * i)} for i in range(10)]
+    write_csv(tmp_path / "l.csv", left, ["id", "x"])
+    write_csv(tmp_path / "r.csv", right, ["id", "y"])
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in right))
+    expected = nested_loop([{"k": r["id"], **r} for r in left],
+                           [{"k": r["id"], **r} for r in right], "full", True)
+    for rpath in ("r.csv", "r.jsonl"):
+        for strategy in ("reduce", "broadcast"):
+            src = join_source(str(tmp_path / "l.csv"), str(tmp_path / rpath),
+                              strategy=strategy, split_size=64)
+            got = ma.run(join(on="id", how="full", empty_is_null=True), src, workers=0).value
+            strip = [({k: v for k, v in lr.items() if k != "k"} if lr else None,
+                      {k: v for k, v in rr.items() if k != "k"} if rr else None)
+                     for lr, rr in expected]
+            assert Counter(map(repr, got)) == Counter(map(repr, strip))
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        join_source(str(tmp_path / "l.csv"), str(tmp_path / "nope.txt"))
+
+
+def test_cli_join(tmp_path, capsys):
+    write_csv(tmp_path / "l.csv", [{"k": "1", "a": "x"}, {"k": "", "a": "y"}], ["k", "a"])
+    write_csv(tmp_path / "r.csv", [{"k": "1", "b": "z"}, {"k": "", "b": "w"}], ["k", "b"])
+    out_json = tmp_path / "o.json"
+    for strategy in ("reduce", "broadcast"):
+        assert cli_main(["run", "join", str(tmp_path / "l.csv"), str(tmp_path / "r.csv"),
+                         "--on", "k", "--how", "full", "--workers", "0", "--strategy",
+                         strategy, "--json", str(out_json)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[1] == "3 rows"
+        value = json.loads(out_json.read_text())["value"]
+        assert value == [[None, {"k": "", "b": "w"}], [{"k": "", "a": "y"}, None],
+                         [{"k": "1", "a": "x"}, {"k": "1", "b": "z"}]]
+    assert cli_main(["run", "join", str(tmp_path / "l.csv"), str(tmp_path / "r.csv"),
+                     "--on", "k", "--keep-empty", "--workers", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "2 rows"
+    assert cli_main(["run", "join", str(tmp_path / "l.csv"), "--on", "k",
+                     "--workers", "0"]) == 2
+    assert "exactly two inputs" in capsys.readouterr().err
+
+
+def test_merge_pair_flattens_with_suffixes():
+    assert merge_pair({"k": 1, "a": 2}, None) == {"k": 1, "a": 2}
+    assert merge_pair({"k": 1}, {"k": 1, "b": 3}, ("_l", "_r")) == {"k_l": 1, "k_r": 1, "b": 3}
