@@ -18,13 +18,12 @@ import itertools
 import multiprocessing as mp
 import os
 import pickle
+import selectors
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from multiprocessing.connection import wait
-
 import cloudpickle
 
 from mergeagg.errors import JobFailed, WorkerLost
@@ -74,6 +73,7 @@ class LocalExecutor:
         self._events = []
         self._closed = False
         self._started = False
+        self._selector = selectors.DefaultSelector()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -99,6 +99,8 @@ class LocalExecutor:
                                 name=f"mergeagg-{wid}", daemon=True)
         proc.start()
         child.close()
+        self._selector.register(parent, selectors.EVENT_READ, ("conn", wid))
+        self._selector.register(proc.sentinel, selectors.EVENT_READ, ("sentinel", wid))
         self.procs[wid] = (proc, parent)
         self.pids[wid] = proc.pid
         for job_id, (payload, plan) in self._jobs.items():
@@ -122,8 +124,16 @@ class LocalExecutor:
                 self._hard_kill(proc)
             conn.close()
         self.procs.clear()
+        self._selector.close()
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _unregister(self, proc, conn):
+        for obj in (conn, proc.sentinel):
+            try:
+                self._selector.unregister(obj)
+            except (KeyError, ValueError, OSError):
+                pass
 
     @staticmethod
     def _hard_kill(proc):
@@ -183,6 +193,7 @@ class LocalExecutor:
             return
         proc, conn = entry
         self.killed.add(wid)
+        self._unregister(proc, conn)
         self._hard_kill(proc)
         conn.close()
         shutil.rmtree(os.path.join(self.workdir, wid), ignore_errors=True)
@@ -200,21 +211,21 @@ class LocalExecutor:
         if self._events:
             out, self._events = self._events, []
             return out
-        conns = {conn: wid for wid, (proc, conn) in self.procs.items()}
-        sentinels = {proc.sentinel: wid for wid, (proc, conn) in self.procs.items()}
-        if not conns:
+        if not self.procs:
             time.sleep(min(timeout, 0.05))
             return []
-        ready = wait(list(conns) + list(sentinels), timeout=max(0.0, timeout))
+        ready = self._selector.select(max(0.0, timeout))
         out = self._events
         self._events = []
         dead = []
-        for obj in ready:
-            wid = conns.get(obj)
-            if wid is not None:
-                self._drain(wid, obj, out, dead)
+        for key, _mask in ready:
+            what, wid = key.data
+            if wid not in self.procs:
+                continue
+            if what == "conn":
+                self._drain(wid, key.fileobj, out, dead)
             else:
-                dead.append(sentinels[obj])
+                dead.append(wid)
         for wid in dict.fromkeys(dead):
             self._on_death(wid, out)
         return out
@@ -254,6 +265,7 @@ class LocalExecutor:
         if entry is None:
             return
         proc, conn = entry
+        self._unregister(proc, conn)
         proc.join(1)
         code = proc.exitcode
         conn.close()
