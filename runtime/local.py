@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+
 import cloudpickle
 
 from mergeagg.errors import JobFailed, WorkerLost
