@@ -1,0 +1,382 @@
+"""Blocked matrix multiply ``C = A @ B`` as a keyed aggregation over output blocks.
+
+``C`` is cut into ``block`` × ``block`` tiles; tile ``(I, J)`` is the sum over ``K`` of
+``A[I, K] @ B[K, J]``. :func:`matmul_source` makes the tasks: each names one tile and a run of
+its ``K`` blocks, and carries either the paths of ``A`` and ``B`` (``.npy`` files, which
+each task memory-maps and reads block by block itself: the master never ships a matrix) or,
+for in-memory arrays, just the slices it needs. :func:`matmul` is the Aggregator: the
+accumulator is a dict ``(I, J) -> BlockSum``, and finalize assembles ``C`` (or, with
+``assemble=False``, returns the dict of finished tiles).
+
+**The k-sum order is fixed.** A :class:`BlockSum` adds the products of a tile strictly in
+ascending ``K``: it folds the contiguous prefix ``K = 0, 1, 2, ...`` as soon as those
+products are present, and holds any later one until its predecessors arrive. So each tile is
+``((P0 + P1) + P2) + ...`` whichever tasks computed which products, whichever merged first,
+and however the tasks were grouped into splits: the result is bitwise identical across
+worker counts, failures, backups, fan-ins and ``k_split`` (for a given ``block``), and equal
+to :func:`numpy.matmul` within floating-point tolerance (numpy sums in its own order).
+
+>>> import numpy as np
+>>> a, b = np.arange(12.0).reshape(3, 4), np.arange(8.0).reshape(4, 2)
+>>> src = matmul_source(a, b, block=2)
+>>> c = matmul().reduce(src.read(s) for s in src.splits())
+>>> bool((c == a @ b).all()), len(src)
+(True, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from mergeagg import inputs as _inputs
+from mergeagg.aggregator import Aggregator
+from mergeagg.algorithms._keyed import merge_into
+from mergeagg.algorithms.registry import Entry, Flag
+
+__all__ = [
+    "matmul",
+    "matmul_source",
+    "BlockSum",
+    "BlockTask",
+    "block_products",
+    "assemble",
+    "DEFAULT_BLOCK",
+]
+
+DEFAULT_BLOCK = 1024
+
+
+class BlockSum:
+    """The products ``A[I, K] @ B[K, J]`` of one output tile, summed in ascending ``K``.
+
+    ``n_k`` is how many ``K`` blocks the tile has; ``rows`` and ``cols`` its place in ``C``,
+    ``shape`` the shape of ``C`` (so that finalize can tell a missing tile).
+    Cost: one tile addition per product; memory: one tile plus any product whose
+    predecessors have not arrived yet.
+
+    >>> s = BlockSum(3, (0, 1), (0, 1), (1, 1))
+    >>> s.add(2, np.array([[4.0]])); s.add(0, np.array([[1.0]]))
+    >>> s.folded, sorted(s.pending)
+    (1, [2])
+    >>> s.add(1, np.array([[2.0]])); s.result()
+    array([[7.]])
+    """
+
+    __slots__ = ("n_k", "rows", "cols", "shape", "folded", "total", "pending")
+
+    def __init__(self, n_k, rows, cols, shape):
+        self.n_k, self.rows, self.cols, self.shape = n_k, tuple(rows), tuple(cols), tuple(shape)
+        self.folded = 0  # products 0 .. folded-1 are summed into total
+        self.total = None
+        self.pending = {}
+
+    def add(self, k, product):
+        """Add the product of ``K`` block ``k`` (owned by this sum from now on)."""
+        if not 0 <= k < self.n_k:
+            raise ValueError(f"K block {k} is outside 0..{self.n_k - 1} for the tile at rows "
+                             f"{self.rows}, cols {self.cols}")
+        if k < self.folded or k in self.pending:
+            raise ValueError(f"K block {k} of the tile at rows {self.rows}, cols {self.cols} "
+                             "arrived twice: two tasks computed the same product")
+        self.pending[k] = product
+        self._advance()
+
+    def _advance(self):
+        while self.folded in self.pending:
+            product = self.pending.pop(self.folded)
+            if self.total is None:
+                self.total = product
+            else:
+                self.total += product
+            self.folded += 1
+
+    def merge(self, other):
+        """Merge ``other`` (same tile, other ``K`` blocks) into this sum; returns this sum.
+
+        ``other`` is not modified; its arrays are copied as they are taken.
+        """
+        if not isinstance(other, BlockSum):
+            raise TypeError(f"BlockSum.merge takes a BlockSum, got {type(other).__name__}")
+        if (other.n_k, other.rows, other.cols, other.shape) != (
+                self.n_k, self.rows, self.cols, self.shape):
+            raise ValueError(f"cannot merge the tile at rows {other.rows}, cols {other.cols} "
+                             f"({other.n_k} K blocks) into the tile at rows {self.rows}, cols "
+                             f"{self.cols} ({self.n_k} K blocks)")
+        if other.folded:
+            if self.folded or any(k < other.folded for k in self.pending):
+                raise ValueError(f"K blocks of the tile at rows {self.rows}, cols {self.cols} "
+                                 "arrived twice: two tasks computed the same product")
+            self.total = other.total.copy()
+            self.folded = other.folded
+        for k, product in other.pending.items():
+            if k in self.pending:
+                raise ValueError(f"K block {k} of the tile at rows {self.rows}, cols "
+                                 f"{self.cols} arrived twice")
+            self.pending[k] = product.copy()
+        self._advance()
+        return self
+
+    def copy(self):
+        """An independent copy (arrays copied)."""
+        out = BlockSum(self.n_k, self.rows, self.cols, self.shape)
+        out.folded = self.folded
+        out.total = None if self.total is None else self.total.copy()
+        out.pending = {k: p.copy() for k, p in self.pending.items()}
+        return out
+
+    def result(self):
+        """The finished tile; ``ValueError`` if a ``K`` block is missing."""
+        if self.folded != self.n_k:
+            raise ValueError(f"the tile at rows {self.rows}, cols {self.cols} is missing K "
+                             f"block {self.folded} of {self.n_k}")
+        return self.total
+
+    def _state(self):
+        return (self.n_k, self.rows, self.cols, self.shape, self.folded, self.total,
+                self.pending)
+
+    def __getstate__(self):
+        return self._state()
+
+    def __setstate__(self, state):
+        (self.n_k, self.rows, self.cols, self.shape, self.folded, self.total,
+         self.pending) = state
+
+    def __mergeagg_fingerprint__(self):
+        return self._state()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockTask:
+    """One task: tile ``(i, j)`` of ``C`` and its ``K`` blocks ``k0 .. k1 - 1``.
+
+    ``a`` and ``b`` are ``.npy`` paths (memory-mapped by the reader) or, for in-memory
+    input, the slices ``A[rows, K range]`` and ``B[K range, cols]``.
+    """
+
+    i: int
+    j: int
+    k0: int
+    k1: int
+    rows: tuple
+    cols: tuple
+    shape: tuple
+    block: int
+    inner: int
+    a: object
+    b: object
+
+    @property
+    def n_k(self):
+        return -(-self.inner // self.block)
+
+    def operands(self, k):
+        """``(A[I, K], B[K, J])`` for ``K`` block ``k``, C-contiguous."""
+        lo, hi = k * self.block, min((k + 1) * self.block, self.inner)
+        r0, r1 = self.rows
+        c0, c1 = self.cols
+        if isinstance(self.a, str):
+            a = _mapped(self.a)[r0:r1, lo:hi]
+        else:
+            base = self.k0 * self.block
+            a = self.a[:, lo - base:hi - base]
+        if isinstance(self.b, str):
+            b = _mapped(self.b)[lo:hi, c0:c1]
+        else:
+            base = self.k0 * self.block
+            b = self.b[lo - base:hi - base, :]
+        return np.ascontiguousarray(a), np.ascontiguousarray(b)
+
+
+_MAPS = {}
+
+
+def _mapped(path):
+    stat = os.stat(path)
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    arr = _MAPS.get(key)
+    if arr is None:
+        if len(_MAPS) > 8:
+            _MAPS.clear()
+        arr = _MAPS[key] = np.load(path, mmap_mode="r")
+    return arr
+
+
+def block_products(tasks):
+    """The map: a dict ``(I, J) -> BlockSum`` of a shard of :class:`BlockTask` s.
+
+    Cost: one ``block`` × ``block`` × ``block`` product (2·block³ flops) per ``K`` block.
+    """
+    out = {}
+    for task in tasks:
+        if not isinstance(task, BlockTask):
+            raise TypeError(f"matmul reads BlockTasks (see matmul_source), got a "
+                            f"{type(task).__name__}")
+        s = out.get((task.i, task.j))
+        if s is None:
+            s = out[(task.i, task.j)] = BlockSum(task.n_k, task.rows, task.cols, task.shape)
+        for k in range(task.k0, task.k1):
+            a, b = task.operands(k)
+            s.add(k, a @ b)
+    return out
+
+
+def _merge_sum(a, b):
+    return a.merge(b)
+
+
+def _copy_sum(s):
+    return s.copy()
+
+
+def _combine(a, b):
+    return merge_into(a, b, _merge_sum, _copy_sum)
+
+
+def assemble(tiles):
+    """The matrix ``C`` from a dict ``(I, J) -> BlockSum``; ``ValueError`` if a tile is missing.
+
+    Cost: one copy of ``C``.
+    """
+    if not tiles:
+        raise ValueError("no tiles to assemble")
+    m, p = next(iter(tiles.values())).shape
+    area = sum((s.rows[1] - s.rows[0]) * (s.cols[1] - s.cols[0]) for s in tiles.values())
+    if area != m * p:
+        raise ValueError(f"the tiles cover {area} of the {m * p} entries of a {m}x{p} C; "
+                         "some output blocks were never computed")
+    first = next(iter(tiles.values())).result()
+    c = np.empty((m, p), dtype=first.dtype)
+    for s in tiles.values():
+        c[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]] = s.result()
+    return c
+
+
+_assemble = assemble
+
+
+def _tiles(tiles):
+    return {key: tiles[key].result() for key in sorted(tiles)}
+
+
+def matmul(assemble=True):
+    """An Aggregator of blocked ``A @ B`` over the tasks of :func:`matmul_source`.
+
+    Returns ``C`` as an ndarray, or (``assemble=False``) a dict ``(I, J) -> tile``.
+    Cost: 2·m·n·p flops in the partials; a combine costs O(tiles of its second operand)
+    (copies only when a tile is split across operands); finalize one copy of ``C``.
+
+    >>> src = matmul_source(np.eye(3), np.ones((3, 2)), block=2)
+    >>> sorted(matmul(assemble=False).reduce(src.read(s) for s in src.splits()))
+    [(0, 0), (1, 0)]
+    """
+    if not isinstance(assemble, bool):
+        raise TypeError(f"assemble must be True or False, got {assemble!r}")
+    return Aggregator(block_products, _combine, _assemble if assemble else _tiles,
+                      name="matmul")
+
+
+def _operand(x, label):
+    if isinstance(x, (str, os.PathLike)):
+        path = os.path.abspath(os.fspath(x))
+        if not os.path.isfile(path):
+            raise _inputs.InputError(f"no such file: {path!r} (matrix {label})")
+        arr = np.load(path, mmap_mode="r")
+        ref = path
+    elif isinstance(x, np.ndarray):
+        arr, ref = x, None
+    else:
+        raise TypeError(f"matrix {label} must be an ndarray or a .npy path, "
+                        f"got {type(x).__name__}")
+    if arr.ndim != 2:
+        raise ValueError(f"matrix {label} must be 2-D, got shape {arr.shape}")
+    if arr.dtype.kind not in "iufc":
+        raise TypeError(f"matrix {label} must be numeric, got dtype {arr.dtype}")
+    return arr, ref
+
+
+def matmul_source(a, b, *, block=DEFAULT_BLOCK, k_split=None, tasks_per_split=1):
+    """The tasks of ``a @ b`` in ``block``-sized tiles, as a Source of splits.
+
+    ``a`` and ``b`` are ndarrays or ``.npy`` paths. Each task covers one tile and
+    ``k_split`` of its ``K`` blocks (default: all, so a task finishes its tile); each split
+    holds ``tasks_per_split`` consecutive tasks (row-major over tiles, then ``K``). Raises
+    ``ValueError`` for shapes that do not chain. Cost: O(number of tasks); nothing is read.
+
+    >>> len(matmul_source(np.ones((4, 6)), np.ones((6, 4)), block=2, k_split=1))
+    12
+    """
+    if isinstance(block, bool) or not isinstance(block, int):
+        raise TypeError(f"block must be an int, got {type(block).__name__}")
+    if block < 1:
+        raise ValueError(f"block must be a positive number of rows/columns, got {block}")
+    arr_a, ref_a = _operand(a, "A")
+    arr_b, ref_b = _operand(b, "B")
+    m, n = arr_a.shape
+    n2, p = arr_b.shape
+    if n != n2:
+        raise ValueError(f"A is {m}x{n} and B is {n2}x{p}: A's columns must equal B's rows")
+    n_i, n_j, n_k = -(-m // block), -(-p // block), -(-n // block)
+    if m == 0 or p == 0 or n == 0:
+        raise ValueError(f"cannot multiply empty matrices ({m}x{n} by {n2}x{p})")
+    k_split = n_k if k_split is None else k_split
+    if isinstance(k_split, bool) or not isinstance(k_split, int) or k_split < 1:
+        raise ValueError(f"k_split must be a positive int, got {k_split!r}")
+    if isinstance(tasks_per_split, bool) or not isinstance(tasks_per_split, int) \
+            or tasks_per_split < 1:
+        raise ValueError(f"tasks_per_split must be a positive int, got {tasks_per_split!r}")
+    tasks = []
+    for i in range(n_i):
+        rows = (i * block, min((i + 1) * block, m))
+        for j in range(n_j):
+            cols = (j * block, min((j + 1) * block, p))
+            for k0 in range(0, n_k, k_split):
+                k1 = min(k0 + k_split, n_k)
+                lo, hi = k0 * block, min(k1 * block, n)
+                ta = ref_a if ref_a is not None else arr_a[rows[0]:rows[1], lo:hi]
+                tb = ref_b if ref_b is not None else arr_b[lo:hi, cols[0]:cols[1]]
+                tasks.append(BlockTask(i, j, k0, k1, rows, cols, (m, p), block, n, ta, tb))
+    per = tasks_per_split
+    splits = []
+    for start in range(0, len(tasks), per):
+        group = tasks[start:start + per]
+        first, last = group[0], group[-1]
+        splits.append(_inputs.Split(
+            len(splits), f"matmul:{first.i},{first.j},{first.k0}-{last.i},{last.j},{last.k1}",
+            "memory", payload=group))
+    return _inputs.Source(splits, f"{m}x{n} @ {n}x{p} in {block}-blocks, {len(tasks)} tasks")
+
+
+def _make_source(inputs, split_size, params):
+    if len(inputs) != 2:
+        raise ValueError(f"matmul takes exactly two inputs, A.npy and B.npy; got {len(inputs)}")
+    return matmul_source(inputs[0], inputs[1], block=params.get("_block") or DEFAULT_BLOCK,
+                         k_split=params.get("_k_split"))
+
+
+def _summarize(value, params):
+    lines = [f"C: {value.shape[0]}x{value.shape[1]} {value.dtype}"]
+    out = params.get("_out")
+    if out:
+        np.save(out, value)
+        lines.append(f"written to {out}")
+    return lines
+
+
+ENTRY = Entry(
+    name="matmul",
+    summary="blocked matrix multiply C = A @ B of two .npy files, fixed k-sum order",
+    factory=matmul,
+    flags=(
+        Flag("--block", type=int, default=DEFAULT_BLOCK, dest="_block",
+             help=f"tile size in rows/columns (default {DEFAULT_BLOCK})"),
+        Flag("--k-split", type=int, default=None, dest="_k_split",
+             help="K blocks per task (default: all, one task per tile)"),
+        Flag("--out", default=None, dest="_out", help="write C to this .npy file"),
+    ),
+    make_source=_make_source,
+    summarize=_summarize,
+)
