@@ -403,14 +403,14 @@ def load(data):
     >>> load(b"nonsense")
     Traceback (most recent call last):
     ...
-    ValueError: not a mergeagg sketch: 8 bytes, too short for the 16-byte header and checksum
+    ValueError: not a mergeagg sketch: 8 bytes, too short for the 12-byte header and checksum
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"a sketch's bytes must be bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) < _HEAD.size + 4:
         raise ValueError(
-            f"not a mergeagg sketch: {len(data)} bytes, too short for the 16-byte header "
+            f"not a mergeagg sketch: {len(data)} bytes, too short for the 12-byte header "
             "and checksum")
     magic, version, kind, hcode, _reserved, seed = _HEAD.unpack_from(data)
     if magic != _MAGIC:
