@@ -374,8 +374,10 @@ class _Join:
         return out
 
 
-def join(on=None, how="inner", left_on=None, right_on=None, empty_is_null=False):
+def join(on, how="inner", *, left_on=None, right_on=None, empty_is_null=False):
     """An Aggregator joining the tagged records of :func:`join_source` (either strategy).
+
+    ``on`` is required: the key column(s), or ``None`` with ``left_on`` and ``right_on``.
 
     Cost: O(records) in the partials plus, for the reduce side, O(rows of the second
     operand) per combine; finalize is O(output log output) (it sorts). Memory: the grouped
@@ -510,7 +512,7 @@ def join_records(left, right, on=None, how="inner", *, left_on=None, right_on=No
     ...              how="full", empty_is_null=True, strategy="broadcast")
     [(None, {'k': '', 'v': 2}), ({'k': 'x'}, {'k': 'x', 'v': 1})]
     """
-    agg = join(on, how, left_on, right_on, empty_is_null)
+    agg = join(on, how, left_on=left_on, right_on=right_on, empty_is_null=empty_is_null)
     src = join_source(left, right, strategy=strategy, broadcast_threshold=broadcast_threshold)
     return agg.reduce(src.read(s) for s in src.splits())
 

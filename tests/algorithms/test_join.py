@@ -136,11 +136,11 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="how must be one of"):
         join(on="k", how="cross")
     with pytest.raises(TypeError, match="needs on="):
-        join()
+        join(None)
     with pytest.raises(TypeError, match="not both"):
         join(on="k", left_on="a", right_on="b")
     with pytest.raises(ValueError, match="same number on both sides"):
-        join(left_on=["a", "b"], right_on="c")
+        join(None, left_on=["a", "b"], right_on="c")
     with pytest.raises(ValueError, match="strategy must be one of"):
         join_source([], [], strategy="hash")
     with pytest.raises(TypeError, match="must be file paths or a list"):
