@@ -188,6 +188,8 @@ class CountMin(Sketch):
         h = hash64(items, self.seed)
         if weights is not None:
             w = np.asarray(weights)
+            if w.size == 0:
+                w = w.astype(np.int64)
             if w.dtype.kind not in "iu":
                 raise TypeError(f"weights must be integers, got dtype {w.dtype}")
             if w.shape != h.shape:
