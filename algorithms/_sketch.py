@@ -33,9 +33,11 @@ __all__ = [
     "Sketch",
     "hash64",
     "hash64_one",
+    "iter_hashes",
     "seed_stream",
     "check_seed",
     "check_int",
+    "check_not_scalar",
     "check_params",
     "load",
     "merge_into",
@@ -55,7 +57,8 @@ _F2 = 0xC4CEB9FE1A85EC53
 _S1 = 0xBF58476D1CE4E5B9
 _S2 = 0x94D049BB133111EB
 
-_CHUNK = 1 << 16  # keys per vectorised step: temporaries stay in cache
+_CHUNK = 1 << 14  # keys per vectorised step: temporaries stay in the CPU cache
+_BATCH = 1 << 18  # str/bytes/list keys hashed per call when a sketch is updated
 _VEC_MIN = 8  # fewer keys of one length than this are hashed by mmh3 one by one
 _VEC_MAX_LEN = 512  # longer keys are hashed by mmh3 one by one
 
@@ -119,21 +122,57 @@ def _int_key(seed):
     return _splitmix_scalar(seed ^ 0x5851F42D4C957F2D)
 
 
-def _mix_ints(x, seed):
-    """splitmix64 of ``x + key(seed)`` over a uint64 array, in chunks, into a new array."""
-    out = np.empty(x.shape[0], dtype=np.uint64)
+def _mix_ints(x, seed, out=None, tmp=None):
+    """splitmix64 of ``x + key(seed)`` over a uint64 array, in chunks of ``_CHUNK``.
+
+    ``out`` and ``tmp`` (uint64, at least ``len(x)`` long) avoid allocating.
+    """
+    n = x.shape[0]
+    out = np.empty(n, dtype=np.uint64) if out is None else out[:n]
     k = _u(_int_key(seed))
     s1, s2 = _u(_S1), _u(_S2)
     b30, b27, b31 = _u(30), _u(27), _u(31)
-    for lo in range(0, x.shape[0], _CHUNK):
-        z = np.add(x[lo:lo + _CHUNK], k)
-        z ^= z >> b30
+    for lo in range(0, n, _CHUNK):
+        z = out[lo:lo + _CHUNK]
+        t = np.empty_like(z) if tmp is None else tmp[: z.shape[0]]
+        np.add(x[lo:lo + _CHUNK], k, out=z)
+        np.right_shift(z, b30, out=t)
+        z ^= t
         z *= s1
-        z ^= z >> b27
+        np.right_shift(z, b27, out=t)
+        z ^= t
         z *= s2
-        z ^= z >> b31
-        out[lo:lo + _CHUNK] = z
+        np.right_shift(z, b31, out=t)
+        z ^= t
     return out
+
+
+def iter_hashes(items, seed):
+    """Yield ``(offset, hashes)`` for consecutive chunks of ``items`` (see :func:`hash64`).
+
+    Integer arrays are hashed ``_CHUNK`` keys at a time into one reused buffer, so a
+    consumer that updates its sketch from each chunk before asking for the next stays in
+    the CPU cache; other batches come in chunks of ``_BATCH`` keys.
+
+    >>> [(o, h.shape[0]) for o, h in iter_hashes(np.arange(5), 0)]
+    [(0, 5)]
+    """
+    check_not_scalar(items)
+    if isinstance(items, np.ndarray) and items.ndim == 1 and items.dtype.kind in "iu":
+        x = items.astype(np.int64 if items.dtype.kind == "i" else np.uint64, copy=False)
+        x = x.view(np.uint64)
+        n = x.shape[0]
+        out = np.empty(min(n, _CHUNK), dtype=np.uint64)
+        tmp = np.empty_like(out)
+        for lo in range(0, n, _CHUNK):
+            yield lo, _mix_ints(x[lo:lo + _CHUNK], seed, out, tmp)
+        return
+    if not isinstance(items, (list, tuple, np.ndarray)):
+        items = list(items)
+    if len(items) == 0:
+        yield 0, np.empty(0, dtype=np.uint64)
+    for lo in range(0, len(items), _BATCH):
+        yield lo, hash64(items[lo:lo + _BATCH], seed)
 
 
 def _rotl(x, r):
@@ -286,13 +325,16 @@ def _hash_fixed_bytes_array(arr, seed):
     """An ``S<w>`` array: each element is its bytes without trailing NULs (numpy's view)."""
     n, width = arr.shape[0], arr.dtype.itemsize
     mat = np.ascontiguousarray(arr).view(np.uint8).reshape(n, width)
-    nonzero = mat != 0
-    lens = np.where(nonzero.any(axis=1), width - np.argmax(nonzero[:, ::-1], axis=1), 0)
-    if n and int(lens.min()) == width:
-        starts = np.arange(n, dtype=np.int64) * width
+    short = np.flatnonzero(mat[:, -1] == 0)  # elements shorter than the width
+    starts = np.arange(n, dtype=np.int64) * width
+    if short.shape[0] == 0:
         return _murmur_at(_windows(mat.reshape(-1)), starts, width, seed)
-    keep = np.arange(width) < lens[:, None]
-    return _hash_concat(mat[keep], lens.astype(np.int64), seed)
+    out = np.empty(n, dtype=np.uint64)
+    full = np.ones(n, dtype=bool)
+    full[short] = False
+    out[full] = _murmur_at(_windows(mat.reshape(-1)), starts[full], width, seed)
+    out[short] = _hash_bytes_list(arr[short].tolist(), seed)
+    return out
 
 
 def _bad_item(item):
@@ -322,7 +364,8 @@ def hash64_one(item, seed):
     raise _bad_item(item)
 
 
-def _check_not_scalar(items):
+def check_not_scalar(items):
+    """``TypeError`` for a bare str/bytes where an iterable of keys is expected."""
     if isinstance(items, (str, bytes, bytearray, memoryview)):
         raise TypeError(
             f"update() takes an iterable of keys, not a single {type(items).__name__}: "
@@ -346,7 +389,7 @@ def hash64(items, seed):
     ...
     TypeError: update() takes an iterable of keys, not a single str: call add(key) ...
     """
-    _check_not_scalar(items)
+    check_not_scalar(items)
     if isinstance(items, np.ndarray):
         if items.ndim != 1:
             raise ValueError(f"a key array must be one-dimensional, got shape {items.shape}")
@@ -486,7 +529,8 @@ class Sketch:
 
     def update(self, items):
         """Add every key of an iterable or a numpy array; a bare str/bytes is a TypeError."""
-        self._update_hashes(hash64(items, self.seed))
+        for _, h in iter_hashes(items, self.seed):
+            self._update_hashes(h)
         return self
 
     def check_compatible(self, other):

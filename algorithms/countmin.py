@@ -31,6 +31,7 @@ from mergeagg.algorithms._sketch import (
     HASH_ID,
     Sketch,
     check_int,
+    check_not_scalar,
     check_seed,
     expect_len,
     hash64,
@@ -185,20 +186,25 @@ class CountMin(Sketch):
         >>> CountMin(16, 2).update(["x", "y", "x"], weights=[1, 2, 3]).query("x")
         4
         """
-        h = hash64(items, self.seed)
+        check_not_scalar(items)
+        if not isinstance(items, (list, tuple, np.ndarray)):
+            items = list(items)
+        n = len(items)
         if weights is not None:
             w = np.asarray(weights)
             if w.size == 0:
                 w = w.astype(np.int64)
             if w.dtype.kind not in "iu":
                 raise TypeError(f"weights must be integers, got dtype {w.dtype}")
-            if w.shape != h.shape:
+            if w.shape != (n,):
                 raise ValueError(f"{w.shape[0] if w.ndim else 'a scalar'} weights for "
-                                 f"{h.shape[0]} items: give one weight per item")
+                                 f"{n} items: give one weight per item")
             if w.size and int(w.min()) < 0:
                 raise ValueError("weights must be >= 0 (count-min counts up)")
             weights = w.astype(np.int64)
-        self._update_hashes(h, weights)
+        for lo in range(0, max(n, 1), _CHUNK):
+            h = hash64(items[lo:lo + _CHUNK], self.seed)
+            self._update_hashes(h, None if weights is None else weights[lo:lo + _CHUNK])
         return self
 
     def _merge(self, other):

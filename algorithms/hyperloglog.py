@@ -41,7 +41,7 @@ from mergeagg.algorithms.registry import Entry, Flag
 
 __all__ = ["HyperLogLog", "hyperloglog", "ertl_estimate"]
 
-_CHUNK = 1 << 16
+_CHUNK = 1 << 14
 _ALPHA_INF = 1.0 / (2.0 * math.log(2.0))
 
 
@@ -159,15 +159,27 @@ class HyperLogLog(Sketch):
         sentinel = np.uint64(1 << q)
         shift = np.uint64(q)
         regs = self.registers
+        n = min(h.shape[0], _CHUNK)
+        idx = np.empty(n, dtype=np.intp)
+        x = np.empty(n, dtype=np.uint64)
+        low = np.empty(n, dtype=np.uint64)
+        flt = np.empty(n, dtype=np.float64)
+        rank = np.empty(n, dtype=np.uint8)
         for lo in range(0, h.shape[0], _CHUNK):
             chunk = h[lo:lo + _CHUNK]
-            idx = (chunk >> shift).astype(np.intp)
-            x = chunk | sentinel
+            m = chunk.shape[0]
+            np.right_shift(chunk, shift, out=low[:m])
+            idx[:m] = low[:m]
+            np.bitwise_or(chunk, sentinel, out=x[:m])
             # The lowest set bit, as a float, is exactly 2**k: its exponent field is 1023 + k.
-            low = x & (~x + np.uint64(1))
-            bits = low.astype(np.float64).view(np.uint64) >> np.uint64(52)
-            rank = (bits - np.uint64(1022)).astype(np.uint8)
-            np.maximum.at(regs, idx, rank)
+            np.negative(x[:m], out=low[:m])
+            low[:m] &= x[:m]
+            flt[:m] = low[:m]
+            bits = flt[:m].view(np.uint64)
+            bits >>= np.uint64(52)
+            bits -= np.uint64(1022)
+            rank[:m] = bits
+            np.maximum.at(regs, idx[:m], rank[:m])
 
     def _merge(self, other):
         np.maximum(self.registers, other.registers, out=self.registers)
