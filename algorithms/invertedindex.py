@@ -66,8 +66,8 @@ def tokenize(text):
 # -- the per-key pieces (what a keyed job needs) ---------------------------------------------
 
 
-def _union(a, b):
-    a |= b
+def _concat(a, b):
+    a.extend(b)
     return a
 
 
@@ -90,20 +90,29 @@ def _copy_positions(acc):
     return {doc: list(ps) for doc, ps in acc.items()}
 
 
+def _sorted_ids(ids):
+    """Distinct ids in order_key order (the plain sort when all are ints or all strs)."""
+    ids = set(ids)
+    kinds = {type(x) for x in ids}
+    if len(kinds) == 1 and kinds <= {int, str}:
+        return sorted(ids)
+    return sorted(ids, key=order_key)
+
+
 def _final_postings(acc):
-    return sorted(acc, key=order_key)
+    return _sorted_ids(acc)
 
 
 def _final_tf(acc):
-    return [(doc, acc[doc]) for doc in sorted(acc, key=order_key)]
+    return [(doc, acc[doc]) for doc in _sorted_ids(acc)]
 
 
 def _final_positions(acc):
-    return [(doc, sorted(acc[doc])) for doc in sorted(acc, key=order_key)]
+    return [(doc, sorted(acc[doc])) for doc in _sorted_ids(acc)]
 
 
 _PIECES = {
-    "postings": (_union, set, _final_postings),
+    "postings": (_concat, list, _final_postings),
     "tf": (_add_tf, dict, _final_tf),
     "positions": (_add_positions, _copy_positions, _final_positions),
 }
@@ -126,7 +135,7 @@ def copy_postings(mode):
 def finalize_postings(mode):
     """The per-key finalize of ``mode``: the sorted posting list.
 
-    >>> finalize_postings("postings")({"b", "a"})
+    >>> finalize_postings("postings")(["b", "a", "b"])
     ['a', 'b']
     """
     return _PIECES[_check_mode(mode)][2]
@@ -143,12 +152,12 @@ def _check_mode(mode):
 
 def _add_document(index, doc, tokens, mode):
     if mode == "postings":
-        for word in set(tokens):
+        for word in dict.fromkeys(tokens):  # each word once, in a deterministic order
             got = index.get(word)
             if got is None:
-                index[word] = {doc}
+                index[word] = [doc]
             else:
-                got.add(doc)
+                got.append(doc)
     elif mode == "tf":
         for word in tokens:
             got = index.get(word)
@@ -182,7 +191,11 @@ def _record_document(record, id_field, text_field):
 
 
 def index_map(shard, mode="postings", tokenize=tokenize, id_field="id", text_field="text"):
-    """One shard's dict word -> per-key accumulator (a set, or a dict doc -> tf/positions).
+    """One shard's dict word -> per-key accumulator.
+
+    The accumulator is a list of document ids (``"postings"``; an id may repeat if a
+    document spans records — finalize removes repeats; lists because they fingerprint
+    several times faster than sets), or a dict doc -> term frequency or positions.
 
     A plain-text file split is one document (its path); any other shard is records.
     Cost: O(characters of the shard) plus one dict update per token.

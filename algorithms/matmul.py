@@ -109,7 +109,9 @@ class BlockSum:
             if self.folded or any(k < other.folded for k in self.pending):
                 raise ValueError(f"K blocks of the tile at rows {self.rows}, cols {self.cols} "
                                  "arrived twice: two tasks computed the same product")
-            self.total = other.total.copy()
+            # A finished tile is never modified again, so it may be shared.
+            done = other.folded == other.n_k
+            self.total = other.total if done else other.total.copy()
             self.folded = other.folded
         for k, product in other.pending.items():
             if k in self.pending:
@@ -120,10 +122,14 @@ class BlockSum:
         return self
 
     def copy(self):
-        """An independent copy (arrays copied)."""
+        """An independent copy. A finished tile's array is shared, not copied: nothing ever
+        modifies a finished tile (merging more ``K`` blocks into it is an error)."""
         out = BlockSum(self.n_k, self.rows, self.cols, self.shape)
         out.folded = self.folded
-        out.total = None if self.total is None else self.total.copy()
+        if self.total is None or self.folded == self.n_k:
+            out.total = self.total
+        else:
+            out.total = self.total.copy()
         out.pending = {k: p.copy() for k, p in self.pending.items()}
         return out
 

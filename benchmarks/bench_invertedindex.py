@@ -1,0 +1,132 @@
+"""Inverted index through mergeagg against a sequential dictionary-of-lists loop.
+
+Workload: documents cut from the shared Zipf corpus (shared/BENCHMARKS.md), ``--lines``
+lines each, as JSON lines ``{"id": n, "text": ...}`` (cached; ~200 MB at the reference
+size). Both sides do the whole job: read the file, tokenise with the same function
+(:func:`mergeagg.algorithms.invertedindex.tokenize`), build word -> sorted document ids, and
+write the index as text (``word<TAB>id id id...``, words sorted). The baseline is one plain
+loop appending ids to a dict of lists; mergeagg runs ``invertedindex()`` over line-aligned
+splits of the file with ``--workers`` processes. Both indexes must be equal.
+
+Target (issue 5): with 2 workers, at least 1.5x the sequential loop. Until the keyed runtime
+(issue 4) shuffles postings by word, every partial index is merged by the fold's combine
+tree, so expect less; the figure printed is ``loop time / mergeagg time`` (medians).
+
+    python benchmarks/bench_invertedindex.py --size 200M      # the reference figure
+    python benchmarks/bench_invertedindex.py --smoke          # what CI runs: ~1 MB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from workloads import cache_dir, parse_size, zipf_corpus  # noqa: E402
+
+import mergeagg  # noqa: E402
+from mergeagg.algorithms.invertedindex import invertedindex, tokenize  # noqa: E402
+
+
+def documents(size, lines_per_doc=10, directory=None):
+    """Path of a JSON-lines file of documents cut from a Zipf corpus of ``size`` bytes."""
+    corpus = zipf_corpus(size, cache_dir=directory)
+    path = os.path.join(cache_dir(directory),
+                        f"docs-{os.path.basename(corpus)}-{lines_per_doc}.jsonl")
+    if os.path.exists(path):
+        return path
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(corpus, encoding="ascii") as src, open(tmp, "w", encoding="ascii") as out:
+        doc_id, buf = 0, []
+        for line in src:
+            buf.append(line.rstrip("\n"))
+            if len(buf) == lines_per_doc:
+                out.write(json.dumps({"id": doc_id, "text": "\n".join(buf)}) + "\n")
+                doc_id, buf = doc_id + 1, []
+        if buf:
+            out.write(json.dumps({"id": doc_id, "text": "\n".join(buf)}) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def sequential_index(path):
+    """The baseline: one loop, a dict of lists (ids arrive in increasing order)."""
+    index = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            doc = rec["id"]
+            for word in set(tokenize(rec["text"])):
+                postings = index.get(word)
+                if postings is None:
+                    index[word] = [doc]
+                else:
+                    postings.append(doc)
+    for postings in index.values():
+        postings.sort()
+    return index
+
+
+def write_index(index, path):
+    with open(path, "w", encoding="utf-8") as f:
+        for word in sorted(index):
+            f.write(f"{word}\t{' '.join(map(str, index[word]))}\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="200M", help="corpus size, e.g. 2M or 200M")
+    parser.add_argument("--lines", type=int, default=10, help="lines per document (10)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker processes (default 2; 0 = serial in process)")
+    parser.add_argument("--split-size", default="16M", help="bytes per split (default 16M)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each (default 3)")
+    parser.add_argument("--smoke", action="store_true", help="~1 MB, 2 repetitions, for CI")
+    args = parser.parse_args(argv)
+    size = 1_000_000 if args.smoke else parse_size(args.size)
+    repeat = 2 if args.smoke else args.repeat
+    split_size = "128K" if args.smoke else args.split_size
+
+    path = documents(size, args.lines)
+    mb = os.path.getsize(path) / 1e6
+    out_dir = tempfile.mkdtemp(prefix="mergeagg-bench-index-")
+    agg = invertedindex()
+    print(f"inverted index: {mb:.1f} MB of JSON-lines documents ({path}), "
+          f"workers={args.workers}, split size {split_size}, {repeat} repetitions")
+
+    base_times, our_times = [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        expected = sequential_index(path)
+        write_index(expected, os.path.join(out_dir, "index-loop.txt"))
+        base_times.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        result = mergeagg.run(agg, path, workers=args.workers, split_size=split_size,
+                              format="jsonl")
+        write_index(result.value, os.path.join(out_dir, "index-mergeagg.txt"))
+        our_times.append(time.perf_counter() - start)
+        if result.value != expected:
+            print("ERROR: mergeagg and the loop disagree", file=sys.stderr)
+            return 1
+        del expected
+
+    base, mine = statistics.median(base_times), statistics.median(our_times)
+    print(f"{'dict-of-lists loop':<24} median {base:8.3f}s  min {min(base_times):8.3f}s"
+          f"  {mb / base:7.1f} MB/s")
+    print(f"{'mergeagg invertedindex':<24} median {mine:8.3f}s  min {min(our_times):8.3f}s"
+          f"  {mb / mine:7.1f} MB/s")
+    print(f"ratio (loop time / mergeagg time, medians): {base / mine:.2f}x "
+          f"(target >= 1.5x with 2 workers); {len(result.report.attempts)} map tasks, "
+          f"mode {result.report.mode}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
