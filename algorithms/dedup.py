@@ -16,7 +16,8 @@ Each non-blank line is a document. The pipeline, all of it a mergeable accumulat
 
 Documents are named ``path:line`` (1-based line numbers, computed at the end from each
 split's line count); in-memory shards may hold ``(key, text)`` pairs to name documents,
-and plain strings there are named ``shard-<digest>:<index>``.
+and plain strings there are named ``shard-<digest>:<index>`` (so are the lines of ``.gz``
+files, which are read whole without their path).
 
 >>> agg = dedup(threshold=0.5)
 >>> shard = [("a", "the quick brown fox jumps over the lazy dog"),

@@ -168,8 +168,7 @@ class HyperLogLog(Sketch):
         for lo in range(0, h.shape[0], _CHUNK):
             chunk = h[lo:lo + _CHUNK]
             m = chunk.shape[0]
-            np.right_shift(chunk, shift, out=low[:m])
-            idx[:m] = low[:m]
+            np.right_shift(chunk, shift, out=idx[:m].view(np.uint64))  # < 2**18: exact
             np.bitwise_or(chunk, sentinel, out=x[:m])
             # The lowest set bit, as a float, is exactly 2**k: its exponent field is 1023 + k.
             np.negative(x[:m], out=low[:m])

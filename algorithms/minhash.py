@@ -276,6 +276,11 @@ def optimal_bands(threshold, num_perm, fp_weight=0.5, fn_weight=0.5, *, recall=0
                           float(recall), float(margin))
 
 
+def _area(y, x):
+    """The trapezoid-rule integral of ``y`` over the grid ``x`` (any numpy version)."""
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0)
+
+
 @functools.lru_cache(maxsize=64)
 def _optimal_bands(threshold, num_perm, fp_weight, fn_weight, recall, margin):
     lo = np.linspace(0.0, threshold, 512)
@@ -284,8 +289,8 @@ def _optimal_bands(threshold, num_perm, fp_weight, fn_weight, recall, margin):
     best = {True: (None, math.inf), False: (None, math.inf)}
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            fp = np.trapezoid(s_curve(lo, b, r), lo)
-            fn = np.trapezoid(1.0 - s_curve(hi, b, r), hi)
+            fp = _area(s_curve(lo, b, r), lo)
+            fn = _area(1.0 - s_curve(hi, b, r), hi)
             err = fp_weight * fp + fn_weight * fn
             ok = bool(s_curve(target, b, r) >= recall)
             if err < best[ok][1] - 1e-15:

@@ -152,6 +152,17 @@ def test_bad_parameters_and_incompatible_states():
         a.merge(c)
 
 
+def test_states_and_aggregators_pickle_and_fingerprint_alike():
+    import pickle
+
+    agg = pickle.loads(pickle.dumps(dedup(threshold=0.6, shingles=Shingles(3, words=True))))
+    shard = [("a", "one two three four five"), ("b", "one two three four six")]
+    state = agg.partial(shard)
+    copy = pickle.loads(pickle.dumps(state))
+    assert mergeagg.fingerprint(copy) == mergeagg.fingerprint(state)
+    assert agg.finalize(copy) == agg.finalize(state)
+
+
 def test_cli_dedup(tmp_path, capsys):
     from mergeagg.cli import main
 
