@@ -181,3 +181,12 @@ def test_close_compares_structures():
     assert not close({"a": 1.0}, {"b": 1.0}, 1e-9, 0.0)
     assert not close([1.0], (1.0,), 1e-9, 0.0)
     assert close(float("nan"), float("nan"), 1e-9, 0.0)
+
+
+def test_without_hypothesis_the_error_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "hypothesis", None)
+    with pytest.raises(ImportError, match="mergeagg.laws needs the hypothesis package: pip "
+                                          "install hypothesis"):
+        laws.check(Aggregator(sum, lambda a, b: a + b), records=[1])
