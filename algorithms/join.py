@@ -43,6 +43,8 @@ either strategy and every sharding.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import pickle
@@ -67,6 +69,7 @@ __all__ = [
     "combine_group",
     "finalize_group",
     "merge_pair",
+    "JoinRows",
 ]
 
 JOIN_TYPES = ("inner", "left", "right", "full")
@@ -264,8 +267,76 @@ class _JoinAcc:
         self.groups, self.pairs, self.matched, self.small = state
 
     def __mergeagg_fingerprint__(self):
-        small = None if self.small is None else (self.small.side, self.small.paths)
+        small = None if self.small is None else [self.small.side, list(self.small.paths)]
+        groups = [[key, group[0], group[1]] for key, group in self.groups.items()]
+        if _plain_keys(self.groups) and all(_plain_rows(g[0]) and _plain_rows(g[1])
+                                            for g in self.groups.values()) \
+                and _plain_pairs(self.pairs):
+            return _json_digest(["JoinAcc", groups, self.pairs, sorted(self.matched), small])
         return (self.groups, self.pairs, self.matched, small)
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain_row(row):
+    if row is None:
+        return True
+    if type(row) is not dict:
+        return False
+    for k, v in row.items():
+        if type(k) is not str or type(v) not in _PLAIN:
+            return False
+    return True
+
+
+def _plain_rows(rows):
+    return all(map(_plain_row, rows))
+
+
+def _plain_pairs(pairs):
+    return all(_plain_row(lrow) and _plain_row(rrow) for lrow, rrow in pairs)
+
+
+def _plain_keys(groups):
+    for key in groups:
+        if type(key) in _PLAIN:
+            continue
+        if type(key) is tuple and all(type(p) in _PLAIN for p in key):
+            continue
+        return False
+    return True
+
+
+def _json_digest(value):
+    """A stand-in for ``value`` in its fingerprint: the SHA-256 of canonical JSON.
+
+    Used only when every row is a dict of str keys to str / int / float / bool / None, for
+    which JSON is exact (``1``, ``1.0``, ``true`` and ``"1"`` all differ); fingerprinting
+    millions of small dicts one by one is much slower.
+    """
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return ("json-sha256", hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+
+
+class JoinRows(list):
+    """A join's result: a plain list of ``(left, right)`` pairs, with a fast fingerprint.
+
+    Its fingerprint stands in the SHA-256 of the canonical JSON of the pairs when every row
+    is a dict of str keys to JSON scalars (CSV and JSON-lines rows are), and is the list's
+    own otherwise. Cost of the fingerprint: one ``json.dumps`` of the result.
+
+    >>> rows = JoinRows([({"k": "1"}, None)])
+    >>> rows == [({"k": "1"}, None)], isinstance(rows, list)
+    (True, True)
+    """
+
+    __slots__ = ()
+
+    def __mergeagg_fingerprint__(self):
+        if _plain_pairs(self):
+            return _json_digest(["JoinRows", list(self)])
+        return list(self)
 
 
 class _Join:
@@ -364,14 +435,35 @@ class _Join:
                 if i not in acc.matched:
                     out.append((row, None) if small.side == LEFT else (None, row))
         spec = self.spec
+        row_key = _str_row_key if _all_str_rows(out) else order_key
 
         def rank(pair):
             lrow, rrow = pair
             key = spec.key(lrow, LEFT) if lrow is not None else spec.key(rrow, RIGHT)
-            return (order_key(key), order_key(lrow), order_key(rrow))
+            return (order_key(key), row_key(lrow), row_key(rrow))
 
         out.sort(key=rank)
-        return out
+        return JoinRows(out)
+
+
+def _all_str_rows(pairs):
+    for pair in pairs:
+        for row in pair:
+            if row is None:
+                continue
+            if type(row) is not dict:
+                return False
+            for k, v in row.items():
+                if type(k) is not str or type(v) is not str:
+                    return False
+    return True
+
+
+def _str_row_key(row):
+    """order_key's order for None and dicts of str to str, computed faster."""
+    if row is None:
+        return (0,)
+    return (6, tuple(sorted(row.items())))
 
 
 def join(on, how="inner", *, left_on=None, right_on=None, empty_is_null=False):

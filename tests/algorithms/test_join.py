@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import mergeagg as ma
 from mergeagg.algorithms._keyed import order_key
 from mergeagg.algorithms.join import (
+    JoinRows,
     join,
     join_records,
     join_source,
@@ -220,3 +221,26 @@ def test_cli_join(tmp_path, capsys):
 def test_merge_pair_flattens_with_suffixes():
     assert merge_pair({"k": 1, "a": 2}, None) == {"k": 1, "a": 2}
     assert merge_pair({"k": 1}, {"k": 1, "b": 3}, ("_l", "_r")) == {"k_l": 1, "k_r": 1, "b": 3}
+
+
+STR_ROWS = st.lists(st.tuples(st.sampled_from(["", "a", "b"]), st.sampled_from(["x", "y", ""])),
+                    max_size=10)
+
+
+@given(STR_ROWS, STR_ROWS, st.sampled_from(["inner", "left", "right", "full"]),
+       st.sampled_from(["reduce", "broadcast"]))
+def test_string_rows_sort_in_the_documented_order(lpairs, rpairs, how, strategy):
+    left = [{"k": k, "v": v} for k, v in lpairs]
+    right = [{"k": k, "w": v} for k, v in rpairs]
+    got = join_records(left, right, "k", how=how, empty_is_null=True, strategy=strategy)
+    assert got == documented_order(nested_loop(left, right, how, True), True)
+
+
+def test_join_rows_fingerprint_tells_values_and_types_apart():
+    fps = {ma.fingerprint(JoinRows([({"k": v}, None)])) for v in (1, "1", 1.0, True, None)}
+    assert len(fps) == 5
+    assert ma.fingerprint(JoinRows([({"k": "1"}, None)])) != ma.fingerprint(
+        JoinRows([(None, {"k": "1"})]))
+    odd = [({"k": b"x"}, None)]  # not JSON: fingerprinted as a plain list
+    assert ma.fingerprint(JoinRows(odd)) != ma.fingerprint(JoinRows([({"k": b"y"}, None)]))
+    assert pickle.loads(pickle.dumps(JoinRows(odd))) == odd
