@@ -57,7 +57,8 @@ _F2 = 0xC4CEB9FE1A85EC53
 _S1 = 0xBF58476D1CE4E5B9
 _S2 = 0x94D049BB133111EB
 
-_CHUNK = 1 << 14  # keys per vectorised step: temporaries stay in the CPU cache
+_CHUNK = 1 << 13  # keys per vectorised step: temporaries stay in the CPU cache (and under
+# the 128 KiB above which malloc maps fresh pages for every temporary)
 _BATCH = 1 << 18  # str/bytes/list keys hashed per call when a sketch is updated
 _VEC_MIN = 8  # fewer keys of one length than this are hashed by mmh3 one by one
 _VEC_MAX_LEN = 512  # longer keys are hashed by mmh3 one by one

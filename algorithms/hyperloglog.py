@@ -41,7 +41,7 @@ from mergeagg.algorithms.registry import Entry, Flag
 
 __all__ = ["HyperLogLog", "hyperloglog", "ertl_estimate"]
 
-_CHUNK = 1 << 14
+_CHUNK = 1 << 13
 _ALPHA_INF = 1.0 / (2.0 * math.log(2.0))
 
 
