@@ -218,3 +218,18 @@ def test_cli_runs_each_entry(tmp_path, capsys):
     assert cli_main(["run", "sum", str(table), "--workers", "0", "--format", "csv",
                      "--field", "x"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "6"
+
+
+@pytest.mark.slow
+def test_a_worker_death_leaves_every_basic_aggregate_unchanged():
+    from mergeagg.runtime.faults import Fault, FaultPlan
+
+    rng = np.random.default_rng(9)
+    shards = [rng.normal(size=50).tolist() for _ in range(5)]
+    job = ma.product(count=basic.count(), sum=basic.total(exact=True), min=basic.minimum(),
+                     max=basic.maximum(), mean=basic.mean(), variance=basic.variance())
+    clean = ma.run(job, shards, workers=0)
+    plan = FaultPlan(only={"map-1": {1: Fault("kill")}})
+    faulty = ma.run(job, shards, workers=2, faults=plan)
+    assert faulty.report.attempts[1] == 2 and faulty.report.workers_lost == 1
+    assert faulty.fingerprint == clean.fingerprint

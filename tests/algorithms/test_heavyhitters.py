@@ -144,3 +144,16 @@ def test_cli_counts_words(tmp_path, capsys):
 
     doc = json.loads((tmp_path / "o.json").read_text())
     assert doc["value"]["items"][0][0] == "w0" and doc["value"]["n"] == 2000
+
+
+@pytest.mark.slow
+def test_a_worker_death_leaves_the_summary_unchanged():
+    from mergeagg.runtime.faults import Fault, FaultPlan
+
+    stream = zipf_stream(3, 5000)
+    shards = [stream[i:i + 1000] for i in range(0, 5000, 1000)]
+    clean = ma.run(heavyhitters(k=10), shards, workers=0)
+    faulty = ma.run(heavyhitters(k=10), shards, workers=2,
+                    faults=FaultPlan(only={"map-0": {1: Fault("kill")}}))
+    assert faulty.report.attempts[0] == 2
+    assert faulty.fingerprint == clean.fingerprint

@@ -125,3 +125,19 @@ def test_cli_on_jsonl_and_text(tmp_path, capsys):
                      "--mode", "positions"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "2 words, 2 postings"
     assert tokenize("A-b") == ["a", "b"]
+
+
+@pytest.mark.slow
+def test_a_worker_death_leaves_the_index_unchanged(tmp_path):
+    from mergeagg.runtime.faults import Fault, FaultPlan
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(f'{{"id": {i}, "text": "w{i % 7} w{i % 3} common"}}\n'
+                            for i in range(300)))
+    src = ma.files(path, split_size=2048, format="jsonl")
+    assert len(src) >= 3
+    clean = ma.run(invertedindex(mode="tf"), src, workers=0)
+    faulty = ma.run(invertedindex(mode="tf"), src, workers=2,
+                    faults=FaultPlan(only={"map-1": {1: Fault("kill")}}))
+    assert faulty.report.attempts[1] == 2
+    assert faulty.fingerprint == clean.fingerprint

@@ -244,3 +244,21 @@ def test_join_rows_fingerprint_tells_values_and_types_apart():
     odd = [({"k": b"x"}, None)]  # not JSON: fingerprinted as a plain list
     assert ma.fingerprint(JoinRows(odd)) != ma.fingerprint(JoinRows([({"k": b"y"}, None)]))
     assert pickle.loads(pickle.dumps(JoinRows(odd))) == odd
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["reduce", "broadcast"])
+def test_a_worker_death_leaves_the_join_unchanged(tmp_path, strategy):
+    from mergeagg.runtime.faults import Fault, FaultPlan
+
+    write_csv(tmp_path / "l.csv", [{"k": str(i % 13), "x": str(i)} for i in range(400)],
+              ["k", "x"])
+    write_csv(tmp_path / "r.csv", [{"k": str(i), "y": str(i * 2)} for i in range(0, 20, 2)],
+              ["k", "y"])
+    src = join_source(str(tmp_path / "l.csv"), str(tmp_path / "r.csv"), strategy=strategy,
+                      split_size=1024)
+    agg = join("k", how="full", empty_is_null=True)
+    clean = ma.run(agg, src, workers=0)
+    faulty = ma.run(agg, src, workers=2, faults=FaultPlan(only={"map-1": {1: Fault("kill")}}))
+    assert faulty.report.attempts[1] == 2
+    assert faulty.fingerprint == clean.fingerprint

@@ -157,3 +157,17 @@ def test_cli_matmul(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "C: 20x9 float64"
     assert np.load(out).tobytes() == blocked_reference(a, b, 5).tobytes()
+
+
+@pytest.mark.slow
+def test_a_worker_death_leaves_the_product_bitwise_unchanged(tmp_path):
+    from mergeagg.runtime.faults import Fault, FaultPlan
+
+    rng = np.random.default_rng(8)
+    np.save(tmp_path / "A.npy", rng.normal(size=(60, 50)))
+    np.save(tmp_path / "B.npy", rng.normal(size=(50, 40)))
+    src = matmul_source(str(tmp_path / "A.npy"), str(tmp_path / "B.npy"), block=16, k_split=2)
+    clean = ma.run(matmul(), src, workers=0)
+    faulty = ma.run(matmul(), src, workers=2, faults=FaultPlan(only={"map-3": {1: Fault("kill")}}))
+    assert faulty.report.attempts[3] == 2
+    assert faulty.fingerprint == clean.fingerprint

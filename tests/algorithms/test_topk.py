@@ -109,3 +109,16 @@ def test_cli_top_words_and_values(tmp_path, capsys):
     assert cli_main(["run", "topk", str(nums), "--workers", "0", "--k", "3",
                      "--smallest"]) == 0
     assert capsys.readouterr().out.split("\n")[1:4] == ["-1", "4", "9"]
+
+
+@pytest.mark.slow
+def test_a_worker_death_leaves_the_top_k_unchanged():
+    from mergeagg.runtime.faults import Fault, FaultPlan
+
+    shards = [[str(i * 7 % 23) for i in range(j, j + 30)] for j in range(0, 150, 30)]
+    job = ma.product(values=topk(5), counts=topk(3, by="count"))
+    clean = ma.run(job, shards, workers=0)
+    faulty = ma.run(job, shards, workers=2,
+                    faults=FaultPlan(only={"map-2": {1: Fault("kill")}}))
+    assert faulty.report.attempts[2] == 2
+    assert faulty.fingerprint == clean.fingerprint
