@@ -312,8 +312,9 @@ def _hash_bytes_list(items, seed):
     return _hash_concat(buf, lens, seed)
 
 
-def _hash_str_list(items, seed):
-    joined = "".join(items)
+def _hash_str_list(items, seed, joined=None):
+    if joined is None:
+        joined = "".join(items)
     if joined.isascii():
         n = len(items)
         lens = np.fromiter(map(len, items), dtype=np.int64, count=n)
@@ -412,6 +413,19 @@ def hash64(items, seed):
     n = len(items)
     if n == 0:
         return np.empty(0, dtype=np.uint64)
+    first = type(items[0])
+    if first is bytes or first is str:
+        # join() checks every element's type in C: a faster test than collecting types.
+        try:
+            joined = (b"" if first is bytes else "").join(items)
+        except TypeError:
+            pass
+        else:
+            if first is bytes:
+                return _hash_concat(np.frombuffer(joined, dtype=np.uint8),
+                                    np.fromiter(map(len, items), dtype=np.int64, count=n),
+                                    seed)
+            return _hash_str_list(items, seed, joined)
     types = set(map(type, items))
     if types <= {int, bool}:
         try:

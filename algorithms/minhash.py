@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import math
 import struct
 
@@ -63,12 +64,21 @@ def _permutations(num_perm, seed):
     return a, b
 
 
-def _min_permuted(h, a, b):
+def _permuted(h, a, b, buf):
+    """``a*h + b`` as a (k, len(h)) array written into the scratch buffer ``buf``."""
+    m = buf[: a.shape[0] * h.shape[0]].reshape(a.shape[0], h.shape[0])
+    np.multiply(a, h[None, :], out=m)
+    m += b
+    return m
+
+
+def _min_permuted(h, a, b, buf=None):
     """Per permutation, the minimum of ``a*h + b`` over the hashes ``h`` (shape (k,))."""
     out = np.full(a.shape[0], _EMPTY, dtype=np.uint64)
+    if buf is None:
+        buf = np.empty(a.shape[0] * min(_BLOCK, h.shape[0]), dtype=np.uint64)
     for lo in range(0, h.shape[0], _BLOCK):
-        m = a * h[None, lo:lo + _BLOCK]
-        m += b
+        m = _permuted(h[lo:lo + _BLOCK], a, b, buf)
         np.minimum(out, m.min(axis=1), out=out)
     return out
 
@@ -99,9 +109,9 @@ def signatures(docs, num_perm=128, seed=0):
     if all(isinstance(d, np.ndarray) for d in docs):
         h = hash64(np.concatenate(docs), seed)
     else:
-        flat = [k for d in docs for k in d]
-        h = hash64(flat, seed)
+        h = hash64(list(itertools.chain.from_iterable(docs)), seed)
     a, b = _permutations(num_perm, seed)
+    buf = np.empty(num_perm * min(_BLOCK, h.shape[0]), dtype=np.uint64)
     starts = np.cumsum(lens) - lens
     nonempty = np.flatnonzero(lens)
     # Blocks of whole documents, about _BLOCK keys each (a longer document is one block).
@@ -115,10 +125,9 @@ def signatures(docs, num_perm=128, seed=0):
         docs_here = nonempty[i:j]
         end = int(starts[docs_here[-1]] + lens[docs_here[-1]])
         if j == i + 1 and end - start > _BLOCK:
-            out[docs_here[0]] = _min_permuted(h[start:end], a, b)
+            out[docs_here[0]] = _min_permuted(h[start:end], a, b, buf)
         else:
-            m = a * h[None, start:end]
-            m += b
+            m = _permuted(h[start:end], a, b, buf)
             out[docs_here] = np.minimum.reduceat(m, starts[docs_here] - start, axis=1).T
         i = j
     return out
