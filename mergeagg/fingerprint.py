@@ -487,7 +487,11 @@ class Fingerprinter:
         for dim in a.shape:
             buf += _pack_Q(dim)
         self._flush(force=True)
-        self._h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+        if a.size:
+            # A uint8 view hashes any fixed-size dtype without a copy (datetime64 and
+            # timedelta64 have no buffer format of their own); an empty array adds no bytes.
+            flat = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+            self._h.update(memoryview(flat))
 
 
 def fingerprint(value) -> str:

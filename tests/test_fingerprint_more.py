@@ -92,3 +92,15 @@ def test_vectorised_str_runs_equal_item_by_item(xs):
         f2.update(x)
     assert f1.hexdigest() == f2.hexdigest()
     assert fingerprint(tuple(xs)) != fingerprint(xs)
+
+
+def test_empty_and_datetime_arrays():
+    assert fingerprint(np.zeros((0, 3))) == fingerprint(np.zeros((0, 3)))
+    assert fingerprint(np.zeros((0, 3))) != fingerprint(np.zeros((3, 0)))
+    assert fingerprint(np.zeros(0, dtype=np.int64)) != fingerprint(np.zeros(0))
+    days = np.array(["2024-01-01", "2024-02-29"], dtype="M8[D]")
+    assert fingerprint(days) == fingerprint(days.copy())
+    assert fingerprint(days) != fingerprint(days.astype("M8[s]"))
+    assert fingerprint(days) != fingerprint(days.view(np.int64))
+    assert fingerprint(np.array([5], dtype="m8[s]")) != fingerprint(np.array([5], dtype="m8[ms]"))
+    assert fingerprint(np.array(3.0)) != fingerprint(3.0)
