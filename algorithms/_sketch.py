@@ -538,12 +538,25 @@ class Sketch:
 
     # shared API -----------------------------------------------------------------------
     def add(self, item):
-        """Add one key (str, bytes or int). Cost: one hash plus O(sketch row)."""
+        """Add one key (str, bytes or int); returns ``self``. Cost: one hash plus O(row).
+
+        >>> from mergeagg.algorithms.minhash import MinHash
+        >>> MinHash(num_perm=4).add("k") == MinHash(num_perm=4).update(["k"])
+        True
+        """
         self._update_hashes(np.array([hash64_one(item, self.seed)], dtype=np.uint64))
         return self
 
     def update(self, items):
-        """Add every key of an iterable or a numpy array; a bare str/bytes is a TypeError."""
+        """Add every key of an iterable or a numpy array; returns ``self``.
+
+        A bare str/bytes is a ``TypeError``. Cost: the sketch's per-key cost, vectorised
+        (see each class).
+
+        >>> from mergeagg.algorithms.hyperloglog import HyperLogLog
+        >>> round(HyperLogLog(p=8).update(iter(["a", "b", b"a"])).count())
+        2
+        """
         for _, h in iter_hashes(items, self.seed):
             self._update_hashes(h)
         return self
@@ -557,13 +570,28 @@ class Sketch:
         check_params(self, other)
 
     def merge(self, other):
-        """Merge ``other`` into this sketch (``other`` is not modified); returns ``self``."""
+        """Merge ``other`` into this sketch (``other`` is not modified); returns ``self``.
+
+        Cost: O(size of the sketch). Raises as :meth:`check_compatible` does.
+
+        >>> from mergeagg.algorithms.hyperloglog import HyperLogLog
+        >>> a, b = HyperLogLog(p=6).update([1]), HyperLogLog(p=6).update([2])
+        >>> round(a.merge(b).count()), round(b.count())
+        (2, 1)
+        """
         self.check_compatible(other)
         self._merge(other)
         return self
 
     def copy(self):
-        """An independent copy. Cost: O(memory)."""
+        """An independent copy. Cost: O(memory).
+
+        >>> from mergeagg.algorithms.countmin import CountMin
+        >>> a = CountMin(8, 2).update([1])
+        >>> b = a.copy().update([1])
+        >>> a.query(1), b.query(1)
+        (1, 2)
+        """
         return type(self)._clone(self)
 
     @classmethod
@@ -598,6 +626,12 @@ class Sketch:
         Layout, little-endian: ``b"MGSK"``, format version (u8), kind (u8: 1 HyperLogLog,
         2 CountMin, 3 MinHash), hash code (u8: 1 = ``HASH_ID``), reserved (u8), seed (u32),
         the kind's parameters and arrays, then a CRC-32 of everything before it (u32).
+        Cost: O(size of the sketch).
+
+        >>> from mergeagg.algorithms.hyperloglog import HyperLogLog
+        >>> data = HyperLogLog(p=4).to_bytes()
+        >>> data[:4], data[4], data[5], len(data)
+        (b'MGSK', 1, 1, 33)
         """
         body = _HEAD.pack(_MAGIC, FORMAT_VERSION, self.KIND, _HASH_CODE, 0, self.seed)
         body += self._encode()
@@ -605,7 +639,15 @@ class Sketch:
 
     @classmethod
     def from_bytes(cls, data):
-        """The sketch that :meth:`to_bytes` wrote; ``ValueError`` for anything else."""
+        """The sketch that :meth:`to_bytes` wrote; ``ValueError`` for anything else.
+
+        Cost: O(len(data)), with a CRC-32 check.
+
+        >>> from mergeagg.algorithms.minhash import MinHash
+        >>> m = MinHash(num_perm=8).update(["a"])
+        >>> MinHash.from_bytes(m.to_bytes()) == m
+        True
+        """
         sk = load(data)
         if type(sk) is not cls:
             raise ValueError(f"the bytes hold a {type(sk).__name__}, not a {cls.__name__}")

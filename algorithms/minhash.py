@@ -356,7 +356,11 @@ class LSHIndex:
         self.tables = [{} for _ in range(self.bands)]
 
     def params(self):
-        """The parameters that must match for a merge. Cost: O(1)."""
+        """The parameters that must match for a merge. Cost: O(1).
+
+        >>> LSHIndex(0.5, 16, bands=4, rows=4).params()["bands"]
+        4
+        """
         return {"threshold": self.threshold, "num_perm": self.num_perm, "bands": self.bands,
                 "rows": self.rows, "seed": self.seed, "hash": HASH_ID}
 
@@ -369,7 +373,11 @@ class LSHIndex:
                 f"num_perm={m.num_perm}, seed={m.seed}")
 
     def insert(self, key, minhash):
-        """Index ``minhash`` under ``key``; returns ``self``. Cost: O(num_perm + bands)."""
+        """Index ``minhash`` under ``key``; returns ``self``. Cost: O(num_perm + bands).
+
+        >>> LSHIndex(0.5, 16).insert("k", MinHash(16).update([1])).keys()
+        {'k'}
+        """
         self._check_minhash(minhash)
         return self.insert_signatures([key], minhash.hashvalues[None, :])
 
@@ -398,7 +406,14 @@ class LSHIndex:
         return self
 
     def query(self, minhash):
-        """Keys sharing at least one bucket with ``minhash`` (candidates, unverified)."""
+        """Keys sharing at least one bucket with ``minhash`` (candidates, unverified).
+
+        Cost: O(num_perm) plus the sizes of the buckets it falls in.
+
+        >>> m = MinHash(16).update([1, 2])
+        >>> LSHIndex(0.5, 16).insert("k", m).query(MinHash(16).update([3, 4]))
+        set()
+        """
         self._check_minhash(minhash)
         bk = _band_keys(minhash.hashvalues[None, :], self.bands, self.rows)[0].tolist()
         out = set()
@@ -410,6 +425,10 @@ class LSHIndex:
         """Every pair of keys sharing a bucket, as 2-tuples ordered by ``repr``.
 
         Cost: O(sum over buckets of size**2).
+
+        >>> m = MinHash(16).update([1, 2])
+        >>> LSHIndex(0.5, 16).insert("b", m).insert("a", m).candidate_pairs()
+        {('a', 'b')}
         """
         pairs = set()
         for table in self.tables:
@@ -422,7 +441,16 @@ class LSHIndex:
         return pairs
 
     def merge(self, other):
-        """Union ``other``'s buckets into this index (``other`` is not modified)."""
+        """Union ``other``'s buckets into this index (``other`` is not modified).
+
+        Cost: O(entries of ``other``). Raises ``IncompatibleMergeError`` when the
+        parameters differ.
+
+        >>> m = MinHash(16).update([1])
+        >>> x = LSHIndex(0.5, 16).insert(1, m).merge(LSHIndex(0.5, 16).insert(2, m))
+        >>> sorted(x.keys())
+        [1, 2]
+        """
         check_params(self, other)
         for mine, theirs in zip(self.tables, other.tables):
             for bucket, members in theirs.items():
@@ -434,7 +462,11 @@ class LSHIndex:
         return self
 
     def keys(self):
-        """Every key in the index. Cost: O(entries in the first band)."""
+        """Every key in the index. Cost: O(entries in the first band).
+
+        >>> LSHIndex(0.5, 16).keys()
+        set()
+        """
         out = set()
         for members in self.tables[0].values():
             out |= members
