@@ -93,7 +93,12 @@ class DedupState:
     """The accumulator: distinct documents, where they occur, signatures and an LSH index.
 
     Memory: per distinct document one 64-bit key, its locations, a ``4 * num_perm``-byte
-    signature and ``bands`` bucket entries. Merge: O(size of the smaller state's entries).
+    signature and ``bands`` bucket entries. Merge: O(entries of the merged-in state).
+
+    >>> s = DedupState(0.5, 64, 0, Shingles(3)).add_documents(["abcdef", "abcdef"],
+    ...                                                      [("k", 0, -1), ("j", 0, -1)])
+    >>> len(s.locations), sorted(next(iter(s.locations.values())))
+    (1, [('j', 0, -1), ('k', 0, -1)])
     """
 
     def __init__(self, threshold, num_perm, seed, shingles, bands=None, rows=None):
@@ -107,13 +112,21 @@ class DedupState:
         self.line_counts = {}  # (path, split start) -> lines in that split
 
     def params(self):
-        """The parameters that must match for a merge."""
+        """The parameters that must match for a merge. Cost: O(1).
+
+        >>> DedupState(0.5, 64, 0, Shingles(3)).params()["shingles"]
+        'Shingles(k=3, words=False, normalize=True)'
+        """
         return {"threshold": self.threshold, "num_perm": self.num_perm, "seed": self.seed,
                 "shingles": repr(self.shingles), "bands": self.index.bands,
                 "rows": self.index.rows, "hash": HASH_ID}
 
     def add_documents(self, texts, locations):
-        """Add documents (str) found at ``locations``. Cost: ~1 us per shingle."""
+        """Add documents (str) found at ``locations``; returns ``self``.
+
+        Cost: one content hash per document; for each new distinct one, its shingles,
+        their MinHash (``num_perm`` multiply-adds each) and ``bands`` bucket inserts.
+        """
         if not texts:
             return self
         keys = hash64(texts, _CONTENT_SEED).view(np.int64).tolist()
@@ -136,7 +149,16 @@ class DedupState:
         return self
 
     def merge(self, other):
-        """Merge ``other`` into this state (``other`` is not modified); returns ``self``."""
+        """Merge ``other`` into this state (``other`` is not modified); returns ``self``.
+
+        Cost: O(entries of ``other``). Different parameters raise
+        :class:`~mergeagg.errors.IncompatibleMergeError`.
+
+        >>> a = DedupState(0.5, 64, 0, Shingles(3)).add_documents(["xyz"], [("a", 0, -1)])
+        >>> b = DedupState(0.5, 64, 0, Shingles(3)).add_documents(["xyz"], [("b", 0, -1)])
+        >>> find_groups(a.merge(b))["groups"]
+        [{'members': ['a', 'b'], 'exact': True}]
+        """
         check_params(self, other)
         for key, places in other.locations.items():
             mine = self.locations.get(key)
@@ -150,7 +172,10 @@ class DedupState:
         return self
 
     def similarity(self, a, b):
-        """Estimated Jaccard similarity of two distinct documents, by content key."""
+        """Estimated Jaccard similarity of two distinct documents, by content key.
+
+        Cost: O(num_perm).
+        """
         x = np.frombuffer(self.signatures[a], dtype="<u4")
         y = np.frombuffer(self.signatures[b], dtype="<u4")
         return float(np.count_nonzero(x == y)) / x.shape[0]
