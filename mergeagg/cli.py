@@ -69,6 +69,24 @@ def _add_common(p):
     p.add_argument("--errors", default="strict",
                    choices=["strict", "replace", "ignore"],
                    help="what to do with invalid UTF-8 (default: stop with an error)")
+    rt = p.add_argument_group("runtime (see docs/runtime.md)")
+    rt.add_argument("--faults", default=None, metavar="SPEC",
+                    help="inject seeded faults, e.g. kill=0.1,delay=0.05x10,seed=3 or chaos")
+    rt.add_argument("--backups", dest="backups", action="store_true", default=True,
+                    help="race a copy of stragglers near the end of a stage (default)")
+    rt.add_argument("--no-backups", dest="backups", action="store_false",
+                    help="never launch backup tasks")
+    rt.add_argument("--verify", type=float, default=0.0, metavar="F",
+                    help="re-run this fraction of map tasks on another worker to compare")
+    rt.add_argument("--max-attempts", type=int, default=4, metavar="N",
+                    help="failures a task may have before the job fails (default 4)")
+    rt.add_argument("--task-timeout", type=float, default=None, metavar="SECONDS",
+                    help="stop a task running longer than this (it counts as a failure)")
+    rt.add_argument("--heartbeat-timeout", type=float, default=5.0, metavar="SECONDS",
+                    help="declare a silent worker lost after this long (default 5)")
+    rt.add_argument("--progress", dest="progress", action="store_true", default=None,
+                    help="show progress on stderr (default: only on a terminal)")
+    rt.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def build_parser(entries=None):
@@ -83,6 +101,12 @@ def build_parser(entries=None):
     parser.add_argument("--version", action="version", version=f"mergeagg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("catalog", help="list the catalog's entries")
+    demo = sub.add_parser("demo", help="word count twice, once with a worker killed: the "
+                                       "fingerprints are equal")
+    demo.add_argument("inputs", nargs="*", help="text files (default: a generated sample)")
+    demo.add_argument("--workers", type=int, default=2)
+    sub.add_parser("master", help="the failure detector as a JSON-lines node on "
+                                  "stdin/stdout")
     run = sub.add_parser(
         "run", help="run a catalog entry or module.path:factory over input files",
         usage="mergeagg run NAME INPUT... [options]",
@@ -123,7 +147,9 @@ def _entry_parser(entry):
     return p
 
 
-_COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "errors", "format")
+_COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "errors", "format", "faults",
+           "backups", "verify", "max_attempts", "task_timeout", "heartbeat_timeout",
+           "progress")
 
 
 class _Usage(Exception):
@@ -198,7 +224,10 @@ def _cmd_run(name, argv, out):
                                   errors=args.errors)
     job = entry.factory(**factory_params)
     runner = entry.runner or run
-    result = runner(job, source, workers=args.workers, fan_in=args.fan_in)
+    result = runner(job, source, workers=args.workers, fan_in=args.fan_in,
+                    faults=args.faults, backups=args.backups, verify=args.verify,
+                    max_attempts=args.max_attempts, task_timeout=args.task_timeout,
+                    heartbeat_timeout=args.heartbeat_timeout, progress=args.progress)
     print(f"fingerprint {result.fingerprint}", file=out)
     if entry.summarize is not None:
         for line in entry.summarize(result.value, params):
@@ -271,6 +300,14 @@ def main(argv=None):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "catalog":
             return _cmd_catalog(sys.stdout)
+        if args.command == "demo":
+            from mergeagg.runtime.demo import demo
+
+            return demo(args.inputs or None, workers=args.workers)
+        if args.command == "master":
+            from mergeagg.runtime.protocol import serve
+
+            return serve()
         parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     except _Usage as exc:
         print(f"mergeagg: error: {exc}", file=sys.stderr)

@@ -331,6 +331,10 @@ class Policy:
                 task.running.remove(aid)
             if att.audit:
                 self.audits_running -= 1
+                self.failures.append((att.task, att.number, worker, "audit lost", cause))
+                task.lost += 1
+                if task.lost < self.config.max_lost:
+                    self.audits_wanted.append(att.task)  # audit it again elsewhere
                 continue
             self.failures.append((att.task, att.number, worker, "worker lost", cause))
             if task.state is TaskState.IN_PROGRESS:
@@ -385,10 +389,14 @@ class Policy:
         bisect.insort(self._durations[kind], task.duration)
         if att.backup:
             self.backups_won += 1
-        for other in task.running:
-            oatt = self.attempts.get(other)
+        for other in list(task.running):
+            oatt = self.attempts.pop(other, None)
             if oatt is not None:
+                # Forget the loser now, so its worker's slot is free; if it completes
+                # anyway, its fingerprint is still compared (_late_completion).
+                self._unassign(oatt)
                 self._actions.append(Cancel(other, oatt.worker))
+        task.running.clear()
         if self.config.verify and task.d.kind == "map" and self._sampled(task.d.id):
             self.audits_wanted.append(task.d.id)
         parent_id = task.d.parent
@@ -451,6 +459,7 @@ class Policy:
                 self._last_scan = now
                 self._scan_for_stragglers(now)
             self._assign(now)
+            self._maybe_done()
         out, self._actions = self._actions, []
         return out
 

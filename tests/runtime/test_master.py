@@ -313,11 +313,12 @@ events = st.lists(
 
 
 @given(n=st.integers(1, 12), fan_in=st.integers(2, 4), workers=st.integers(1, 3),
-       script=events, backups=st.booleans())
+       script=events, backups=st.booleans(), verify=st.sampled_from([0.0, 0.5, 1.0]))
 def test_any_interleaving_ends_correct_or_named_and_never_counts_twice(n, fan_in, workers,
-                                                                       script, backups):
+                                                                       script, backups,
+                                                                       verify):
     sim = Sim(n, fan_in, workers, max_attempts=3, backups=backups, backup_after=0.0,
-              backup_factor=1.0, heartbeat_timeout=4.0)
+              backup_factor=1.0, heartbeat_timeout=4.0, verify=verify)
     expected = sum(range(1, n + 1))
     sim.tick()
     for kind, pick in script:
