@@ -50,6 +50,7 @@ __all__ = [
     "parse_size",
     "DEFAULT_SPLIT_SIZE",
     "TextShard",
+    "RecordList",
     "concat",
     "read_split",
 ]
@@ -370,6 +371,12 @@ class TextShard:
         return iter(self._lines)
 
 
+class RecordList(list):
+    """A list of records that also says how many bytes were read from disk for it."""
+
+    bytes_read = 0
+
+
 def _read_range(split):
     """Bytes of the whole lines that start in [start, end), and the offset of the first."""
     path, start, end = split.path, split.start, split.end
@@ -493,8 +500,11 @@ def _read_untagged(split):
                 data = f.read()
         except (OSError, EOFError) as exc:
             raise InputError(f"{split.path}: not a readable gzip file ({exc})") from None
-        lines = _decode_lines(data, split.path, 0, split.errors)
-        return _parse_records(lines, split.format, split.path, split)
+        # Offsets in a decoding error count bytes of the decompressed text.
+        lines = _decode_lines(data, f"{split.path} (decompressed)", 0, split.errors)
+        records = RecordList(_parse_records(lines, split.format, split.path, split))
+        records.bytes_read = split.end - split.start  # the compressed bytes read from disk
+        return records
     if kind == "rows":
         return split.payload
     if kind == "npy":

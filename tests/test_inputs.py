@@ -180,6 +180,7 @@ def test_gzip_is_one_split_with_the_same_lines(data):
         src = inputs.files(path, split_size=3)
         assert len(src) == 1 and src.splits()[0].kind == "gzip"
         assert read_all(src) == [reference_lines(data)]
+        assert src.read(src.splits()[0]).bytes_read == os.path.getsize(path)
 
 
 def test_gzip_csv_and_jsonl(tmp_path):
@@ -302,7 +303,7 @@ def test_invalid_utf8_on_stdin_and_in_gzip(tmp_path):
     assert read_all(src) == [["ok"]]
     with gzip.open(tmp_path / "z.gz", "wb") as f:
         f.write(b"fine\n\xc3(\n")
-    with pytest.raises(InputError, match=r"z\.gz: invalid UTF-8 at byte offset 5"):
+    with pytest.raises(InputError, match=r"z\.gz \(decompressed\): invalid UTF-8 at byte offset 5"):
         read_all(inputs.files(tmp_path / "z.gz"))
 
 
