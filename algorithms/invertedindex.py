@@ -91,12 +91,19 @@ def _copy_positions(acc):
 
 
 def _sorted_ids(ids):
-    """Distinct ids in order_key order (the plain sort when all are ints or all strs)."""
-    ids = set(ids)
-    kinds = {type(x) for x in ids}
+    """Distinct ids in order_key order (the plain sort when all are ints or all strs).
+
+    Posting lists mostly arrive sorted already, and Python's sort is linear on sorted runs,
+    so sort first and remove repeats only if there are any.
+    """
+    kinds = set(map(type, ids))
     if len(kinds) == 1 and kinds <= {int, str}:
-        return sorted(ids)
-    return sorted(ids, key=order_key)
+        out = sorted(ids)
+    else:
+        out = sorted(ids, key=order_key)
+    if len(set(out)) != len(out):
+        out = [x for i, x in enumerate(out) if i == 0 or x != out[i - 1]]
+    return out
 
 
 def _final_postings(acc):

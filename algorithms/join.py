@@ -43,15 +43,13 @@ either strategy and every sharding.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import pickle
 
 from mergeagg import inputs as _inputs
 from mergeagg.aggregator import Aggregator
-from mergeagg.algorithms._keyed import order_key
+from mergeagg.algorithms._keyed import json_digest, order_key
 from mergeagg.algorithms.registry import Entry, Flag
 
 __all__ = [
@@ -272,7 +270,9 @@ class _JoinAcc:
         if _plain_keys(self.groups) and all(_plain_rows(g[0]) and _plain_rows(g[1])
                                             for g in self.groups.values()) \
                 and _plain_pairs(self.pairs):
-            return _json_digest(["JoinAcc", groups, self.pairs, sorted(self.matched), small])
+            # Only when every row is a dict of str keys to JSON scalars, which JSON renders
+            # exactly; fingerprinting millions of small dicts one by one is much slower.
+            return json_digest("JoinAcc", [groups, self.pairs, sorted(self.matched), small])
         return (self.groups, self.pairs, self.matched, small)
 
 
@@ -308,17 +308,6 @@ def _plain_keys(groups):
     return True
 
 
-def _json_digest(value):
-    """A stand-in for ``value`` in its fingerprint: the SHA-256 of canonical JSON.
-
-    Used only when every row is a dict of str keys to str / int / float / bool / None, for
-    which JSON is exact (``1``, ``1.0``, ``true`` and ``"1"`` all differ); fingerprinting
-    millions of small dicts one by one is much slower.
-    """
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return ("json-sha256", hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
-
-
 class JoinRows(list):
     """A join's result: a plain list of ``(left, right)`` pairs, with a fast fingerprint.
 
@@ -335,7 +324,7 @@ class JoinRows(list):
 
     def __mergeagg_fingerprint__(self):
         if _plain_pairs(self):
-            return _json_digest(["JoinRows", list(self)])
+            return json_digest("JoinRows", list(self))
         return list(self)
 
 
