@@ -71,14 +71,24 @@ class TaskState(enum.Enum):
 
 @dataclass
 class TaskDef:
-    """A task: ``kind`` "map" (reads ``split``) or "combine" (folds ``children`` in order)."""
+    """A task: ``kind`` "map" (reads ``split``), "combine" (folds ``children`` in order),
+    "reduce" (merges one partition of every map output) or "merge" (a final small step).
+
+    ``parents`` are the tasks that read this task's output; a task without parents is a
+    sink, whose output the caller fetches at the end.
+    """
 
     id: str
     kind: str
     split: object = None
     children: tuple = ()
-    parent: str | None = None
+    parents: tuple = ()
     index: int = 0
+
+    @property
+    def parent(self):
+        """The single parent of a fold-tree task (``None`` for a sink)."""
+        return self.parents[0] if self.parents else None
 
 
 @dataclass(frozen=True)
@@ -243,7 +253,7 @@ def fold_tasks(splits, fan_in):
                 continue
             node = TaskDef(f"combine-{level}-{j}", "combine", children=tuple(kids), index=j)
             for k in kids:
-                by_id[k].parent = node.id
+                by_id[k].parents = (node.id,)
             tasks.append(node)
             by_id[node.id] = node
             nxt.append(node.id)
@@ -274,6 +284,8 @@ class Policy:
         self.tasks = {t.id: _Task(t) for t in tasks}
         self.order = [t.id for t in tasks]
         self.root = tasks[-1].id
+        self.sinks = [t.id for t in tasks if not t.parents]
+        self.results = {}  # sink id -> (ref, fingerprint)
         self.ready = deque()
         for t in self.tasks.values():
             t.pending_children = len(t.d.children)
@@ -288,9 +300,10 @@ class Policy:
         self.backup_wanted = deque()
         self.audits_wanted = deque()
         self.audits_running = 0
-        self._durations = {"map": [], "combine": []}
-        self._stage_total = {"map": 0, "combine": 0}
-        self._stage_done = {"map": 0, "combine": 0}
+        kinds = sorted({t.kind for t in tasks} | {"map", "combine"})
+        self._durations = {k: [] for k in kinds}
+        self._stage_total = {k: 0 for k in kinds}
+        self._stage_done = {k: 0 for k in kinds}
         for t in tasks:
             self._stage_total[t.kind] += 1
         self._last_scan = float("-inf")
@@ -399,19 +412,22 @@ class Policy:
         task.running.clear()
         if self.config.verify and task.d.kind == "map" and self._sampled(task.d.id):
             self.audits_wanted.append(task.d.id)
-        parent_id = task.d.parent
-        if parent_id is None:
-            self.result = (ref, fingerprint)
+        if not task.d.parents:
+            self.results[task.d.id] = (ref, fingerprint)
+            if task.d.id == self.root:
+                self.result = (ref, fingerprint)
             self._maybe_done()
             return
-        parent = self.tasks[parent_id]
-        parent.pending_children -= 1
-        if parent.pending_children == 0 and parent.state is TaskState.IDLE:
-            self.ready.append(parent_id)
+        for parent_id in task.d.parents:
+            parent = self.tasks[parent_id]
+            parent.pending_children -= 1
+            if parent.pending_children == 0 and parent.state is TaskState.IDLE:
+                self.ready.append(parent_id)
 
-    def failed(self, attempt_id, error, now, traceback="", kind="raise"):
+    def failed(self, attempt_id, error, now, traceback="", kind="raise", lost=()):
         """Attempt ``attempt_id`` failed: user code raised (``kind="raise"``), or its input
-        was gone (``kind="input_lost"``, not counted against ``max_attempts``)."""
+        was gone or corrupt (``kind="input_lost"``, not counted against ``max_attempts``;
+        ``lost`` names the tasks whose outputs could not be read: they run again)."""
         self._now = now
         att = self.attempts.pop(attempt_id, None)
         if att is None:
@@ -429,7 +445,7 @@ class Policy:
         if task.state is not TaskState.IN_PROGRESS:
             return
         if kind == "input_lost":
-            self._input_lost(task)
+            self._input_lost(task, lost)
             return
         task.failures += 1
         task.last_error = error
@@ -531,9 +547,9 @@ class Policy:
             self.ready.appendleft(task.d.id)
 
     def _output_needed(self, task):
-        if task.d.parent is None:
-            return True  # the root's output is needed until the caller has fetched it
-        return self.tasks[task.d.parent].state is not TaskState.COMPLETED
+        if not task.d.parents:
+            return True  # a sink's output is needed until the caller has fetched it
+        return any(self.tasks[p].state is not TaskState.COMPLETED for p in task.d.parents)
 
     def _reset_completed(self, task):
         """A completed task's output is lost: run it again, and hold back its parent."""
@@ -542,11 +558,15 @@ class Policy:
         task.ref_worker = None
         task.backup_launched = False
         self._stage_done[task.d.kind] -= 1
-        if task.d.parent is None:
-            self.result = None
+        if not task.d.parents:
+            self.results.pop(task.d.id, None)
+            if task.d.id == self.root:
+                self.result = None
             self.done = False
-        else:
-            parent = self.tasks[task.d.parent]
+        for parent_id in task.d.parents:
+            parent = self.tasks[parent_id]
+            if parent.state is TaskState.COMPLETED:
+                continue
             parent.pending_children += 1
             if parent.state is TaskState.IN_PROGRESS:
                 for aid in list(parent.running):
@@ -560,15 +580,16 @@ class Policy:
         if task.pending_children == 0:
             self.ready.appendleft(task.d.id)
 
-    def _input_lost(self, task):
-        """A combine attempt could not read a child's output: re-run the lost children."""
+    def _input_lost(self, task, lost=()):
+        """An attempt could not read a child's output: re-run the lost children."""
         if not task.running and task.state is TaskState.IN_PROGRESS:
             task.state = TaskState.IDLE
             if task.pending_children == 0:
                 self.ready.appendleft(task.d.id)
         for cid in task.d.children:
             child = self.tasks[cid]
-            if child.ref_worker is not None and child.ref_worker not in self.workers:
+            if cid in lost or (child.ref_worker is not None
+                               and child.ref_worker not in self.workers):
                 child.ref = None
                 child.ref_worker = _GONE
         self._rerun_lost_outputs(None, "input could not be read")
@@ -588,7 +609,8 @@ class Policy:
                     changed = True
 
     def _maybe_done(self):
-        if (self.result is not None and not self.audits_wanted and self.audits_running == 0
+        if (len(self.results) == len(self.sinks) and not self.audits_wanted
+                and self.audits_running == 0
                 and self.error is None):
             self.done = True
 
@@ -635,7 +657,7 @@ class Policy:
                 self.worker_lost(worker, f"killed: task {att.task} timed out", now)
 
     def _scan_for_stragglers(self, now):
-        for kind in ("map", "combine"):
+        for kind in self._stage_total:
             total = self._stage_total[kind]
             if not total or self._stage_done[kind] < self.config.backup_after * total:
                 continue
