@@ -159,6 +159,9 @@ def iter_hashes(items, seed):
     [(0, 5)]
     """
     check_not_scalar(items)
+    if isinstance(items, range) and -(1 << 63) <= min(items.start, items.stop) and max(
+            items.start, items.stop) < (1 << 63):
+        items = np.arange(items.start, items.stop, items.step, dtype=np.int64)
     if isinstance(items, np.ndarray) and items.ndim == 1 and items.dtype.kind in "iu":
         x = items.astype(np.int64 if items.dtype.kind == "i" else np.uint64, copy=False)
         x = x.view(np.uint64)

@@ -96,8 +96,8 @@ class HyperLogLog(Sketch):
 
     Memory: ``2**p`` bytes (16 KiB at the default ``p=14``). Update: 15-50 ns per key for
     numpy integer arrays, ~75 ns per key of a numpy ``S8`` array and ~200 ns per str/bytes
-    key from a list (vectorised MurmurHash3), ~2 us for :meth:`add`. Standard error of :meth:`count`: ``1.04 / sqrt(2**p)`` (0.81% at
-    ``p=14``). Merge: O(2**p).
+    key from a list (vectorised MurmurHash3), ~2 us for :meth:`add`. Standard error of
+    :meth:`count`: ``1.04 / sqrt(2**p)`` (0.81% at ``p=14``). Merge: O(2**p).
 
     >>> a = HyperLogLog(p=10, seed=3).update(range(0, 6000))
     >>> b = HyperLogLog(p=10, seed=3).update(range(4000, 10000))
