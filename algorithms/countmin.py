@@ -44,7 +44,7 @@ from mergeagg.algorithms.registry import Entry, Flag
 
 __all__ = ["CountMin", "countmin"]
 
-_CHUNK = 1 << 17
+_CHUNK = 1 << 16
 _MAX_WIDTH = 1 << 31
 _MAX_DEPTH = 64
 
@@ -129,10 +129,11 @@ class CountMin(Sketch):
     def _state(self):
         return (self.table,)
 
-    def _cells(self, h):
-        """Flat cell indices, shape (depth, len(h)), of hashes ``h``."""
-        g = h[None, :] * self._mul
-        g += self._add
+    def _columns(self, h, row, out=None):
+        """Column indices (an int64 view) of hashes ``h`` in ``row``: a seeded multiply-add
+        of the 64-bit hash, reduced to ``[0, width)`` by a multiply-shift."""
+        g = np.multiply(h, self._mul[row, 0], out=out)
+        g += self._add[row, 0]
         w = self.width
         if w & (w - 1) == 0:  # a power of two: ((g >> 32) * w) >> 32 is one shift
             g >>= np.uint64(64 - (w.bit_length() - 1))
@@ -140,20 +141,27 @@ class CountMin(Sketch):
             g >>= np.uint64(32)
             g *= np.uint64(w)
             g >>= np.uint64(32)
-        cells = g.view(np.int64)  # values below 2**32: the view is exact
+        return g.view(np.int64)  # values below 2**32: the view is exact
+
+    def _cells(self, h):
+        """Flat cell indices, shape (depth, len(h)), of hashes ``h`` (for queries)."""
+        cells = np.empty((self.depth, h.shape[0]), dtype=np.int64)
+        for row in range(self.depth):
+            cells[row] = self._columns(h, row)
         cells += self._offsets
         return cells
 
     def _update_hashes(self, h, weights=None):
-        flat = self.table.reshape(-1)
-        size = flat.shape[0]
+        buf = np.empty(min(h.shape[0], _CHUNK), dtype=np.uint64)
         for lo in range(0, h.shape[0], _CHUNK):
-            cells = self._cells(h[lo:lo + _CHUNK]).reshape(-1)
-            if weights is None:
-                flat += np.bincount(cells, minlength=size)
-            else:
-                w = weights[lo:lo + _CHUNK]
-                np.add.at(flat, cells, np.tile(w, self.depth))
+            chunk = h[lo:lo + _CHUNK]
+            cols_buf = buf[: chunk.shape[0]]
+            for row in range(self.depth):
+                cols = self._columns(chunk, row, out=cols_buf)
+                if weights is None:
+                    self.table[row] += np.bincount(cols, minlength=self.width)
+                else:
+                    np.add.at(self.table[row], cols, weights[lo:lo + _CHUNK])
         self.total += int(h.shape[0]) if weights is None else int(weights.sum())
 
     def add(self, item, weight=1):
