@@ -441,6 +441,8 @@ def hash64(items, seed):
         return _hash_str_list(items, seed)
     if types == {bytes}:
         return _hash_bytes_list(items, seed)
+    if len(types) == 1 and issubclass(next(iter(types)), np.integer):
+        return hash64(np.array(items, dtype=next(iter(types))), seed)
     if types <= {str, bytes}:
         return _hash_bytes_list(
             [x.encode("utf-8", "surrogatepass") if type(x) is str else x for x in items], seed)

@@ -63,6 +63,12 @@ def test_fixed_width_byte_arrays_hash_like_their_elements():
     assert hash64(long, 3).tolist() == [hash64_one(x, 3) for x in long]
 
 
+def test_lists_of_numpy_scalars_hash_like_python_ints():
+    for dtype in (np.int8, np.uint64, np.int64):
+        arr = np.array([0, 1, 5, 100], dtype=dtype)
+        assert hash64(list(arr), 4).tolist() == [hash64_one(int(x), 4) for x in arr]
+
+
 def test_ranges_hash_like_lists():
     for r in [range(-5, 1000, 3), range(10, 0, -1), range(2**63 - 5, 2**63 + 5), range(0)]:
         assert HyperLogLog(8).update(r) == HyperLogLog(8).update(list(r))
