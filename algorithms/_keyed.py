@@ -32,7 +32,7 @@ __all__ = ["KeyedFold", "KeyedTable", "fold_pairs", "merge_into", "order_key",
 
 
 def no_copy(value):
-    """The copy of an immutable per-key accumulator: the value itself.
+    """The copy of an immutable per-key accumulator: the value itself. Cost: O(1).
 
     >>> no_copy(3)
     3
@@ -153,7 +153,8 @@ def json_digest(tag, value):
 
     Only for values that JSON renders exactly — dicts with str keys, lists, str, int,
     float, bool and None (``1``, ``1.0``, ``true`` and ``"1"`` all differ) — where it is
-    many times faster than fingerprinting many small containers one by one.
+    many times faster than fingerprinting many small containers one by one. Cost: one
+    ``json.dumps`` (C speed) and one SHA-256 of its text.
 
     >>> json_digest("t", {"b": [1], "a": "x"}) == json_digest("t", {"a": "x", "b": [1]})
     True
@@ -253,18 +254,39 @@ class KeyedFold:
         self.map_shard, self.combine_value, self.copy_value, self.finalize_value = state
 
     def partial(self, shard):
-        """The shard's :class:`KeyedTable` of per-key accumulators."""
+        """The shard's :class:`KeyedTable` of per-key accumulators. Cost: the map's.
+
+        >>> KeyedFold(lambda s: {x: 1 for x in s}, max).partial("ab")
+        KeyedTable({'a': 1, 'b': 1})
+        """
         return KeyedTable(self.map_shard(shard))
 
     def combine(self, a, b):
-        """Merge table ``b`` into table ``a`` per key; ``b`` is unchanged."""
+        """Merge table ``b`` into table ``a`` per key; ``b`` is unchanged.
+
+        Cost: O(len(b)) lookups plus one per-key combine per shared key.
+
+        >>> f = KeyedFold(dict, max)
+        >>> f.combine(KeyedTable({"a": 1}), KeyedTable({"a": 3, "b": 2}))
+        KeyedTable({'a': 3, 'b': 2})
+        """
         merge_into(a.data, b.data, self.combine_value, self.copy_value)
         return a
 
     def finalize(self, acc):
-        """The result dict, keys in :func:`order_key` order, each value finalized."""
+        """The result dict, keys in :func:`order_key` order, each value finalized.
+
+        Cost: O(n log n) for the sort plus one per-key finalize per key.
+
+        >>> KeyedFold(dict, max, finalize=str).finalize(KeyedTable({"b": 1, "a": 2}))
+        {'a': '2', 'b': '1'}
+        """
         return sorted_by_key(acc.data, self.finalize_value)
 
     def aggregator(self, name):
-        """This fold as an :class:`~mergeagg.aggregator.Aggregator` called ``name``."""
+        """This fold as an :class:`~mergeagg.aggregator.Aggregator` called ``name``. Cost: O(1).
+
+        >>> KeyedFold(dict, max).aggregator("m")
+        Aggregator(m)
+        """
         return Aggregator(self.partial, self.combine, self.finalize, name=name)

@@ -68,7 +68,11 @@ class MisraGries:
         self.n = 0
 
     def update(self, items):
-        """Count an iterable of hashable items. Cost: O(len(items))."""
+        """Count an iterable of hashable items. Cost: O(len(items)).
+
+        >>> s = MisraGries(2); s.update(["x", "y", "x"]); s.counters
+        {'x': 2, 'y': 1}
+        """
         it = iter(items)
         while True:
             chunk = Counter(islice(it, _CHUNK))
@@ -84,6 +88,12 @@ class MisraGries:
         """Merge ``other`` into this summary and return this one (``other`` is unchanged).
 
         Raises :class:`~mergeagg.errors.IncompatibleMergeError` if the ``k`` differ.
+        Cost: O(k) (a partial selection of the (k+1)-th largest counter).
+
+        >>> a, b = MisraGries(1), MisraGries(1)
+        >>> a.update("aab"); b.update("bbc")
+        >>> a.merge(b).counters, a.n, a.max_error
+        ({}, 6, 3)
         """
         if not isinstance(other, MisraGries):
             raise TypeError(f"MisraGries.merge takes a MisraGries, got {type(other).__name__}")
@@ -106,11 +116,19 @@ class MisraGries:
 
     @property
     def max_error(self):
-        """How far below its true count any item's estimate may be (an int)."""
+        """How far below its true count any item's estimate may be (an int). Cost: O(k).
+
+        >>> s = MisraGries(3); s.update("abc"); s.max_error
+        0
+        """
         return (self.n - sum(self.counters.values())) // (self.k + 1)
 
     def estimate(self, item):
-        """A lower bound of ``item``'s count (0 if it has no counter). Cost: O(1)."""
+        """A lower bound of ``item``'s count (0 if it has no counter). Cost: O(1).
+
+        >>> s = MisraGries(1); s.update("aab"); s.estimate("a"), s.estimate("b")
+        (1, 0)
+        """
         return self.counters.get(item, 0)
 
     def _check(self):
@@ -145,6 +163,10 @@ class HeavyHitters:
 
     ``n`` is the stream length, ``k`` the counters, ``max_error`` the bound on
     ``upper - lower``, ``phi`` the threshold used (or ``None``: every counter is reported).
+    A plain record: O(1) to build, fingerprinted field by field.
+
+    >>> HeavyHitters(items=(("a", 3, 4),), n=7, k=2, max_error=1).items[0]
+    ('a', 3, 4)
     """
 
     items: tuple

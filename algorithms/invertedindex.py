@@ -128,6 +128,8 @@ _PIECES = {
 def combine_postings(mode):
     """The per-key combine of ``mode``: merges the second accumulator into the first.
 
+    Cost: O(size of the second accumulator).
+
     >>> combine_postings("tf")({"d1": 2}, {"d1": 1, "d2": 1})
     {'d1': 3, 'd2': 1}
     """
@@ -135,12 +137,20 @@ def combine_postings(mode):
 
 
 def copy_postings(mode):
-    """The per-key copy of ``mode`` (an accumulator taken from a combine's second operand)."""
+    """The per-key copy of ``mode`` (an accumulator taken from a combine's second operand).
+
+    Cost: O(size of the accumulator).
+
+    >>> copy_postings("positions")({"d": [1]})
+    {'d': [1]}
+    """
     return _PIECES[_check_mode(mode)][1]
 
 
 def finalize_postings(mode):
     """The per-key finalize of ``mode``: the sorted posting list.
+
+    Cost: O(n log n), linear when the ids already arrive sorted.
 
     >>> finalize_postings("postings")(["b", "a", "b"])
     ['a', 'b']
@@ -284,7 +294,14 @@ def make_source(inputs, split_size=None, params=None):
 
     Files ending in ``.jsonl``, ``.ndjson``, ``.json`` or ``.csv`` are document records;
     others are plain-text documents, one per file, kept whole in one split when
-    ``mode="positions"``.
+    ``mode="positions"``. Cost: one ``stat`` per file.
+
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp(); p = os.path.join(d, "a.txt")
+    >>> with open(p, "w") as f:
+    ...     _ = f.write("x y\\n" * 100)
+    >>> len(make_source([p], 64, {})), len(make_source([p], 64, {"mode": "positions"}))
+    (7, 1)
     """
     params = params or {}
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)

@@ -74,7 +74,13 @@ class BlockSum:
         self.pending = {}
 
     def add(self, k, product):
-        """Add the product of ``K`` block ``k`` (owned by this sum from now on)."""
+        """Add the product of ``K`` block ``k`` (owned by this sum from now on).
+
+        Cost: one tile addition per product that becomes foldable.
+
+        >>> s = BlockSum(2, (0, 1), (0, 1), (1, 1)); s.add(1, np.ones((1, 1))); s.folded
+        0
+        """
         if not 0 <= k < self.n_k:
             raise ValueError(f"K block {k} is outside 0..{self.n_k - 1} for the tile at rows "
                              f"{self.rows}, cols {self.cols}")
@@ -96,7 +102,13 @@ class BlockSum:
     def merge(self, other):
         """Merge ``other`` (same tile, other ``K`` blocks) into this sum; returns this sum.
 
-        ``other`` is not modified; its arrays are copied as they are taken.
+        ``other`` is not modified; its unfinished arrays are copied as they are taken.
+        Cost: one tile copy or addition per ``K`` block of ``other``.
+
+        >>> a, b = BlockSum(2, (0, 1), (0, 1), (1, 1)), BlockSum(2, (0, 1), (0, 1), (1, 1))
+        >>> a.add(1, np.full((1, 1), 2.0)); b.add(0, np.ones((1, 1)))
+        >>> a.merge(b).result()
+        array([[3.]])
         """
         if not isinstance(other, BlockSum):
             raise TypeError(f"BlockSum.merge takes a BlockSum, got {type(other).__name__}")
@@ -123,7 +135,14 @@ class BlockSum:
 
     def copy(self):
         """An independent copy. A finished tile's array is shared, not copied: nothing ever
-        modifies a finished tile (merging more ``K`` blocks into it is an error)."""
+        modifies a finished tile (merging more ``K`` blocks into it is an error).
+
+        Cost: one tile copy per unfinished array.
+
+        >>> s = BlockSum(1, (0, 1), (0, 1), (1, 1)); s.add(0, np.ones((1, 1)))
+        >>> s.copy().result() is s.result()
+        True
+        """
         out = BlockSum(self.n_k, self.rows, self.cols, self.shape)
         out.folded = self.folded
         if self.total is None or self.folded == self.n_k:
@@ -134,7 +153,13 @@ class BlockSum:
         return out
 
     def result(self):
-        """The finished tile; ``ValueError`` if a ``K`` block is missing."""
+        """The finished tile; ``ValueError`` if a ``K`` block is missing. Cost: O(1).
+
+        >>> BlockSum(2, (0, 1), (0, 1), (1, 1)).result()
+        Traceback (most recent call last):
+        ...
+        ValueError: the tile at rows (0, 1), cols (0, 1) is missing K block 0 of 2
+        """
         if self.folded != self.n_k:
             raise ValueError(f"the tile at rows {self.rows}, cols {self.cols} is missing K "
                              f"block {self.folded} of {self.n_k}")
@@ -160,7 +185,12 @@ class BlockTask:
     """One task: tile ``(i, j)`` of ``C`` and its ``K`` blocks ``k0 .. k1 - 1``.
 
     ``a`` and ``b`` are ``.npy`` paths (memory-mapped by the reader) or, for in-memory
-    input, the slices ``A[rows, K range]`` and ``B[K range, cols]``.
+    input, the slices ``A[rows, K range]`` and ``B[K range, cols]``. Cost: O(1) to
+    build and to pickle when it carries paths.
+
+    >>> t = matmul_source(np.ones((3, 3)), np.ones((3, 3)), block=2).splits()[0].payload[0]
+    >>> (t.i, t.j, t.k0, t.k1, t.n_k)
+    (0, 0, 0, 2, 2)
     """
 
     i: int
@@ -215,6 +245,11 @@ def block_products(tasks):
     """The map: a dict ``(I, J) -> BlockSum`` of a shard of :class:`BlockTask` s.
 
     Cost: one ``block`` × ``block`` × ``block`` product (2·block³ flops) per ``K`` block.
+
+    >>> src = matmul_source(np.eye(2), np.ones((2, 2)), block=1, k_split=1)
+    >>> part = block_products(src.read(src.splits()[0]))
+    >>> sorted(part), part[(0, 0)].folded
+    ([(0, 0)], 1)
     """
     out = {}
     for task in tasks:
@@ -246,6 +281,14 @@ def assemble(tiles):
     """The matrix ``C`` from a dict ``(I, J) -> BlockSum``; ``ValueError`` if a tile is missing.
 
     Cost: one copy of ``C``.
+
+    >>> src = matmul_source(np.eye(2), np.ones((2, 2)), block=1)
+    >>> tiles = {}
+    >>> for split in src.splits():
+    ...     tiles.update(block_products(src.read(split)))
+    >>> assemble(tiles)
+    array([[1., 1.],
+           [1., 1.]])
     """
     if not tiles:
         raise ValueError("no tiles to assemble")
