@@ -68,7 +68,8 @@ def ours(a_path, b_path, out_path, block, workers, k_split):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=4096, help="matrix order (default 4096)")
-    parser.add_argument("--block", type=int, default=1024, help="tile size (default 1024)")
+    parser.add_argument("--block", type=int, default=2048,
+                        help="tile size (default 2048: four tasks of 2048^3 products)")
     parser.add_argument("--k-split", type=int, default=None,
                         help="K blocks per task (default: all, one task per tile)")
     parser.add_argument("--workers", type=int, default=2,
