@@ -745,7 +745,8 @@ def _drive(algorithm, p, fan_in, procs, ctls, opts):
                 except (EOFError, OSError):
                     sel.unregister(key.fileobj)
             if dead or reports:
-                _settle(procs, ctls, done, ready, reports, dead)
+                # Before "go" nobody else is talking to the failed process: no grace.
+                _settle(procs, ctls, done, ready, reports, dead, grace=2.0 if went else 0.0)
                 _raise_failure(algorithm, p, procs, dead, reports)
             if not went and len(ready) == p:
                 for conn in ctls:
