@@ -42,12 +42,14 @@ from mergeagg.errors import (
 )
 from mergeagg.fingerprint import fingerprint
 from mergeagg.inputs import array_rows, files, shards, stdin
+from mergeagg.keyed import KeyedJob
 from mergeagg.runtime.api import Result, run
 
 __all__ = [
     "__version__",
     "Aggregator",
     "product",
+    "KeyedJob",
     "fingerprint",
     "run",
     "Result",

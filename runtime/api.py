@@ -35,12 +35,14 @@ def _short(value, limit=80):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def run(aggregator, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
+def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         split_size=None, format="text", errors="strict", max_attempts=4, backups=True,
         backup_after=0.75, backup_factor=1.5, verify=0.0, faults=None,
         heartbeat_interval=0.2, heartbeat_timeout=5.0, task_timeout=None, progress=None,
-        start_method=None, session=None):
-    """Run ``aggregator`` over ``source`` and return a :class:`Result`.
+        start_method=None, session=None, partitions=None, combiner=None, memory_limit=None,
+        output=None):
+    """Run ``job`` (an :class:`~mergeagg.Aggregator` or a :class:`~mergeagg.KeyedJob`) over
+    ``source`` and return a :class:`Result`.
 
     ``source`` is anything :func:`mergeagg.inputs.as_source` accepts: file paths, globs and
     directories, a list of in-memory shards, an ndarray, or a Source.
@@ -53,6 +55,11 @@ def run(aggregator, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN
     ``heartbeat_interval``, ``heartbeat_timeout``, ``task_timeout``, ``faults``,
     ``progress``, ``start_method``).
 
+    Keyed jobs also take ``partitions`` (R, default 8), ``combiner`` (map-side combine,
+    default on), ``memory_limit`` (bytes a map or reduce task may hold before it spills or
+    merges externally; ``K``/``M``/``G`` strings allowed) and ``output`` (a directory for
+    committed part files instead of an in-memory dict); see ``docs/shuffle.md``.
+
     Cost: one ``partial`` per split, ``n - 1`` combines, one ``finalize`` and one
     fingerprint of the value; on workers, also one fingerprint and one pickle per task
     output.
@@ -63,11 +70,20 @@ def run(aggregator, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN
     >>> r.value, r.report.attempts
     (15, [1, 1, 1])
     """
+    from mergeagg.keyed import KeyedJob
     from mergeagg.runtime.faults import FaultPlan
     from mergeagg.runtime.master import PolicyConfig
 
-    if not isinstance(aggregator, Aggregator):
-        raise TypeError(f"run needs an Aggregator, got {type(aggregator).__name__}")
+    keyed = isinstance(job, KeyedJob)
+    if not keyed and not isinstance(job, Aggregator):
+        raise TypeError(f"run needs an Aggregator, got {type(job).__name__} (keyed jobs: "
+                        "pass a mergeagg.KeyedJob)")
+    if not keyed:
+        for name, val in (("partitions", partitions), ("combiner", combiner),
+                          ("memory_limit", memory_limit), ("output", output)):
+            if val is not None:
+                raise TypeError(f"{name}= applies to keyed jobs (mergeagg.KeyedJob), not to "
+                                "an Aggregator")
     check_fan_in(fan_in)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 0):
@@ -80,24 +96,72 @@ def run(aggregator, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN
                           verify=verify, heartbeat_timeout=heartbeat_timeout,
                           task_timeout=task_timeout)
     src = as_source(source, split_size=split_size, format=format, errors=errors)
+    n = workers if workers is not None else (os.cpu_count() or 1)
+    if n == 0 and plan is not None:
+        raise ValueError("faults are injected into worker processes; workers=0 has none")
     start = time.perf_counter()
+    if keyed:
+        spec = _keyed_spec(job, partitions, combiner, memory_limit, output)
+        if n > 0:
+            from mergeagg.runtime.local import run_keyed_local
+
+            value, report, fp = run_keyed_local(spec, src, workers=n, config=config,
+                                                faults=plan, progress=progress,
+                                                heartbeat_interval=heartbeat_interval,
+                                                start_method=start_method)
+        else:
+            from mergeagg.runtime.serial import run_keyed_serial
+
+            value, report, fp = run_keyed_serial(spec, src)
+        if output is not None:
+            _commit_output(output, value, fp)
+        report.wall_seconds = time.perf_counter() - start
+        return Result(value, fp, report)
     if session is not None:
-        value, report = session._run(aggregator, src, fan_in=fan_in, config=config,
+        value, report = session._run(job, src, fan_in=fan_in, config=config,
                                      faults=plan, progress=progress)
-    elif workers is None or workers > 0:
+    elif n > 0:
         from mergeagg.runtime.local import run_local
 
-        n = workers if workers is not None else (os.cpu_count() or 1)
-        value, report = run_local(aggregator, src, workers=n, fan_in=fan_in, config=config,
+        value, report = run_local(job, src, workers=n, fan_in=fan_in, config=config,
                                   faults=plan, progress=progress,
                                   heartbeat_interval=heartbeat_interval,
                                   start_method=start_method)
     else:
-        if plan is not None:
-            raise ValueError("faults are injected into worker processes; workers=0 has none")
-        value, report = run_serial(aggregator, src, fan_in=fan_in)
+        value, report = run_serial(job, src, fan_in=fan_in)
     fp_start = time.perf_counter()
     fp = fingerprint(value)
     report.phases["fingerprint"] = time.perf_counter() - fp_start
     report.wall_seconds = time.perf_counter() - start
     return Result(value, fp, report)
+
+
+def _keyed_spec(job, partitions, combiner, memory_limit, output):
+    from mergeagg.inputs import parse_size
+    from mergeagg.runtime.shuffle import KeyedSpec
+
+    R = 8 if partitions is None else partitions
+    if isinstance(R, bool) or not isinstance(R, int) or R < 1:
+        raise ValueError(f"partitions must be a positive int, got {partitions!r}")
+    limit = None if memory_limit is None else parse_size(memory_limit)
+    out = None
+    if output is not None:
+        out = os.path.abspath(os.fspath(output))
+        if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+            raise ValueError(f"output directory {out!r} exists and is not empty; give a new "
+                             "or empty directory (part files are never overwritten)")
+        os.makedirs(out, exist_ok=True)
+    return KeyedSpec(job, R, True if combiner is None else bool(combiner), limit, out)
+
+
+def _commit_output(directory, value, fp):
+    """Remove temporary part files of losing attempts; write the _SUCCESS manifest."""
+    import json
+
+    for name in os.listdir(directory):
+        if name.startswith(".part-"):
+            os.unlink(os.path.join(directory, name))
+    manifest = {"fingerprint": fp, "keys": len(value),
+                "parts": [os.path.basename(p) for p, _n in value.parts]}
+    with open(os.path.join(directory, "_SUCCESS"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f)

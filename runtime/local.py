@@ -28,11 +28,13 @@ import time
 import cloudpickle
 
 from mergeagg.errors import JobFailed, WorkerLost
+from mergeagg.fingerprint import MappingDigest
 from mergeagg.runtime.master import Cancel, KillWorker, Launch, Policy, Release, fold_tasks
 from mergeagg.runtime.report import FailureRecord, Report, TaskRecord
-from mergeagg.runtime.worker import load_ref, serve
+from mergeagg.runtime.shuffle import KeyedOutput, keyed_tasks
+from mergeagg.runtime.worker import InputLost, load_ref, serve
 
-__all__ = ["LocalExecutor", "run_local", "default_start_method"]
+__all__ = ["LocalExecutor", "run_local", "run_keyed_local", "drive", "default_start_method"]
 
 _job_ids = itertools.count(1)
 
@@ -63,7 +65,10 @@ class LocalExecutor:
             self.ctx.set_forkserver_preload(["mergeagg.runtime.worker"])
         self._own_dir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="mergeagg-")
-        self.max_restarts = max_restarts if max_restarts is not None else 20 + 10 * workers
+        # Deaths mid-task are the policy's to judge (max_lost per task); deaths before a
+        # worker is even ready mean workers cannot start at all.
+        self.max_failed_starts = max_restarts if max_restarts is not None else 5
+        self.failed_starts = 0
         self.restarts = 0
         self.procs = {}  # wid -> (process, conn)
         self.pids = {}
@@ -277,16 +282,19 @@ class LocalExecutor:
                  else f"process exited with code {code}")
         if was_ready:
             out.append(("lost", wid, cause))
+            self.failed_starts = 0
+        else:
+            self.failed_starts += 1
         self._replace(wid, cause)
 
     def _replace(self, wid, cause):
         if self._closed:
             return
         self.restarts += 1
-        if self.restarts > self.max_restarts:
+        if self.failed_starts > self.max_failed_starts:
             raise WorkerLost(
-                f"worker {wid} was lost ({cause}) and {self.restarts - 1} workers have been "
-                f"replaced already (limit {self.max_restarts}); giving up"
+                f"worker {wid} died before it was ready ({cause}), "
+                f"{self.failed_starts} times in a row; workers cannot start here"
             )
         self._spawn()
 
@@ -330,10 +338,31 @@ def run_local(aggregator, source, *, workers, fan_in, config, faults=None, progr
     ``executor``, when given, is a started :class:`LocalExecutor` to reuse (a session);
     otherwise one is started for this run and closed at its end, whatever happens.
     """
+    policy = Policy(fold_tasks(source.splits(), fan_in), config)
+
+    def fetch(policy, ex):
+        ref, _fp = policy.result
+        return ex.fetch(ref)
+
+    acc, phases = drive(policy, aggregator, fetch, workers=workers, faults=faults,
+                        progress=progress, executor=executor,
+                        heartbeat_interval=heartbeat_interval, start_method=start_method,
+                        clock=clock)
+    t = clock()
+    value = aggregator.finalize(acc)
+    phases["finalize"] = clock() - t
+    return value, _report(policy, workers, fan_in, phases)
+
+
+def drive(policy, payload, fetch, *, workers, faults=None, progress=None, executor=None,
+          heartbeat_interval=0.2, start_method=None, clock=time.monotonic):
+    """The loop between a policy and a local executor, until the policy is done.
+
+    ``payload`` is what workers run (an Aggregator, or a keyed job's spec); ``fetch(policy,
+    executor)`` reads the sinks' outputs once the policy is done (an unreadable output whose
+    worker died sends the policy back to work). Returns ``(fetched, phases)``.
+    """
     t_start = clock()
-    splits = source.splits()
-    tasks = fold_tasks(splits, fan_in)
-    policy = Policy(tasks, config)
     own = executor is None
     ex = executor if executor is not None else LocalExecutor(
         workers, heartbeat_interval=heartbeat_interval, start_method=start_method)
@@ -342,7 +371,7 @@ def run_local(aggregator, source, *, workers, fan_in, config, faults=None, progr
     phases = {}
     try:
         ex.start()
-        job_id = ex.load_job(aggregator, faults)
+        job_id = ex.load_job(payload, faults)
         now = clock()
         for w in ex.live_workers():
             policy.worker_joined(w, now)
@@ -359,39 +388,37 @@ def run_local(aggregator, source, *, workers, fan_in, config, faults=None, progr
             if map_done_at is None and policy._stage_done["map"] == policy._stage_total["map"]:
                 map_done_at = now
             if policy.done:
-                ref, _fp = policy.result
                 try:
-                    acc = ex.fetch(ref)
+                    fetched = fetch(policy, ex)
                     break
-                except Exception:
-                    # The root's worker died before we read its output: run it again.
-                    policy.worker_lost(ref.worker, "root output unreadable", clock())
-                    ex.kill(ref.worker, "root output unreadable")
+                except InputLost as exc:
+                    # A sink's worker died before we read its output: run it again.
+                    lost = getattr(exc, "worker", None)
+                    if lost is None:
+                        raise
+                    policy.worker_lost(lost, "output unreadable at the end", clock())
+                    ex.kill(lost, "output unreadable at the end")
                     continue
             show.update(now)
             timeout = max(0.0, policy.next_deadline(now) - clock())
             for ev in ex.events(timeout):
                 _dispatch(policy, ev, clock())
-        t_root = clock()
-        value = aggregator.finalize(acc)
         t_end = clock()
         show.update(t_end, final=True)
         if map_done_at is None:
-            map_done_at = t_root
+            map_done_at = t_end
         phases["map"] = map_done_at - t_started
-        phases["combine"] = t_root - map_done_at
-        phases["finalize"] = t_end - t_root
-    except KeyboardInterrupt:
-        if own:
-            ex.close()
-        raise
+        phases[_second_stage(policy)] = t_end - map_done_at
     finally:
         if own:
             ex.close()
         elif job_id is not None:
             ex.drop_job(job_id)
-    report = _report(policy, workers, fan_in, phases)
-    return value, report
+    return fetched, phases
+
+
+def _second_stage(policy):
+    return "reduce" if policy._stage_total.get("reduce") else "combine"
 
 
 def _hint(policy):
@@ -408,9 +435,9 @@ def _dispatch(policy, ev, now):
         policy.heartbeat(wid, now)
         policy.finished(aid, ref, fp, now, stats)
     elif tag == "fail":
-        _, aid, kind, err, tb, wid = ev
+        _, aid, kind, err, tb, lost, wid = ev
         policy.heartbeat(wid, now)
-        policy.failed(aid, err, now, traceback=tb, kind=kind)
+        policy.failed(aid, err, now, traceback=tb, kind=kind, lost=lost)
     elif tag == "joined":
         policy.worker_joined(ev[1], now)
     elif tag == "lost":
@@ -436,3 +463,52 @@ def _report(policy, workers, fan_in, phases):
     report.workers_lost = policy.workers_lost
     report.phases = phases
     return report
+
+
+def run_keyed_local(spec, source, *, workers, config, faults=None, progress=None,
+                    executor=None, heartbeat_interval=0.2, start_method=None,
+                    clock=time.monotonic):
+    """Run a keyed job (map, shuffle, reduce) on worker processes.
+
+    Returns ``(value, report, fingerprint)``: the value is a dict, or a
+    :class:`~mergeagg.runtime.shuffle.KeyedOutput` over committed part files when the job
+    writes to ``spec.output``; the fingerprint is composed from the reducers' digests.
+    """
+    R = spec.partitions
+    policy = Policy(keyed_tasks(source.splits(), R), config)
+
+    def fetch(policy, ex):
+        refs = [policy.results[f"reduce-{r}"][0] for r in range(R)]
+        if spec.output is not None:
+            return KeyedOutput(spec.output, [(ref.path, ref.entries) for ref in refs])
+        value = {}
+        for ref in refs:
+            keys, values = ex.fetch(ref)
+            value.update(zip(keys, values))
+        return value
+
+    value, phases = drive(policy, spec, fetch, workers=workers, faults=faults,
+                          progress=progress, executor=executor,
+                          heartbeat_interval=heartbeat_interval, start_method=start_method,
+                          clock=clock)
+    report = _report(policy, workers, 0, phases)
+    return value, report, keyed_fingerprint(policy, R, report)
+
+
+def keyed_fingerprint(policy, partitions, report):
+    """The output's fingerprint from the reducers' digests; fills the shuffle counters."""
+    digest = MappingDigest()
+    totals = {}
+    for tid in policy.order:
+        stats = policy.tasks[tid].stats or {}
+        for k, v in stats.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seconds":
+                totals[k] = totals.get(k, 0) + v
+    for r in range(partitions):
+        task = policy.tasks[f"reduce-{r}"]
+        digest.merge(MappingDigest(*task.stats["digest"]))
+        report.reducers.append({"partition": r, "records_in": task.stats["reduce_records_in"],
+                                "records_out": task.stats["reduce_records_out"],
+                                "seconds": task.stats.get("seconds", 0.0)})
+    report.counters.update(totals)
+    return digest.fingerprint()

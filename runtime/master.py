@@ -335,23 +335,28 @@ class Policy:
         self.workers_lost += 1
         assigned = self.workers.pop(worker)
         self.detector.forget(worker)
-        for aid in list(assigned):
+        for position, aid in enumerate(list(assigned)):
             att = self.attempts.pop(aid, None)
             if att is None:
                 continue
             task = self.tasks[att.task]
             if aid in task.running:
                 task.running.remove(aid)
+            # Only the attempt that was running (the head of the worker's queue) can have
+            # caused the loss; queued ones died as bystanders and are not held against
+            # their tasks.
+            culprit = position == 0 and att.started is not None
             if att.audit:
                 self.audits_running -= 1
                 self.failures.append((att.task, att.number, worker, "audit lost", cause))
-                task.lost += 1
+                task.lost += culprit
                 if task.lost < self.config.max_lost:
                     self.audits_wanted.append(att.task)  # audit it again elsewhere
                 continue
-            self.failures.append((att.task, att.number, worker, "worker lost", cause))
+            self.failures.append((att.task, att.number, worker,
+                                  "worker lost" if culprit else "worker lost (queued)", cause))
             if task.state is TaskState.IN_PROGRESS:
-                task.lost += 1
+                task.lost += culprit
                 if task.lost >= self.config.max_lost:
                     self._fail(JobFailed(
                         f"task {att.task} ({self._where(task)}) lost its worker {task.lost} "
@@ -693,9 +698,7 @@ class Policy:
         att = _Attempt(aid, task.d.id, number, worker, None if queued else now, backup, audit)
         self.attempts[aid] = att
         self.workers[worker].append(aid)
-        inputs = ()
-        if task.d.kind == "combine":
-            inputs = tuple(self.tasks[c].ref for c in task.d.children)
+        inputs = tuple(self.tasks[c].ref for c in task.d.children)
         if not audit:
             task.running.append(aid)
             task.state = TaskState.IN_PROGRESS

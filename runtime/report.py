@@ -54,6 +54,7 @@ class Report:
     wall_seconds: float = 0.0
     workers_lost: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    reducers: list[dict] = field(default_factory=list)
 
     @property
     def attempts(self):
@@ -76,11 +77,12 @@ class Report:
 
     def __str__(self):
         maps = [t for t in self.tasks if t.kind == "map"]
-        combines = [t for t in self.tasks if t.kind == "combine"]
+        combines = [t for t in self.tasks if t.kind != "map"]
         lines = [
             f"mode {self.mode}, {self.workers} worker(s), fan-in {self.fan_in}, "
             f"wall {self.wall_seconds:.3f}s",
-            f"map tasks {len(maps)}, combine tasks {len(combines)}, "
+            f"map tasks {len(maps)}, {'reduce' if self.reducers else 'combine'} tasks "
+            f"{len(combines)}, "
             f"retried {self.retried}, failures {len(self.failures)}, "
             f"workers lost {self.workers_lost}",
             f"backups launched {self.backups_launched}, won {self.backups_won}; "
@@ -88,6 +90,14 @@ class Report:
             f"bytes read {self.bytes_read}",
             "attempts per map task " + _compact(self.attempts),
         ]
+        if self.counters:
+            lines.append("counters " + ", ".join(f"{k} {v}" for k, v in
+                                                 sorted(self.counters.items())))
+        if self.reducers:
+            recs = [r["records_in"] for r in self.reducers]
+            secs = [r["seconds"] for r in self.reducers]
+            lines.append(f"reducers {len(recs)}: records in min {min(recs)} max {max(recs)}; "
+                         f"seconds min {min(secs):.3f} max {max(secs):.3f}")
         if self.phases:
             lines.append("phases " + ", ".join(f"{k} {v:.3f}s" for k, v in self.phases.items()))
         for f in self.failures[:20]:

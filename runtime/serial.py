@@ -15,7 +15,7 @@ from mergeagg.inputs import read_split
 from mergeagg.runtime.report import Report, TaskRecord
 from mergeagg.runtime.tree import fold_fixed
 
-__all__ = ["run_serial"]
+__all__ = ["run_serial", "run_keyed_serial"]
 
 
 def run_serial(aggregator, source, *, fan_in, clock=time.perf_counter):
@@ -67,3 +67,74 @@ def run_serial(aggregator, source, *, fan_in, clock=time.perf_counter):
     report.phases = {"map+combine": t1 - t0, "finalize": t2 - t1}
     report.wall_seconds = t2 - t0
     return value, report
+
+
+def run_keyed_serial(spec, source, *, clock=time.perf_counter):
+    """A keyed job in this process, through the very map and reduce code the workers run
+    (spill files in a temporary directory). Returns ``(value, report, fingerprint)``."""
+    import shutil
+    import tempfile
+
+    from mergeagg.fingerprint import MappingDigest
+    from mergeagg.runtime.shuffle import KeyedOutput, run_map, run_reduce
+
+    report = Report(mode="serial", workers=0, fan_in=0)
+    t0 = clock()
+    tmp = tempfile.mkdtemp(prefix="mergeagg-serial-")
+    digest = MappingDigest()
+    value = {}
+    parts = []
+    try:
+        outputs = []
+        for split in source.splits():
+            started = clock()
+            records = read_split(split)
+            try:
+                out, fp, stats = run_map(spec, records, f"{tmp}/map-{split.index}", "serial",
+                                         f"map-{split.index}")
+            except Exception as exc:
+                raise TaskFailed(
+                    f"map raised on split {split.id} (task map-{split.index}, attempt 1 of 1 "
+                    f"in serial mode): {type(exc).__name__}: {exc}",
+                    task=f"map-{split.index}", split=split.id, attempts=1,
+                    traceback=traceback.format_exc(),
+                ) from exc
+            nbytes = getattr(records, "bytes_read", 0)
+            report.bytes_read += nbytes
+            report.tasks.append(TaskRecord(f"map-{split.index}", "map", split.id, attempts=1,
+                                           seconds=clock() - started, bytes_read=nbytes,
+                                           fingerprint=fp))
+            for k, v in stats.items():
+                report.counters[k] = report.counters.get(k, 0) + v
+            outputs.append(out)
+        t1 = clock()
+        for r in range(spec.partitions):
+            started = clock()
+            try:
+                out, state, stats = run_reduce(spec, outputs, r, f"reduce-{r}#1")
+            except Exception as exc:
+                raise TaskFailed(
+                    f"reduce of partition {r} raised (task reduce-{r}, attempt 1 of 1 in "
+                    f"serial mode): {type(exc).__name__}: {exc}", task=f"reduce-{r}",
+                    attempts=1, traceback=traceback.format_exc(),
+                ) from exc
+            digest.merge(MappingDigest(*state))
+            seconds = clock() - started
+            report.tasks.append(TaskRecord(f"reduce-{r}", "reduce", None, attempts=1,
+                                           seconds=seconds))
+            report.reducers.append({"partition": r, "records_in": stats["reduce_records_in"],
+                                    "records_out": stats["reduce_records_out"],
+                                    "seconds": seconds})
+            for k, v in stats.items():
+                report.counters[k] = report.counters.get(k, 0) + v
+            if spec.output is None:
+                value.update(zip(*out))
+            else:
+                parts.append((out.path, out.entries))
+        report.phases = {"map": t1 - t0, "reduce": clock() - t1}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if spec.output is not None:
+        value = KeyedOutput(spec.output, parts)
+    return value, report, digest.fingerprint()
+

@@ -27,9 +27,11 @@ from collections import deque
 
 import cloudpickle
 
-from mergeagg.fingerprint import fingerprint
+from mergeagg.errors import CorruptSpillError
+from mergeagg.fingerprint import MappingDigest, fingerprint
 from mergeagg.inputs import read_split
 from mergeagg.runtime.faults import InjectedFault, corrupt_value
+from mergeagg.runtime.shuffle import KeyedSpec, PartRef, run_map, run_reduce
 
 __all__ = ["Ref", "serve", "INLINE_LIMIT", "dumps", "load_ref", "InputLost"]
 
@@ -62,7 +64,14 @@ class Ref:
 
 
 class InputLost(Exception):
-    """A task's input output reference could not be read (its worker died, or it is torn)."""
+    """A task's input output reference could not be read (its worker died, or it is torn).
+
+    ``worker`` names the worker that held it.
+    """
+
+    def __init__(self, message, worker=None):
+        super().__init__(message)
+        self.worker = worker
 
 
 class Cancelled(BaseException):
@@ -88,10 +97,12 @@ def load_ref(ref):
         with open(ref.path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise InputLost(f"output {ref.key} on worker {ref.worker} is gone ({exc})") from None
+        raise InputLost(f"output {ref.key} on worker {ref.worker} is gone ({exc})",
+                        worker=ref.worker) from None
     if len(data) != ref.nbytes or zlib.crc32(data) != ref.crc:
         raise InputLost(f"output {ref.key} on worker {ref.worker} is torn or corrupted "
-                        f"({len(data)} of {ref.nbytes} bytes, checksum mismatch)")
+                        f"({len(data)} of {ref.nbytes} bytes, checksum mismatch)",
+                        worker=ref.worker)
     return pickle.loads(data)
 
 
@@ -161,6 +172,7 @@ class _Worker:
     def loop(self):
         pending = []
         first = 0.0
+        last_seconds = 0.0
         while True:
             with self.cv:
                 if not self.queue and not pending:
@@ -183,18 +195,34 @@ class _Worker:
                 else:
                     return
                 continue
+            # Completions ride together only while tasks are tiny; before anything longer
+            # starts, the master hears of what finished, so that if this worker dies now
+            # the master knows which attempt was running (and blames only that one).
+            if pending and (last_seconds > 0.0005 or self._faulty(item)):
+                self.send(("batch", pending))
+                pending = []
             if not pending:
                 first = time.perf_counter()
+            started = time.perf_counter()
             pending.append(self.run_task(item))
+            last_seconds = time.perf_counter() - started
             if len(pending) >= 64 or time.perf_counter() - first > 0.002:
                 self.send(("batch", pending))
                 pending = []
+
+    def _faulty(self, item):
+        job = self.jobs.get(item[1])
+        plan = job[1] if job is not None else None
+        return plan is not None and plan.fault_for(item[0].rsplit("#", 1)[0],
+                                                   item[3]) is not None
 
     def run_task(self, item):
         aid, job_id, kind, number, split, inputs, hint = item
         agg, plan = self.jobs[job_id]
         task_id = aid.rsplit("#", 1)[0]
         fault = plan.fault_for(task_id, number) if plan is not None else None
+        if isinstance(agg, KeyedSpec):
+            return self.run_keyed_task(agg, aid, task_id, kind, split, inputs, fault, hint)
         t0 = time.perf_counter()
         nbytes_read = 0
         self.current = aid
@@ -218,11 +246,11 @@ class _Worker:
             return ("cancelled", aid)
         except InputLost as exc:
             self.current = None
-            return ("fail", aid, "input_lost", str(exc), "")
+            return ("fail", aid, "input_lost", str(exc), "", ())
         except Exception as exc:
             self.current = None
             return ("fail", aid, "raise", f"{type(exc).__name__}: {exc}",
-                    traceback.format_exc())
+                    traceback.format_exc(), ())
         seconds = time.perf_counter() - t0
         try:
             data = dumps(acc)
@@ -230,10 +258,46 @@ class _Worker:
         except Exception as exc:
             return ("fail", aid, "raise",
                     f"the output of {kind} could not be serialised or fingerprinted: "
-                    f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                    f"{type(exc).__name__}: {exc}", traceback.format_exc(), ())
         ref = self._store(aid, data)
         return ("done", aid, ref, fp, {"seconds": seconds, "bytes_read": nbytes_read,
                                        "output_bytes": len(data)})
+
+    def run_keyed_task(self, spec, aid, task_id, kind, split, inputs, fault, hint):
+        """A keyed job's map or reduce task (see :mod:`mergeagg.runtime.shuffle`)."""
+        t0 = time.perf_counter()
+        self.current = aid
+        try:
+            if fault is not None:
+                self._fault_before(fault, hint)
+            if kind == "map":
+                records = read_split(split)
+                out_dir = os.path.join(self.workdir, aid.replace("#", "_"))
+                ref, fp, stats = run_map(spec, records, out_dir, self.wid, task_id)
+                stats["bytes_read"] = getattr(records, "bytes_read", 0)
+            else:
+                r = int(task_id.rsplit("-", 1)[1])
+                value, digest, stats = run_reduce(spec, inputs, r, aid)
+                fp = MappingDigest(*digest).fingerprint()
+                stats["digest"] = digest
+                ref = value if isinstance(value, PartRef) else None
+            if fault is not None:
+                self._fault_after(fault, None, time.perf_counter() - t0)
+            self.current = None
+            if kind != "map" and ref is None:
+                ref = self._store(aid, dumps(value))
+        except Cancelled:
+            self.current = None
+            return ("cancelled", aid)
+        except CorruptSpillError as exc:
+            self.current = None
+            return ("fail", aid, "input_lost", str(exc), "", tuple(getattr(exc, "lost", ())))
+        except Exception as exc:
+            self.current = None
+            return ("fail", aid, "raise", f"{type(exc).__name__}: {exc}",
+                    traceback.format_exc(), ())
+        stats["seconds"] = time.perf_counter() - t0
+        return ("done", aid, ref, fp, stats)
 
     def _fault_before(self, fault, hint):
         if fault.kind == "hang":
@@ -252,7 +316,7 @@ class _Worker:
             time.sleep(60)  # pragma: no cover - the process is gone
         if fault.kind == "delay":
             time.sleep(max(0.0, fault.factor - 1.0) * max(elapsed, 1e-3))
-        if fault.kind == "corrupt":
+        if fault.kind == "corrupt" and acc is not None:
             acc = corrupt_value(acc, int.from_bytes(os.urandom(4), "little") / 2**32)
         return acc
 

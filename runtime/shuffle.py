@@ -1,0 +1,588 @@
+"""The shuffle of keyed jobs: map-side combine, R partitions, spill files, external merge,
+committed part files.
+
+Data flow (see ``docs/shuffle.md``):
+
+1. **Map task** ``i`` runs the job's ``map`` over its split and folds values per key in a
+   dict (the *combiner*; switchable off). If the table outgrows ``memory_limit`` it is
+   written as a sorted *run* and the task goes on **without** combining, buffering raw
+   pairs and spilling further sorted runs; at the end the runs are merged and each key
+   folded left to right in run order, which is exactly the fold an unspilled table would
+   have made. Keys go to partition ``hash(key) % R`` by a stable 64-bit hash of their
+   canonical encoding (never Python's salted ``hash()``). The output is one spill file
+   per partition in the worker's own directory, sorted by key hash.
+2. **Reduce task** ``r`` reads partition ``r`` of every map output in split order and folds
+   per key: in memory when the inputs fit in ``memory_limit``, otherwise by an external
+   k-way merge of the sorted files. Either way each key's values are folded in split
+   order. It finalizes each key and returns its partition, or commits it as a part file.
+
+Spill file format, version 1: a sequence of frames, then a trailer.
+
+* frame: ``b"MGSF"``, version (u8), 3 pad bytes, entries (u32), payload length (u64),
+  CRC-32 of the payload (u32); payload = pickle of ``(hashes, keys, values)`` where
+  ``hashes`` is the little-endian uint64 bytes of the keys' hashes;
+* trailer: ``b"MGSE"``, version (u8), 3 pad bytes, frames (u32), entries (u64), bytes of
+  all frames (u64).
+
+Files are written to a temporary name and renamed when complete; a reader checks every
+frame's CRC and the trailer, and treats a torn or corrupted file as lost map output
+(:class:`~mergeagg.errors.CorruptSpillError`), so its map task runs again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import pickle
+import struct
+import zlib
+
+import numpy as np
+
+from mergeagg.errors import CorruptSpillError
+from mergeagg.fingerprint import Fingerprinter, MappingDigest, key_hashes
+from mergeagg.keyed import pairs_of
+
+__all__ = [
+    "KeyedSpec",
+    "MapOutput",
+    "PartRef",
+    "SpillWriter",
+    "iter_spill",
+    "run_map",
+    "run_reduce",
+    "keyed_tasks",
+    "KeyedOutput",
+    "FRAME_ENTRIES",
+]
+
+_FRAME = struct.Struct("<4sB3xIQI")
+_TRAILER = struct.Struct("<4sB3xIQQ")
+_VERSION = 1
+FRAME_ENTRIES = 32768
+_CHECK_EVERY = 512
+
+
+class KeyedSpec:
+    """What a worker needs to run a keyed job's tasks: the job and the shuffle settings."""
+
+    __slots__ = ("job", "partitions", "combiner", "memory_limit", "output")
+
+    def __init__(self, job, partitions, combiner, memory_limit, output):
+        self.job = job
+        self.partitions = partitions
+        self.combiner = combiner
+        self.memory_limit = memory_limit
+        self.output = output
+
+    def __getstate__(self):
+        return (self.job, self.partitions, self.combiner, self.memory_limit, self.output)
+
+    def __setstate__(self, state):
+        self.job, self.partitions, self.combiner, self.memory_limit, self.output = state
+
+
+class MapOutput:
+    """A map task's output: one spill file per partition in ``directory`` on ``worker``.
+
+    ``buckets[r]`` is ``(path, nbytes, entries)``. Losing the worker loses the files.
+    """
+
+    __slots__ = ("worker", "key", "directory", "buckets")
+
+    def __init__(self, worker, key, directory, buckets):
+        self.worker = worker
+        self.key = key
+        self.directory = directory
+        self.buckets = buckets
+
+    def __getstate__(self):
+        return (self.worker, self.key, self.directory, self.buckets)
+
+    def __setstate__(self, state):
+        self.worker, self.key, self.directory, self.buckets = state
+
+    def __repr__(self):
+        n = sum(b[2] for b in self.buckets)
+        return f"MapOutput({self.key} on {self.worker}, {n} entries)"
+
+
+class PartRef:
+    """A committed part file of a keyed job's output (it survives its worker)."""
+
+    __slots__ = ("worker", "key", "path", "entries", "digest")
+
+    def __init__(self, key, path, entries, digest):
+        self.worker = None
+        self.key = key
+        self.path = path
+        self.entries = entries
+        self.digest = digest
+
+    def __getstate__(self):
+        return (self.key, self.path, self.entries, self.digest)
+
+    def __setstate__(self, state):
+        self.worker = None
+        self.key, self.path, self.entries, self.digest = state
+
+
+# -- spill files ---------------------------------------------------------------------------
+
+
+class SpillWriter:
+    """Write frames of ``(hashes, keys, values)`` to ``path`` atomically.
+
+    Cost: one pickle and one CRC-32 per frame; ``close()`` writes the trailer and renames
+    the temporary file into place. Returns ``(path, nbytes, entries)`` from ``close``.
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "b0.spill")
+    >>> w = SpillWriter(p); w.write(np.array([7], dtype=np.uint64), ["k"], [1])
+    >>> w.close()[2]
+    1
+    >>> [(list(k), list(v)) for _h, k, v in iter_spill(p)]
+    [(['k'], [1])]
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.tmp = f"{path}.tmp-{os.getpid()}"
+        self.f = open(self.tmp, "wb")
+        self.frames = 0
+        self.entries = 0
+        self.nbytes = 0
+
+    def write(self, hashes, keys, values):
+        """Append entries (split into frames of at most 32,768)."""
+        n = len(keys)
+        for lo in range(0, n, FRAME_ENTRIES):
+            hi = min(lo + FRAME_ENTRIES, n)
+            payload = pickle.dumps((np.ascontiguousarray(hashes[lo:hi], dtype="<u8").tobytes(),
+                                    list(keys[lo:hi]), list(values[lo:hi])), protocol=5)
+            header = _FRAME.pack(b"MGSF", _VERSION, hi - lo, len(payload), zlib.crc32(payload))
+            self.f.write(header)
+            self.f.write(payload)
+            self.frames += 1
+            self.entries += hi - lo
+            self.nbytes += len(header) + len(payload)
+
+    def close(self):
+        self.f.write(_TRAILER.pack(b"MGSE", _VERSION, self.frames, self.entries, self.nbytes))
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        return self.path, self.nbytes + _TRAILER.size, self.entries
+
+    def abort(self):
+        self.f.close()
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+def _corrupt(path, message):
+    exc = CorruptSpillError(message)
+    exc.path = path
+    return exc
+
+
+def iter_spill(path):
+    """Frames ``(hashes: uint64 array, keys, values)`` of a spill file, checked as read.
+
+    Raises :class:`CorruptSpillError` naming the file if it is missing, torn or corrupt.
+    """
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise _corrupt(path, f"spill file {path} is gone ({exc.strerror})") from None
+    with f:
+        frames = entries = nbytes = 0
+        while True:
+            head = f.read(_FRAME.size)
+            if len(head) >= 4 and head[:4] == b"MGSE":
+                head += f.read(_TRAILER.size - len(head))
+                if len(head) != _TRAILER.size:
+                    raise _corrupt(path, f"spill file {path} is torn: short trailer")
+                _m, version, t_frames, t_entries, t_bytes = _TRAILER.unpack(head)
+                if (version, t_frames, t_entries, t_bytes) != (_VERSION, frames, entries,
+                                                               nbytes) or f.read(1):
+                    raise _corrupt(path, f"spill file {path} is corrupt: its trailer does "
+                                            "not match its frames")
+                return
+            if len(head) != _FRAME.size:
+                raise _corrupt(path, f"spill file {path} is torn: it ends after "
+                                        f"{frames} frame(s) without a trailer")
+            magic, version, n, length, crc = _FRAME.unpack(head)
+            if magic != b"MGSF" or version != _VERSION:
+                raise _corrupt(path, f"spill file {path} is corrupt: bad frame header at "
+                                        f"frame {frames}")
+            payload = f.read(length)
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                raise _corrupt(path, f"spill file {path} is corrupt: frame {frames} fails "
+                                        "its checksum")
+            hb, keys, values = pickle.loads(payload)
+            hashes = np.frombuffer(hb, dtype="<u8")
+            if len(keys) != n or len(values) != n or hashes.shape[0] != n:
+                raise _corrupt(path, f"spill file {path} is corrupt: frame {frames} "
+                                        "has the wrong number of entries")
+            frames += 1
+            entries += n
+            nbytes += len(head) + length
+            yield hashes, keys, values
+
+
+def _entries(path):
+    for hashes, keys, values in iter_spill(path):
+        yield from zip(hashes.tolist(), keys, values)
+
+
+# -- the map side --------------------------------------------------------------------------
+
+
+def _sorted_by_partition(keys, values, partitions):
+    """Keys and values ordered by (partition, hash), stable; with partition bounds."""
+    h = key_hashes(keys)
+    part = h % np.uint64(partitions)
+    order = np.lexsort((h, part))
+    h = h[order]
+    part = part[order]
+    keys = [keys[i] for i in order.tolist()]
+    values = [values[i] for i in order.tolist()]
+    bounds = np.searchsorted(part, np.arange(partitions + 1, dtype=np.uint64))
+    return h, part, keys, values, bounds
+
+
+class _EntrySize:
+    """A rough in-memory size of a table entry, from a pickled sample (plus overhead)."""
+
+    def __init__(self):
+        self.per_entry = None
+
+    def estimate(self, items, count):
+        if self.per_entry is None:
+            sample = []
+            for item in items:
+                sample.append(item)
+                if len(sample) >= 64:
+                    break
+            if not sample:
+                return 0
+            self.per_entry = len(pickle.dumps(sample, protocol=5)) / len(sample) * 2 + 100
+        return count * self.per_entry
+
+
+def _write_run(directory, index, keys, values, partitions, counters):
+    h, _part, keys, values, _bounds = _sorted_by_partition(keys, values, partitions)
+    w = SpillWriter(os.path.join(directory, f"run-{index}.spill"))
+    w.write(h, keys, values)
+    path, nbytes, _n = w.close()
+    counters["spills"] += 1
+    counters["spill_bytes"] += nbytes
+    return path
+
+
+def run_map(spec, records, directory, worker, key):
+    """Run one map task; returns ``(MapOutput, fingerprint, counters)``.
+
+    Cost: O(records) to map and combine, O(entries log entries) to sort the output; with
+    spills, every run is written and read once more.
+    """
+    job, R = spec.job, spec.partitions
+    os.makedirs(directory, exist_ok=True)
+    combine = job.combine
+    limit = spec.memory_limit
+    sizer = _EntrySize()
+    counters = {"records_in": 0, "records_out": 0, "spills": 0, "spill_bytes": 0,
+                "shuffle_bytes_written": 0}
+    runs = []
+    pairs = pairs_of(job.map(records))
+    table = {} if spec.combiner else None
+    raw_keys, raw_values = [], []
+    n = 0
+    if table is not None:
+        for k, v in pairs:
+            n += 1
+            if k in table:
+                table[k] = combine(table[k], v)
+            else:
+                table[k] = v
+            if limit and n % _CHECK_EVERY == 0 and \
+                    sizer.estimate(table.items(), len(table)) > limit:
+                runs.append(_write_run(directory, 0, list(table), list(table.values()), R,
+                                       counters))
+                table = None  # from here on, no combining: the fold continues at the merge
+                break
+    for k, v in pairs:
+        n += 1
+        raw_keys.append(k)
+        raw_values.append(v)
+        if limit and len(raw_keys) % _CHECK_EVERY == 0 and \
+                sizer.estimate(zip(raw_keys, raw_values), len(raw_keys)) > limit:
+            runs.append(_write_run(directory, len(runs), raw_keys, raw_values, R, counters))
+            raw_keys, raw_values = [], []
+    counters["records_in"] = n
+    fp = Fingerprinter()
+    buckets = []
+    if not runs:
+        if table is not None:
+            keys, values = list(table), list(table.values())
+        else:
+            keys, values = raw_keys, raw_values
+        h, _part, keys, values, bounds = _sorted_by_partition(keys, values, R)
+        for r in range(R):
+            lo, hi = int(bounds[r]), int(bounds[r + 1])
+            w = SpillWriter(os.path.join(directory, f"b{r}.spill"))
+            _write_frames(w, fp, h[lo:hi], keys[lo:hi], values[lo:hi])
+            buckets.append(w.close())
+    else:
+        if raw_keys:
+            runs.append(_write_run(directory, len(runs), raw_keys, raw_values, R, counters))
+        buckets = _merge_runs(runs, directory, R, combine if spec.combiner else None, fp)
+        for path in runs:
+            os.unlink(path)
+    counters["records_out"] = sum(b[2] for b in buckets)
+    counters["shuffle_bytes_written"] = sum(b[1] for b in buckets)
+    return MapOutput(worker, key, directory, buckets), fp.hexdigest(), counters
+
+
+def _write_frames(writer, fp, h, keys, values):
+    for lo in range(0, len(keys), FRAME_ENTRIES):
+        hi = min(lo + FRAME_ENTRIES, len(keys))
+        fp.update(np.ascontiguousarray(h[lo:hi]))
+        fp.update(list(values[lo:hi]))
+    writer.write(h, keys, values)
+
+
+def _merge_runs(runs, directory, R, combine, fp):
+    """Merge sorted runs into one spill file per partition, folding equal keys in run
+    order when ``combine`` is given (the first run holds partials, later ones raw values)."""
+    streams = [_entries(p) for p in runs]
+    merged = heapq.merge(*streams, key=lambda e: (e[0] % R, e[0]))
+    buckets = []
+    current = -1
+    writer = None
+    buf_h, buf_k, buf_v = [], [], []
+
+    def flush(final=False):
+        # Frames start at multiples of FRAME_ENTRIES within the bucket, as in the unspilled
+        # path, so the fingerprint does not depend on where runs were cut.
+        while len(buf_k) >= FRAME_ENTRIES or (final and buf_k):
+            n = min(FRAME_ENTRIES, len(buf_k))
+            _write_frames(writer, fp, np.array(buf_h[:n], dtype=np.uint64), buf_k[:n],
+                          buf_v[:n])
+            del buf_h[:n], buf_k[:n], buf_v[:n]
+
+    def finish_bucket():
+        flush(final=True)
+        buckets.append(writer.close())
+
+    group_h = None
+    group = {}
+    for h, k, v in merged:
+        part = h % R
+        if part != current:
+            if group:
+                _emit_group(group, group_h, buf_h, buf_k, buf_v)
+                group = {}
+            while current < part:
+                if writer is not None:
+                    finish_bucket()
+                current += 1
+                writer = SpillWriter(os.path.join(directory, f"b{current}.spill"))
+            group_h = None
+        if h != group_h:
+            if group:
+                _emit_group(group, group_h, buf_h, buf_k, buf_v)
+                group = {}
+            group_h = h
+        if combine is None:
+            # No combiner: keep every value, in order.
+            buf_h.append(h)
+            buf_k.append(k)
+            buf_v.append(v)
+        elif k in group:
+            group[k] = combine(group[k], v)
+        else:
+            group[k] = v
+        if len(buf_k) >= FRAME_ENTRIES:
+            flush()
+    if group:
+        _emit_group(group, group_h, buf_h, buf_k, buf_v)
+    while current < R - 1:
+        if writer is not None:
+            finish_bucket()
+        current += 1
+        writer = SpillWriter(os.path.join(directory, f"b{current}.spill"))
+    finish_bucket()
+    return buckets
+
+
+def _emit_group(group, h, buf_h, buf_k, buf_v):
+    for k, v in group.items():
+        buf_h.append(h)
+        buf_k.append(k)
+        buf_v.append(v)
+
+
+# -- the reduce side -----------------------------------------------------------------------
+
+
+def run_reduce(spec, inputs, r, attempt):
+    """Reduce partition ``r`` of the map outputs ``inputs`` (in split order).
+
+    Returns ``(value, digest_state, counters)``: ``value`` is ``(keys, values)`` of the
+    finalized partition ordered by key hash, or a :class:`PartRef` when the job writes an
+    output directory. Raises :class:`CorruptSpillError` (with ``.lost`` naming the map
+    outputs that could not be read) if an input file is gone or corrupt.
+    """
+    job = spec.job
+    combine, finalize = job.combine, job.finalize
+    paths = [m.buckets[r][0] for m in inputs]
+    in_bytes = sum(m.buckets[r][1] for m in inputs)
+    counters = {"shuffle_bytes_read": in_bytes, "reduce_records_in": 0, "external_merge": 0}
+    limit = spec.memory_limit
+    try:
+        if limit is None or in_bytes * 4 <= limit:
+            table = {}
+            n = 0
+            for path in paths:
+                for _h, keys, values in iter_spill(path):
+                    n += len(keys)
+                    for k, v in zip(keys, values):
+                        if k in table:
+                            table[k] = combine(table[k], v)
+                        else:
+                            table[k] = v
+            counters["reduce_records_in"] = n
+            keys = list(table)
+            values = [finalize(v) for v in table.values()]
+            h = key_hashes(keys)
+            order = np.argsort(h, kind="stable").tolist()
+            out = ([keys[i] for i in order], [values[i] for i in order], h[order])
+            chunks = [out]
+        else:
+            counters["external_merge"] = 1
+            chunks = _external_reduce(paths, combine, finalize, counters)
+        return _emit(spec, chunks, r, attempt, counters)
+    except CorruptSpillError as exc:
+        bad = getattr(exc, "path", None)
+        lost = [m.key for m in inputs if m.buckets[r][0] == bad] if bad else []
+        if not lost:
+            lost = [m.key for m in inputs if not os.path.exists(m.buckets[r][0])]
+        exc.lost = lost
+        raise
+
+
+def _external_reduce(paths, combine, finalize, counters):
+    """Yield ``(keys, values, hashes)`` chunks of the partition from a k-way merge."""
+    streams = [_entries(p) for p in paths]
+    merged = heapq.merge(*streams, key=lambda e: e[0])
+    keys, values, hs = [], [], []
+    group, group_h = {}, None
+    n = 0
+    for h, k, v in merged:
+        n += 1
+        if h != group_h:
+            for gk, gv in group.items():
+                keys.append(gk)
+                values.append(finalize(gv))
+                hs.append(group_h)
+            group, group_h = {}, h
+            if len(keys) >= FRAME_ENTRIES:
+                yield keys, values, np.array(hs, dtype=np.uint64)
+                keys, values, hs = [], [], []
+        if k in group:
+            group[k] = combine(group[k], v)
+        else:
+            group[k] = v
+    for gk, gv in group.items():
+        keys.append(gk)
+        values.append(finalize(gv))
+        hs.append(group_h)
+    counters["reduce_records_in"] = n
+    if keys:
+        yield keys, values, np.array(hs, dtype=np.uint64)
+
+
+def _emit(spec, chunks, r, attempt, counters):
+    digest = MappingDigest()
+    if spec.output is None:
+        all_k, all_v = [], []
+        for keys, values, _h in chunks:
+            digest.update(dict(zip(keys, values)))
+            all_k.extend(keys)
+            all_v.extend(values)
+        counters["reduce_records_out"] = len(all_k)
+        return (all_k, all_v), digest.state(), counters
+    final = os.path.join(spec.output, f"part-{r:05d}")
+    w = SpillWriter(os.path.join(spec.output, f".part-{r:05d}.{attempt.replace('#', '_')}"))
+    try:
+        for keys, values, h in chunks:
+            digest.update(dict(zip(keys, values)))
+            w.write(h, keys, values)
+        tmp_final, _nbytes, entries = w.close()
+    except BaseException:
+        w.abort()
+        raise
+    try:
+        os.link(tmp_final, final)  # exclusive: only one attempt can commit a part
+    except FileExistsError:
+        pass  # another attempt committed it first; the policy compares fingerprints
+    finally:
+        os.unlink(tmp_final)
+    counters["reduce_records_out"] = entries
+    return PartRef(attempt, final, entries, digest.state()), digest.state(), counters
+
+
+def keyed_tasks(splits, partitions):
+    """The task list of a keyed job: map tasks read by every reducer, reducers as sinks.
+
+    >>> [t.id for t in keyed_tasks(["a", "b"], 2)]
+    ['map-0', 'map-1', 'reduce-0', 'reduce-1']
+    """
+    from mergeagg.runtime.master import TaskDef
+
+    reduce_ids = tuple(f"reduce-{r}" for r in range(partitions))
+    maps = [TaskDef(f"map-{i}", "map", split=s, parents=reduce_ids, index=i)
+            for i, s in enumerate(splits)]
+    map_ids = tuple(t.id for t in maps)
+    reduces = [TaskDef(rid, "reduce", children=map_ids, index=r)
+               for r, rid in enumerate(reduce_ids)]
+    return maps + reduces
+
+
+class KeyedOutput:
+    """A keyed job's output written as part files in ``directory``, read back lazily.
+
+    Iterating gives ``(key, value)`` pairs part by part (``part-00000`` first); inside a
+    part, keys are in the order of their stable 64-bit hash. ``len()`` is the number of
+    keys; :meth:`to_dict` loads everything.
+    """
+
+    def __init__(self, directory, parts):
+        self.directory = directory
+        self.parts = list(parts)  # (path, entries)
+
+    def __len__(self):
+        return sum(n for _p, n in self.parts)
+
+    def __iter__(self):
+        for path, _n in self.parts:
+            for _h, keys, values in iter_spill(path):
+                yield from zip(keys, values)
+
+    def items(self):
+        """``(key, value)`` pairs, lazily, in part then hash order."""
+        return iter(self)
+
+    def to_dict(self):
+        """Every entry in one dict (loads the whole output)."""
+        return dict(iter(self))
+
+    def __repr__(self):
+        return f"KeyedOutput({self.directory!r}, {len(self.parts)} parts, {len(self)} keys)"
+
+    def to_jsonable(self):
+        return {"output": self.directory, "parts": [p for p, _n in self.parts],
+                "keys": len(self)}
