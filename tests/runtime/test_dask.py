@@ -1,0 +1,211 @@
+"""The Dask backend on a LocalCluster of two worker processes (tests/runtime/conftest.py).
+
+Every answer is compared with the serial run (``workers=0``), the reference. The tests go
+through :func:`run_on`, which calls ``mergeagg.run(..., backend=client)`` once api.py routes
+Dask clients there, and ``run_dask`` (what that routing calls) until then; a few call
+``run_dask`` directly.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cloudpickle
+import pytest
+
+import mergeagg as ma
+from mergeagg.errors import NondeterminismError, TaskFailed
+from mergeagg.fingerprint import fingerprint
+from mergeagg.inputs import as_source
+from mergeagg.runtime.api import Result
+from mergeagg.runtime.faults import Fault, FaultPlan
+from mergeagg.runtime.master import PolicyConfig
+
+pytest.importorskip("distributed")
+
+from mergeagg.runtime.dask import INSTALL_HINT, run_dask  # noqa: E402
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.dask
+
+WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta"]
+
+
+def shards(n, lines=30):
+    return [[" ".join(WORDS[(i * 5 + j + k) % 6] for j in range(1 + (i + k) % 7))
+             for k in range(lines)] for i in range(n)]
+
+
+def run_on(client, aggregator, source, *, fan_in=8, split_size=None, faults=None, **knobs):
+    """``mergeagg.run`` on Dask: through ``backend=client`` once api.py routes it to
+    run_dask, else run_dask itself with the same PolicyConfig as ``run`` builds."""
+    try:
+        return ma.run(aggregator, source, backend=client, fan_in=fan_in,
+                      split_size=split_size, faults=faults, **knobs)
+    except ValueError as exc:
+        if "unknown backend" not in str(exc):
+            raise
+    start = time.perf_counter()
+    config = PolicyConfig(heartbeat_timeout=5.0, **knobs)
+    value, report = run_dask(aggregator, as_source(source, split_size=split_size),
+                             client=client, fan_in=fan_in, config=config, faults=faults,
+                             progress=False)
+    report.wall_seconds = time.perf_counter() - start
+    return Result(value, fingerprint(value), report)
+
+
+def recording_wordcount(pid_dir, sleep):
+    """Word count whose partial leaves its worker's pid in ``pid_dir`` and then sleeps."""
+    count = ma.algorithms.wordcount()
+
+    def partial(shard):
+        open(os.path.join(pid_dir, str(os.getpid())), "w").close()
+        time.sleep(sleep)
+        return count.partial(shard)
+
+    return ma.Aggregator(partial, count.combine)
+
+
+def test_fold_gives_the_serial_fingerprint(dask_client, tmp_path):
+    paths = []
+    for f in range(3):
+        p = tmp_path / f"part{f}.txt"
+        p.write_text("\n".join(" ".join(s) for s in shards(40)[f::3]) + "\n")
+        paths.append(str(p))
+    agg = ma.algorithms.wordcount()
+    serial = ma.run(agg, paths, workers=0, split_size=700, fan_in=3)
+    result = run_on(dask_client, agg, paths, split_size=700, fan_in=3)
+    assert len(serial.report.attempts) >= 10
+    assert result.fingerprint == serial.fingerprint
+    assert result.value == serial.value
+    report = result.report
+    assert report.mode == "dask"
+    assert report.workers == 2 and report.counters["dask_workers"] == 2
+    assert not report.failures
+    # Tiny tasks on a fresh cluster may get backups (the first ones on each worker are
+    # slower); nothing else runs twice.
+    extra = sum(t.attempts - 1 for t in report.tasks)
+    assert extra == report.backups_launched
+    assert report.bytes_read == sum(os.path.getsize(p) for p in paths)
+    assert {t.worker.rsplit("/", 1)[0] for t in report.tasks} <= set(
+        dask_client.scheduler_info(n_workers=-1)["workers"])
+    assert '"mode": "dask"' in report.to_json()
+
+
+def test_float_fold_is_byte_identical_to_serial(dask_client):
+    data = [[0.1 * i + 1e-9 * j for j in range(50)] for i in range(23)]
+    agg = ma.Aggregator(sum, lambda a, b: a + b)
+    serial = ma.run(agg, data, workers=0, fan_in=4)
+    result = run_on(dask_client, agg, data, fan_in=4)
+    assert result.fingerprint == serial.fingerprint
+
+
+def test_run_dask_with_a_scheduler_address(dask_client):
+    data = shards(9)
+    agg = ma.algorithms.wordcount()
+    address = dask_client.scheduler.address
+    value, report = run_dask(agg, as_source(data), client=address, fan_in=2,
+                             config=PolicyConfig(), progress=False)
+    assert fingerprint(value) == ma.run(agg, data, workers=0, fan_in=2).fingerprint
+    assert report.mode == "dask" and len(report.tasks) == 9 + 8
+
+
+def test_a_worker_killed_mid_job_gives_the_clean_fingerprint(dask_client, tmp_path):
+    data = shards(16)
+    clean = ma.run(ma.algorithms.wordcount(), data, workers=0, fan_in=4)
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 30
+        while not killed and time.monotonic() < deadline:
+            pids = sorted(int(p) for p in os.listdir(pid_dir))
+            if len(pids) >= 2:  # both workers are busy: kill one mid-task
+                time.sleep(0.1)
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = run_on(dask_client, recording_wordcount(str(pid_dir), 0.15), data, fan_in=4)
+    thread.join(5)
+    assert killed, "the test never saw two workers at work"
+    assert result.fingerprint == clean.fingerprint
+    report = result.report
+    assert report.workers_lost >= 1
+    assert any(f.cause in ("worker lost", "output lost with worker") for f in report.failures)
+    assert sum(report.attempts) > len(report.attempts)  # something ran again
+    assert str(killed[0]) in os.listdir(pid_dir)
+
+
+def test_a_straggler_gets_a_backup_that_wins(dask_client, tmp_path):
+    data = shards(8)
+    slow = recording_wordcount(str(tmp_path), 0.1)
+    clean = ma.run(slow, data, workers=0)
+    # map-3's first attempt sleeps 49 times its own ~0.1 s after computing its output.
+    plan = FaultPlan(only={"map-3": {1: Fault("delay", factor=50)}})
+    start = time.monotonic()
+    result = run_on(dask_client, slow, data, faults=plan)
+    elapsed = time.monotonic() - start
+    assert result.fingerprint == clean.fingerprint
+    report = result.report
+    assert report.attempts[3] == 2
+    assert report.backups_won >= 1 and report.backups_launched >= report.backups_won
+    straggler = next(t for t in report.tasks if t.task == "map-3")
+    assert straggler.seconds < 2.0  # the backup's time, not the delayed attempt's ~5 s
+    assert f"backups launched {report.backups_launched}, won {report.backups_won}" \
+        in str(report)
+    assert not report.failures
+    # The loser noticed its cancel and stopped sleeping: the job did not wait ~5 s for it.
+    assert elapsed < 3.5
+
+
+def test_a_nondeterministic_partial_is_caught(dask_client):
+    data = shards(6)
+    plan = FaultPlan(only={"map-2": {1: Fault("corrupt")}})
+    with pytest.raises(NondeterminismError, match="task map-2") as info:
+        run_on(dask_client, ma.algorithms.wordcount(), data, faults=plan, verify=1.0)
+    assert info.value.task == "map-2"
+    assert len(set(info.value.fingerprints)) == 2
+
+
+def test_user_code_that_raises_fails_the_job_with_a_named_error(dask_client):
+    def picky(shard):
+        if any("gamma gamma" in line for line in shard):
+            raise ValueError("no repeated gamma")
+        return len(shard)
+
+    data = [["alpha"], ["beta"], ["gamma gamma"], ["delta"]]
+    with pytest.raises(TaskFailed, match=r"task map-2 .*failed 2 time\(s\).*no repeated gamma") \
+            as info:
+        run_on(dask_client, ma.Aggregator(picky, lambda a, b: a + b), data, max_attempts=2)
+    assert "ValueError" in info.value.traceback
+
+
+def test_a_wrong_client_type_is_a_type_error():
+    with pytest.raises(TypeError, match="dask.distributed.Client or a scheduler address"):
+        run_dask(ma.algorithms.wordcount(), as_source([["a"]]), client=42, fan_in=2,
+                 config=PolicyConfig())
+
+
+def test_without_dask_mergeagg_imports_and_the_backend_names_the_extra():
+    code = (
+        "import sys\n"
+        "sys.modules['dask'] = sys.modules['distributed'] = None\n"
+        "import mergeagg, mergeagg.runtime.dask as d\n"
+        "assert mergeagg.run(mergeagg.Aggregator(len, int.__add__), [[1]], workers=0).value == 1\n"
+        "try:\n"
+        "    d.require_dask()\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert INSTALL_HINT in out.stdout
