@@ -263,6 +263,9 @@ def _dedup_partial(threshold, num_perm, seed, shingles, bands, rows, shard):
         lines = list(shard)
         state.line_counts[(split.path, split.start)] = len(lines)
         for i, line in enumerate(lines):
+            if not isinstance(line, str):
+                raise TypeError(f"dedup reads lines of text; split {split.id} gave a "
+                                f"{type(line).__name__} (read the input as text)")
             if line.strip():
                 texts.append(line)
                 locations.append((split.path, split.start, i))
@@ -270,7 +273,7 @@ def _dedup_partial(threshold, num_perm, seed, shingles, bands, rows, shard):
         records = list(shard)
         digest = None
         for i, rec in enumerate(records):
-            if isinstance(rec, tuple) and len(rec) == 2:
+            if isinstance(rec, tuple) and len(rec) == 2 and isinstance(rec[1], str):
                 key, text = rec
                 loc = (str(key), 0, -1)
             elif isinstance(rec, str):

@@ -7,6 +7,7 @@ import random
 import pytest
 
 import mergeagg
+from mergeagg import errors as ma_errors
 from mergeagg.algorithms.dedup import DedupState, Shingles, dedup
 from mergeagg.errors import IncompatibleMergeError
 
@@ -122,6 +123,15 @@ def test_keyed_records_and_bad_records():
     assert out["groups"] == [{"members": ["7", "x"], "exact": True}]
     with pytest.raises(TypeError, match="record 0 is a int"):
         agg.partial([42])
+    with pytest.raises(TypeError, match="record 1 is a tuple"):
+        agg.partial([("k", "text"), ("k", 5)])
+
+
+def test_structured_input_is_refused_with_a_clear_error(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n')
+    with pytest.raises(ma_errors.TaskFailed, match="dedup reads lines of text"):
+        mergeagg.run(dedup(), str(path), workers=0, format="jsonl")
 
 
 def test_shingling_is_replaceable():
