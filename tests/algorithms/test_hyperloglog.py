@@ -328,6 +328,14 @@ def test_garbage_bytes_are_rejected_with_a_clear_error():
         load("text")
 
 
+def test_fingerprint_carries_parameters_not_only_registers():
+    fps = {mergeagg.fingerprint(HyperLogLog(6, seed=s)) for s in (0, 1)}
+    assert len(fps) == 2
+    from mergeagg.algorithms.minhash import MinHash
+
+    assert mergeagg.fingerprint(MinHash(8, seed=0)) != mergeagg.fingerprint(MinHash(8, seed=1))
+
+
 def test_repr_len_and_jsonable():
     h = HyperLogLog(6).update(["a", "b"])
     assert len(h) == 2 and "p=6" in repr(h)
