@@ -31,8 +31,8 @@ from mergeagg.errors import JobFailed, WorkerLost
 from mergeagg.fingerprint import MappingDigest
 from mergeagg.runtime.master import Cancel, KillWorker, Launch, Policy, Release, fold_tasks
 from mergeagg.runtime.report import FailureRecord, Report, TaskRecord
-from mergeagg.runtime.shuffle import KeyedOutput, keyed_tasks
-from mergeagg.runtime.worker import InputLost, load_ref, serve
+from mergeagg.runtime.shuffle import KeyedOutput, MapOutput, keyed_tasks
+from mergeagg.runtime.worker import InputLost, Ref, load_ref, serve
 
 __all__ = ["LocalExecutor", "run_local", "run_keyed_local", "drive", "default_start_method"]
 
@@ -299,7 +299,11 @@ class LocalExecutor:
         self._spawn()
 
     def _release(self, ref):
-        if ref is not None and ref.path is not None:
+        """Free a duplicate output: a worker file or a map output's spill directory. A
+        committed part file (PartRef) is the job's output and is never removed."""
+        if isinstance(ref, MapOutput):
+            shutil.rmtree(ref.directory, ignore_errors=True)
+        elif isinstance(ref, Ref) and ref.path is not None:
             try:
                 os.unlink(ref.path)
             except OSError:

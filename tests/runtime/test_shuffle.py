@@ -1,0 +1,263 @@
+"""Keyed jobs: the shuffle, spills, failures and committed outputs."""
+
+import glob
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+
+import cloudpickle
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mergeagg as ma
+from mergeagg.errors import CorruptSpillError
+from mergeagg.runtime.faults import Fault, FaultPlan
+from mergeagg.runtime.shuffle import SpillWriter, iter_spill
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def pairs_map(shard):
+    return iter(shard)
+
+
+def add(a, b):
+    return a + b
+
+
+def union(a, b):
+    a |= b
+    return a
+
+
+def plain_loop(shards, combine=add):
+    out = {}
+    for shard in shards:
+        for k, v in shard:
+            out[k] = combine(out[k], v) if k in out else v
+    return out
+
+
+keys = st.one_of(st.integers(-5, 40), st.sampled_from(["a", "b", "c", "é", "", "long" * 30]),
+                 st.tuples(st.integers(0, 3), st.text(max_size=2)))
+records = st.lists(st.tuples(keys, st.integers(-1000, 1000)), max_size=120)
+
+
+@given(recs=records, n_shards=st.integers(1, 6), R=st.integers(1, 7),
+       combiner=st.booleans(), spill=st.booleans())
+def test_any_settings_equal_a_plain_loop_serial(recs, n_shards, R, combiner, spill):
+    shards = [recs[i::n_shards] for i in range(n_shards)]
+    job = ma.KeyedJob(pairs_map, add)
+    r = ma.run(job, shards, workers=0, partitions=R, combiner=combiner,
+               memory_limit=300 if spill else None)
+    expected = plain_loop(shards)
+    assert r.value == expected
+    assert r.fingerprint == ma.fingerprint(expected)
+
+
+@settings(max_examples=3, deadline=None)
+@given(recs=st.lists(st.tuples(keys, st.integers(0, 9)), min_size=1, max_size=2000),
+       R=st.integers(1, 5), combiner=st.booleans())
+def test_parallel_equals_serial_with_spills(recs, R, combiner):
+    shards = [recs[i::4] for i in range(4)]
+    job = ma.KeyedJob(pairs_map, add)
+    serial = ma.run(job, shards, workers=0)
+    r = ma.run(job, shards, workers=2, partitions=R, combiner=combiner, memory_limit=2000)
+    assert r.value == serial.value and r.fingerprint == serial.fingerprint
+
+
+def float_shards(seed=0, n=3000):
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, 50, n).tolist()
+    vals = (rng.standard_normal(n) * 10.0 ** rng.integers(-8, 8, n)).tolist()
+    recs = list(zip(keys, vals))
+    return [recs[i::5] for i in range(5)]
+
+
+def test_float_bytes_identical_across_R_spills_workers_and_failures():
+    shards = float_shards()
+    job = ma.KeyedJob(pairs_map, add)
+    runs = [ma.run(job, shards, workers=0, partitions=1),
+            ma.run(job, shards, workers=0, partitions=7, memory_limit=500),
+            ma.run(job, shards, workers=2, partitions=3),
+            ma.run(job, shards, workers=2, partitions=4, memory_limit=700,
+                   faults="kill=0.3,seed=2,attempts=1")]
+    assert len({r.fingerprint for r in runs}) == 1
+    # The order matters for these floats: folding every value in input order (no
+    # combiner) regroups the sums and changes some bytes.
+    off = ma.run(job, shards, workers=0, combiner=False)
+    assert off.fingerprint != runs[0].fingerprint
+
+
+def test_map_side_spill_continues_the_same_fold():
+    # With the combiner, a spill must not regroup a float fold inside one map task.
+    shards = float_shards(seed=3, n=8000)
+    job = ma.KeyedJob(pairs_map, add)
+    a = ma.run(job, shards, workers=0)
+    b = ma.run(job, shards, workers=0, memory_limit=400)
+    assert b.report.counters["spills"] > 0
+    assert a.fingerprint == b.fingerprint and a.value == b.value
+
+
+def test_reduce_side_external_merge_matches_in_memory():
+    shards = float_shards(seed=4)
+    job = ma.KeyedJob(pairs_map, add)
+    a = ma.run(job, shards, workers=0, partitions=2)
+    b = ma.run(job, shards, workers=0, partitions=2, memory_limit=100)
+    assert b.report.counters["external_merge"] == 2
+    assert a.fingerprint == b.fingerprint
+
+
+def test_combiner_shrinks_the_shuffle():
+    shards = [[("k", 1)] * 500 for _ in range(4)]
+    job = ma.KeyedJob(pairs_map, add)
+    on = ma.run(job, shards, workers=0)
+    off = ma.run(job, shards, workers=0, combiner=False)
+    assert on.value == off.value == {"k": 2000}
+    assert on.report.counters["records_out"] == 4
+    assert off.report.counters["records_out"] == 2000
+    assert on.report.counters["shuffle_bytes_written"] < off.report.counters[
+        "shuffle_bytes_written"]
+
+
+def test_finalize_and_sets():
+    job = ma.KeyedJob(lambda s: ((w[0], {w}) for w in s), union, finalize=sorted)
+    r = ma.run(job, [["apple", "avocado"], ["banana", "apple"]], workers=0)
+    assert r.value == {"a": ["apple", "avocado"], "b": ["banana"]}
+
+
+def test_spill_file_detects_torn_and_corrupt(tmp_path):
+    path = str(tmp_path / "b.spill")
+    w = SpillWriter(path)
+    w.write(np.arange(5, dtype=np.uint64), list("abcde"), [1, 2, 3, 4, 5])
+    w.close()
+    assert [list(k) for _h, k, _v in iter_spill(path)] == [list("abcde")]
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-3])
+    with pytest.raises(CorruptSpillError, match="torn"):
+        list(iter_spill(path))
+    bad = bytearray(data)
+    bad[40] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(bytes(bad))
+    with pytest.raises(CorruptSpillError, match="checksum|corrupt"):
+        list(iter_spill(path))
+    with pytest.raises(CorruptSpillError, match="gone"):
+        list(iter_spill(str(tmp_path / "missing.spill")))
+
+
+def words_map(lines):
+    for line in lines:
+        for w in line.split():
+            yield w, 1
+
+
+def corpus(n_shards=6, lines=300):
+    return [[f"w{(i * 7 + j) % 23} x{j % 11} y{i}" for j in range(lines)]
+            for i in range(n_shards)]
+
+
+def test_worker_killed_during_a_reduce_reruns_its_lost_map_outputs():
+    shards = corpus()
+    job = ma.KeyedJob(words_map, add)
+    clean = ma.run(job, shards, workers=0)
+    plan = FaultPlan(only={"reduce-1": {1: Fault("kill")}})
+    r = ma.run(job, shards, workers=2, partitions=3, faults=plan)
+    assert r.fingerprint == clean.fingerprint
+    causes = {f.cause for f in r.report.failures}
+    assert "worker lost" in causes and "output lost with worker" in causes
+    assert max(r.report.attempts) >= 2  # map tasks re-ran: their spill files died
+
+
+def test_worker_killed_while_writing_spills():
+    shards = corpus(lines=3000)
+    job = ma.KeyedJob(words_map, add)
+    clean = ma.run(job, shards, workers=0)
+    plan = FaultPlan(only={"map-2": {1: Fault("kill", at=0.7)}, "map-4": {1: Fault("kill")}})
+    r = ma.run(job, shards, workers=2, partitions=3, faults=plan, memory_limit=3000,
+               combiner=False)
+    assert r.fingerprint == clean.fingerprint
+    assert r.report.counters["spills"] > 0
+    assert r.report.attempts[2] >= 2 and r.report.attempts[4] >= 2
+
+
+def slow_after_first(shard):
+    if shard[0][0] != "first":
+        time.sleep(1.0)
+    return iter(shard)
+
+
+def test_corrupted_spill_on_disk_is_regenerated(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shards = [[("first", 1)] * 50 + [("k", 2)] * 50] + [[("k", 1), ("z", 3)]] * 3
+    job = ma.KeyedJob(slow_after_first, add)
+    clean = ma.run(job, shards, workers=0, partitions=2)
+    damaged = []
+
+    def corrupt():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not damaged:
+            for path in glob.glob(str(tmp_path / "mergeagg-*" / "w*" / "map-0_1" / "b*.spill")):
+                with open(path, "rb") as f:
+                    data = bytearray(f.read())
+                if len(data) > 60:
+                    data[30] ^= 0xFF
+                    with open(path, "wb") as f:
+                        f.write(bytes(data))
+                    damaged.append(path)
+            time.sleep(0.01)
+
+    t = threading.Thread(target=corrupt)
+    t.start()
+    r = ma.run(job, shards, workers=2, partitions=2)
+    t.join()
+    assert damaged
+    assert r.fingerprint == clean.fingerprint
+    assert r.report.attempts[0] == 2
+    assert any(f.cause == "input_lost" and "map-0" in f.detail or "corrupt" in f.detail
+               for f in r.report.failures)
+
+
+def test_output_directory_commits_each_part_once(tmp_path):
+    shards = corpus()
+    job = ma.KeyedJob(words_map, add)
+    clean = ma.run(job, shards, workers=0)
+    out = tmp_path / "out"
+    plan = FaultPlan(only={"reduce-0": {1: Fault("kill")}, "reduce-2": {1: Fault("delay",
+                                                                               factor=40)}})
+    r = ma.run(job, shards, workers=2, partitions=4, output=str(out), faults=plan,
+               backup_after=0.5)
+    names = sorted(os.listdir(out))
+    assert names == ["_SUCCESS"] + [f"part-{i:05d}" for i in range(4)]
+    assert r.fingerprint == clean.fingerprint
+    assert r.value.to_dict() == clean.value and len(r.value) == len(clean.value)
+    with pytest.raises(ValueError, match="not empty"):
+        ma.run(job, shards, workers=0, output=str(out))
+
+
+def test_keyed_options_are_refused_for_fold_jobs():
+    with pytest.raises(TypeError, match="keyed jobs"):
+        ma.run(ma.Aggregator(sum, add), [[1]], workers=0, partitions=3)
+
+
+def test_counters_in_report():
+    shards = corpus()
+    r = ma.run(ma.KeyedJob(words_map, add), shards, workers=2, partitions=3)
+    c = r.report.counters
+    assert c["records_in"] == sum(len(line.split()) for s in shards for line in s)
+    assert c["shuffle_bytes_written"] == c["shuffle_bytes_read"] > 0
+    assert len(r.report.reducers) == 3
+    assert sum(x["records_out"] for x in r.report.reducers) == len(r.value)
+    per_key = defaultdict(int)
+    for s in shards:
+        for line in s:
+            for w in line.split():
+                per_key[w] += 1
+    assert r.value == dict(per_key)
