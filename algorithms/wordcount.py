@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 
 from mergeagg.aggregator import Aggregator
+from mergeagg.keyed import KeyedJob
 from mergeagg.algorithms.registry import Entry, Flag
 
 __all__ = ["wordcount", "count_words", "add_counts"]
@@ -49,19 +50,37 @@ def add_counts(a, b):
     return a
 
 
-def wordcount(lowercase=False):
+def _add(a, b):
+    return a + b
+
+
+def wordcount(lowercase=False, keyed=False):
     """An Aggregator counting words; ``lowercase=True`` folds case first.
 
+    ``keyed=True`` gives the same count as a :class:`~mergeagg.KeyedJob` (word -> count,
+    shuffled into partitions and reduced per key: the MapReduce shape, for vocabularies
+    too large for one process, or output as part files).
+
     Cost: O(input characters) for the partials, O(vocabulary) per combine.
+
+    >>> job = wordcount(keyed=True)
+    >>> dict(sorted(job.reduce([["b a"], ["a"]]).items()))
+    {'a': 2, 'b': 1}
     """
-    return Aggregator(_count_lower if lowercase else count_words, add_counts,
-                      name="wordcount")
+    counter = _count_lower if lowercase else count_words
+    if keyed:
+        return KeyedJob(counter, _add, name="wordcount")
+    return Aggregator(counter, add_counts, name="wordcount")
 
 
 def _summarize(value, params):
     top = params.get("_top", 10)
+    items = value.items()
+    if not isinstance(value, dict):  # part files of a keyed job: one pass over them
+        value = value.to_dict()
+        items = value.items()
     lines = [f"{sum(value.values())} words, {len(value)} distinct"]
-    for word, n in sorted(value.items(), key=lambda kv: (-kv[1], kv[0]))[:top]:
+    for word, n in sorted(items, key=lambda kv: (-kv[1], kv[0]))[:top]:
         lines.append(f"{n:>10}  {word}")
     return lines
 
@@ -72,6 +91,8 @@ ENTRY = Entry(
     factory=wordcount,
     flags=(
         Flag("--lowercase", action="store_true", default=False, help="fold case first"),
+        Flag("--keyed", action="store_true", default=False,
+             help="run as a keyed job: shuffle into --partitions R, reduce per word"),
         Flag("--top", type=int, default=10, help="how many of the most frequent words to print",
              dest="_top"),
     ),

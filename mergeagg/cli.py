@@ -87,6 +87,15 @@ def _add_common(p):
     rt.add_argument("--progress", dest="progress", action="store_true", default=None,
                     help="show progress on stderr (default: only on a terminal)")
     rt.add_argument("--no-progress", dest="progress", action="store_false")
+    kj = p.add_argument_group("keyed jobs (see docs/shuffle.md)")
+    kj.add_argument("--partitions", "-R", type=int, default=None, metavar="R",
+                    help="reduce partitions of a keyed job (default 8)")
+    kj.add_argument("--no-combiner", dest="combiner", action="store_false", default=None,
+                    help="switch the map-side combiner off")
+    kj.add_argument("--memory-limit", default=None, metavar="BYTES",
+                    help="bytes a task may hold before it spills (K/M/G suffixes)")
+    kj.add_argument("--output", default=None, metavar="DIR",
+                    help="write a keyed job's result as part files in DIR (new or empty)")
 
 
 def build_parser(entries=None):
@@ -149,7 +158,7 @@ def _entry_parser(entry):
 
 _COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "errors", "format", "faults",
            "backups", "verify", "max_attempts", "task_timeout", "heartbeat_timeout",
-           "progress")
+           "progress", "partitions", "combiner", "memory_limit", "output")
 
 
 class _Usage(Exception):
@@ -223,11 +232,25 @@ def _cmd_run(name, argv, out):
         source = inputs.as_source(list(args.inputs), split_size=split_size, format=fmt,
                                   errors=args.errors)
     job = entry.factory(**factory_params)
+    from mergeagg.keyed import KeyedJob
+
     runner = entry.runner or run
-    result = runner(job, source, workers=args.workers, fan_in=args.fan_in,
-                    faults=args.faults, backups=args.backups, verify=args.verify,
-                    max_attempts=args.max_attempts, task_timeout=args.task_timeout,
-                    heartbeat_timeout=args.heartbeat_timeout, progress=args.progress)
+    options = dict(workers=args.workers, fan_in=args.fan_in, faults=args.faults,
+                   backups=args.backups, verify=args.verify, max_attempts=args.max_attempts,
+                   task_timeout=args.task_timeout, heartbeat_timeout=args.heartbeat_timeout,
+                   progress=args.progress)
+    keyed_options = dict(partitions=args.partitions, combiner=args.combiner,
+                         memory_limit=args.memory_limit, output=args.output)
+    if isinstance(job, KeyedJob):
+        options.update(keyed_options)
+    else:
+        given = [k for k, v in keyed_options.items() if v is not None]
+        if given:
+            raise _Usage(f"{', '.join('--' + g.replace('_', '-') for g in given)} apply to "
+                         f"keyed jobs; {entry.name} runs as a fold job"
+                         + (" (try --keyed)" if any(f.name == "--keyed" for f in entry.flags)
+                            else ""))
+    result = runner(job, source, **options)
     print(f"fingerprint {result.fingerprint}", file=out)
     if entry.summarize is not None:
         for line in entry.summarize(result.value, params):
