@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections import Counter
 
 from mergeagg.aggregator import Aggregator
-from mergeagg.keyed import KeyedJob
 from mergeagg.algorithms.registry import Entry, Flag
+from mergeagg.keyed import KeyedJob
 
 __all__ = ["wordcount", "count_words", "add_counts"]
 
