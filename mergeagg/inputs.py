@@ -65,7 +65,11 @@ class Split:
 
     ``kind`` is ``"memory"``, ``"text"``, ``"gzip"``, ``"rows"`` or ``"npy"``. For byte
     ranges ``start``/``end`` are offsets; for rows, row numbers. ``payload`` holds the data
-    of in-memory splits (nothing else carries data).
+    of in-memory splits (nothing else carries data). Cost: a few words; picklable.
+
+    >>> s = Split(index=0, id="/data/a.txt:0-4096", kind="text", path="/data/a.txt", end=4096)
+    >>> s.nbytes, s.id
+    (4096, '/data/a.txt:0-4096')
     """
 
     index: int
@@ -86,7 +90,14 @@ class Split:
 
 
 class Source:
-    """A list of splits and the way to read one. Sources are picklable."""
+    """A list of splits and the way to read one. Sources are picklable.
+
+    Cost: O(number of splits) memory; reading is done split by split, by :meth:`read`.
+
+    >>> src = shards([["a"], ["b", "c"]])
+    >>> len(src), [list(src.read(s)) for s in src.splits()]
+    (2, [['a'], ['b', 'c']])
+    """
 
     def __init__(self, splits, description):
         if not splits:
@@ -208,6 +219,14 @@ def files(paths, *, split_size=None, format="text", errors="strict", tag=None):
     ``"ignore"`` are Python's). ``tag``, when given, makes every record a ``(tag, record)``
     pair (a join tells its two sides apart this way; see :func:`concat`). Cost: one
     ``stat`` per file; nothing is read until a split is.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with open(os.path.join(d, "long.txt"), "w") as f:
+    ...     _ = f.write("a line longer than a split\\nshort\\n")
+    >>> src = files(os.path.join(d, "*.txt"), split_size=10)
+    >>> [list(src.read(s)) for s in src.splits()]
+    [['a line longer than a split'], [], ['short'], []]
     """
     if format not in _FORMATS:
         raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
@@ -302,7 +321,17 @@ def as_source(obj, *, split_size=None, format="text", errors="strict"):
     """Turn what a user passed to ``run`` into a :class:`Source`.
 
     A Source passes through; a str or path (or a list of them) means files (``"-"`` means
-    standard input); an ndarray means row blocks; any other sequence means in-memory shards.
+    standard input); an ndarray means row blocks; any other list or tuple means in-memory
+    shards. Cost: that of the source built (one ``stat`` per file).
+
+    >>> as_source([[1, 2], [3]])
+    Source(2 in-memory shards, 2 splits)
+    >>> as_source(np.zeros((3, 2)))
+    Source(array of 3 rows, 1 splits)
+    >>> as_source({1, 2})
+    Traceback (most recent call last):
+    ...
+    TypeError: cannot read input from a set: pass file paths, a list of shards, ...
     """
     if isinstance(obj, Source):
         return obj
@@ -341,6 +370,15 @@ class TextShard:
 
     ``text()`` returns the split's whole lines as one string (a fast path for partials
     that tokenise, such as word count); ``bytes_read`` counts what was read from disk.
+    Cost: the split's bytes, read and decoded once, on first use; the lines are kept.
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.txt")
+    >>> with open(path, "wb") as f:
+    ...     _ = f.write(b"one two\\r\\nthree\\n")
+    >>> shard = read_split(files(path).splits()[0])
+    >>> list(shard), shard.text().split(), shard.bytes_read
+    (['one two', 'three'], ['one', 'two', 'three'], 15)
     """
 
     __slots__ = ("split", "_lines", "_text", "bytes_read")
@@ -372,7 +410,14 @@ class TextShard:
 
 
 class RecordList(list):
-    """A list of records that also says how many bytes were read from disk for it."""
+    """A list of records that also says how many bytes were read from disk for it.
+
+    Cost: a list's.
+
+    >>> r = RecordList(["a"]); r.bytes_read = 2
+    >>> r, r.bytes_read
+    (['a'], 2)
+    """
 
     bytes_read = 0
 
@@ -479,13 +524,22 @@ def _parse_csv(lines, path, split):
 def read_split(split):
     """Records of ``split``; what a worker calls with a descriptor it was sent.
 
-    With a ``tag`` on the split, each record comes as a ``(tag, record)`` pair.
+    With a ``tag`` on the split, each record comes as a ``(tag, record)`` pair. Cost: reading
+    the split (nothing for in-memory splits; text splits are read on first use).
+
+    >>> [read_split(s) for s in shards([["x"]]).splits()]
+    [['x']]
+    >>> import dataclasses
+    >>> read_split(dataclasses.replace(shards([["x", "y"]]).splits()[0], tag="left"))
+    [('left', 'x'), ('left', 'y')]
     """
     records = _read_untagged(split)
     if split.tag is None:
         return records
     tag = split.tag
-    return [(tag, r) for r in records]
+    tagged = RecordList((tag, r) for r in records)
+    tagged.bytes_read = getattr(records, "bytes_read", 0)
+    return tagged
 
 
 def _read_untagged(split):

@@ -379,5 +379,6 @@ def test_in_memory_shards_and_concat_with_tags(tmp_path):
     both = inputs.concat(left, right)
     assert [s.index for s in both.splits()] == [0, 1, 2]
     assert read_all(both) == [[1, 2], [3], [("right", "r1"), ("right", "r2")]]
+    assert both.read(both.splits()[2]).bytes_read == 6  # tagging keeps the bytes count
     with pytest.raises(TypeError, match="concat takes Sources, got list"):
         inputs.concat(left, [1])
