@@ -99,7 +99,11 @@ def test_json_output(capsys, corpus, tmp_path):
     doc = json.loads(target.read_text())
     assert set(doc) == {"algorithm", "params", "fingerprint", "value", "report"}
     assert doc["algorithm"] == "wordcount"
-    assert doc["params"] == {"lowercase": False, "top": 3}
+    # Every flag of the entry, display-only ones (dest "_top") under their flag's name.
+    assert doc["params"]["lowercase"] is False and doc["params"]["top"] == 3
+    assert not [k for k in doc["params"] if k.startswith("_")]
+    flags = mergeagg.algorithms.registry.get("wordcount").flags
+    assert set(doc["params"]) == {f.keyword.lstrip("_") for f in flags}
     assert doc["fingerprint"] == fingerprint_line(out)
     assert doc["value"] == dict(expected_counts())
     assert mergeagg.fingerprint(Counter(doc["value"])) == doc["fingerprint"]
