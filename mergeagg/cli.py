@@ -308,6 +308,19 @@ def main(argv=None):
 
     Errors in the input or the job print one line, ``mergeagg: error: ...``, and give a
     non-zero status (1 for input and job failures, 2 for a mistake on the command line).
+    Cost: that of the job run.
+
+    >>> import contextlib, io
+    >>> out = io.StringIO()
+    >>> with contextlib.redirect_stdout(out):
+    ...     status = main(["catalog"])
+    >>> status, "wordcount" in out.getvalue()
+    (0, True)
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     main(["run", "wordcount", "/no/such/file.txt", "--workers", "0"])
+    1
+    >>> err.getvalue().strip()
+    "mergeagg: error: no such file or directory: '/no/such/file.txt'"
     """
     from mergeagg.errors import MergeaggError
 
