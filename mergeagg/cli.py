@@ -276,15 +276,29 @@ def _cmd_run(name, argv, out):
 
 
 def _split_run_argv(argv):
-    """``(name, rest)`` of ``run ...`` tokens, or ``None`` when there is no entry name."""
-    probe = argparse.ArgumentParser(add_help=False)
-    probe.add_argument("name", nargs="?")
-    known, _ = probe.parse_known_args(argv)
-    if known.name is None or known.name.startswith("-"):
-        return None
-    rest = list(argv)
-    rest.remove(known.name)
-    return known.name, rest
+    """``(name, rest)`` of ``run ...`` tokens, or ``None`` when there is no entry name.
+
+    The name is the first token that is neither an option nor the value of one of the
+    common options, so ``run --workers 2 wordcount a.txt`` works as well.
+    """
+    from mergeagg.algorithms.registry import Entry
+
+    takes_value = set()
+    for action in _entry_parser(Entry(name="", summary="", factory=None))._actions:
+        if action.option_strings and action.nargs != 0:
+            takes_value.update(action.option_strings)
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            i += 1
+            break
+        if not token.startswith("-") or token == "-":
+            return token, argv[:i] + argv[i + 1:]
+        i += 2 if token in takes_value else 1
+    if i < len(argv):
+        return argv[i], argv[:i - 1] + argv[i + 1:]
+    return None
 
 
 def _error_text(exc):

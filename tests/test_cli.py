@@ -91,6 +91,14 @@ def test_summary_and_entry_flags_in_any_position(capsys, corpus):
     assert [line.split() for line in lines[2:]] == [["90", "the"], ["44", "fox"]]
 
 
+def test_common_options_may_come_before_the_name(capsys, corpus):
+    status, out, err = run_cli(capsys, "run", "--workers", "0", "--split-size=1K", "wordcount",
+                               *corpus, "--top", "1")
+    assert status == 0, err
+    assert fingerprint_line(out) == mergeagg.fingerprint(expected_counts())
+    assert len(out.splitlines()) == 3  # fingerprint, totals, the one top word
+
+
 def test_json_output(capsys, corpus, tmp_path):
     target = tmp_path / "out.json"
     status, out, _ = run_cli(capsys, "run", "wordcount", *corpus, "--workers", "0",
