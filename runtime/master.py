@@ -75,7 +75,9 @@ class TaskDef:
     "reduce" (merges one partition of every map output) or "merge" (a final small step).
 
     ``parents`` are the tasks that read this task's output; a task without parents is a
-    sink, whose output the caller fetches at the end.
+    sink, whose output the caller fetches at the end, as it does for a task marked
+    ``output`` (a reducer whose partition is part of the result but also feeds a final
+    merge).
     """
 
     id: str
@@ -84,6 +86,7 @@ class TaskDef:
     children: tuple = ()
     parents: tuple = ()
     index: int = 0
+    output: bool = False
 
     @property
     def parent(self):
@@ -285,6 +288,7 @@ class Policy:
         self.order = [t.id for t in tasks]
         self.root = tasks[-1].id
         self.sinks = [t.id for t in tasks if not t.parents]
+        self.outputs = [t.id for t in tasks if not t.parents or t.output]
         self.results = {}  # sink id -> (ref, fingerprint)
         self.ready = deque()
         for t in self.tasks.values():
@@ -417,10 +421,11 @@ class Policy:
         task.running.clear()
         if self.config.verify and task.d.kind == "map" and self._sampled(task.d.id):
             self.audits_wanted.append(task.d.id)
-        if not task.d.parents:
+        if not task.d.parents or task.d.output:
             self.results[task.d.id] = (ref, fingerprint)
             if task.d.id == self.root:
                 self.result = (ref, fingerprint)
+        if not task.d.parents:
             self._maybe_done()
             return
         for parent_id in task.d.parents:
@@ -552,7 +557,7 @@ class Policy:
             self.ready.appendleft(task.d.id)
 
     def _output_needed(self, task):
-        if not task.d.parents:
+        if not task.d.parents or task.d.output:
             return True  # a sink's output is needed until the caller has fetched it
         return any(self.tasks[p].state is not TaskState.COMPLETED for p in task.d.parents)
 
@@ -563,7 +568,7 @@ class Policy:
         task.ref_worker = None
         task.backup_launched = False
         self._stage_done[task.d.kind] -= 1
-        if not task.d.parents:
+        if not task.d.parents or task.d.output:
             self.results.pop(task.d.id, None)
             if task.d.id == self.root:
                 self.result = None
@@ -614,7 +619,7 @@ class Policy:
                     changed = True
 
     def _maybe_done(self):
-        if (len(self.results) == len(self.sinks) and not self.audits_wanted
+        if (len(self.results) == len(self.outputs) and not self.audits_wanted
                 and self.audits_running == 0
                 and self.error is None):
             self.done = True
