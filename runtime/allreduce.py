@@ -21,6 +21,10 @@ counts. Data moves between the processes themselves, over pipes, never through t
   ``((x_c op x_{c+1}) op x_{c+2}) ... op x_{c-1}`` (indices mod ``p``):
   :func:`ring_reference` computes it in one process, bitwise. For integer sums and max this
   equals every other order; for float sums it differs from the tree's in the last bits.
+  Transport (``transport=``): ``"shm"`` (default) — each ring edge has a two-slot
+  shared-memory mailbox (a file in ``/dev/shm`` that the master removes); the sender copies
+  its chunk in and sends a 16-byte token down a pipe, the receiver combines straight from
+  the slot and acks; ``"pipe"`` — the chunk itself travels through the pipe.
 * ``algorithm="keyed"`` — mapping accumulators (a dict, a ``Counter``, a ``KeyedTable``).
   Reduce-scatter by a stable key hash (:func:`partition_of`: the key's canonical
   fingerprint, never Python's ``hash()``): process ``r`` sends the keys of partition ``j``
@@ -53,12 +57,15 @@ from __future__ import annotations
 import copy
 import errno
 import fcntl
+import mmap
 import multiprocessing as mp
 import os
 import pickle
 import selectors
+import shutil
 import signal
 import struct
+import tempfile
 import time
 import traceback
 from collections.abc import Mapping
@@ -93,7 +100,8 @@ DEFAULT_FAN_IN = 8  # runtime.api's default, so the tree matches mergeagg.run's
 _HEADER = struct.Struct("<IIQ")  # tag, step, payload bytes
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_TAGS = {"hello": 1, "reduce-scatter": 2, "all-gather": 3, "reduce": 4, "broadcast": 5}
+_TAGS = {"hello": 1, "reduce-scatter": 2, "all-gather": 3, "reduce": 4, "broadcast": 5,
+         "ack": 6}
 
 
 # -- array views ---------------------------------------------------------------------------
@@ -306,6 +314,7 @@ def _textbook(algorithm, p, fan_in, nbytes):
 
 class _PeerLost(Exception):
     def __init__(self, peer, phase, step, how):
+        peer = peer[0] if isinstance(peer, tuple) else peer  # (peer, "ack"): its ack pipe
         super().__init__(f"process {peer} {how} ({phase} step {step})")
         self.peer, self.phase, self.step, self.how = peer, phase, step, how
 
@@ -317,8 +326,10 @@ class _Abort(Exception):
 class _Links:
     """One process's pipe ends: ``out[peer]`` write fds, ``inp[peer]`` read fds."""
 
-    def __init__(self, rank, out, inp, ctl_fd, deadline):
+    def __init__(self, rank, out, inp, ctl_fd, deadline, shm_dir=None):
         self.rank = rank
+        self.shm_dir = shm_dir
+        self._boxes = {}
         self.out = out
         self.inp = inp
         self.ctl_fd = ctl_fd
@@ -327,6 +338,27 @@ class _Links:
         self.received = 0
         for fd in list(out.values()) + list(inp.values()):
             os.set_blocking(fd, False)
+
+    def mailbox(self, which, owner, dtype, count):
+        """Two slots of ``count`` elements in the shared-memory file of ``owner``'s outbox
+        (created by its owner, opened by its reader); cached for repetitions."""
+        key = (which, owner, np.dtype(dtype).str, count)
+        if key not in self._boxes:
+            itemsize = np.dtype(dtype).itemsize
+            slot = max(64, -(-count * itemsize // 64) * 64)
+            path = os.path.join(self.shm_dir, f"ring-{owner}-{count}-{np.dtype(dtype).str}")
+            if which == "out":
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                os.ftruncate(fd, 2 * slot)
+            else:
+                fd = os.open(path, os.O_RDWR)
+            try:
+                mm = mmap.mmap(fd, 2 * slot)
+            finally:
+                os.close(fd)
+            self._boxes[key] = [np.frombuffer(mm, dtype=dtype, count=count, offset=i * slot)
+                                for i in (0, 1)]
+        return self._boxes[key]
 
     def exchange(self, sends, recvs, phase, step, meta=False):
         """Write every message of ``sends`` (``{peer: [buffers]}``) while reading one framed
@@ -438,7 +470,7 @@ def _maybe_die(die, rank, phase, step):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _ring(links, acc, view, p, die):
+def _ring(links, acc, view, p, die, transport):
     rank = links.rank
     arr = view.to_array(acc)
     if not (isinstance(arr, np.ndarray) and arr.ndim == 1 and arr.flags.c_contiguous):
@@ -448,27 +480,77 @@ def _ring(links, acc, view, p, die):
     if p > 1:
         right, left = (rank + 1) % p, (rank - 1) % p
         sig = f"{view.signature(acc)} | {arr.dtype.str} x {arr.shape[0]}".encode()
+        bounds = chunk_bounds(arr.shape[0], p)
+        chunks = [arr[bounds[c]:bounds[c + 1]] for c in range(p)]
+        most = max(c.shape[0] for c in chunks)
+        if transport == "shm":
+            outbox = links.mailbox("out", rank, arr.dtype, most)
         got = links.exchange({right: [sig]}, {left: None}, "hello", 0)[left]
         if bytes(got) != sig:
             raise JobFailed(f"ring all-reduce: process {rank} holds {sig.decode()!r} but "
                             f"process {left} holds {bytes(got).decode()!r}; every process "
                             "needs an accumulator of the same shape, dtype and parameters")
-        bounds = chunk_bounds(arr.shape[0], p)
-        chunks = [arr[bounds[c]:bounds[c + 1]] for c in range(p)]
-        scratch = np.empty(max(c.shape[0] for c in chunks), dtype=arr.dtype)
-        for s in range(p - 1):
-            _maybe_die(die, rank, "reduce-scatter", s)
-            out_c, in_c = (rank - s) % p, (rank - s - 1) % p
-            buf = scratch[:chunks[in_c].shape[0]]
-            links.exchange({right: [chunks[out_c]]}, {left: memoryview(buf).cast("B")},
-                           "reduce-scatter", s)
-            view.ufunc(buf, chunks[in_c], out=chunks[in_c])  # received (earlier ranks) first
-        for s in range(p - 1):
-            _maybe_die(die, rank, "all-gather", s)
-            out_c, in_c = (rank + 1 - s) % p, (rank - s) % p
-            links.exchange({right: [chunks[out_c]]},
-                           {left: memoryview(chunks[in_c]).cast("B")}, "all-gather", s)
+        if transport == "shm":
+            _ring_shm(links, chunks, view.ufunc, p, die, outbox,
+                      links.mailbox("in", left, arr.dtype, most))
+        else:
+            _ring_pipe(links, chunks, view.ufunc, p, die, most)
     return view.from_array(acc, arr)
+
+
+def _ring_pipe(links, chunks, ufunc, p, die, most):
+    """Chunks travel inside the pipe: written by the sender, read into a scratch buffer."""
+    rank = links.rank
+    right, left = (rank + 1) % p, (rank - 1) % p
+    scratch = np.empty(most, dtype=chunks[0].dtype)
+    for s in range(p - 1):
+        _maybe_die(die, rank, "reduce-scatter", s)
+        out_c, in_c = (rank - s) % p, (rank - s - 1) % p
+        buf = scratch[:chunks[in_c].shape[0]]
+        links.exchange({right: [chunks[out_c]]}, {left: memoryview(buf).cast("B")},
+                       "reduce-scatter", s)
+        ufunc(buf, chunks[in_c], out=chunks[in_c])  # received (earlier ranks) first
+    for s in range(p - 1):
+        _maybe_die(die, rank, "all-gather", s)
+        out_c, in_c = (rank + 1 - s) % p, (rank - s) % p
+        links.exchange({right: [chunks[out_c]]},
+                       {left: memoryview(chunks[in_c]).cast("B")}, "all-gather", s)
+
+
+def _ring_shm(links, chunks, ufunc, p, die, outbox, inbox):
+    """Chunks travel through a two-slot shared-memory mailbox per ring edge.
+
+    The sender copies its chunk into slot ``k % 2`` of its outbox and sends a 16-byte token
+    down the pipe; the receiver combines (or copies) straight from that slot and sends an
+    ack back, which the sender awaits before it reuses the slot two steps later.
+    """
+    rank = links.rank
+    right, left = (rank + 1) % p, (rank - 1) % p
+    ack_out, ack_in = (left, "ack"), (right, "ack")
+    steps = 2 * (p - 1)
+    for k in range(steps):
+        rs = k < p - 1
+        s = k if rs else k - (p - 1)
+        phase = "reduce-scatter" if rs else "all-gather"
+        _maybe_die(die, rank, phase, s)
+        out_c = (rank - s) % p if rs else (rank + 1 - s) % p
+        in_c = (rank - s - 1) % p if rs else (rank - s) % p
+        if k >= 2:
+            links.exchange({}, {ack_in: None}, "ack", k - 2)
+        slot = outbox[k % 2]
+        n_out = chunks[out_c].shape[0]
+        np.copyto(slot[:n_out], chunks[out_c])
+        links.exchange({right: [b""]}, {left: None}, phase, s)
+        got = inbox[k % 2][:chunks[in_c].shape[0]]
+        if rs:
+            ufunc(got, chunks[in_c], out=chunks[in_c])  # received (earlier ranks) first
+        else:
+            np.copyto(chunks[in_c], got)
+        links.exchange({ack_out: [b""]}, {}, "ack", k)
+        links.sent += chunks[out_c].nbytes
+        links.received += got.nbytes
+    for k in range(max(0, steps - 2), steps):  # the last acks: the slots are free again
+        links.exchange({}, {ack_in: None}, "ack", k)
 
 
 def _dumps_frames(value):
@@ -572,7 +654,8 @@ def _member(rank, p, algorithm, blob, ctl, outs, inps, opts):
             return
         deadline = time.monotonic() + opts["timeout"]
         links = _Links(rank, {q: c.fileno() for q, c in outs.items()},
-                       {q: c.fileno() for q, c in inps.items()}, ctl.fileno(), deadline)
+                       {q: c.fileno() for q, c in inps.items()}, ctl.fileno(), deadline,
+                       opts["shm_dir"])
         seconds, sent, received = [], [], []
         repeat = opts["repeat"]
         for i in range(repeat):
@@ -580,7 +663,7 @@ def _member(rank, p, algorithm, blob, ctl, outs, inps, opts):
             links.sent = links.received = 0
             t0 = time.perf_counter()
             if algorithm == "ring":
-                value = _ring(links, acc, view, p, opts["die"])
+                value = _ring(links, acc, view, p, opts["die"], opts["transport"])
             elif algorithm == "tree":
                 value = _tree(links, acc, aggregator.combine, p, opts["fan_in"], opts["die"])
             else:
@@ -625,21 +708,27 @@ def _pipe(ctx):
     return r, w
 
 
-def _plan_links(algorithm, p, fan_in):
+def _plan_links(algorithm, p, fan_in, transport):
+    """``(sender, receiver, key)`` of every pipe: the receiver reads it as ``key``-from-
+    sender, the sender writes it as ``key``-to-receiver (``key`` None: the data pipe)."""
     if p == 1:
         return []
     if algorithm == "ring":
-        return [(r, (r + 1) % p) for r in range(p)]
+        links = [(r, (r + 1) % p, None) for r in range(p)]
+        if transport == "shm":
+            links += [((r + 1) % p, r, "ack") for r in range(p)]
+        return links
     if algorithm == "tree":
         pairs = []
         for child, parent, _level in tree_edges(p, fan_in):
-            pairs += [(child, parent), (parent, child)]
+            pairs += [(child, parent, None), (parent, child, None)]
         return pairs
-    return [(a, b) for a in range(p) for b in range(p) if a != b]
+    return [(a, b, None) for a in range(p) for b in range(p) if a != b]
 
 
 def allreduce(aggregator, shards, *, algorithm="tree", view=None, fan_in=DEFAULT_FAN_IN,
-              timeout=120.0, repeat=1, return_value=True, start_method=None, _die=None):
+              transport="shm", timeout=120.0, repeat=1, return_value=True, start_method=None,
+              _die=None):
     """Start one process per shard; each computes ``aggregator.partial(shard)``; all-reduce.
 
     Returns an :class:`AllReduceResult` once every process holds the combined value (all
@@ -648,6 +737,7 @@ def allreduce(aggregator, shards, *, algorithm="tree", view=None, fan_in=DEFAULT
     ``view``, default :data:`SUM`) or ``"keyed"`` (mapping accumulators). ``repeat`` runs
     the collective that many times on copies of the partials (for timing); ``timeout``
     bounds the whole collective. Shards and the aggregator are cloudpickled to each process.
+    ``transport`` (ring only): ``"shm"`` mailboxes or ``"pipe"`` (see the module's notes).
 
     Cost: starting ``p`` processes (milliseconds each under forkserver), one ``partial``
     each, then per process: ring ``2 (p - 1) / p * N`` bytes each way in ``2 (p - 1)``
@@ -687,17 +777,25 @@ def allreduce(aggregator, shards, *, algorithm="tree", view=None, fan_in=DEFAULT
     ctx = mp.get_context(method)
     if method == "forkserver":  # processes fork from a server that has imported us already
         ctx.set_forkserver_preload(["mergeagg.runtime.worker", "mergeagg.runtime.allreduce"])
+    if transport not in ("shm", "pipe"):
+        raise ValueError(f"transport must be 'shm' or 'pipe', got {transport!r}")
+    shm_dir = None
+    if algorithm == "ring" and transport == "shm" and p > 1:
+        shm_dir = tempfile.mkdtemp(prefix="mergeagg-allreduce-",
+                                   dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     opts = {"timeout": float(timeout), "repeat": repeat, "die": _die, "fan_in": fan_in,
-            "return_value": return_value}
+            "return_value": return_value, "transport": transport, "shm_dir": shm_dir}
     procs, ctls = [], []
     try:
         ends = {}
-        for a, b in _plan_links(algorithm, p, fan_in):
-            ends[a, b] = _pipe(ctx)  # (read end for b, write end for a)
+        for a, b, kind in _plan_links(algorithm, p, fan_in, transport):
+            ends[a, b, kind] = _pipe(ctx)  # (read end for b, write end for a)
         for rank in range(p):
             parent, child = ctx.Pipe(duplex=True)
-            outs = {b: e[1] for (a, b), e in ends.items() if a == rank}
-            inps = {a: e[0] for (a, b), e in ends.items() if b == rank}
+            outs = {b if k is None else (b, k): e[1] for (a, b, k), e in ends.items()
+                    if a == rank}
+            inps = {a if k is None else (a, k): e[0] for (a, b, k), e in ends.items()
+                    if b == rank}
             blob = cloudpickle.dumps((aggregator, view, shards[rank]), protocol=5)
             proc = ctx.Process(target=_member, name=f"mergeagg-allreduce-{rank}",
                                args=(rank, p, algorithm, blob, child, outs, inps, opts),
@@ -712,6 +810,8 @@ def allreduce(aggregator, shards, *, algorithm="tree", view=None, fan_in=DEFAULT
         return _drive(algorithm, p, fan_in, procs, ctls, opts)
     finally:
         _reap(procs, ctls)
+        if shm_dir is not None:
+            shutil.rmtree(shm_dir, ignore_errors=True)
 
 
 def _drive(algorithm, p, fan_in, procs, ctls, opts):

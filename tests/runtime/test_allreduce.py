@@ -9,7 +9,9 @@ five terms of standard normals). Integer sums (count-min) and max (HyperLogLog) 
 everywhere.
 """
 
+import os
 import sys
+import tempfile
 import time
 from collections import Counter
 
@@ -87,6 +89,22 @@ KINDS = {
 }
 
 
+@pytest.fixture
+def shm_dirs(monkeypatch):
+    """The directories of shared-memory mailboxes the master creates during a test."""
+    made = []
+    real = tempfile.mkdtemp
+
+    def recording(*args, **kwargs):
+        path = real(*args, **kwargs)
+        if os.path.basename(path).startswith("mergeagg-allreduce-"):
+            made.append(path)
+        return path
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording)
+    return made
+
+
 def assert_gone(pids, within=5.0):
     deadline = time.monotonic() + within
     alive = set(pids)
@@ -98,8 +116,9 @@ def assert_gone(pids, within=5.0):
     assert not alive, f"all-reduce processes left behind: {sorted(alive)}"
 
 
-def check_ring_bytes(result, n_elems, itemsize):
-    """Exact payload bytes per process; framing (16 B a message, the hello) on top."""
+def check_ring_bytes(result, n_elems, itemsize, transport="shm"):
+    """Exact payload bytes per process; framing (16 B a message, the hello) on top, and
+    with shared memory a 16-byte ack per step back to the left neighbour."""
     p = result.processes
     if p == 1:
         assert result.bytes_sent == [0] and result.bytes_received == [0]
@@ -109,7 +128,8 @@ def check_ring_bytes(result, n_elems, itemsize):
     for r in range(p):
         payload = sum(size[(r - s) % p] + size[(r + 1 - s) % p] for s in range(p - 1))
         framing = result.bytes_sent[r] - payload
-        assert 16 * (2 * p - 1) < framing < 16 * (2 * p - 1) + 200, (r, framing)
+        least = 16 * (2 * p - 1) + (32 * (p - 1) if transport == "shm" else 0)
+        assert least < framing < least + 200, (r, framing)
         assert abs(payload - result.textbook[r]) <= 2 * (p - 1) * itemsize
         assert result.bytes_received[r] == result.bytes_sent[(r - 1) % p]
 
@@ -119,7 +139,7 @@ def check_ring_bytes(result, n_elems, itemsize):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("p", [1, 2, 3, 4, 5])
-def test_ring_matches_fold(p, kind):
+def test_ring_matches_fold(p, kind, shm_dirs):
     make, view = KINDS[kind]
     agg = make(p)
     parts = [agg.partial(s) for s in range(p)]
@@ -128,6 +148,7 @@ def test_ring_matches_fold(p, kind):
         assert p == 1 or flat[0].shape[0] % p, "the size must not divide evenly"
     r = allreduce(agg, range(p), algorithm="ring", view=view)
     assert r.fingerprint == ma.fingerprint(r.value)
+    assert len(shm_dirs) == (p > 1) and not any(os.path.exists(d) for d in shm_dirs)
     folded = fold_fixed([agg.partial(s) for s in range(p)], agg.combine, 8)
     if kind == "floats":
         assert np.array_equal(r.value, ring_reference(flat))  # bitwise, the ring's order
@@ -135,6 +156,15 @@ def test_ring_matches_fold(p, kind):
     else:
         assert r.fingerprint == ma.fingerprint(folded)  # integer sum / max: bitwise
     check_ring_bytes(r, flat[0].shape[0], flat[0].itemsize)
+
+
+@pytest.mark.parametrize("p", [2, 3, 5])
+def test_ring_through_pipes(p):
+    agg = float_agg(301)  # 301 = 7 * 43: not divisible by 2, 3 or 5
+    flat = [agg.partial(s) for s in range(p)]
+    r = allreduce(agg, range(p), algorithm="ring", transport="pipe")
+    assert np.array_equal(r.value, ring_reference(flat))
+    check_ring_bytes(r, 301, 8, transport="pipe")
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -204,7 +234,7 @@ def test_partition_of_is_stable_and_typed():
     ("tree", (2, "reduce", 1)),
     ("keyed", (3, "all-gather", 0)),
 ])
-def test_a_dying_process_is_named_and_nothing_is_left(algorithm, die):
+def test_a_dying_process_is_named_and_nothing_is_left(algorithm, die, shm_dirs):
     agg = ma.Aggregator(lambda s: np.full(11, float(s)), lambda a, b: a + b)
     if algorithm == "keyed":
         agg = ma.Aggregator(lambda s: {s: 1.0, "all": 1.0}, lambda a, b: {**a, **b})
@@ -216,6 +246,8 @@ def test_a_dying_process_is_named_and_nothing_is_left(algorithm, die):
     assert f"process {rank} (pid {err.pids[rank]}) was killed by signal 9" in str(err)
     assert "have been stopped" in str(err)
     assert_gone(err.pids)
+    assert len(shm_dirs) == (algorithm == "ring")
+    assert not any(os.path.exists(d) for d in shm_dirs), "a shared-memory mailbox was left"
 
 
 def test_user_code_raising_is_named():
