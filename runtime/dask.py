@@ -561,7 +561,7 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
                 events = ex.membership(force=True)
             for ev in events:
                 _dispatch(policy, ev, clock())
-            slots = len(ex.slots())
+            slots, n_workers = len(ex.slots()), len(ex.known)
             t_started = clock()
             phases["connect"] = t_started - t_start
             map_done_at = None
@@ -595,7 +595,6 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
             phases["map"] = (map_done_at if map_done_at is not None else t_root) - t_started
             phases["combine"] = t_root - (map_done_at if map_done_at is not None else t_root)
             phases["finalize"] = t_end - t_root
-            n_workers = len(ex.known)
     finally:
         if owned:
             client.close()

@@ -1,9 +1,12 @@
 """Fixtures of the runtime tests: one Dask LocalCluster for the whole test session.
 
-The cluster (2 worker processes of 1 thread each, on loopback, no dashboard) starts the first
-time a test asks for ``dask_client`` and stops at the end of the session, so the Dask tests
-pay its few seconds of start-up once. Tests that kill a worker leave the nanny to restart it;
-``dask_client`` waits until both workers are back before handing the client to the next test.
+The cluster (2 worker processes of 1 thread each, on loopback) starts the first time a test
+asks for ``dask_client`` and stops at the end of the session, so the Dask tests pay its few
+seconds of start-up once. Its HTTP server takes a random loopback port: with
+``dashboard_address=None`` the scheduler still tries port 8787 and warns (an error under
+our warning filters) when another cluster on the machine holds it. Tests that kill a worker
+leave the nanny to restart it; ``dask_client`` waits until both workers are back before
+handing the client to the next test.
 Without dask installed, the tests that ask for it are skipped.
 """
 
@@ -14,7 +17,7 @@ import pytest
 def dask_cluster():
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None)
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
     client = distributed.Client(cluster, set_as_default=False)
     try:
         yield cluster, client

@@ -1,0 +1,120 @@
+"""Word count of the Zipf corpus on a 2-worker Dask LocalCluster: mergeagg against dask.bag.
+
+Measured in the same run, on the same corpus (benchmarks/workloads.py) and the same
+LocalCluster (2 worker processes x 1 thread, loopback):
+
+* ``sequential``: ``Counter.update(line.split())`` over the lines in one process, the
+  reference (shared/BENCHMARKS.md: 4.7 s for 200 MB here);
+* ``dask.bag``: ``read_text(path, blocksize=split).str.split().flatten().frequencies()``
+  computed on the cluster (about 0.34x the sequential loop here);
+* ``mergeagg dask``: ``wordcount()`` run on the cluster through mergeagg's Dask backend;
+* ``mergeagg local``: the same aggregator on mergeagg's own 2 worker processes.
+
+Every answer must have the sequential loop's fingerprint. The figure of issue 9 is
+``mergeagg dask / dask.bag`` in speed (medians): the target is at least 3x.
+
+    python benchmarks/bench_dask.py --size 200M --repeat 3   # the reference figure
+    python benchmarks/bench_dask.py --smoke                  # what CI runs: ~2 MB
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_wordcount import sequential_counter  # noqa: E402
+from workloads import SMOKE_CORPUS_BYTES, parse_size, zipf_corpus  # noqa: E402
+
+import mergeagg  # noqa: E402
+from mergeagg.inputs import as_source  # noqa: E402
+from mergeagg.runtime.master import PolicyConfig  # noqa: E402
+
+
+def mergeagg_on_dask(client, path, split_size):
+    """``mergeagg.run(wordcount(), path, backend=client)``, or run_dask itself until
+    api.py routes Dask clients there. Returns the answer's fingerprint."""
+    agg = mergeagg.algorithms.wordcount()
+    try:
+        return mergeagg.run(agg, path, backend=client, split_size=split_size).fingerprint
+    except ValueError as exc:
+        if "unknown backend" not in str(exc):
+            raise
+    from mergeagg.runtime.dask import run_dask
+
+    value, _report = run_dask(agg, as_source(path, split_size=split_size), client=client,
+                              fan_in=8, config=PolicyConfig(), progress=False)
+    return mergeagg.fingerprint(value)
+
+
+def dask_bag(client, path, split_size):
+    import dask.bag as db
+
+    bag = db.read_text(path, blocksize=parse_size(split_size))
+    pairs = bag.str.split().flatten().frequencies().compute(scheduler=client)
+    return mergeagg.fingerprint(Counter(dict(pairs)))
+
+
+def mergeagg_local(path, split_size, workers):
+    agg = mergeagg.algorithms.wordcount()
+    return mergeagg.run(agg, path, workers=workers, split_size=split_size).fingerprint
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="200M", help="corpus size, e.g. 2M or 200M")
+    parser.add_argument("--split-size", default="16M", help="bytes per split (default 16M)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each (default 3)")
+    parser.add_argument("--smoke", action="store_true", help="~2 MB, 2 repetitions, for CI")
+    args = parser.parse_args(argv)
+    size = SMOKE_CORPUS_BYTES if args.smoke else parse_size(args.size)
+    repeat = 2 if args.smoke else args.repeat
+    split_size = "256K" if args.smoke else args.split_size
+
+    from distributed import Client, LocalCluster
+
+    path = zipf_corpus(size)
+    mb = os.path.getsize(path) / 1e6
+    print(f"word count on Dask: {mb:.1f} MB Zipf corpus ({path}), LocalCluster of 2 worker "
+          f"processes x 1 thread, split size {split_size}, {repeat} repetitions")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        contenders = {
+            "sequential": lambda: mergeagg.fingerprint(sequential_counter(path)),
+            "dask.bag": lambda: dask_bag(client, path, split_size),
+            "mergeagg dask": lambda: mergeagg_on_dask(client, path, split_size),
+            "mergeagg local": lambda: mergeagg_local(path, split_size, 2),
+        }
+        times = {name: [] for name in contenders}
+        prints = {}
+        for _ in range(repeat):
+            for name, run in contenders.items():
+                start = time.perf_counter()
+                prints.setdefault(name, set()).add(run())
+                times[name].append(time.perf_counter() - start)
+    reference = prints["sequential"]
+    wrong = [name for name, fps in prints.items() if fps != reference]
+    if wrong:
+        print(f"ERROR: {', '.join(wrong)} disagree with the sequential loop", file=sys.stderr)
+        return 1
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    base = medians["sequential"]
+    for name, ts in times.items():
+        print(f"{name:<16} median {medians[name]:8.3f}s  min {min(ts):8.3f}s  "
+              f"{mb / medians[name]:7.1f} MB/s  {base / medians[name]:5.2f}x sequential")
+    ratio = medians["dask.bag"] / medians["mergeagg dask"]
+    verdict = "met" if ratio >= 3.0 else "NOT met"
+    print(f"mergeagg dask / dask.bag (speed, medians): {ratio:.2f}x "
+          f"(target >= 3x: {verdict}); mergeagg dask / mergeagg local: "
+          f"{medians['mergeagg local'] / medians['mergeagg dask']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
