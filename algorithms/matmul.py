@@ -165,6 +165,15 @@ class BlockSum:
                              f"block {self.folded} of {self.n_k}")
         return self.total
 
+    def _check(self):
+        """Assert every invariant (the tests call it after each mutation)."""
+        assert 0 <= self.folded <= self.n_k, "folded count out of range"
+        assert (self.total is None) == (self.folded == 0), "total and folded disagree"
+        assert all(self.folded < k < self.n_k for k in self.pending), "a stray pending K"
+        tile = (self.rows[1] - self.rows[0], self.cols[1] - self.cols[0])
+        for arr in ([self.total] if self.total is not None else []) + list(self.pending.values()):
+            assert arr.shape == tile, f"an array of shape {arr.shape} in a {tile} tile"
+
     def _state(self):
         return (self.n_k, self.rows, self.cols, self.shape, self.folded, self.total,
                 self.pending)

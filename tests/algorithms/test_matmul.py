@@ -65,6 +65,8 @@ def test_merge_order_never_changes_the_k_sum_order(prob, rnd):
     acc = parts[0]
     for part in parts[1:]:
         acc = agg.combine(acc, part)
+        for tile in acc.values():
+            tile._check()
     assert agg.finalize(acc).tobytes() == blocked_reference(a, b, block).tobytes()
 
 
