@@ -58,6 +58,16 @@ def to_jsonable(value):
     return repr(value)
 
 
+def _share(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a share: {text!r} (a number in (0, 1])") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a share must be in (0, 1], got {text}")
+    return value
+
+
 def _add_common(p):
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: one per CPU; 0: serial, in process)")
@@ -96,6 +106,10 @@ def _add_common(p):
                     help="bytes a task may hold before it spills (K/M/G suffixes)")
     kj.add_argument("--output", default=None, metavar="DIR",
                     help="write a keyed job's result as part files in DIR (new or empty)")
+    kj.add_argument("--salt", nargs="?", const=True, default=None, type=_share,
+                    metavar="SHARE",
+                    help="spread hot keys over several partitions (a key is hot in a map "
+                         "task holding at least SHARE of its records; default 1/R)")
 
 
 def build_parser(entries=None):
@@ -158,7 +172,7 @@ def _entry_parser(entry):
 
 _COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "errors", "format", "faults",
            "backups", "verify", "max_attempts", "task_timeout", "heartbeat_timeout",
-           "progress", "partitions", "combiner", "memory_limit", "output")
+           "progress", "partitions", "combiner", "memory_limit", "output", "salt")
 
 
 class _Usage(Exception):
@@ -240,7 +254,7 @@ def _cmd_run(name, argv, out):
                    task_timeout=args.task_timeout, heartbeat_timeout=args.heartbeat_timeout,
                    progress=args.progress)
     keyed_options = dict(partitions=args.partitions, combiner=args.combiner,
-                         memory_limit=args.memory_limit, output=args.output)
+                         memory_limit=args.memory_limit, output=args.output, salt=args.salt)
     if isinstance(job, KeyedJob):
         options.update(keyed_options)
     else:

@@ -40,7 +40,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         backup_after=0.75, backup_factor=1.5, verify=0.0, faults=None,
         heartbeat_interval=0.2, heartbeat_timeout=5.0, task_timeout=None, progress=None,
         start_method=None, session=None, partitions=None, combiner=None, memory_limit=None,
-        output=None):
+        output=None, salt=None):
     """Run ``job`` (an :class:`~mergeagg.Aggregator` or a :class:`~mergeagg.KeyedJob`) over
     ``source`` and return a :class:`Result`.
 
@@ -58,7 +58,9 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     Keyed jobs also take ``partitions`` (R, default 8), ``combiner`` (map-side combine,
     default on), ``memory_limit`` (bytes a map or reduce task may hold before it spills or
     merges externally; ``K``/``M``/``G`` strings allowed) and ``output`` (a directory for
-    committed part files instead of an in-memory dict); see ``docs/shuffle.md``.
+    committed part files instead of an in-memory dict) and ``salt`` (spread hot keys over
+    several partitions: ``True``, or the share of a map task's records that makes a key
+    hot there, default ``1 / partitions``); see ``docs/shuffle.md``.
 
     Cost: one ``partial`` per split, ``n - 1`` combines, one ``finalize`` and one
     fingerprint of the value; on workers, also one fingerprint and one pickle per task
@@ -80,7 +82,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
                         "pass a mergeagg.KeyedJob)")
     if not keyed:
         for name, val in (("partitions", partitions), ("combiner", combiner),
-                          ("memory_limit", memory_limit), ("output", output)):
+                          ("memory_limit", memory_limit), ("output", output), ("salt", salt)):
             if val is not None:
                 raise TypeError(f"{name}= applies to keyed jobs (mergeagg.KeyedJob), not to "
                                 "an Aggregator")
@@ -101,7 +103,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         raise ValueError("faults are injected into worker processes; workers=0 has none")
     start = time.perf_counter()
     if keyed:
-        spec = _keyed_spec(job, partitions, combiner, memory_limit, output)
+        spec = _keyed_spec(job, partitions, combiner, memory_limit, output, salt)
         if n > 0:
             from mergeagg.runtime.local import run_keyed_local
 
@@ -136,7 +138,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     return Result(value, fp, report)
 
 
-def _keyed_spec(job, partitions, combiner, memory_limit, output):
+def _keyed_spec(job, partitions, combiner, memory_limit, output, salt=None):
     from mergeagg.inputs import parse_size
     from mergeagg.runtime.shuffle import KeyedSpec
 
@@ -151,7 +153,15 @@ def _keyed_spec(job, partitions, combiner, memory_limit, output):
             raise ValueError(f"output directory {out!r} exists and is not empty; give a new "
                              "or empty directory (part files are never overwritten)")
         os.makedirs(out, exist_ok=True)
-    return KeyedSpec(job, R, True if combiner is None else bool(combiner), limit, out)
+    if salt is None or salt is False:
+        share = None
+    elif salt is True:
+        share = 1.0 / R
+    elif isinstance(salt, (int, float)) and 0 < salt <= 1:
+        share = float(salt)
+    else:
+        raise ValueError(f"salt must be True, False or a share in (0, 1], got {salt!r}")
+    return KeyedSpec(job, R, True if combiner is None else bool(combiner), limit, out, share)
 
 
 def _commit_output(directory, value, fp):

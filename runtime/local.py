@@ -479,16 +479,18 @@ def run_keyed_local(spec, source, *, workers, config, faults=None, progress=None
     writes to ``spec.output``; the fingerprint is composed from the reducers' digests.
     """
     R = spec.partitions
-    policy = Policy(keyed_tasks(source.splits(), R), config)
+    salt = spec.salt is not None
+    policy = Policy(keyed_tasks(source.splits(), R, salt), config)
+    sinks = [f"reduce-{r}" for r in range(R)] + (["merge-salted"] if salt else [])
 
     def fetch(policy, ex):
-        refs = [policy.results[f"reduce-{r}"][0] for r in range(R)]
+        refs = [policy.results[t][0] for t in sinks]
         if spec.output is not None:
             return KeyedOutput(spec.output, [(ref.path, ref.entries) for ref in refs])
         value = {}
         for ref in refs:
-            keys, values = ex.fetch(ref)
-            value.update(zip(keys, values))
+            out = ex.fetch(ref)
+            value.update(zip(out[0], out[1]))
         return value
 
     value, phases = drive(policy, spec, fetch, workers=workers, faults=faults,
@@ -508,11 +510,14 @@ def keyed_fingerprint(policy, partitions, report):
         for k, v in stats.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seconds":
                 totals[k] = totals.get(k, 0) + v
+    if "merge-salted" in policy.tasks:
+        digest.merge(MappingDigest(*policy.tasks["merge-salted"].stats["digest"]))
     for r in range(partitions):
         task = policy.tasks[f"reduce-{r}"]
         digest.merge(MappingDigest(*task.stats["digest"]))
         report.reducers.append({"partition": r, "records_in": task.stats["reduce_records_in"],
                                 "records_out": task.stats["reduce_records_out"],
+                                "bytes_in": task.stats["shuffle_bytes_read"],
                                 "seconds": task.stats.get("seconds", 0.0)})
     report.counters.update(totals)
     return digest.fingerprint()

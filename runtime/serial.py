@@ -76,7 +76,7 @@ def run_keyed_serial(spec, source, *, clock=time.perf_counter):
     import tempfile
 
     from mergeagg.fingerprint import MappingDigest
-    from mergeagg.runtime.shuffle import KeyedOutput, run_map, run_reduce
+    from mergeagg.runtime.shuffle import KeyedOutput, run_map, run_merge, run_reduce, side_of
 
     report = Report(mode="serial", workers=0, fan_in=0)
     t0 = clock()
@@ -84,6 +84,7 @@ def run_keyed_serial(spec, source, *, clock=time.perf_counter):
     digest = MappingDigest()
     value = {}
     parts = []
+    sides = []
     try:
         outputs = []
         for split in source.splits():
@@ -119,18 +120,30 @@ def run_keyed_serial(spec, source, *, clock=time.perf_counter):
                     attempts=1, traceback=traceback.format_exc(),
                 ) from exc
             digest.merge(MappingDigest(*state))
+            if spec.salt is not None:
+                sides.append(side_of(out) if spec.output is None else (out.side or ([], [])))
             seconds = clock() - started
             report.tasks.append(TaskRecord(f"reduce-{r}", "reduce", None, attempts=1,
                                            seconds=seconds))
             report.reducers.append({"partition": r, "records_in": stats["reduce_records_in"],
                                     "records_out": stats["reduce_records_out"],
+                                    "bytes_in": stats["shuffle_bytes_read"],
                                     "seconds": seconds})
             for k, v in stats.items():
                 report.counters[k] = report.counters.get(k, 0) + v
             if spec.output is None:
-                value.update(zip(*out))
+                value.update(zip(out[0], out[1]))
             else:
                 parts.append((out.path, out.entries))
+        if spec.salt is not None:
+            out, state, stats = run_merge(spec, sides, "merge-salted#1")
+            digest.merge(MappingDigest(*state))
+            if spec.output is None:
+                value.update(zip(out[0], out[1]))
+            else:
+                parts.append((out.path, out.entries))
+            for k, v in stats.items():
+                report.counters[k] = report.counters.get(k, 0) + v
         report.phases = {"map": t1 - t0, "reduce": clock() - t1}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -54,6 +54,8 @@ __all__ = [
     "keyed_tasks",
     "KeyedOutput",
     "FRAME_ENTRIES",
+    "run_merge",
+    "side_of",
 ]
 
 _FRAME = struct.Struct("<4sB3xIQI")
@@ -61,46 +63,56 @@ _TRAILER = struct.Struct("<4sB3xIQQ")
 _VERSION = 1
 FRAME_ENTRIES = 32768
 _CHECK_EVERY = 512
+_MIN_HOT = 64  # a key needs at least this many records in a map task to be salted
 
 
 class KeyedSpec:
-    """What a worker needs to run a keyed job's tasks: the job and the shuffle settings."""
+    """What a worker needs to run a keyed job's tasks: the job and the shuffle settings.
 
-    __slots__ = ("job", "partitions", "combiner", "memory_limit", "output")
+    ``salt`` is ``None`` (no salting) or the share of a map task's records above which a
+    key is hot there and gets salted across partitions.
+    """
 
-    def __init__(self, job, partitions, combiner, memory_limit, output):
+    __slots__ = ("job", "partitions", "combiner", "memory_limit", "output", "salt")
+
+    def __init__(self, job, partitions, combiner, memory_limit, output, salt=None):
         self.job = job
         self.partitions = partitions
         self.combiner = combiner
         self.memory_limit = memory_limit
         self.output = output
+        self.salt = salt
 
     def __getstate__(self):
-        return (self.job, self.partitions, self.combiner, self.memory_limit, self.output)
+        return (self.job, self.partitions, self.combiner, self.memory_limit, self.output,
+                self.salt)
 
     def __setstate__(self, state):
-        self.job, self.partitions, self.combiner, self.memory_limit, self.output = state
+        (self.job, self.partitions, self.combiner, self.memory_limit, self.output,
+         self.salt) = state
 
 
 class MapOutput:
     """A map task's output: one spill file per partition in ``directory`` on ``worker``.
 
-    ``buckets[r]`` is ``(path, nbytes, entries)``. Losing the worker loses the files.
+    ``buckets[r]`` is ``(path, nbytes, entries)``; ``salted`` lists the keys this task
+    found hot and spread across partitions. Losing the worker loses the files.
     """
 
-    __slots__ = ("worker", "key", "directory", "buckets")
+    __slots__ = ("worker", "key", "directory", "buckets", "salted")
 
-    def __init__(self, worker, key, directory, buckets):
+    def __init__(self, worker, key, directory, buckets, salted=()):
         self.worker = worker
         self.key = key
         self.directory = directory
         self.buckets = buckets
+        self.salted = tuple(salted)
 
     def __getstate__(self):
-        return (self.worker, self.key, self.directory, self.buckets)
+        return (self.worker, self.key, self.directory, self.buckets, self.salted)
 
     def __setstate__(self, state):
-        self.worker, self.key, self.directory, self.buckets = state
+        self.worker, self.key, self.directory, self.buckets, self.salted = state
 
     def __repr__(self):
         n = sum(b[2] for b in self.buckets)
@@ -108,23 +120,29 @@ class MapOutput:
 
 
 class PartRef:
-    """A committed part file of a keyed job's output (it survives its worker)."""
+    """A committed part file of a keyed job's output (it survives its worker).
 
-    __slots__ = ("worker", "key", "path", "entries", "digest")
+    With salting, ``side`` holds (before the worker stores it) or ``side_ref`` points to
+    the reducer's unfinalized partials of salted keys, for the final merge.
+    """
 
-    def __init__(self, key, path, entries, digest):
+    __slots__ = ("worker", "key", "path", "entries", "digest", "side", "side_ref")
+
+    def __init__(self, key, path, entries, digest, side=None):
         self.worker = None
         self.key = key
         self.path = path
         self.entries = entries
         self.digest = digest
+        self.side = side
+        self.side_ref = None
 
     def __getstate__(self):
-        return (self.key, self.path, self.entries, self.digest)
+        return (self.key, self.path, self.entries, self.digest, self.side, self.side_ref)
 
     def __setstate__(self, state):
         self.worker = None
-        self.key, self.path, self.entries, self.digest = state
+        self.key, self.path, self.entries, self.digest, self.side, self.side_ref = state
 
 
 # -- spill files ---------------------------------------------------------------------------
@@ -240,10 +258,16 @@ def _entries(path):
 # -- the map side --------------------------------------------------------------------------
 
 
-def _sorted_by_partition(keys, values, partitions):
-    """Keys and values ordered by (partition, hash), stable; with partition bounds."""
+def _sorted_by_partition(keys, values, partitions, salted=None, salt=0):
+    """Keys and values ordered by (partition, hash), stable; with partition bounds.
+
+    Keys in ``salted`` go to partition ``(hash + salt) % partitions`` instead of their home.
+    """
     h = key_hashes(keys)
     part = h % np.uint64(partitions)
+    if salted:
+        mask = np.fromiter((k in salted for k in keys), dtype=bool, count=len(keys))
+        part[mask] = (h[mask] + np.uint64(salt)) % np.uint64(partitions)
     order = np.lexsort((h, part))
     h = h[order]
     part = part[order]
@@ -299,6 +323,7 @@ def run_map(spec, records, directory, worker, key):
     pairs = pairs_of(job.map(records))
     table = {} if spec.combiner else None
     raw_keys, raw_values = [], []
+    counts = {} if spec.salt is not None and table is not None else None
     n = 0
     if table is not None:
         for k, v in pairs:
@@ -307,6 +332,8 @@ def run_map(spec, records, directory, worker, key):
                 table[k] = combine(table[k], v)
             else:
                 table[k] = v
+            if counts is not None:
+                counts[k] = counts.get(k, 0) + 1
             if limit and n % _CHECK_EVERY == 0 and \
                     sizer.estimate(table.items(), len(table)) > limit:
                 runs.append(_write_run(directory, 0, list(table), list(table.values()), R,
@@ -324,12 +351,22 @@ def run_map(spec, records, directory, worker, key):
     counters["records_in"] = n
     fp = Fingerprinter()
     buckets = []
+    hot = ()
     if not runs:
         if table is not None:
             keys, values = list(table), list(table.values())
         else:
             keys, values = raw_keys, raw_values
-        h, _part, keys, values, bounds = _sorted_by_partition(keys, values, R)
+        if spec.salt is not None and R > 1 and n:
+            if counts is None:
+                counts = {}
+                for k in raw_keys:
+                    counts[k] = counts.get(k, 0) + 1
+            threshold = max(_MIN_HOT, spec.salt * n)
+            hot = [k for k, c in counts.items() if c >= threshold]
+        index = int(key.rsplit("-", 1)[1]) if "-" in str(key) else 0
+        h, _part, keys, values, bounds = _sorted_by_partition(keys, values, R, set(hot),
+                                                              index % R)
         for r in range(R):
             lo, hi = int(bounds[r]), int(bounds[r + 1])
             w = SpillWriter(os.path.join(directory, f"b{r}.spill"))
@@ -343,7 +380,10 @@ def run_map(spec, records, directory, worker, key):
             os.unlink(path)
     counters["records_out"] = sum(b[2] for b in buckets)
     counters["shuffle_bytes_written"] = sum(b[1] for b in buckets)
-    return MapOutput(worker, key, directory, buckets), fp.hexdigest(), counters
+    counters["salted_keys"] = len(hot)
+    if hot:
+        fp.update(sorted(key_hashes(hot).tolist()))
+    return MapOutput(worker, key, directory, buckets, hot), fp.hexdigest(), counters
 
 
 def _write_frames(writer, fp, h, keys, values):
@@ -438,6 +478,9 @@ def run_reduce(spec, inputs, r, attempt):
     """
     job = spec.job
     combine, finalize = job.combine, job.finalize
+    salted = _salted_keys(inputs)
+    if salted:
+        finalize = _SideFinalize(finalize, salted)
     paths = [m.buckets[r][0] for m in inputs]
     in_bytes = sum(m.buckets[r][1] for m in inputs)
     counters = {"shuffle_bytes_read": in_bytes, "reduce_records_in": 0, "external_merge": 0}
@@ -455,6 +498,8 @@ def run_reduce(spec, inputs, r, attempt):
                         else:
                             table[k] = v
             counters["reduce_records_in"] = n
+            if salted:
+                finalize.side = {k: table.pop(k) for k in salted if k in table}
             keys = list(table)
             values = [finalize(v) for v in table.values()]
             h = key_hashes(keys)
@@ -464,7 +509,12 @@ def run_reduce(spec, inputs, r, attempt):
         else:
             counters["external_merge"] = 1
             chunks = _external_reduce(paths, combine, finalize, counters)
-        return _emit(spec, chunks, r, attempt, counters)
+            if salted:
+                chunks = list(chunks)  # the side partials are known once it has run
+        side = None
+        if salted:
+            side = (list(finalize.side), list(finalize.side.values()))
+        return _emit(spec, chunks, r, attempt, counters, side)
     except CorruptSpillError as exc:
         bad = getattr(exc, "path", None)
         lost = [m.key for m in inputs if m.buckets[r][0] == bad] if bad else []
@@ -481,10 +531,15 @@ def _external_reduce(paths, combine, finalize, counters):
     keys, values, hs = [], [], []
     group, group_h = {}, None
     n = 0
+    side = getattr(finalize, "side", None)
+    salted = getattr(finalize, "salted", ())
     for h, k, v in merged:
         n += 1
         if h != group_h:
             for gk, gv in group.items():
+                if gk in salted:
+                    side[gk] = gv
+                    continue
                 keys.append(gk)
                 values.append(finalize(gv))
                 hs.append(group_h)
@@ -497,6 +552,9 @@ def _external_reduce(paths, combine, finalize, counters):
         else:
             group[k] = v
     for gk, gv in group.items():
+        if gk in salted:
+            side[gk] = gv
+            continue
         keys.append(gk)
         values.append(finalize(gv))
         hs.append(group_h)
@@ -505,7 +563,7 @@ def _external_reduce(paths, combine, finalize, counters):
         yield keys, values, np.array(hs, dtype=np.uint64)
 
 
-def _emit(spec, chunks, r, attempt, counters):
+def _emit(spec, chunks, r, attempt, counters, side=None, name=None):
     digest = MappingDigest()
     if spec.output is None:
         all_k, all_v = [], []
@@ -514,9 +572,11 @@ def _emit(spec, chunks, r, attempt, counters):
             all_k.extend(keys)
             all_v.extend(values)
         counters["reduce_records_out"] = len(all_k)
-        return (all_k, all_v), digest.state(), counters
-    final = os.path.join(spec.output, f"part-{r:05d}")
-    w = SpillWriter(os.path.join(spec.output, f".part-{r:05d}.{attempt.replace('#', '_')}"))
+        value = (all_k, all_v) if side is None else (all_k, all_v, side[0], side[1])
+        return value, digest.state(), counters
+    name = name or f"part-{r:05d}"
+    final = os.path.join(spec.output, name)
+    w = SpillWriter(os.path.join(spec.output, f".{name}.{attempt.replace('#', '_')}"))
     try:
         for keys, values, h in chunks:
             digest.update(dict(zip(keys, values)))
@@ -532,11 +592,59 @@ def _emit(spec, chunks, r, attempt, counters):
     finally:
         os.unlink(tmp_final)
     counters["reduce_records_out"] = entries
-    return PartRef(attempt, final, entries, digest.state()), digest.state(), counters
+    return PartRef(attempt, final, entries, digest.state(), side), digest.state(), counters
 
 
-def keyed_tasks(splits, partitions):
-    """The task list of a keyed job: map tasks read by every reducer, reducers as sinks.
+class _SideFinalize:
+    """finalize for a reducer under salting: salted keys are kept aside, unfinalized."""
+
+    def __init__(self, finalize, salted):
+        self.finalize = finalize
+        self.salted = salted
+        self.side = {}
+
+    def __call__(self, acc):
+        return self.finalize(acc)
+
+
+def _salted_keys(inputs):
+    keys = {}
+    for m in inputs:
+        for k in getattr(m, "salted", ()):
+            keys[k] = True
+    return keys
+
+
+def side_of(value):
+    """The salted partials ``(keys, values)`` a reducer's stored output carries."""
+    if isinstance(value, tuple) and len(value) == 4:
+        return value[2], value[3]
+    return [], []
+
+
+def run_merge(spec, sides, attempt):
+    """The final small step under salting: fold each salted key's partials from the
+    reducers in partition order, finalize, and emit (as ``part-salted`` with an output
+    directory). Returns ``(value, digest_state, counters)``."""
+    combine, finalize = spec.job.combine, spec.job.finalize
+    table = {}
+    n = 0
+    for keys, values in sides:
+        n += len(keys)
+        for k, v in zip(keys, values):
+            table[k] = combine(table[k], v) if k in table else v
+    keys = list(table)
+    values = [finalize(v) for v in table.values()]
+    h = key_hashes(keys)
+    order = np.argsort(h, kind="stable").tolist()
+    chunk = ([keys[i] for i in order], [values[i] for i in order], h[order])
+    counters = {"merge_records_in": n}
+    return _emit(spec, [chunk], 0, attempt, counters, name="part-salted")
+
+
+def keyed_tasks(splits, partitions, salt=False):
+    """The task list of a keyed job: map tasks read by every reducer, reducers as sinks
+    (with salting, reducers are outputs that also feed one final ``merge`` task).
 
     >>> [t.id for t in keyed_tasks(["a", "b"], 2)]
     ['map-0', 'map-1', 'reduce-0', 'reduce-1']
@@ -547,9 +655,14 @@ def keyed_tasks(splits, partitions):
     maps = [TaskDef(f"map-{i}", "map", split=s, parents=reduce_ids, index=i)
             for i, s in enumerate(splits)]
     map_ids = tuple(t.id for t in maps)
-    reduces = [TaskDef(rid, "reduce", children=map_ids, index=r)
+    after = ("merge-salted",) if salt else ()
+    reduces = [TaskDef(rid, "reduce", children=map_ids, index=r, parents=after,
+                       output=bool(salt))
                for r, rid in enumerate(reduce_ids)]
-    return maps + reduces
+    tasks = maps + reduces
+    if salt:
+        tasks.append(TaskDef("merge-salted", "merge", children=reduce_ids))
+    return tasks
 
 
 class KeyedOutput:

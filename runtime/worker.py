@@ -31,7 +31,14 @@ from mergeagg.errors import CorruptSpillError
 from mergeagg.fingerprint import MappingDigest, fingerprint
 from mergeagg.inputs import read_split
 from mergeagg.runtime.faults import InjectedFault, corrupt_value
-from mergeagg.runtime.shuffle import KeyedSpec, PartRef, run_map, run_reduce
+from mergeagg.runtime.shuffle import (
+    KeyedSpec,
+    PartRef,
+    run_map,
+    run_merge,
+    run_reduce,
+    side_of,
+)
 
 __all__ = ["Ref", "serve", "INLINE_LIMIT", "dumps", "load_ref", "InputLost"]
 
@@ -275,12 +282,26 @@ class _Worker:
                 out_dir = os.path.join(self.workdir, aid.replace("#", "_"))
                 ref, fp, stats = run_map(spec, records, out_dir, self.wid, task_id)
                 stats["bytes_read"] = getattr(records, "bytes_read", 0)
+            elif kind == "merge":
+                sides = [self._side(ref) for ref in inputs]
+                value, digest, stats = run_merge(spec, sides, aid)
+                fp = MappingDigest(*digest).fingerprint()
+                stats["digest"] = digest
+                ref = value if isinstance(value, PartRef) else None
             else:
                 r = int(task_id.rsplit("-", 1)[1])
                 value, digest, stats = run_reduce(spec, inputs, r, aid)
                 fp = MappingDigest(*digest).fingerprint()
+                side = value.side if isinstance(value, PartRef) else (
+                    side_of(value) if len(value) == 4 else None)
+                if side is not None:
+                    # The salted partials are part of what this attempt produced.
+                    fp = fingerprint((fp, side))
                 stats["digest"] = digest
                 ref = value if isinstance(value, PartRef) else None
+                if ref is not None and ref.side is not None:
+                    ref.side_ref = self._store(aid + "-side", dumps(ref.side))
+                    ref.side = None
             if fault is not None:
                 self._fault_after(fault, None, time.perf_counter() - t0)
             self.current = None
@@ -298,6 +319,18 @@ class _Worker:
                     traceback.format_exc(), ())
         stats["seconds"] = time.perf_counter() - t0
         return ("done", aid, ref, fp, stats)
+
+    @staticmethod
+    def _side(ref):
+        """A reducer's salted partials, from its stored output or its part's side file."""
+        try:
+            if isinstance(ref, PartRef):
+                return load_ref(ref.side_ref) if ref.side_ref is not None else ([], [])
+            return side_of(load_ref(ref))
+        except InputLost as exc:
+            err = CorruptSpillError(str(exc))
+            err.lost = (ref.key.rsplit("#", 1)[0],)
+            raise err from None
 
     def _fault_before(self, fault, hint):
         if fault.kind == "hang":

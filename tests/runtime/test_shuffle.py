@@ -49,12 +49,15 @@ records = st.lists(st.tuples(keys, st.integers(-1000, 1000)), max_size=120)
 
 
 @given(recs=records, n_shards=st.integers(1, 6), R=st.integers(1, 7),
-       combiner=st.booleans(), spill=st.booleans())
-def test_any_settings_equal_a_plain_loop_serial(recs, n_shards, R, combiner, spill):
+       combiner=st.booleans(), spill=st.booleans(), salt=st.sampled_from([None, 0.05, 0.5]),
+       hot=st.integers(0, 300))
+def test_any_settings_equal_a_plain_loop_serial(recs, n_shards, R, combiner, spill, salt,
+                                                hot):
+    recs = recs + [("hot", 1)] * hot
     shards = [recs[i::n_shards] for i in range(n_shards)]
     job = ma.KeyedJob(pairs_map, add)
     r = ma.run(job, shards, workers=0, partitions=R, combiner=combiner,
-               memory_limit=300 if spill else None)
+               memory_limit=300 if spill else None, salt=salt)
     expected = plain_loop(shards)
     assert r.value == expected
     assert r.fingerprint == ma.fingerprint(expected)
@@ -261,3 +264,51 @@ def test_counters_in_report():
             for w in line.split():
                 per_key[w] += 1
     assert r.value == dict(per_key)
+
+
+def collect(recs):
+    return ((k, [v]) for k, v in recs)
+
+
+def concat(a, b):
+    a.extend(b)
+    return a
+
+
+def skewed(n_hot=3000, n_rest=3000, n_shards=6):
+    recs = [("hot", i) for i in range(n_hot)] + [(f"k{i % 100}", i) for i in range(n_rest)]
+    return [recs[i::n_shards] for i in range(n_shards)]
+
+
+def test_salting_spreads_a_hot_key_and_changes_no_exact_answer(tmp_path):
+    shards = skewed()
+    job = ma.KeyedJob(collect, concat, finalize=sorted)
+    plain = ma.run(job, shards, workers=2, partitions=4)
+    salted = ma.run(job, shards, workers=2, partitions=4, salt=True,
+                    faults="kill=0.2,seed=4,attempts=1")
+    assert salted.value == plain.value and salted.fingerprint == plain.fingerprint
+    assert salted.report.counters["salted_keys"] == 6
+    # The hot key's lists are half the data: one reducer reads most bytes without salting.
+    before = [r["bytes_in"] for r in plain.report.reducers]
+    after = [r["bytes_in"] for r in salted.report.reducers]
+    assert max(before) > 0.5 * sum(before) and max(after) < 0.4 * sum(after)
+    out = tmp_path / "out"
+    r = ma.run(job, shards, workers=2, partitions=4, salt=True, output=str(out))
+    assert "part-salted" in os.listdir(out) and r.fingerprint == plain.fingerprint
+
+
+def test_salting_regroups_float_sums_but_stays_deterministic():
+    rng = np.random.default_rng(5)
+    vals = (rng.standard_normal(6000) * 10.0 ** rng.integers(-6, 6, 6000)).tolist()
+    recs = [("hot" if i % 2 else f"k{i % 7}", v) for i, v in enumerate(vals)]
+    shards = [recs[i::6] for i in range(6)]
+    job = ma.KeyedJob(pairs_map, add)
+    plain = ma.run(job, shards, workers=0, partitions=4)
+    a = ma.run(job, shards, workers=0, partitions=4, salt=True)
+    b = ma.run(job, shards, workers=2, partitions=4, salt=True,
+               faults="kill=0.3,seed=9,attempts=1")
+    assert a.fingerprint == b.fingerprint
+    assert a.value.keys() == plain.value.keys()
+    for k in plain.value:
+        assert abs(a.value[k] - plain.value[k]) <= 1e-9 * sum(abs(v) for v in vals)
+
