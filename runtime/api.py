@@ -53,7 +53,9 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     that many worker processes (see ``docs/runtime.md`` for the fault model and every knob:
     ``max_attempts``, ``backups``, ``backup_after``, ``backup_factor``, ``verify``,
     ``heartbeat_interval``, ``heartbeat_timeout``, ``task_timeout``, ``faults``,
-    ``progress``, ``start_method``).
+    ``progress``, ``start_method``). ``backend`` is ``"local"`` (worker processes on this
+    machine) or a ``dask.distributed.Client`` / scheduler address: the same policy then
+    runs over Dask futures (see ``docs/dask.md``).
 
     Keyed jobs also take ``partitions`` (R, default 8), ``combiner`` (map-side combine,
     default on), ``memory_limit`` (bytes a map or reduce task may hold before it spills or
@@ -90,8 +92,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 0):
         raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
-    if backend != "local":
-        raise ValueError(f"unknown backend {backend!r}; this build knows 'local'")
+    dask_client = _dask_backend(backend)
     plan = FaultPlan.parse(faults) if isinstance(faults, (str, type(None))) else faults
     config = PolicyConfig(max_attempts=max_attempts, backups=backups,
                           backup_after=backup_after, backup_factor=backup_factor,
@@ -102,6 +103,20 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     if n == 0 and plan is not None:
         raise ValueError("faults are injected into worker processes; workers=0 has none")
     start = time.perf_counter()
+    if dask_client is not None:
+        if keyed:
+            raise NotImplementedError(
+                "keyed jobs do not run on the Dask backend yet; run them locally "
+                "(backend='local') or as a fold job")
+        from mergeagg.runtime.dask import run_dask
+
+        value, report = run_dask(job, src, client=dask_client, fan_in=fan_in, config=config,
+                                 faults=plan, progress=progress)
+        fp_start = time.perf_counter()
+        fp = fingerprint(value)
+        report.phases["fingerprint"] = time.perf_counter() - fp_start
+        report.wall_seconds = time.perf_counter() - start
+        return Result(value, fp, report)
     if keyed:
         spec = _keyed_spec(job, partitions, combiner, memory_limit, output, salt)
         if n > 0:
@@ -136,6 +151,21 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     report.phases["fingerprint"] = time.perf_counter() - fp_start
     report.wall_seconds = time.perf_counter() - start
     return Result(value, fp, report)
+
+
+def _dask_backend(backend):
+    """``None`` for the local backend, else the Dask client or scheduler address to use."""
+    if backend == "local" or backend is None:
+        return None
+    if isinstance(backend, str):
+        if "://" in backend or ":" in backend:
+            return backend
+        raise ValueError(f"unknown backend {backend!r}: use 'local', a dask.distributed "
+                         "Client, or a scheduler address such as 'tcp://10.0.0.1:8786'")
+    if type(backend).__module__.startswith("distributed"):
+        return backend
+    raise TypeError(f"backend must be 'local', a dask.distributed Client or a scheduler "
+                    f"address, got {type(backend).__name__}")
 
 
 def _keyed_spec(job, partitions, combiner, memory_limit, output, salt=None):
