@@ -54,13 +54,14 @@ CONFIGS = [("ring (shm)", "ring", "shm"), ("ring (pipe)", "ring", "pipe"),
 
 
 def copy_rate(n, repeat):
-    """Bytes per second of ``np.copyto`` of an n-element float64 array (median)."""
+    """Bytes per second of ``np.copyto`` of an n-element float64 array (the median of at
+    least five copies and of at least 0.2 s of copying)."""
     src = np.random.default_rng(SEED).random(n)
     dst = np.empty_like(src)
     np.copyto(dst, src)  # touch the pages first
     times = []
-    for _ in range(max(repeat, 3)):
-        t0 = time.perf_counter()
+    while len(times) < max(repeat, 5) or sum(times) < 0.2:  # small copies: many, for a steady
+        t0 = time.perf_counter()                              # median on a busy machine
         np.copyto(dst, src)
         times.append(time.perf_counter() - t0)
     return src.nbytes / statistics.median(times), statistics.median(times)
