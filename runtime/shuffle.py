@@ -486,7 +486,8 @@ def run_reduce(spec, inputs, r, attempt):
     counters = {"shuffle_bytes_read": in_bytes, "reduce_records_in": 0, "external_merge": 0}
     limit = spec.memory_limit
     try:
-        if limit is None or in_bytes * 4 <= limit:
+        # In memory a table takes about ten times its pickled size.
+        if limit is None or in_bytes * 10 <= limit:
             table = {}
             n = 0
             for path in paths:

@@ -1,0 +1,219 @@
+"""Keyed jobs: word count through the shuffle, shuffle bytes, memory-limited spills, skew.
+
+Four measurements, each against a baseline run in the same process:
+
+1. **Keyed word count** of the Zipf corpus (BENCHMARKS.md), 2 workers, R = 8, against the
+   sequential ``collections.Counter`` loop (target ≥ 1.5×) and, with ``--dask``, dask.bag
+   ``frequencies()`` on a 2-worker LocalCluster (target ≥ 4×).
+2. **Shuffle bytes** of that job with and without the map-side combiner.
+3. **Many keys under a memory limit**: ``--keys`` distinct int keys (20 million at full
+   size) with ``memory_limit=200M``: every process's peak RSS (sampled with psutil) must
+   stay ≤ 400 MB, and the fingerprint must equal an unconstrained run's.
+4. **Skew**: values collected per key (the combiner cannot shrink them; it is off), one key
+   holding half the records: slowest reduce task against the median, and the job with and
+   without salting (targets: ≤ 2× the median, ≥ 1.5× faster).
+
+    python benchmarks/bench_shuffle.py               # full size (minutes)
+    python benchmarks/bench_shuffle.py --smoke       # CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+
+import psutil
+
+import mergeagg as ma
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workloads  # noqa: E402
+
+
+def sequential_counter(path):
+    counts = Counter()
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            counts.update(line.split())
+    return counts
+
+
+class PeakRSS:
+    """Samples the RSS of this process and all its descendants every 50 ms."""
+
+    def __init__(self):
+        self.peak = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    rss = p.memory_info().rss
+                except psutil.Error:
+                    continue
+                self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def timed(fn, repeat):
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def bench_wordcount(path, repeat, workers, with_dask):
+    mb = os.path.getsize(path) / 1e6
+    t_seq, ref = timed(lambda: sequential_counter(path), repeat)
+    job = ma.algorithms.wordcount(keyed=True)
+    t_ma, r = timed(lambda: ma.run(job, path, workers=workers, partitions=8, progress=False),
+                    repeat)
+    assert r.value == ref, "keyed word count differs from the Counter loop"
+    print(f"[1] corpus {mb:.1f} MB; sequential Counter {t_seq:.2f}s ({mb / t_seq:.1f} MB/s)")
+    print(f"    mergeagg keyed, {workers} workers, R=8: {t_ma:.2f}s -> "
+          f"{t_seq / t_ma:.2f}x the Counter loop (target >= 1.5x)")
+    if with_dask:
+        from dask import bag
+        from dask.distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          host="127.0.0.1", dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            def dask_bag():
+                b = bag.read_text(path, blocksize=16 * 2**20).str.split().flatten()
+                return dict(b.frequencies().compute(scheduler=client.get))
+            t_dask, dv = timed(dask_bag, 1)
+        assert dv == dict(ref)
+        print(f"    dask.bag frequencies on LocalCluster(2x1): {t_dask:.2f}s; mergeagg is "
+              f"{t_dask / t_ma:.2f}x dask.bag (target >= 4x)")
+    return r
+
+
+def word_pairs(lines):
+    for line in lines:
+        for w in line.split():
+            yield w, 1
+
+
+def bench_combiner(path, workers):
+    # A map that emits one (word, 1) per word, so that the combiner has work to do.
+    job = ma.KeyedJob(word_pairs, add)
+    on = ma.run(job, path, workers=workers, partitions=8, progress=False)
+    off = ma.run(job, path, workers=workers, partitions=8, combiner=False, progress=False)
+    assert on.fingerprint == off.fingerprint
+    a, b = on.report.counters, off.report.counters
+    print(f"[2] shuffle bytes with the combiner {a['shuffle_bytes_written']:,} "
+          f"({a['records_out']:,} records); without {b['shuffle_bytes_written']:,} "
+          f"({b['records_out']:,} records): {b['shuffle_bytes_written'] / a['shuffle_bytes_written']:.1f}x")
+
+
+def int_keys(shard):
+    lo, hi = shard[0]
+    return ((k, 1) for k in range(lo, hi))
+
+
+def add(a, b):
+    return a + b
+
+
+def bench_memory(n_keys, workers, limit):
+    step = max(1, n_keys // 40)
+    shards = [[(lo, min(lo + step, n_keys))] for lo in range(0, n_keys, step)]
+    job = ma.KeyedJob(int_keys, add)
+    results = {}
+    for label, mem in (("unconstrained", None), ("memory_limit", limit)):
+        out = os.path.join(tempfile.mkdtemp(prefix="bench-shuffle-"), "out")
+        with PeakRSS() as rss:
+            t = time.perf_counter()
+            r = ma.run(job, shards, workers=workers, partitions=8, memory_limit=mem,
+                       output=out, progress=False)
+            dt = time.perf_counter() - t
+        peak = max(rss.peak.values()) / 2**20
+        results[label] = (r.fingerprint, peak, dt, r.report.counters)
+        print(f"[3] {n_keys:,} distinct keys, {label} ({mem or '-'}): {dt:.1f}s, peak RSS of any "
+              f"process {peak:.0f} MB, spills {r.report.counters.get('spills', 0)}, external "
+              f"merges {r.report.counters.get('external_merge', 0)}")
+    same = results["unconstrained"][0] == results["memory_limit"][0]
+    print(f"    fingerprints equal: {same}; peak RSS under the limit "
+          f"{results['memory_limit'][1]:.0f} MB (target <= 400 MB)")
+    assert same
+
+
+def collect(recs):
+    return ((k, [v]) for k, v in recs)
+
+
+def extend(a, b):
+    a.extend(b)
+    return a
+
+
+def bench_skew(n_records, workers, repeat):
+    half = n_records // 2
+    recs = [("hot", i) for i in range(half)] + [(f"k{i % 5000}", i) for i in range(half)]
+    shards = [recs[i::16] for i in range(16)]
+    job = ma.KeyedJob(collect, extend, finalize=len)
+    rows = {}
+    for salt in (None, True):
+        t, r = timed(lambda salt=salt: ma.run(job, shards, workers=workers, partitions=8,
+                                              combiner=False, salt=salt, progress=False),
+                     repeat)
+        secs = [x["seconds"] for x in r.report.reducers]
+        rows[salt] = (t, max(secs), statistics.median(secs), r.fingerprint)
+        print(f"[4] skew, salting {'on ' if salt else 'off'}: job {t:.2f}s; reduce tasks "
+              f"slowest {max(secs):.2f}s, median {statistics.median(secs):.2f}s "
+              f"({max(secs) / max(statistics.median(secs), 1e-9):.1f}x)")
+    off, on = rows[None], rows[True]
+    assert off[3] == on[3], "salting changed an exact answer"
+    print(f"    with salting: slowest/median {on[1] / max(on[2], 1e-9):.1f}x (target <= 2x); "
+          f"job {off[0] / on[0]:.2f}x faster (target >= 1.5x)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="200M", help="corpus size (default 200M)")
+    ap.add_argument("--keys", type=int, default=20_000_000)
+    ap.add_argument("--memory-limit", default="200M")
+    ap.add_argument("--skew-records", type=int, default=2_000_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dask", action="store_true", help="also time dask.bag frequencies()")
+    ap.add_argument("--only", default="1234", help="which measurements to run, e.g. 14")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.size, args.keys, args.skew_records, args.repeat = "2M", 200_000, 40_000, 1
+        args.memory_limit = "2M"
+    path = workloads.zipf_corpus(workloads.parse_size(args.size))
+    if "1" in args.only:
+        bench_wordcount(path, args.repeat, args.workers, args.dask)
+    if "2" in args.only:
+        bench_combiner(path, args.workers)
+    if "3" in args.only:
+        bench_memory(args.keys, args.workers, args.memory_limit)
+    if "4" in args.only:
+        bench_skew(args.skew_records, args.workers, args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
