@@ -265,8 +265,9 @@ def tree_edges(p, fan_in=DEFAULT_FAN_IN):
 class AllReduceResult:
     """What :func:`allreduce` gives back.
 
-    ``value`` is process 0's combined accumulator (``None`` with ``return_value=False``);
-    ``fingerprint`` its fingerprint, which every process reported identically; ``seconds``
+    ``value`` is ``aggregator.finalize`` of process 0's combined accumulator (``None`` with
+    ``return_value=False``), as ``mergeagg.run``'s value is; ``fingerprint`` its
+    fingerprint, which every process computed on its own copy and reported identically; ``seconds``
     one wall time per repetition of the collective (the slowest process's);
     ``bytes_sent``/``bytes_received`` per process, per repetition; ``textbook`` the ideal
     bytes each process sends (and receives) for ``nbytes`` (the accumulator's size: the
@@ -677,8 +678,10 @@ def _member(rank, p, algorithm, blob, ctl, outs, inps, opts):
             nbytes = len(pickle.dumps(acc0 if algorithm == "keyed" else value, protocol=5))
         payload = None
         if rank == 0 and opts["return_value"]:
-            payload = cloudpickle.dumps(value, protocol=5)
-        ctl.send(("done", rank, fingerprint(value), seconds, sent, received, nbytes, payload))
+            payload = cloudpickle.dumps(aggregator.finalize(value), protocol=5)
+        # Every process finalizes and fingerprints its copy: the proof that all hold it.
+        fp = fingerprint(aggregator.finalize(value))
+        ctl.send(("done", rank, fp, seconds, sent, received, nbytes, payload))
     except _Abort:
         pass
     except _PeerLost as exc:

@@ -306,6 +306,15 @@ def test_fold_runtime_on_mappings_equals_keyed_allreduce():
     assert keyed.fingerprint == run.fingerprint
 
 
+def test_keyed_tables_and_finalize_match_the_fold_runtime():
+    # an inverted index: KeyedTable accumulators, and a finalize that sorts the postings
+    agg = ma.algorithms.invertedindex()
+    shards = [[(1, "a b"), (2, "b c")], [(3, "c d"), (4, "a")], [(5, "e a")]]
+    r = allreduce(agg, shards, algorithm="keyed")
+    serial = ma.run(agg, shards, workers=0)
+    assert r.value == serial.value and r.fingerprint == serial.fingerprint
+
+
 @pytest.mark.skip(reason="needs keyed jobs (issue 4, not on main yet): compare the keyed "
                          "runtime's shuffle-and-reduce output with allreduce(..., "
                          "algorithm='keyed') on the same map outputs")
