@@ -1,0 +1,94 @@
+"""The runtime's command-line paths: demo, master, fault and keyed flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mergeagg.cli import main
+
+MERGEAGG = [sys.executable, "-m", "mergeagg.cli"]
+
+
+def test_demo_prints_equal_fingerprints(capsys):
+    assert main(["demo", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    prints = [line.split()[-1] for line in out.splitlines()
+              if line.split() and line.split()[0] == "fingerprint"]
+    assert len(prints) == 2 and prints[0] == prints[1]
+    assert "worker lost" in out and "equal" in out
+
+
+def test_master_node_over_a_real_pipe():
+    lines = [
+        {"src": "w1", "dest": "master", "body": {"type": "heartbeat", "msg_id": 1,
+                                                 "worker_id": "w1",
+                                                 "timestamp": 1700000000000}},
+        {"src": "w2", "dest": "master", "body": {"type": "heartbeat", "msg_id": 1,
+                                                 "worker_id": "w2",
+                                                 "timestamp": 1700000009000}},
+        {"src": "monitor", "dest": "master", "body": {"type": "check_failures", "msg_id": 2,
+                                                      "timeout_ms": 5000,
+                                                      "now": 1700000010000}},
+        {"src": "monitor", "dest": "master", "body": {
+            "type": "reassign", "msg_id": 3, "failed_worker": "w1", "healthy_worker": "w3",
+            "tasks": [{"id": "t1", "chunk": ["hello world"]}]}},
+    ]
+    text = "\n".join(json.dumps(x) for x in lines) + "\nnot json\n"
+    proc = subprocess.run(MERGEAGG + ["master"], input=text, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    replies = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert replies[0]["body"] == {"type": "heartbeat_ok", "in_reply_to": 1}
+    assert replies[2] == {"src": "master", "dest": "monitor",
+                          "body": {"type": "failures_detected", "in_reply_to": 2,
+                                   "failed_workers": ["w1"]}}
+    assert replies[3]["body"] == {"type": "reassigned", "in_reply_to": 3,
+                                  "reassigned_tasks": ["t1"]}
+    assert replies[4]["body"]["type"] == "error" and replies[4]["body"]["code"] == 12
+
+
+@pytest.fixture
+def text_files(tmp_path):
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"f{i}.txt"
+        p.write_text("".join(f"w{(i + j) % 17} x{j % 5}\n" for j in range(300)))
+        paths.append(str(p))
+    return paths
+
+
+def _fingerprint(out):
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("fingerprint"))
+
+
+def test_fault_flags_keep_the_fingerprint(text_files, capsys, tmp_path):
+    assert main(["run", "wordcount", *text_files, "--workers", "0"]) == 0
+    clean = _fingerprint(capsys.readouterr().out)
+    report = tmp_path / "r.json"
+    assert main(["run", "wordcount", *text_files, "--workers", "2", "--split-size", "1K",
+                 "--faults", "kill=0.2,seed=3", "--no-backups", "--verify", "0.5",
+                 "--json", str(report)]) == 0
+    assert _fingerprint(capsys.readouterr().out) == clean
+    doc = json.loads(report.read_text())
+    assert doc["report"]["verified"] > 0 and doc["report"]["backups_launched"] == 0
+
+
+def test_keyed_flags(text_files, capsys, tmp_path):
+    assert main(["run", "wordcount", *text_files, "--workers", "0"]) == 0
+    clean = _fingerprint(capsys.readouterr().out)
+    out_dir = tmp_path / "out"
+    assert main(["run", "wordcount", *text_files, "--keyed", "-R", "3", "--workers", "2",
+                 "--no-combiner", "--memory-limit", "4K", "--salt", "--output",
+                 str(out_dir)]) == 0
+    assert _fingerprint(capsys.readouterr().out) == clean
+    assert sorted(os.listdir(out_dir))[:2] == ["_SUCCESS", "part-00000"]
+    assert main(["run", "wordcount", *text_files, "-R", "3"]) == 2
+    assert "apply to keyed jobs" in capsys.readouterr().err
+
+
+def test_bad_fault_spec_is_a_clear_error(text_files, capsys):
+    assert main(["run", "wordcount", *text_files, "--faults", "explode=1"]) == 2
+    assert "unknown fault 'explode'" in capsys.readouterr().err
