@@ -320,12 +320,19 @@ def run_map(spec, records, directory, worker, key):
     counters = {"records_in": 0, "records_out": 0, "spills": 0, "spill_bytes": 0,
                 "shuffle_bytes_written": 0}
     runs = []
-    pairs = pairs_of(job.map(records))
+    mapped = job.map(records)
+    pairs = pairs_of(mapped)
     table = {} if spec.combiner else None
     raw_keys, raw_values = [], []
     counts = {} if spec.salt is not None and table is not None else None
     n = 0
-    if table is not None:
+    if (table is not None and isinstance(mapped, dict) and spec.salt is None
+            and (not limit or sizer.estimate(mapped.items(), len(mapped)) <= limit)):
+        # The map already combined (it returned a mapping: one value per key).
+        table = mapped
+        n = len(mapped)
+        pairs = iter(())
+    elif table is not None:
         for k, v in pairs:
             n += 1
             if k in table:
