@@ -219,6 +219,12 @@ class CountMin(Sketch):
         self.table += other.table
         self.total += other.total
 
+    def _check(self):
+        """Assert every invariant (for tests, after each mutation)."""
+        assert self.table.dtype == np.int64 and self.table.shape == (self.depth, self.width)
+        assert (self.table >= 0).all()
+        assert (self.table.sum(axis=1) == self.total).all()
+
     def query(self, item):
         """The estimated count of one key (an int, never below the truth). Cost: O(depth).
 

@@ -183,6 +183,12 @@ class HyperLogLog(Sketch):
     def _merge(self, other):
         np.maximum(self.registers, other.registers, out=self.registers)
 
+    def _check(self):
+        """Assert every invariant (for tests, after each mutation)."""
+        assert 4 <= self.p <= 18 and 0 <= self.seed < 1 << 32
+        assert self.registers.dtype == np.uint8 and self.registers.shape == (1 << self.p,)
+        assert int(self.registers.max(initial=0)) <= 65 - self.p
+
     def histogram(self):
         """Counts of registers holding each value 0 .. 65 - p. Cost: O(m).
 

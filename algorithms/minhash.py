@@ -174,6 +174,10 @@ class MinHash(Sketch):
     def _merge(self, other):
         np.minimum(self.hashvalues, other.hashvalues, out=self.hashvalues)
 
+    def _check(self):
+        """Assert every invariant (for tests, after each mutation)."""
+        assert self.hashvalues.dtype == np.uint64 and self.hashvalues.shape == (self.num_perm,)
+
     def is_empty(self):
         """True if no key was ever added. Cost: O(num_perm).
 
@@ -460,6 +464,14 @@ class LSHIndex:
                 else:
                     found |= members
         return self
+
+    def _check(self):
+        """Assert every invariant: every band holds every key, in non-empty buckets."""
+        assert len(self.tables) == self.bands and self.bands * self.rows <= self.num_perm
+        everyone = self.keys()
+        for table in self.tables:
+            assert all(table.values())
+            assert set().union(*table.values()) == everyone
 
     def keys(self):
         """Every key in the index. Cost: O(entries in the first band).

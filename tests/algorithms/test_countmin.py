@@ -17,10 +17,7 @@ from mergeagg.errors import IncompatibleMergeError
 
 
 def _check(cm):
-    """Every invariant: int64 cells, non-negative, each row sums to the total."""
-    assert cm.table.dtype == np.int64 and cm.table.shape == (cm.depth, cm.width)
-    assert (cm.table >= 0).all()
-    assert (cm.table.sum(axis=1) == cm.total).all()
+    cm._check()
 
 
 def _zipf_stream(rng, n, vocab):

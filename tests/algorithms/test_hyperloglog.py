@@ -21,9 +21,7 @@ from mergeagg.errors import IncompatibleMergeError
 
 
 def _check(h):
-    """Every invariant of a HyperLogLog."""
-    assert h.registers.dtype == np.uint8 and h.registers.shape == (1 << h.p,)
-    assert int(h.registers.max(initial=0)) <= 65 - h.p
+    h._check()
 
 
 # -- hashing ------------------------------------------------------------------------------

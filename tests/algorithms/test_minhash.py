@@ -124,6 +124,7 @@ def test_signature_of_union_is_merge_of_signatures(items, cuts, k):
     for other in parts[1:]:
         acc.merge(other)
     assert np.array_equal(acc.hashvalues, whole.hashvalues)
+    acc._check()
     assert all(a == b for a, b in zip(parts[1:], frozen[1:]))
     one = MinHash(k, seed=9)
     for x in items:
@@ -144,6 +145,8 @@ def test_lsh_index_of_all_equals_merge_of_indexes_of_any_sharding(docs, cut):
     right = LSHIndex(0.5, 32).insert_signatures(range(cut, len(docs)), sig[cut:])
     frozen = pickle.loads(pickle.dumps(right))
     assert left.merge(right) == whole
+    left._check()
+    whole._check()
     assert right == frozen
     assert mergeagg.fingerprint(left) == mergeagg.fingerprint(whole)
     assert whole.keys() == set(range(len(docs)))
