@@ -114,6 +114,34 @@ class KeySpec:
             parts.append(v)
         return tuple(parts)
 
+    def key_function(self, side):
+        """A fast ``record -> key`` for one side (same answers as :meth:`key`).
+
+        Cost: O(key columns) per call.
+
+        >>> KeySpec(("k",), ("k",), empty_is_null=True).key_function("left")({"k": ""}) is None
+        True
+        """
+        cols = self.left if side == LEFT else self.right
+        if len(cols) != 1:
+            return lambda record: self.key(record, side)
+        col, empty, general = cols[0], self.empty_is_null, self._part
+
+        def key(record):
+            try:
+                v = record.get(col)
+            except AttributeError:
+                raise TypeError(f"a {side} join record must be a mapping (a CSV row, a JSON "
+                                f"object), got a {type(record).__name__}") from None
+            t = type(v)
+            if t is str:
+                return None if (empty and not v) else v
+            if t is int:
+                return v
+            return general(v, col, side)
+
+        return key
+
     def _part(self, v, col, side):
         if v is None:
             return None
@@ -171,8 +199,9 @@ def group_map(pairs, spec):
     {1: [[{'k': 1}], [{'k': 1}]], None: [[], [{}]]}
     """
     groups = {}
+    key_of = {LEFT: spec.key_function(LEFT), RIGHT: spec.key_function(RIGHT)}
     for side, record in pairs:
-        key = spec.key(record, side)
+        key = key_of[side](record)
         group = groups.get(key)
         if group is None:
             group = groups[key] = [[], []]
@@ -264,13 +293,17 @@ _TABLE_CACHE = {}
 
 
 class _JoinAcc:
-    """A join's accumulator: reduce-side groups, broadcast pairs and matched small rows."""
+    """A join's accumulator: reduce-side groups, broadcast pairs by key, matched small rows.
+
+    ``groups`` maps a key to ``[left rows, right rows]`` (reduce side); ``pairs`` maps a key
+    to the ``(left, right)`` pairs a broadcast probe produced; ``None`` is the null key.
+    """
 
     __slots__ = ("groups", "pairs", "matched", "small")
 
     def __init__(self):
         self.groups = {}
-        self.pairs = []
+        self.pairs = {}
         self.matched = set()
         self.small = None
 
@@ -282,43 +315,47 @@ class _JoinAcc:
 
     def __mergeagg_fingerprint__(self):
         small = None if self.small is None else [self.small.side, list(self.small.paths)]
-        groups = [[key, group[0], group[1]] for key, group in self.groups.items()]
-        if _plain_keys(self.groups) and all(_plain_rows(g[0]) and _plain_rows(g[1])
-                                            for g in self.groups.values()) \
-                and _plain_pairs(self.pairs):
+        rows = [r for g in self.groups.values() for r in (*g[0], *g[1])]
+        rows += [r for ps in self.pairs.values() for p in ps for r in p]
+        if _plain_keys(self.groups) and _plain_keys(self.pairs) and _row_kinds(rows)[0]:
             # Only when every row is a dict of str keys to JSON scalars, which JSON renders
             # exactly; fingerprinting millions of small dicts one by one is much slower.
-            return json_digest("JoinAcc", [groups, self.pairs, sorted(self.matched), small])
+            groups = [[key, g[0], g[1]] for key, g in self.groups.items()]
+            pairs = [[key, ps] for key, ps in self.pairs.items()]
+            return json_digest("JoinAcc", [groups, pairs, sorted(self.matched), small])
         return (self.groups, self.pairs, self.matched, small)
 
 
-_PLAIN = (str, int, float, bool, type(None))
+_PLAIN = frozenset((str, int, float, bool, type(None)))
 
 
-def _plain_row(row):
-    if row is None:
-        return True
-    if type(row) is not dict:
-        return False
-    for k, v in row.items():
-        if type(k) is not str or type(v) not in _PLAIN:
-            return False
-    return True
+def _row_kinds(rows):
+    """``(plain, all_str)`` over rows (``None`` allowed): are all rows dicts of str keys to
+    JSON scalars, and to str only? One pass, mostly in C."""
+    key_types, value_types = set(), set()
+    for row in rows:
+        if row is None:
+            continue
+        if type(row) is not dict:
+            return False, False
+        key_types.update(map(type, row))
+        value_types.update(map(type, row.values()))
+    if not key_types <= {str}:
+        return False, False
+    return value_types <= _PLAIN, value_types <= {str}
 
 
-def _plain_rows(rows):
-    return all(map(_plain_row, rows))
-
-
-def _plain_pairs(pairs):
-    return all(_plain_row(lrow) and _plain_row(rrow) for lrow, rrow in pairs)
+def _pair_rows(pairs):
+    for lrow, rrow in pairs:
+        yield lrow
+        yield rrow
 
 
 def _plain_keys(groups):
     for key in groups:
         if type(key) in _PLAIN:
             continue
-        if type(key) is tuple and all(type(p) in _PLAIN for p in key):
+        if type(key) is tuple and _PLAIN.issuperset(map(type, key)):
             continue
         return False
     return True
@@ -339,7 +376,7 @@ class JoinRows(list):
     __slots__ = ()
 
     def __mergeagg_fingerprint__(self):
-        if _plain_pairs(self):
+        if _row_kinds(_pair_rows(self))[0]:
             return json_digest("JoinRows", list(self))
         return list(self)
 
@@ -367,8 +404,9 @@ class _Join:
                 return hit
         rows = small.load()
         table = {}
+        key_of = self.spec.key_function(small.side)
         for i, row in enumerate(rows):
-            k = self.spec.key(row, small.side)
+            k = key_of(row)
             if k is not None:
                 table.setdefault(k, []).append(i)
         built = (rows, table)
@@ -380,40 +418,52 @@ class _Join:
     def partial(self, shard):
         acc = _JoinAcc()
         reduce_side = []
-        spec = self.spec
-        rows = table = None
+        probe = None
         for tag, record in shard:
             if isinstance(tag, Broadcast):
-                if acc.small is None:
+                if probe is None:
                     acc.small = tag.small
-                    rows, table = self._table(tag.small)
-                if record is None:
-                    continue
-                self._probe(acc, tag.stream, record, rows, table)
+                    probe = self._prober(acc, tag)
+                if record is not None:
+                    probe(record)
             elif tag in _SIDE_INDEX:
                 reduce_side.append((tag, record))
             else:
                 raise ValueError(f"a join record must be tagged 'left' or 'right' (see "
                                  f"join_source), got the tag {tag!r}")
         if reduce_side:
-            acc.groups = group_map(reduce_side, spec)
+            acc.groups = group_map(reduce_side, self.spec)
         return acc
 
-    def _probe(self, acc, stream, record, rows, table):
-        key = self.spec.key(record, stream)
-        hits = table.get(key) if key is not None else None
+    def _prober(self, acc, tag):
+        """The function that joins one streamed record against the small side's table."""
+        rows, table = self._table(tag.small)
+        stream = tag.stream
+        key_of = self.spec.key_function(stream)
         keep_unmatched = self.how in ("full", stream)
-        if hits:
-            track = self.how in ("full", acc.small.side)
-            for i in hits:
+        track = self.how in ("full", tag.small.side)
+        pairs, matched = acc.pairs, acc.matched
+
+        def probe(record):
+            key = key_of(record)
+            hits = table.get(key) if key is not None else None
+            if hits:
+                out = pairs.get(key)
+                if out is None:
+                    out = pairs[key] = []
                 if stream == LEFT:
-                    acc.pairs.append((record, rows[i]))
+                    out.extend((record, rows[i]) for i in hits)
                 else:
-                    acc.pairs.append((rows[i], record))
+                    out.extend((rows[i], record) for i in hits)
                 if track:
-                    acc.matched.add(i)
-        elif keep_unmatched:
-            acc.pairs.append((record, None) if stream == LEFT else (None, record))
+                    matched.update(hits)
+            elif keep_unmatched:
+                out = pairs.get(key)
+                if out is None:
+                    out = pairs[key] = []
+                out.append((record, None) if stream == LEFT else (None, record))
+
+        return probe
 
     @staticmethod
     def combine(a, b):
@@ -423,45 +473,43 @@ class _Join:
                 combine_group(groups[key], group)
             else:
                 groups[key] = _copy_group(group)
-        a.pairs.extend(b.pairs)
+        pairs = a.pairs
+        for key, more in b.pairs.items():
+            if key in pairs:
+                pairs[key].extend(more)
+            else:
+                pairs[key] = list(more)
         a.matched |= b.matched
         if a.small is None:
             a.small = b.small
         return a
 
     def finalize(self, acc):
-        out = list(acc.pairs)
+        by_key = {key: list(ps) for key, ps in acc.pairs.items()}
         for key, group in acc.groups.items():
-            out.extend(finalize_group(key, group, self.how))
+            joined = finalize_group(key, group, self.how)
+            if joined:
+                by_key.setdefault(key, []).extend(joined)
         small = acc.small
         if small is not None and self.how in ("full", small.side):
             rows, _table = self._table(small)
+            key_of = self.spec.key_function(small.side)
             for i, row in enumerate(rows):
                 if i not in acc.matched:
-                    out.append((row, None) if small.side == LEFT else (None, row))
-        spec = self.spec
-        row_key = _str_row_key if _all_str_rows(out) else order_key
-
-        def rank(pair):
-            lrow, rrow = pair
-            key = spec.key(lrow, LEFT) if lrow is not None else spec.key(rrow, RIGHT)
-            return (order_key(key), row_key(lrow), row_key(rrow))
-
-        out.sort(key=rank)
-        return JoinRows(out)
-
-
-def _all_str_rows(pairs):
-    for pair in pairs:
-        for row in pair:
-            if row is None:
-                continue
-            if type(row) is not dict:
-                return False
-            for k, v in row.items():
-                if type(k) is not str or type(v) is not str:
-                    return False
-    return True
+                    pair = (row, None) if small.side == LEFT else (None, row)
+                    by_key.setdefault(key_of(row), []).append(pair)
+        # Sort the keys once; sort rows only within a key that has several pairs. This is
+        # the documented order (key, then left row, then right row): all pairs of a key
+        # share its place, and distinct keys never tie under order_key.
+        all_str = _row_kinds(r for ps in by_key.values() for p in ps for r in p)[1]
+        row_key = _str_row_key if all_str else order_key
+        out = JoinRows()
+        for key in sorted(by_key, key=order_key):
+            pairs = by_key[key]
+            if len(pairs) > 1:
+                pairs.sort(key=lambda p: (row_key(p[0]), row_key(p[1])))
+            out.extend(pairs)
+        return out
 
 
 def _str_row_key(row):
