@@ -21,7 +21,8 @@ records is one document: its frequencies add and its positions merge.
 
 Tokenisation is a replaceable function ``tokenize(text) -> iterable of str``. The default,
 :func:`tokenize`, lowercases and takes the runs of Unicode word characters (``\\w+``).
-Pass a module-level function (worker processes must be able to import or unpickle it).
+Pass a module-level function (worker processes must be able to import or unpickle it), or
+its name ``"package.module:function"`` (on the command line: ``--tokenize``).
 
 >>> docs = [[{"id": 2, "text": "the cat"}], [{"id": 1, "text": "The hat, the cat"}]]
 >>> invertedindex().reduce(docs)
@@ -48,6 +49,7 @@ __all__ = [
     "copy_postings",
     "finalize_postings",
     "make_source",
+    "load_tokenizer",
 ]
 
 MODES = ("postings", "tf", "positions")
@@ -61,6 +63,9 @@ def tokenize(text):
     ['it', 's', 'a', 'dog', 'eat', 'dog', 'world', '2024']
     """
     return _WORD.findall(text.lower())
+
+
+_default_tokenize = tokenize
 
 
 # -- the per-key pieces (what a keyed job needs) ---------------------------------------------
@@ -246,6 +251,28 @@ def index_map(shard, mode="postings", tokenize=tokenize, id_field="id", text_fie
     return index
 
 
+def load_tokenizer(spec):
+    """The function named by ``"package.module:function"`` (the CLI's ``--tokenize``).
+
+    Cost: one import. Raises ``ValueError`` for a malformed name or one that is not found.
+
+    >>> load_tokenizer("mergeagg.algorithms.invertedindex:tokenize")("A b")
+    ['a', 'b']
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"a tokenizer is named 'package.module:function', got {spec!r}")
+    import importlib
+
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load the tokenizer {spec!r}: {exc}") from None
+    if not callable(fn):
+        raise ValueError(f"the tokenizer {spec!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
 class _IndexMap:
     """The map with its parameters bound (picklable: no closures)."""
 
@@ -275,6 +302,10 @@ def invertedindex(mode="postings", tokenize=tokenize, id_field="id", text_field=
     {'x': [('a', 2), ('b', 1)], 'y': [('a', 1)]}
     """
     _check_mode(mode)
+    if tokenize is None:
+        tokenize = _default_tokenize
+    if isinstance(tokenize, str):
+        tokenize = load_tokenizer(tokenize)
     if not callable(tokenize):
         raise TypeError(f"tokenize must be callable, got {type(tokenize).__name__}")
     for label, value in (("id_field", id_field), ("text_field", text_field)):
@@ -334,6 +365,8 @@ ENTRY = Entry(
              help="postings (default), tf (term frequencies) or positions"),
         Flag("--id-field", default="id", help="document id column / key (records)"),
         Flag("--text-field", default="text", help="document text column / key (records)"),
+        Flag("--tokenize", default=None,
+             help="tokenizer as package.module:function (default: lowercase \\w+ runs)"),
         Flag("--top", type=int, default=10, help="how many of the commonest words to print",
              dest="_top"),
     ),

@@ -59,9 +59,23 @@ def test_records_by_field_names_and_null_texts():
     assert got == {"hello": ["a", "b"], "world": ["b"]}
 
 
-def test_custom_tokenizer_is_used():
+def test_custom_tokenizer_is_used(tmp_path, capsys):
     got = invertedindex(tokenize=str.split).reduce([[("d", "A a A")]])
     assert got == {"A": ["d"], "a": ["d"]}
+    named = invertedindex(tokenize="mergeagg.algorithms.invertedindex:tokenize")
+    assert named.reduce([[("d", "A a")]]) == {"a": ["d"]}
+    with pytest.raises(ValueError, match="package.module:function"):
+        invertedindex(tokenize="split")
+    with pytest.raises(ValueError, match="cannot load the tokenizer"):
+        invertedindex(tokenize="mergeagg.algorithms.invertedindex:nope")
+    docs = tmp_path / "d.jsonl"
+    docs.write_text('{"id": 1, "text": "A a"}\n')
+    assert cli_main(["run", "invertedindex", str(docs), "--workers", "0",
+                     "--tokenize", "builtins:str.split"]) == 2  # not a plain name
+    capsys.readouterr()
+    assert cli_main(["run", "invertedindex", str(docs), "--workers", "0", "--tokenize",
+                     "mergeagg.algorithms.invertedindex:tokenize"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "1 words, 1 postings"
 
 
 def test_files_are_documents_and_split_files_merge(tmp_path):
@@ -94,7 +108,7 @@ def test_bad_documents_and_parameters_raise():
     with pytest.raises(ValueError, match="mode must be one of"):
         invertedindex(mode="bm25")
     with pytest.raises(TypeError, match="tokenize must be callable"):
-        invertedindex(tokenize="split")
+        invertedindex(tokenize=3)
 
 
 @pytest.mark.parametrize("mode", ["postings", "tf", "positions"])
