@@ -7,7 +7,7 @@ LocalCluster (2 worker processes x 1 thread, loopback):
   reference (shared/BENCHMARKS.md: 4.7 s for 200 MB here);
 * ``dask.bag``: ``read_text(path, blocksize=split).str.split().flatten().frequencies()``
   computed on the cluster (about 0.34x the sequential loop here);
-* ``mergeagg dask``: ``wordcount()`` run on the cluster through mergeagg's Dask backend;
+* ``mergeagg dask``: ``mergeagg.run(wordcount(), path, backend=client)``;
 * ``mergeagg local``: the same aggregator on mergeagg's own 2 worker processes.
 
 Every answer must have the sequential loop's fingerprint. The figure of issue 9 is
@@ -32,24 +32,11 @@ from bench_wordcount import sequential_counter  # noqa: E402
 from workloads import SMOKE_CORPUS_BYTES, parse_size, zipf_corpus  # noqa: E402
 
 import mergeagg  # noqa: E402
-from mergeagg.inputs import as_source  # noqa: E402
-from mergeagg.runtime.master import PolicyConfig  # noqa: E402
 
 
 def mergeagg_on_dask(client, path, split_size):
-    """``mergeagg.run(wordcount(), path, backend=client)``, or run_dask itself until
-    api.py routes Dask clients there. Returns the answer's fingerprint."""
     agg = mergeagg.algorithms.wordcount()
-    try:
-        return mergeagg.run(agg, path, backend=client, split_size=split_size).fingerprint
-    except ValueError as exc:
-        if "unknown backend" not in str(exc):
-            raise
-    from mergeagg.runtime.dask import run_dask
-
-    value, _report = run_dask(agg, as_source(path, split_size=split_size), client=client,
-                              fan_in=8, config=PolicyConfig(), progress=False)
-    return mergeagg.fingerprint(value)
+    return mergeagg.run(agg, path, backend=client, split_size=split_size).fingerprint
 
 
 def dask_bag(client, path, split_size):
@@ -74,7 +61,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     size = SMOKE_CORPUS_BYTES if args.smoke else parse_size(args.size)
     repeat = 2 if args.smoke else args.repeat
-    split_size = "256K" if args.smoke else args.split_size
+    split_size = "512K" if args.smoke else args.split_size
 
     from distributed import Client, LocalCluster
 

@@ -15,13 +15,18 @@ actions on a Dask cluster:
   fingerprints it **there**, and returns ``("done", pickled output, fingerprint, stats)``.
   Every combine unpickles its inputs, so a ``combine`` that modifies its first argument never
   touches an output that Dask holds.
-* Completions reach the driver as Dask events (``Worker.log_event`` on a topic of the job,
-  to which the client subscribes): only the fingerprint and the stats cross to the client,
-  never the output. Future callbacks report what Dask itself failed at.
+* Completions reach the driver as Dask events (``Worker.log_event`` on the ``"mergeagg"``
+  topic, tagged with the job's token; the client subscribes once and routes them to their
+  job): only the fingerprint and the stats cross to the client, never the output. One
+  topic for every job keeps the scheduler's event log bounded (Dask never forgets a
+  topic). Future callbacks report what Dask itself failed at.
 * **Workers**: the scheduler's list of workers (``client.scheduler_info()``, polled every
-  ``poll_interval``) is the membership; a listed worker is alive (Dask's own heartbeats and
-  ``worker-ttl`` find hung ones). A worker with ``nthreads`` threads is ``nthreads`` policy
-  slots named ``"<address>/<thread>"``.
+  ``poll_interval``) is the membership. A listed worker is heard from when the scheduler
+  got a heartbeat from it since the last look, so the policy's ``heartbeat_timeout`` finds
+  a hung worker (SIGSTOP) and has its nanny restart it, as the local runtime does (on
+  clusters so large that Dask's heartbeats are too rare for that timeout, a listed worker
+  is alive and Dask's ``worker-ttl`` finds hung ones). A worker with ``nthreads`` threads
+  is ``nthreads`` policy slots named ``"<address>/<thread>"``.
 * **Lost workers.** When a worker leaves the scheduler, the policy sees ``worker_lost`` for
   its slots: its running attempts run again elsewhere, and so do completed tasks whose
   outputs lived there and are still needed, as new attempts that the report counts. The
@@ -69,11 +74,49 @@ from mergeagg.runtime.master import Cancel, KillWorker, Launch, Policy, Release,
 from mergeagg.runtime.worker import dumps
 
 __all__ = ["run_dask", "DaskExecutor", "DaskRef", "require_dask", "run_attempt",
-           "slot_name", "slot_address", "INSTALL_HINT"]
+           "slot_name", "slot_address", "INSTALL_HINT", "EVENT_TOPIC"]
 
 INSTALL_HINT = "pip install 'mergeagg[dask]'"
 
+EVENT_TOPIC = "mergeagg"
+
 _ALIVE = ("running", "paused", "init")
+
+# Jobs running in this process, by token: where their events go; and how many jobs each
+# client (by id) runs, so that it stays subscribed while any does.
+_routes = {}
+_subscribed = {}
+_routes_lock = threading.Lock()
+
+
+def _route(event):
+    # Runs in the client's event loop: hand over to the job's driver thread.
+    msg = event[1]
+    q = _routes.get(msg.get("job")) if isinstance(msg, dict) else None
+    if q is not None:
+        q.put(("event", msg))
+
+
+def _subscribe(client, token, q):
+    with _routes_lock:
+        _routes[token] = q
+        n = _subscribed.get(client.id, 0)
+        _subscribed[client.id] = n + 1
+        if n == 0:
+            client.subscribe_topic(EVENT_TOPIC, _route)
+
+
+def _unsubscribe(client, token):
+    with _routes_lock:
+        _routes.pop(token, None)
+        n = _subscribed.pop(client.id, 1) - 1
+        if n > 0:
+            _subscribed[client.id] = n
+            return
+        try:
+            client.unsubscribe_topic(EVENT_TOPIC)
+        except Exception:  # a closing client may already be gone
+            pass
 
 
 def require_dask():
@@ -177,16 +220,19 @@ def _fault_after(fault, acc, elapsed, key):
     return acc
 
 
-def run_attempt(job, digest, topic, key, attempt, kind, number, split, expected, hint,
+def run_attempt(job, digest, token, key, attempt, kind, number, split, expected, hint,
                 *inputs):
     """Run one attempt on a Dask worker (the function each Launch submits).
 
-    ``job`` is the cloudpickled ``(aggregator, fault plan)`` (loaded once per worker and
-    job); ``inputs`` are the children's results, in fold order, whose fingerprints must be
-    ``expected``. Returns ``("done", pickled output, fingerprint, stats)`` or ``("fail",
-    kind, error, traceback)``, and logs the same outcome, without the output, as an event
-    on ``topic``. Cost: the user's ``partial`` or ``combine``s, one pickle and one
-    fingerprint of the output, one unpickle per input.
+    ``job`` is the cloudpickled ``(aggregator, fault plan)``, which travels inside every
+    task (not as a Dask dependency: a worker drops the replicas it fetched once its tasks
+    are done, and a replica fetched from a hung or dead worker would stall the job) and is
+    unpickled once per worker and job. ``inputs`` are the children's results, in fold
+    order, whose fingerprints must be ``expected``. Returns ``("done", pickled output,
+    fingerprint, stats)`` or ``("fail", kind, error, traceback)``, and logs the same
+    outcome, without the output, as an event of job ``token`` on the ``"mergeagg"`` topic.
+    Cost: the user's ``partial`` or ``combine``s, one pickle and one fingerprint of the
+    output, one unpickle per input.
     """
     agg, plan = _job(digest, job)
     task_id = attempt.rsplit("#", 1)[0]
@@ -203,7 +249,7 @@ def run_attempt(job, digest, topic, key, attempt, kind, number, split, expected,
         else:
             for child, want in zip(inputs, expected):
                 if child[2] != want:
-                    return _report_outcome(topic, attempt, (
+                    return _report_outcome(token, attempt, (
                         "fail", "nondeterministic",
                         f"Dask handed {task_id} an input recomputed with fingerprint "
                         f"{child[2]}, but its first completion had {want}", ""))
@@ -216,28 +262,24 @@ def run_attempt(job, digest, topic, key, attempt, kind, number, split, expected,
         data = dumps(acc)
         fp = fingerprint(acc)
     except Exception as exc:
-        return _report_outcome(topic, attempt, (
+        return _report_outcome(token, attempt, (
             "fail", "raise", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     stats = {"seconds": seconds, "bytes_read": nbytes_read, "output_bytes": len(data)}
-    return _report_outcome(topic, attempt, ("done", data, fp, stats))
+    return _report_outcome(token, attempt, ("done", data, fp, stats))
 
 
-def _report_outcome(topic, attempt, outcome):
+def _report_outcome(token, attempt, outcome):
     from distributed import get_worker
 
     worker = get_worker()
     if outcome[0] == "done":
-        msg = {"attempt": attempt, "address": worker.address, "ok": True,
+        msg = {"job": token, "attempt": attempt, "address": worker.address, "ok": True,
                "fingerprint": outcome[2], "stats": outcome[3]}
     else:
-        msg = {"attempt": attempt, "address": worker.address, "ok": False,
+        msg = {"job": token, "attempt": attempt, "address": worker.address, "ok": False,
                "kind": outcome[1], "error": outcome[2], "traceback": outcome[3]}
-    worker.log_event(topic, msg)
+    worker.log_event(EVENT_TOPIC, msg)
     return outcome
-
-
-def _identity(x):
-    return x
 
 
 # -- the driver's side ----------------------------------------------------------------------
@@ -251,11 +293,13 @@ class DaskExecutor:
     future of the job; it never closes the client).
     """
 
-    def __init__(self, client, aggregator, faults=None, *, poll_interval=0.25):
+    def __init__(self, client, aggregator, faults=None, *, poll_interval=0.25,
+                 heartbeat_timeout=None):
         self.client = client
         self.poll_interval = poll_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self._last_seen = {}  # Dask worker address -> its last heartbeat, scheduler's clock
         self.token = uuid.uuid4().hex[:12]
-        self.topic = f"mergeagg-{self.token}"
         self.payload = cloudpickle.dumps((aggregator, faults))
         self.digest = hashlib.blake2b(self.payload, digest_size=16).hexdigest()
         self.futures = {}  # attempt id -> Future (running, or its output still held)
@@ -268,18 +312,13 @@ class DaskExecutor:
         self._launched_on = {}
         self._queue = queue.Queue()
         self._last_poll = float("-inf")
-        self._job_future = None
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self):
-        """Subscribe to the job's events and ship its functions once. Returns ``self``."""
-        self.client.subscribe_topic(self.topic, self._on_event)
-        # A task (not scattered data), so that Dask can recompute it if every worker that
-        # held it is lost; each worker fetches it once and keeps a replica.
-        self._job_future = self.client.submit(_identity, self.payload, pure=False,
-                                              key=f"mergeagg-{self.token}-job")
+        """Subscribe to the job's events. Returns ``self``."""
+        _subscribe(self.client, self.token, self._queue)
         return self
 
     def __enter__(self):
@@ -296,12 +335,7 @@ class DaskExecutor:
         for fut in self.futures.values():
             fut.release()
         self.futures.clear()
-        if self._job_future is not None:
-            self._job_future.release()
-        try:
-            self.client.unsubscribe_topic(self.topic)
-        except Exception:  # a closing client may already be gone
-            pass
+        _unsubscribe(self.client, self.token)
 
     # -- the port --------------------------------------------------------------------------
 
@@ -320,12 +354,36 @@ class DaskExecutor:
         for addr in sorted(set(self.known) - set(alive)):
             status = info.get(addr, {}).get("status", "gone")
             out.extend(self._lost(addr, f"Dask worker left the scheduler (status {status})"))
+        watch = self._watch_heartbeats(len(info))
         for addr, n in sorted(alive.items()):
+            seen = info[addr].get("last_seen")
+            fresh = not watch or seen is None or seen != self._last_seen.get(addr)
+            self._last_seen[addr] = seen
             if addr not in self.known:
                 self.known[addr] = n
                 out.extend(("joined", slot_name(addr, i)) for i in range(n))
+            elif not fresh:
+                continue  # no heartbeat since the last look: silent, maybe hung
             out.extend(("hb", slot_name(addr, i)) for i in range(self.known[addr]))
         return out
+
+    def _watch_heartbeats(self, n_workers):
+        """Whether a worker counts as heard from only when the scheduler got a heartbeat
+        from it since the last look (so that the policy's ``heartbeat_timeout`` finds a
+        hung worker), which needs Dask's heartbeat interval (0.5 s up to 10 workers, more
+        on larger clusters) well under that timeout; else a listed worker is alive and
+        Dask's ``worker-ttl`` finds hung ones."""
+        if self.heartbeat_timeout is None:
+            return False
+        if n_workers <= 10:
+            interval = 0.5
+        elif n_workers < 50:
+            interval = 1.0
+        elif n_workers < 200:
+            interval = 2.0
+        else:
+            interval = n_workers / 200 + 1
+        return 2 * interval + 2 * self.poll_interval < self.heartbeat_timeout
 
     def slots(self):
         """The policy slots of the workers seen alive, sorted."""
@@ -409,7 +467,7 @@ class DaskExecutor:
         address = slot_address(a.worker)
         key = f"mergeagg-{self.token}-{a.attempt}"
         expected = tuple(r.fingerprint for r in a.inputs)
-        args = [self._job_future, self.digest, self.topic, key, a.attempt, a.kind, a.number,
+        args = [self.payload, self.digest, self.token, key, a.attempt, a.kind, a.number,
                 a.split, expected, hint, *(r.future for r in a.inputs)]
         fut = self.client.submit(run_attempt, *args, key=key, pure=False,
                                  workers=[address], allow_other_workers=False)
@@ -418,10 +476,6 @@ class DaskExecutor:
         self._launched_on[a.attempt] = a.worker
         aid = a.attempt
         fut.add_done_callback(lambda f, aid=aid: self._queue.put(("future", aid, f)))
-
-    def _on_event(self, event):
-        # Runs in the client's event loop: hand over to the driver's thread.
-        self._queue.put(("event", event[1]))
 
     def _forget(self, attempt):
         fut = self.futures.pop(attempt, None)
@@ -554,7 +608,8 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
     try:
         policy = Policy(fold_tasks(source.splits(), fan_in), config)
         show = _Progress(policy, progress if progress is not None else sys.stderr.isatty())
-        with DaskExecutor(client, aggregator, faults, poll_interval=poll_interval) as ex:
+        with DaskExecutor(client, aggregator, faults, poll_interval=poll_interval,
+                          heartbeat_timeout=config.heartbeat_timeout) as ex:
             events = ex.membership(force=True)
             if not ex.known:
                 _wait_for_workers(client, wait_for_workers)

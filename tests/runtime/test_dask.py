@@ -1,9 +1,7 @@
 """The Dask backend on a LocalCluster of two worker processes (tests/runtime/conftest.py).
 
-Every answer is compared with the serial run (``workers=0``), the reference. The tests go
-through :func:`run_on`, which calls ``mergeagg.run(..., backend=client)`` once api.py routes
-Dask clients there, and ``run_dask`` (what that routing calls) until then; a few call
-``run_dask`` directly.
+Every answer is compared with the serial run (``workers=0``), the reference. Most tests go
+through ``mergeagg.run(..., backend=client)``; a few call ``run_dask`` directly.
 """
 
 import os
@@ -20,7 +18,6 @@ import mergeagg as ma
 from mergeagg.errors import NondeterminismError, TaskFailed
 from mergeagg.fingerprint import fingerprint
 from mergeagg.inputs import as_source
-from mergeagg.runtime.api import Result
 from mergeagg.runtime.faults import Fault, FaultPlan
 from mergeagg.runtime.master import PolicyConfig
 
@@ -40,22 +37,9 @@ def shards(n, lines=30):
              for k in range(lines)] for i in range(n)]
 
 
-def run_on(client, aggregator, source, *, fan_in=8, split_size=None, faults=None, **knobs):
-    """``mergeagg.run`` on Dask: through ``backend=client`` once api.py routes it to
-    run_dask, else run_dask itself with the same PolicyConfig as ``run`` builds."""
-    try:
-        return ma.run(aggregator, source, backend=client, fan_in=fan_in,
-                      split_size=split_size, faults=faults, **knobs)
-    except ValueError as exc:
-        if "unknown backend" not in str(exc):
-            raise
-    start = time.perf_counter()
-    config = PolicyConfig(heartbeat_timeout=5.0, **knobs)
-    value, report = run_dask(aggregator, as_source(source, split_size=split_size),
-                             client=client, fan_in=fan_in, config=config, faults=faults,
-                             progress=False)
-    report.wall_seconds = time.perf_counter() - start
-    return Result(value, fingerprint(value), report)
+def run_on(client, aggregator, source, **knobs):
+    """``mergeagg.run`` on Dask (``backend=client``, which calls run_dask)."""
+    return ma.run(aggregator, source, backend=client, **knobs)
 
 
 def recording_wordcount(pid_dir, sleep):
@@ -145,6 +129,30 @@ def test_a_worker_killed_mid_job_gives_the_clean_fingerprint(dask_client, tmp_pa
     assert str(killed[0]) in os.listdir(pid_dir)
 
 
+def test_a_hung_worker_is_found_by_missed_heartbeats_and_replaced(dask_client):
+    data = shards(8)
+    clean = ma.run(ma.algorithms.wordcount(), data, workers=0, fan_in=4)
+    before = set(dask_client.scheduler_info(n_workers=-1)["workers"])
+    # map-2's first attempt stops its worker process (SIGSTOP): alive to the OS, silent to
+    # the scheduler; no backups, so only the heartbeat check can save the job.
+    plan = FaultPlan(only={"map-2": {1: Fault("hang")}})
+    start = time.monotonic()
+    result = run_on(dask_client, ma.algorithms.wordcount(), data, fan_in=4, faults=plan,
+                    backups=False, heartbeat_timeout=2.0)
+    assert time.monotonic() - start < 10
+    assert result.fingerprint == clean.fingerprint
+    report = result.report
+    assert report.workers_lost == 1 and report.attempts[2] == 2
+    assert any(f.task == "map-2" and f.detail == "missed heartbeats" for f in report.failures)
+    # Its nanny replaces it: a worker under a new address joins.
+    dask_client.wait_for_workers(2, timeout=60)
+    deadline = time.monotonic() + 30
+    while set(dask_client.scheduler_info(n_workers=-1)["workers"]) <= before \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert set(dask_client.scheduler_info(n_workers=-1)["workers"]) - before
+
+
 def test_a_straggler_gets_a_backup_that_wins(dask_client, tmp_path):
     data = shards(8)
     slow = recording_wordcount(str(tmp_path), 0.1)
@@ -187,6 +195,13 @@ def test_user_code_that_raises_fails_the_job_with_a_named_error(dask_client):
             as info:
         run_on(dask_client, ma.Aggregator(picky, lambda a, b: a + b), data, max_attempts=2)
     assert "ValueError" in info.value.traceback
+
+
+def test_a_scheduler_address_through_run(dask_client):
+    data = shards(5)
+    result = run_on(dask_client.scheduler.address, ma.algorithms.wordcount(), data)
+    assert result.fingerprint == ma.run(ma.algorithms.wordcount(), data, workers=0).fingerprint
+    assert result.report.mode == "dask"
 
 
 def test_a_wrong_client_type_is_a_type_error():
