@@ -78,6 +78,10 @@ class TaskDef:
     sink, whose output the caller fetches at the end, as it does for a task marked
     ``output`` (a reducer whose partition is part of the result but also feeds a final
     merge).
+
+    ``prefer`` names the worker where the task should run (a worker holding its cached
+    input partition): while that worker is alive the task waits for a free slot there, up
+    to ``PolicyConfig.locality_wait`` seconds, before it goes to any worker.
     """
 
     id: str
@@ -87,6 +91,7 @@ class TaskDef:
     parents: tuple = ()
     index: int = 0
     output: bool = False
+    prefer: str | None = None
 
     @property
     def parent(self):
@@ -151,6 +156,7 @@ class PolicyConfig:
     verify: float = 0.0
     seed: int = 0
     prefetch: int = 2
+    locality_wait: float = 3.0
 
     def __post_init__(self):
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -167,6 +173,8 @@ class PolicyConfig:
             raise ValueError(f"task_timeout must be positive or None, got {self.task_timeout}")
         if not isinstance(self.prefetch, int) or self.prefetch < 1:
             raise ValueError(f"prefetch must be an int >= 1, got {self.prefetch!r}")
+        if self.locality_wait < 0:
+            raise ValueError(f"locality_wait must be >= 0 seconds, got {self.locality_wait!r}")
 
 
 class FailureDetector:
@@ -218,6 +226,7 @@ class _Task:
     pending_children: int = 0
     backup_launched: bool = False
     stats: dict = field(default_factory=dict)
+    waiting_since: float | None = None  # when it began waiting for its preferred worker
 
 
 @dataclass
@@ -318,6 +327,7 @@ class Policy:
         self.verified = 0
         self.workers_lost = 0
         self._now = 0.0
+        self._locality_deadline = None  # when a task waiting for its worker gives up
 
     # -- events ----------------------------------------------------------------------------
 
@@ -496,6 +506,8 @@ class Policy:
             horizon = min(horizon, self.config.task_timeout / 4)
         if self.config.backups and self.attempts:
             horizon = min(horizon, max(self.scan_interval, 0.005))
+        if self._locality_deadline is not None:
+            horizon = min(horizon, max(self._locality_deadline - now, 0.0))
         return now + horizon
 
     # -- internals -------------------------------------------------------------------------
@@ -739,6 +751,8 @@ class Policy:
             self.audits_wanted.popleft()
             self.audits_running += 1
             self._launch(task, worker, now, audit=True)
+        waiting = []  # tasks held back for their preferred worker, in ready order
+        self._locality_deadline = None
         while self.ready:
             tid = self.ready[0]
             task = self.tasks[tid]
@@ -746,7 +760,21 @@ class Policy:
                 self.ready.popleft()
                 continue
             worker = None
-            if task.d.kind == "combine":
+            prefer = task.d.prefer
+            if prefer is not None and prefer in self.workers:
+                if len(self.workers[prefer]) < cap:
+                    worker = prefer
+                else:
+                    if task.waiting_since is None:
+                        task.waiting_since = now
+                    give_up = task.waiting_since + self.config.locality_wait
+                    if now < give_up:
+                        self.ready.popleft()
+                        waiting.append(tid)
+                        if self._locality_deadline is None or give_up < self._locality_deadline:
+                            self._locality_deadline = give_up
+                        continue
+            if worker is None and task.d.kind == "combine":
                 holders = [self.tasks[c].ref_worker for c in task.d.children]
                 for h in holders:
                     if h in self.workers and len(self.workers[h]) < cap:
@@ -757,7 +785,9 @@ class Policy:
             if worker is None:
                 break
             self.ready.popleft()
+            task.waiting_since = None
             self._launch(task, worker, now)
+        self.ready.extendleft(reversed(waiting))
 
     def _pick(self, ok, cap):
         best, best_load = None, cap
