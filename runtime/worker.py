@@ -12,6 +12,12 @@ survives the worker); larger ones stay in the worker's own directory as a file w
 atomically (temporary name, then rename) with a CRC-32, and die with the worker, like map
 output on a MapReduce worker's local disk. Every combine gets fresh objects (it unpickles
 its inputs), so a combine that modifies its first argument never touches a stored output.
+
+Worker-resident datasets: a map task whose split is a :class:`CachedPartition` runs its
+``partial`` over the partition's loaded form, kept in this worker's memory across jobs
+(keyed by dataset and split index). On a miss the worker rebuilds it from its lineage: it
+reads the split and applies the dataset's ``load`` function. The task's stats say which
+(``cache_hits`` / ``cache_misses``) and ``bytes_read`` counts only what a miss read.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from mergeagg.runtime.shuffle import (
     side_of,
 )
 
-__all__ = ["Ref", "serve", "INLINE_LIMIT", "dumps", "load_ref", "InputLost"]
+__all__ = ["Ref", "serve", "INLINE_LIMIT", "dumps", "load_ref", "InputLost", "CachedPartition"]
 
 INLINE_LIMIT = 64 * 1024
 
@@ -68,6 +74,46 @@ class Ref:
     def __repr__(self):
         where = "inline" if self.data is not None else f"{self.worker}:{self.path}"
         return f"Ref({self.key}, {where}, {self.nbytes} B)"
+
+
+class CachedPartition:
+    """A map task's input that stays in a worker's memory: partition ``split.index`` of
+    dataset ``dataset``, with its lineage: ``split`` (the input it is read from) or
+    ``parent`` (the cached partition it is derived from), and ``load_job``, the id of the
+    executor job whose payload is the function that turns the split's records (or the
+    parent's loaded form) into the kept form. The function is shipped to every worker once,
+    as a job; a descriptor is a few words.
+
+    >>> from mergeagg.inputs import shards
+    >>> p = CachedPartition("d1", shards([[1, 2]]).splits()[0], 7)
+    >>> p.id, p.index, CachedPartition("d2", p.split, 8, parent=p).parent.dataset
+    ('d1/shard:0', 0, 'd1')
+    """
+
+    __slots__ = ("dataset", "split", "load_job", "parent")
+
+    def __init__(self, dataset, split, load_job, parent=None):
+        self.dataset = dataset
+        self.split = split
+        self.load_job = load_job
+        self.parent = parent
+
+    @property
+    def index(self):
+        return self.split.index
+
+    @property
+    def id(self):
+        return f"{self.dataset}/{self.split.id}"
+
+    def __getstate__(self):
+        return (self.dataset, self.split, self.load_job, self.parent)
+
+    def __setstate__(self, state):
+        self.dataset, self.split, self.load_job, self.parent = state
+
+    def __repr__(self):
+        return f"CachedPartition({self.id})"
 
 
 class InputLost(Exception):
@@ -125,6 +171,7 @@ class _Worker:
         self.current = None
         self.cancel_target = None
         self.stopping = False
+        self.cache = {}  # (dataset, split index) -> loaded partition
 
     # -- threads ---------------------------------------------------------------------------
 
@@ -190,7 +237,7 @@ class _Worker:
                 self.send(("batch", pending))
                 pending = []
                 continue
-            if isinstance(item[0], str) and item[0] in ("job", "drop", "stop"):
+            if isinstance(item[0], str) and item[0] in ("job", "drop", "stop", "uncache"):
                 if pending:
                     self.send(("batch", pending))
                     pending = []
@@ -199,6 +246,9 @@ class _Worker:
                     self.jobs[job_id] = (cloudpickle.loads(payload), plan)
                 elif item[0] == "drop":
                     self.jobs.pop(item[1], None)
+                elif item[0] == "uncache":
+                    for key in [k for k in self.cache if k[0] == item[1]]:
+                        del self.cache[key]
                 else:
                     return
                 continue
@@ -232,11 +282,16 @@ class _Worker:
             return self.run_keyed_task(agg, aid, task_id, kind, split, inputs, fault, hint)
         t0 = time.perf_counter()
         nbytes_read = 0
+        cache_stats = {}
         self.current = aid
         try:
             if fault is not None:
                 self._fault_before(fault, hint)
-            if kind == "map":
+            if kind == "map" and isinstance(split, CachedPartition):
+                loaded, cache_stats = self._cached(split)
+                nbytes_read = cache_stats.pop("bytes_read")
+                acc = agg.partial(loaded)
+            elif kind == "map":
                 records = read_split(split)
                 acc = agg.partial(records)
                 nbytes_read = getattr(records, "bytes_read", 0)
@@ -268,7 +323,33 @@ class _Worker:
                     f"{type(exc).__name__}: {exc}", traceback.format_exc(), ())
         ref = self._store(aid, data)
         return ("done", aid, ref, fp, {"seconds": seconds, "bytes_read": nbytes_read,
-                                       "output_bytes": len(data)})
+                                       "output_bytes": len(data), **cache_stats})
+
+    def _cached(self, part):
+        """The loaded form of ``part`` from this worker's cache, or rebuilt from its
+        lineage (read the split, or get the parent partition, then apply the dataset's
+        load function) and kept. Returns ``(loaded, stats)``; ``bytes_read`` counts what
+        the rebuild read from disk."""
+        key = (part.dataset, part.index)
+        if key in self.cache:
+            return self.cache[key], {"cache_hits": 1, "cache_misses": 0, "bytes_read": 0}
+        job = self.jobs.get(part.load_job)
+        if job is None:
+            raise RuntimeError(f"dataset {part.dataset}'s load function (job "
+                               f"{part.load_job}) is not on worker {self.wid}; was the "
+                               "dataset unpersisted?")
+        t0 = time.perf_counter()
+        if part.parent is not None:
+            base, parent_stats = self._cached(part.parent)
+            loaded = job[0](base)
+            nbytes = parent_stats["bytes_read"]
+        else:
+            base = read_split(part.split)
+            loaded = job[0](base)
+            nbytes = getattr(base, "bytes_read", 0)  # text splits are read on first use
+        self.cache[key] = loaded
+        return loaded, {"cache_hits": 0, "cache_misses": 1, "bytes_read": nbytes,
+                        "load_seconds": time.perf_counter() - t0}
 
     def run_keyed_task(self, spec, aid, task_id, kind, split, inputs, fault, hint):
         """A keyed job's map or reduce task (see :mod:`mergeagg.runtime.shuffle`)."""
