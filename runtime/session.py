@@ -1,0 +1,484 @@
+"""A long-lived session: worker processes that survive from one job to the next, and
+datasets kept in their memory with lineage recovery.
+
+``mergeagg.run`` is the one-shot form: it starts workers, runs a job and stops them. A
+:class:`Session` keeps one :class:`~mergeagg.runtime.local.LocalExecutor` open, so an
+iterative algorithm (PageRank, gradient descent) pays for worker start-up once, and
+:meth:`Session.persist` can load an input once and keep it resident:
+
+* each split is read and turned into its *loaded form* by ``load(records)`` on some worker,
+  once, and stays in that worker's memory (a :class:`Dataset` remembers where);
+* a later job over the dataset runs its ``partial`` on the loaded forms; each map task
+  prefers the worker that holds its partition (the policy waits up to ``locality_wait``
+  seconds for a slot there);
+* when that worker dies, the partition is rebuilt from its **lineage** (the split and the
+  ``load`` function) on another worker, as Spark rebuilds a lost RDD partition; the job's
+  value keeps the same bytes, since the fold tree's shape is fixed by split index.
+
+The report of every job over a dataset counts cache hits, misses (first loads, and loads
+on another worker while the holder lives) and rebuilds (loads of a partition whose holder
+died), and the bytes the readers read from disk (``report.counters``).
+
+>>> import mergeagg as ma
+>>> with Session(workers=0) as s:
+...     ds = s.persist([[1, 2], [3, 4, 5]], load=sorted)
+...     r = s.run(ma.Aggregator(sum, lambda a, b: a + b), ds)
+>>> r.value, r.report.counters["cache_hits"], r.report.counters["cache_misses"]
+(15, 2, 0)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+
+from mergeagg.aggregator import Aggregator
+from mergeagg.fingerprint import fingerprint
+from mergeagg.inputs import Source, as_source, read_split
+from mergeagg.keyed import KeyedJob
+from mergeagg.runtime.master import Policy, PolicyConfig, fold_tasks
+from mergeagg.runtime.report import Report, TaskRecord
+from mergeagg.runtime.tree import check_fan_in, fold_fixed
+
+__all__ = ["Session", "Dataset", "CACHE_COUNTERS"]
+
+CACHE_COUNTERS = ("cache_hits", "cache_misses", "cache_rebuilds", "cache_bytes_read")
+
+_dataset_ids = itertools.count(1)
+
+
+@dataclass
+class Dataset:
+    """A persisted input: its splits and ``load`` function (the lineage of every
+    partition), where each partition lives, and the cache counters of every job over it.
+
+    ``holders[i]`` lists the workers holding partition ``i`` (the first is preferred);
+    ``counters`` accumulates ``cache_hits``, ``cache_misses``, ``cache_rebuilds`` and
+    ``cache_bytes_read`` over the dataset's life, the initial load included.
+    """
+
+    id: str
+    source: Source
+    load: object
+    parent: Dataset | None = None
+    load_job: int | None = None
+    holders: dict = field(default_factory=dict)
+    loaded_once: set = field(default_factory=set)
+    counters: dict = field(default_factory=lambda: dict.fromkeys(CACHE_COUNTERS, 0))
+    local: dict = field(default_factory=dict, repr=False)  # workers=0: index -> loaded form
+
+    def __len__(self):
+        return len(self.source)
+
+    def splits(self):
+        """The splits the partitions are loaded from, in index order."""
+        return self.source.splits()
+
+
+def _count_partition(loaded):
+    return 1
+
+
+def _add(a, b):
+    return a + b
+
+
+_LOAD_JOB = Aggregator(_count_partition, _add, name="persist")
+
+
+class Session:
+    """Worker processes kept across jobs, and the datasets they hold.
+
+    ``Session(workers=N)`` starts N worker processes (``None``: one per CPU; ``0``: no
+    processes, everything runs in this process, the serial reference). Use it as a context
+    manager, or call :meth:`close`. Policy knobs (``max_attempts``, ``backups``,
+    ``locality_wait``, ...) given here apply to every job unless a job overrides them.
+
+    Cost: starting the workers once (milliseconds each under forkserver); each job then
+    costs what ``mergeagg.run`` costs minus the start-up.
+
+    >>> import mergeagg as ma
+    >>> with Session(workers=0) as s:
+    ...     s.run(ma.Aggregator(len, lambda a, b: a + b), [[1, 2], [3]]).value
+    3
+    """
+
+    def __init__(self, workers=None, *, heartbeat_interval=0.2, start_method=None,
+                 **policy):
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or workers < 0):
+            raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
+        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        self.policy_defaults = dict(policy)
+        PolicyConfig(**self.policy_defaults)  # refuse a bad knob now, not at the first job
+        self.heartbeat_interval = heartbeat_interval
+        self.start_method = start_method
+        self.executor = None
+        self.datasets = {}
+        self.jobs_run = 0
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self):
+        """Start the workers (idempotent). Returns ``self``. Cost: one start of the pool."""
+        if self._closed:
+            raise RuntimeError("this Session is closed; start a new one")
+        if self.workers > 0 and self.executor is None:
+            self.executor = _session_executor(self.workers,
+                                              heartbeat_interval=self.heartbeat_interval,
+                                              start_method=self.start_method)
+            self.executor.start()
+            self.executor.wait_ready()
+        return self
+
+    def close(self):
+        """Stop the workers; cached partitions die with them. Idempotent."""
+        if self.executor is not None:
+            self.executor.close()
+            self.executor = None
+        self.datasets.clear()
+        self._closed = True
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self._closed else f"{self.workers} worker(s)"
+        return f"Session({state}, {len(self.datasets)} dataset(s))"
+
+    def worker_pids(self):
+        """``{worker id: pid}`` of the live worker processes (empty with ``workers=0``)."""
+        return {} if self.executor is None else self.executor.worker_pids()
+
+    # -- datasets --------------------------------------------------------------------------
+
+    def persist(self, source, load, *, split_size=None, format="text", errors="strict"):
+        """Load every split of ``source`` once, ``load(records)`` on some worker, and keep
+        the loaded form in that worker's memory. Returns a :class:`Dataset` to give to
+        :meth:`run` in place of a source.
+
+        ``load`` must be a pure function of the split's records (it is the lineage a lost
+        partition is rebuilt from) and cloudpickle-able. A job's ``partial`` receives the
+        loaded form and must not modify it. Cost: one read and one ``load`` per split, run
+        as a job on the workers; the loaded forms stay in the workers' memory until
+        :meth:`unpersist` or :meth:`close`.
+
+        ``source`` may be a persisted :class:`Dataset`: the new dataset's partition ``i``
+        is then ``load(parent partition i)``, kept beside it (Spark's ``map().persist()``);
+        a lost one is rebuilt from the parent, itself rebuilt from its split if need be.
+
+        >>> with Session(workers=0) as s:
+        ...     ds = s.persist([[3, 1], [2]], load=sorted)
+        ...     len(ds), ds.counters["cache_misses"]
+        (2, 2)
+        """
+        if not callable(load):
+            raise TypeError(f"persist needs a callable load(records), got "
+                            f"{type(load).__name__}")
+        self.start()
+        if isinstance(source, Dataset):
+            self._check_persisted(source)
+            ds = Dataset(f"ds{next(_dataset_ids)}", source.source, load, parent=source)
+        else:
+            src = as_source(source, split_size=split_size, format=format, errors=errors)
+            ds = Dataset(f"ds{next(_dataset_ids)}", src, load)
+        if self.executor is not None:
+            # The lineage's function goes to every worker once (and to replacements).
+            ds.load_job = self.executor.load_job(load)
+        self.datasets[ds.id] = ds
+        self._run_fold(_LOAD_JOB, ds, fan_in=max(2, len(ds)), config=self._config({}),
+                       faults=None, progress=False)
+        return ds
+
+    def unpersist(self, dataset):
+        """Drop ``dataset``'s partitions from the workers' memory. Cost: one message per
+        worker."""
+        self.datasets.pop(dataset.id, None)
+        dataset.holders.clear()
+        dataset.local.clear()
+        if self.executor is not None and dataset.load_job is not None:
+            self.executor.drop_job(dataset.load_job)
+            # LocalExecutor has no public broadcast yet; its _send is the message channel.
+            for wid in list(self.executor.procs):
+                self.executor._send(wid, ("uncache", dataset.id))
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def run(self, job, source, *, fan_in=8, split_size=None, format="text", errors="strict",
+            faults=None, progress=None, partitions=None, combiner=None, memory_limit=None,
+            **policy):
+        """Run ``job`` (an Aggregator or a KeyedJob) over ``source`` (anything
+        ``mergeagg.run`` accepts, or a :class:`Dataset`) on this session's workers.
+        Returns a :class:`~mergeagg.runtime.api.Result`.
+
+        Over a Dataset, ``partial`` gets each partition's loaded form. Policy knobs
+        (``max_attempts``, ``backups``, ``locality_wait``, ...) override the session's.
+        Cost: that of the job; no worker start-up.
+
+        >>> import mergeagg as ma
+        >>> with Session(workers=0) as s:
+        ...     s.run(ma.Aggregator(max, max), [[1, 5], [3]]).value
+        5
+        """
+        from mergeagg.runtime.api import Result
+        from mergeagg.runtime.faults import FaultPlan
+
+        self.start()
+        config = self._config(policy)
+        plan = FaultPlan.parse(faults) if isinstance(faults, (str, type(None))) else faults
+        start = time.perf_counter()
+        if isinstance(job, KeyedJob):
+            if isinstance(source, Dataset):
+                raise TypeError("keyed jobs over a persisted Dataset are not supported; run "
+                                "a fold job (mergeagg.Aggregator) over it")
+            src = as_source(source, split_size=split_size, format=format, errors=errors)
+            value, report, fp = self._run_keyed(job, src, config=config, faults=plan,
+                                                progress=progress, partitions=partitions,
+                                                combiner=combiner, memory_limit=memory_limit)
+            report.wall_seconds = time.perf_counter() - start
+            return Result(value, fp, report)
+        for name, val in (("partitions", partitions), ("combiner", combiner),
+                          ("memory_limit", memory_limit)):
+            if val is not None:
+                raise TypeError(f"{name}= applies to keyed jobs (mergeagg.KeyedJob), not to "
+                                "an Aggregator")
+        src = source if isinstance(source, Dataset) else as_source(
+            source, split_size=split_size, format=format, errors=errors)
+        value, report = self._run(job, src, fan_in=fan_in, config=config, faults=plan,
+                                  progress=progress)
+        t = time.perf_counter()
+        fp = fingerprint(value)
+        report.phases["fingerprint"] = time.perf_counter() - t
+        report.wall_seconds = time.perf_counter() - start
+        return Result(value, fp, report)
+
+    def _config(self, overrides):
+        return PolicyConfig(**{**self.policy_defaults, **overrides})
+
+    def _run(self, job, src, *, fan_in, config, faults, progress):
+        """Run fold job ``job`` over a Source or a Dataset; ``(value, report)``. The hook
+        :func:`mergeagg.run` calls with ``session=``."""
+        if not isinstance(job, Aggregator):
+            raise TypeError(f"a Session runs an Aggregator here, got {type(job).__name__}")
+        check_fan_in(fan_in)
+        self.start()
+        if faults is not None and self.executor is None:
+            raise ValueError("faults are injected into worker processes; a Session with "
+                             "workers=0 has none")
+        self.jobs_run += 1
+        if isinstance(src, Dataset):
+            return self._run_fold(job, src, fan_in=fan_in, config=config, faults=faults,
+                                  progress=progress)
+        if self.executor is None:
+            from mergeagg.runtime.serial import run_serial
+
+            return run_serial(job, src, fan_in=fan_in)
+        from mergeagg.runtime.local import run_local
+
+        try:
+            return run_local(job, src, workers=self.workers, fan_in=fan_in, config=config,
+                             faults=faults, progress=progress, executor=self.executor)
+        finally:
+            self.executor.settle()
+
+    def _run_keyed(self, job, src, *, config, faults, progress, partitions, combiner,
+                   memory_limit):
+        from mergeagg.runtime.api import _keyed_spec
+
+        spec = _keyed_spec(job, partitions, combiner, memory_limit, None)
+        self.jobs_run += 1
+        if self.executor is None:
+            from mergeagg.runtime.serial import run_keyed_serial
+
+            return run_keyed_serial(spec, src)
+        from mergeagg.runtime.local import run_keyed_local
+
+        try:
+            return run_keyed_local(spec, src, workers=self.workers, config=config,
+                                   faults=faults, progress=progress, executor=self.executor)
+        finally:
+            self.executor.settle()
+
+    # -- jobs over a dataset ---------------------------------------------------------------
+
+    def _check_persisted(self, ds):
+        d = ds
+        while d is not None:
+            if self.datasets.get(d.id) is not d:
+                raise ValueError(f"dataset {d.id} is not persisted in this session (it was "
+                                 "unpersisted, or belongs to another session)")
+            d = d.parent
+
+    def _partition(self, ds, split):
+        from mergeagg.runtime.worker import CachedPartition
+
+        parent = None if ds.parent is None else self._partition(ds.parent, split)
+        return CachedPartition(ds.id, split, ds.load_job, parent)
+
+    def _run_fold(self, job, ds, *, fan_in, config, faults, progress):
+        self._check_persisted(ds)
+        if self.executor is None:
+            return self._run_fold_here(job, ds, fan_in)
+        from mergeagg.runtime.local import _report, drive
+
+        parts = [self._partition(ds, split) for split in ds.splits()]
+        tasks = fold_tasks(parts, fan_in)
+        live = set(self.executor.live_workers())
+        for t in tasks[:len(parts)]:
+            t.prefer = next((w for w in ds.holders.get(t.index, ()) if w in live), None)
+        policy = Policy(tasks, config)
+
+        def fetch(policy, ex):
+            ref, _fp = policy.result
+            return ex.fetch(ref)
+
+        try:
+            acc, phases = drive(policy, job, fetch, workers=self.workers, faults=faults,
+                                progress=progress, executor=self.executor)
+        finally:
+            self.executor.settle()
+        t = time.perf_counter()
+        value = job.finalize(acc)
+        phases["finalize"] = time.perf_counter() - t
+        report = _report(policy, self.workers, fan_in, phases)
+        report.mode = "session"
+        self._account(ds, policy, report)
+        return value, report
+
+    def _account(self, ds, policy, report):
+        """Cache counters of a finished job, and where each partition now lives."""
+        live = set(self.executor.live_workers())
+        counts = dict.fromkeys(CACHE_COUNTERS, 0)
+        for i in range(len(ds)):
+            task = policy.tasks[f"map-{i}"]
+            stats = task.stats or {}
+            worker = task.worker
+            if stats.get("cache_hits"):
+                counts["cache_hits"] += 1
+            elif stats.get("cache_misses"):
+                previous = ds.holders.get(i, [])
+                if i in ds.loaded_once and not any(w in live and w != worker
+                                                   for w in previous):
+                    counts["cache_rebuilds"] += 1
+                else:
+                    counts["cache_misses"] += 1
+                counts["cache_bytes_read"] += stats.get("bytes_read", 0)
+            ds.loaded_once.add(i)
+            holders = [w for w in ds.holders.get(i, []) if w in live and w != worker]
+            ds.holders[i] = [worker, *holders] if worker in live else holders
+        for k, v in counts.items():
+            ds.counters[k] += v
+        report.counters.update(counts)
+
+    def _run_fold_here(self, job, ds, fan_in):
+        """``workers=0``: partitions loaded in this process, folded along the same tree."""
+        report = Report(mode="session", workers=0, fan_in=fan_in)
+        counts = dict.fromkeys(CACHE_COUNTERS, 0)
+        t0 = time.perf_counter()
+
+        def partials():
+            for split in ds.splits():
+                i = split.index
+                started = time.perf_counter()
+                nbytes = 0
+                if i in ds.local:
+                    counts["cache_hits"] += 1
+                else:
+                    nbytes = _load_here(ds, split)
+                    counts["cache_misses"] += 1
+                    counts["cache_bytes_read"] += nbytes
+                acc = job.partial(ds.local[i])
+                report.bytes_read += nbytes
+                report.tasks.append(TaskRecord(f"map-{i}", "map", f"{ds.id}/{split.id}",
+                                               attempts=1, seconds=time.perf_counter() - started,
+                                               bytes_read=nbytes))
+                yield acc
+
+        root = fold_fixed(partials(), job.combine, fan_in)
+        t1 = time.perf_counter()
+        value = job.finalize(root)
+        report.phases = {"map+combine": t1 - t0, "finalize": time.perf_counter() - t1}
+        for k, v in counts.items():
+            ds.counters[k] += v
+        report.counters.update(counts)
+        return value, report
+
+
+def _load_here(ds, split):
+    """Load partition ``split.index`` of ``ds`` in this process (its parent first if
+    needed); returns the bytes read from disk."""
+    i = split.index
+    if ds.parent is not None:
+        nbytes = 0 if i in ds.parent.local else _load_here(ds.parent, split)
+        ds.local[i] = ds.load(ds.parent.local[i])
+        return nbytes
+    records = read_split(split)
+    ds.local[i] = ds.load(records)
+    return getattr(records, "bytes_read", 0)
+
+
+def _session_executor(workers, **kw):
+    """A LocalExecutor that, between jobs, waits for the answers of cancelled attempts.
+
+    Attempt ids (``map-3#2``) repeat from one job to the next; a backup's loser whose
+    completion arrived during the next job would be taken for that job's attempt. So the
+    executor remembers every attempt it was told to cancel and :meth:`settle` drains
+    events until each has answered (done, failed or cancelled) or its worker is gone.
+    """
+    from mergeagg.runtime.local import LocalExecutor
+    from mergeagg.runtime.master import Cancel
+
+    class _SessionExecutor(LocalExecutor):
+        def __init__(self, workers, **kw):
+            super().__init__(workers, **kw)
+            self.unsettled = {}  # attempt -> worker
+
+        def apply(self, actions, job_id, hint=0.0):
+            for a in actions:
+                if isinstance(a, Cancel):
+                    self.unsettled[a.attempt] = a.worker
+            super().apply(actions, job_id, hint)
+
+        def events(self, timeout):
+            evs = super().events(timeout)
+            if self.unsettled:
+                for ev in evs:
+                    if ev[0] in ("done", "fail", "cancelled"):
+                        self.unsettled.pop(ev[1], None)
+                    elif ev[0] == "lost":
+                        for aid in [a for a, w in self.unsettled.items() if w == ev[1]]:
+                            del self.unsettled[aid]
+            return evs
+
+        def wait_ready(self, timeout=30.0):
+            """Wait until every worker said it is ready (the first job then sees all)."""
+            deadline = time.monotonic() + timeout
+            while len(self.live_workers()) < self.size and time.monotonic() < deadline:
+                self._events.extend(super().events(0.05))
+
+        def settle(self, timeout=10.0):
+            """Drain events until every cancelled attempt has answered; free the outputs
+            of losers that completed anyway. Other events between jobs carry nothing the
+            next job needs (it starts from ``live_workers()``)."""
+            deadline = time.monotonic() + timeout
+            while self.unsettled and time.monotonic() < deadline:
+                for ev in self.events(0.05):
+                    if ev[0] == "done" and ev[2] is not None:
+                        self._release(ev[2])
+            for aid, wid in list(self.unsettled.items()):
+                if wid not in self.procs:
+                    del self.unsettled[aid]
+            if self.unsettled:
+                # Still silent: these workers may be hung; replace them rather than let an
+                # old answer reach the next job.
+                for wid in sorted(set(self.unsettled.values())):
+                    self.kill(wid, "a cancelled attempt never answered")
+                self.unsettled.clear()
+
+    return _SessionExecutor(workers, **kw)
