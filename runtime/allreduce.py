@@ -3,7 +3,8 @@
 Each of ``p`` processes computes one accumulator (``aggregator.partial(shard)``: the map) and
 the collective leaves **every** process holding the combined value; the master only starts
 the processes, says "go", and collects each one's fingerprint (they must all agree) and byte
-counts. Data moves between the processes themselves, over pipes, never through the master.
+counts. Data moves between the processes themselves, over pipes and shared memory, never
+through the master. POSIX only (non-blocking pipes, ``readv``/``writev``, ``/dev/shm``).
 
 * ``algorithm="tree"`` — any accumulator. Reduce along the fold runtime's fixed tree
   (:mod:`mergeagg.runtime.tree`, same ``fan_in``): node ``(level, i)`` lives on the process
@@ -56,7 +57,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import fcntl
 import mmap
 import multiprocessing as mp
 import os
@@ -73,6 +73,11 @@ from dataclasses import dataclass, field
 
 import cloudpickle
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: allreduce() cannot run here anyway
+    fcntl = None
 
 from mergeagg.aggregator import Aggregator
 from mergeagg.errors import JobFailed, WorkerLost
@@ -99,7 +104,7 @@ DEFAULT_FAN_IN = 8  # runtime.api's default, so the tree matches mergeagg.run's
 
 _HEADER = struct.Struct("<IIQ")  # tag, step, payload bytes
 _PIPE_SIZE = 1 << 20
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux: a pipe's capacity
 _TAGS = {"hello": 1, "reduce-scatter": 2, "all-gather": 3, "reduce": 4, "broadcast": 5,
          "ack": 6}
 
@@ -705,7 +710,8 @@ def _report(ctl, msg):
 def _pipe(ctx):
     r, w = ctx.Pipe(duplex=False)
     try:
-        fcntl.fcntl(w.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+        if fcntl is not None:
+            fcntl.fcntl(w.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
     except OSError:
         pass  # the default 64 KiB works too, with more context switches
     return r, w
