@@ -38,10 +38,11 @@ Byte accounting: every process counts the bytes it writes and reads on its pipes
 frame headers and pickling included); :class:`AllReduceResult` prints them beside the
 textbook figure (ring: ``2 (p - 1) / p * N`` each way per process).
 
-Failures: a process that dies during the collective (or whose user code raises) stops the
-whole collective with :class:`~mergeagg.errors.WorkerLost` (or
-:class:`~mergeagg.errors.JobFailed`) naming its rank and pid; every process of the
-collective is killed and reaped before the error is raised.
+Failures: a process that dies during the collective, or goes silent for ``timeout``
+seconds, stops the whole collective with :class:`~mergeagg.errors.WorkerLost` naming its
+rank and pid (user code that raises: :class:`~mergeagg.errors.JobFailed` with its
+traceback); every process of the collective is killed and reaped, and the shared-memory
+files removed, before the error is raised.
 
 >>> import numpy as np
 >>> import mergeagg as ma
@@ -395,7 +396,9 @@ class _Links:
             while pending_out or len(results) < len(recvs):
                 left = self.deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"process {self.rank} timed out in {phase} step {step}")
+                    waiting = list(pending_out) + [q for q in recvs if q not in results]
+                    raise _PeerLost(waiting[0], phase, step, "did not answer before the "
+                                    "deadline")
                 for key, _mask in sel.select(left):
                     kind, peer = key.data
                     if kind == "ctl":
@@ -472,8 +475,10 @@ class _Links:
 
 
 def _maybe_die(die, rank, phase, step):
-    if die is not None and die == (rank, phase, step):
-        os.kill(os.getpid(), signal.SIGKILL)
+    """The tests' fault hook: ``(rank, phase, step)`` kills that process there (SIGKILL);
+    ``(rank, phase, step, "stop")`` freezes it (SIGSTOP: alive and silent)."""
+    if die is not None and tuple(die[:3]) == (rank, phase, step):
+        os.kill(os.getpid(), signal.SIGSTOP if die[3:] == ("stop",) else signal.SIGKILL)
 
 
 def _ring(links, acc, view, p, die, transport):
@@ -856,7 +861,7 @@ def _drive(algorithm, p, fan_in, procs, ctls, opts):
             if dead or reports:
                 # Before "go" nobody else is talking to the failed process: no grace.
                 _settle(procs, ctls, done, ready, reports, dead, grace=2.0 if went else 0.0)
-                _raise_failure(algorithm, p, procs, dead, reports)
+                _raise_failure(algorithm, p, procs, dead, reports, done, opts["timeout"])
             if not went and len(ready) == p:
                 for conn in ctls:
                     conn.send(("go",))
@@ -911,10 +916,22 @@ def _settle(procs, ctls, done, ready, reports, dead, grace=2.0):
             dead.add(rank)
 
 
-def _raise_failure(algorithm, p, procs, dead, reports):
+def _raise_failure(algorithm, p, procs, dead, reports, done, timeout):
     errors = [m for m in reports if m[0] == "error"]
     seen = [m for m in reports if m[0] == "peer"]
+    spoke = {m[1] for m in reports} | set(done)
+    silent = [r for r in range(p) if r not in spoke and procs[r].is_alive()]
     _reap(procs, [])
+    if not dead and not errors and silent and seen:
+        rank = silent[0]
+        saw = "; ".join(f"process {m[1]} saw process {m[2]} {m[5]} in {m[3]} step {m[4]}"
+                        for m in seen)
+        err = WorkerLost(f"{algorithm} all-reduce over {p} processes failed: process {rank} "
+                         f"(pid {procs[rank].pid}) went silent (alive, but no progress within "
+                         f"timeout={timeout} s); {saw}. All {p} processes of the collective "
+                         "have been stopped.")
+        err.rank, err.pids = rank, [proc.pid for proc in procs]
+        raise err
     if dead:
         rank = min(dead)
         code = procs[rank].exitcode

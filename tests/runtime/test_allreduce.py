@@ -29,6 +29,7 @@ from mergeagg.errors import JobFailed, WorkerLost
 from mergeagg.runtime.allreduce import (
     COUNTMIN,
     HYPERLOGLOG,
+    MAX,
     SUM,
     allreduce,
     chunk_bounds,
@@ -192,6 +193,15 @@ def test_any_size_and_data(p, base, seed, algorithm):
     assert np.array_equal(r.value, agg.reduce(shards))
 
 
+def test_ring_with_empty_chunks_and_max():
+    # 3 elements over 5 processes: two chunks are empty, and steps still line up.
+    agg = ma.Aggregator(lambda s: np.array([s, -s, 7 * (s % 2)], dtype=np.int64), np.maximum)
+    r = allreduce(agg, range(5), algorithm="ring", view=MAX)
+    assert chunk_bounds(3, 5) == [0, 0, 1, 1, 2, 3]
+    assert r.value.tolist() == [4, 0, 7]
+    assert r.fingerprint == ma.fingerprint(agg.reduce(range(5)))
+
+
 def test_tree_edges_follow_the_fold_tree():
     assert tree_edges(1) == []
     assert tree_edges(5) == [(1, 0, 1), (2, 0, 1), (3, 0, 1), (4, 0, 1)]
@@ -248,6 +258,17 @@ def test_a_dying_process_is_named_and_nothing_is_left(algorithm, die, shm_dirs):
     assert_gone(err.pids)
     assert len(shm_dirs) == (algorithm == "ring")
     assert not any(os.path.exists(d) for d in shm_dirs), "a shared-memory mailbox was left"
+
+
+def test_a_silent_process_is_named_after_the_timeout():
+    agg = ma.Aggregator(lambda s: np.full(11, float(s)), lambda a, b: a + b)
+    start = time.monotonic()
+    with pytest.raises(WorkerLost, match=r"process 1 \(pid \d+\) went silent") as info:
+        allreduce(agg, range(3), algorithm="ring", timeout=2,
+                  _die=(1, "reduce-scatter", 0, "stop"))
+    assert time.monotonic() - start < 30
+    assert "did not answer before the deadline" in str(info.value)
+    assert_gone(info.value.pids)
 
 
 def test_user_code_raising_is_named():
