@@ -331,7 +331,7 @@ class Session:
         tasks = fold_tasks(parts, fan_in)
         live = set(self.executor.live_workers())
         for t in tasks[:len(parts)]:
-            t.prefer = next((w for w in ds.holders.get(t.index, ()) if w in live), None)
+            t.prefer = _holder(ds, t.index, live)
         policy = Policy(tasks, config)
 
         def fetch(policy, ex):
@@ -370,8 +370,13 @@ class Session:
                     counts["cache_misses"] += 1
                 counts["cache_bytes_read"] += stats.get("bytes_read", 0)
             ds.loaded_once.add(i)
-            holders = [w for w in ds.holders.get(i, []) if w in live and w != worker]
-            ds.holders[i] = [worker, *holders] if worker in live else holders
+            d = ds
+            while d is not None:  # a miss also (re)loaded the missing ancestors there
+                holders = [w for w in d.holders.get(i, []) if w in live]
+                if worker in live and worker not in holders:
+                    holders.insert(0, worker)
+                d.holders[i] = holders
+                d = d.parent if stats.get("cache_misses") else None
         for k, v in counts.items():
             ds.counters[k] += v
         report.counters.update(counts)
@@ -408,6 +413,16 @@ class Session:
             ds.counters[k] += v
         report.counters.update(counts)
         return value, report
+
+
+def _holder(ds, i, live):
+    """The live worker holding partition ``i`` of ``ds``, else of its nearest ancestor."""
+    while ds is not None:
+        for w in ds.holders.get(i, ()):
+            if w in live:
+                return w
+        ds = ds.parent
+    return None
 
 
 def _load_here(ds, split):
