@@ -27,8 +27,9 @@ through the master. POSIX only (non-blocking pipes, ``readv``/``writev``, ``/dev
   its chunk in and sends a 16-byte token down a pipe, the receiver combines straight from
   the slot and acks; ``"pipe"`` — the chunk itself travels through the pipe.
 * ``algorithm="keyed"`` — mapping accumulators (a dict, a ``Counter``, a ``KeyedTable``).
-  Reduce-scatter by a stable key hash (:func:`partition_of`: the key's canonical
-  fingerprint, never Python's ``hash()``): process ``r`` sends the keys of partition ``j``
+  Reduce-scatter by a stable key hash (:func:`partition_of`: the keyed shuffle's own
+  partitioner, ``key_hashes`` of the canonical encoding modulo ``p``, never Python's
+  ``hash()``): process ``r`` sends the keys of partition ``j``
   to process ``j``, which folds the ``p`` pieces in rank order with ``combine``; then an
   all-gather of the disjoint finished partitions, folded in rank order again. **Order**:
   each key's values combine in rank order ``0 .. p-1``, which is the fold tree's order
@@ -82,7 +83,7 @@ except ImportError:  # pragma: no cover - not POSIX: allreduce() cannot run here
 
 from mergeagg.aggregator import Aggregator
 from mergeagg.errors import JobFailed, WorkerLost
-from mergeagg.fingerprint import fingerprint
+from mergeagg.fingerprint import fingerprint, key_hashes
 from mergeagg.runtime.tree import check_fan_in, level_sizes
 
 __all__ = [
@@ -230,17 +231,21 @@ def ring_reference(arrays, ufunc=np.add):
 
 
 def partition_of(key, parts):
-    """The partition (``0 .. parts-1``) of a key: its canonical fingerprint's top 64 bits
-    modulo ``parts``. The same in every process and run (never Python's ``hash()``).
+    """The partition (``0 .. parts-1``) of a key: ``key_hashes([key])[0] % parts``.
 
-    Cost: one fingerprint of the key (a few microseconds).
+    :func:`mergeagg.fingerprint.key_hashes` is the stable 64-bit hash of the key's
+    canonical digest that the keyed runtime's shuffle partitions by, so with ``parts``
+    equal to its partition count a key lands in the same partition here and there. The
+    same in every process and run (never Python's salted ``hash()``).
+
+    Cost: one canonical digest of the key (about a microsecond).
 
     >>> partition_of("apple", 4) == partition_of("apple", 4)
     True
     >>> sorted({partition_of(k, 3) for k in range(50)})
     [0, 1, 2]
     """
-    return int(fingerprint(key)[:16], 16) % parts
+    return int(key_hashes([key])[0] % np.uint64(parts))
 
 
 def tree_edges(p, fan_in=DEFAULT_FAN_IN):
@@ -277,7 +282,9 @@ class AllReduceResult:
     one wall time per repetition of the collective (the slowest process's);
     ``bytes_sent``/``bytes_received`` per process, per repetition; ``textbook`` the ideal
     bytes each process sends (and receives) for ``nbytes`` (the accumulator's size: the
-    array's bytes for the ring, the pickled size otherwise); ``order`` the combine order.
+    array's bytes for the ring, the pickled size otherwise); ``order`` the combine order;
+    ``shares`` (keyed, with ``return_shares=True``) each process's reduce-scatter output:
+    the un-finalized mapping of the keys ``k`` with ``partition_of(k, p) == rank``.
     """
 
     algorithm: str
@@ -291,6 +298,7 @@ class AllReduceResult:
     nbytes: int
     order: str
     pids: list = field(default_factory=list)
+    shares: list | None = None
 
     def __str__(self):
         best = min(self.seconds) if self.seconds else float("nan")
@@ -629,8 +637,10 @@ def _empty_like(acc):
 def _split_mapping(acc, p):
     parts = [_empty_like(acc) for _ in range(p)]
     targets = [part if isinstance(part, Mapping) else part.data for part in parts]
-    for k, v in _mapping_items(acc):
-        targets[partition_of(k, p)][k] = v
+    items = list(_mapping_items(acc))
+    where = (key_hashes([k for k, _v in items]) % np.uint64(p)).tolist()
+    for (k, v), j in zip(items, where):
+        targets[j][k] = v
     return parts
 
 
@@ -652,7 +662,7 @@ def _keyed(links, acc, combine, p, die):
     whole = owned[0]
     for piece in owned[1:]:
         whole = combine(whole, piece)
-    return whole
+    return whole, blob  # the combined mapping, and this process's reduce-scatter share
 
 
 def _member(rank, p, algorithm, blob, ctl, outs, inps, opts):
@@ -667,7 +677,7 @@ def _member(rank, p, algorithm, blob, ctl, outs, inps, opts):
         links = _Links(rank, {q: c.fileno() for q, c in outs.items()},
                        {q: c.fileno() for q, c in inps.items()}, ctl.fileno(), deadline,
                        opts["shm_dir"])
-        seconds, sent, received = [], [], []
+        seconds, sent, received, share = [], [], [], None
         repeat = opts["repeat"]
         for i in range(repeat):
             acc = acc0 if i == repeat - 1 else copy.deepcopy(acc0)
@@ -678,7 +688,7 @@ def _member(rank, p, algorithm, blob, ctl, outs, inps, opts):
             elif algorithm == "tree":
                 value = _tree(links, acc, aggregator.combine, p, opts["fan_in"], opts["die"])
             else:
-                value = _keyed(links, acc, aggregator.combine, p, opts["die"])
+                value, share = _keyed(links, acc, aggregator.combine, p, opts["die"])
             seconds.append(time.perf_counter() - t0)
             sent.append(links.sent)
             received.append(links.received)
@@ -691,7 +701,9 @@ def _member(rank, p, algorithm, blob, ctl, outs, inps, opts):
             payload = cloudpickle.dumps(aggregator.finalize(value), protocol=5)
         # Every process finalizes and fingerprints its copy: the proof that all hold it.
         fp = fingerprint(aggregator.finalize(value))
-        ctl.send(("done", rank, fp, seconds, sent, received, nbytes, payload))
+        if not opts["return_shares"]:
+            share = None
+        ctl.send(("done", rank, fp, seconds, sent, received, nbytes, payload, share))
     except _Abort:
         pass
     except _PeerLost as exc:
@@ -741,8 +753,8 @@ def _plan_links(algorithm, p, fan_in, transport):
 
 
 def allreduce(aggregator, shards, *, algorithm="tree", view=None, fan_in=DEFAULT_FAN_IN,
-              transport="shm", timeout=120.0, repeat=1, return_value=True, start_method=None,
-              _die=None):
+              transport="shm", timeout=120.0, repeat=1, return_value=True,
+              return_shares=False, start_method=None, _die=None):
     """Start one process per shard; each computes ``aggregator.partial(shard)``; all-reduce.
 
     Returns an :class:`AllReduceResult` once every process holds the combined value (all
@@ -752,6 +764,7 @@ def allreduce(aggregator, shards, *, algorithm="tree", view=None, fan_in=DEFAULT
     the collective that many times on copies of the partials (for timing); ``timeout``
     bounds the whole collective. Shards and the aggregator are cloudpickled to each process.
     ``transport`` (ring only): ``"shm"`` mailboxes or ``"pipe"`` (see the module's notes).
+    ``return_shares`` (keyed only) also returns each process's reduce-scatter share.
 
     Cost: starting ``p`` processes (milliseconds each under forkserver), one ``partial``
     each, then per process: ring ``2 (p - 1) / p * N`` bytes each way in ``2 (p - 1)``
@@ -791,6 +804,9 @@ def allreduce(aggregator, shards, *, algorithm="tree", view=None, fan_in=DEFAULT
     ctx = mp.get_context(method)
     if method == "forkserver":  # processes fork from a server that has imported us already
         ctx.set_forkserver_preload(["mergeagg.runtime.worker", "mergeagg.runtime.allreduce"])
+    if return_shares and algorithm != "keyed":
+        raise ValueError("return_shares needs algorithm='keyed' (the shares of a key "
+                         "reduce-scatter)")
     if transport not in ("shm", "pipe"):
         raise ValueError(f"transport must be 'shm' or 'pipe', got {transport!r}")
     shm_dir = None
@@ -798,7 +814,8 @@ def allreduce(aggregator, shards, *, algorithm="tree", view=None, fan_in=DEFAULT
         shm_dir = tempfile.mkdtemp(prefix="mergeagg-allreduce-",
                                    dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     opts = {"timeout": float(timeout), "repeat": repeat, "die": _die, "fan_in": fan_in,
-            "return_value": return_value, "transport": transport, "shm_dir": shm_dir}
+            "return_value": return_value, "transport": transport, "shm_dir": shm_dir,
+            "return_shares": bool(return_shares)}
     procs, ctls = [], []
     try:
         ends = {}
@@ -872,7 +889,7 @@ def _drive(algorithm, p, fan_in, procs, ctls, opts):
     if len(set(fps.values())) != 1:
         raise JobFailed(f"{algorithm} all-reduce: the processes ended with different values "
                         f"(fingerprints by process: {fps})")
-    _fp, seconds, sent, received, nbytes, payload = done[0]
+    _fp, seconds, sent, received, nbytes, payload, _share = done[0]
     per_rep = [max(done[r][1][i] for r in range(p)) for i in range(len(seconds))]
     value = pickle.loads(payload) if payload is not None else None
     order = {"tree": f"the fold tree's (fan_in={fan_in}): fold_fixed(partials, combine, "
@@ -885,7 +902,9 @@ def _drive(algorithm, p, fan_in, procs, ctls, opts):
         bytes_sent=[done[r][2][-1] for r in range(p)],
         bytes_received=[done[r][3][-1] for r in range(p)],
         textbook=_textbook(algorithm, p, fan_in, nbytes), nbytes=nbytes, order=order,
-        pids=[proc.pid for proc in procs])
+        pids=[proc.pid for proc in procs],
+        shares=[pickle.loads(done[r][-1]) for r in range(p)] if opts["return_shares"]
+        else None)
 
 
 def _drain(conn, rank, done, ready, reports):

@@ -26,6 +26,7 @@ import mergeagg as ma
 from mergeagg.algorithms.countmin import CountMin
 from mergeagg.algorithms.hyperloglog import HyperLogLog
 from mergeagg.errors import JobFailed, WorkerLost
+from mergeagg.fingerprint import key_hashes
 from mergeagg.runtime.allreduce import (
     COUNTMIN,
     HYPERLOGLOG,
@@ -228,6 +229,27 @@ def test_keyed_matches_fold(p):
     assert r.fingerprint == ma.fingerprint(agg.reduce(texts))
 
 
+def test_keyed_shares_are_the_reduce_scatter():
+    texts = ["a b c a", "b b d", "e a f g", "c h"]
+    agg = ma.Aggregator(lambda t: Counter(t.split()), lambda a, b: a + b)
+    r = allreduce(agg, texts, algorithm="keyed", return_shares=True)
+    assert len(r.shares) == 4
+    for j, share in enumerate(r.shares):
+        assert all(partition_of(k, 4) == j for k in share)
+    union = Counter()
+    for share in r.shares:
+        assert not set(union) & set(share)
+        union.update(share)
+    assert union == r.value == agg.reduce(texts)
+    with pytest.raises(ValueError, match="return_shares needs algorithm='keyed'"):
+        allreduce(agg, texts, algorithm="tree", return_shares=True)
+
+
+def test_partition_of_is_the_shuffles_key_hash():
+    keys = ["x", 1, 1.0, (1, "x"), b"x"]
+    assert [partition_of(k, 7) for k in keys] == (key_hashes(keys) % np.uint64(7)).tolist()
+
+
 def test_partition_of_is_stable_and_typed():
     assert [partition_of(k, 7) for k in ("x", 1, 1.0, (1, "x"))] == \
            [partition_of(k, 7) for k in ("x", 1, 1.0, (1, "x"))]
@@ -343,9 +365,11 @@ def test_keyed_shuffle_output_equals_keyed_reduce_scatter():
     """The place for the keyed structural test.
 
     When keyed jobs land: run a keyed word count through the keyed runtime (map-side
-    combine, hash shuffle into R partitions, per-key reduce) and through
-    ``allreduce(agg, shards, algorithm="keyed")`` with the same per-shard map outputs; the
-    union of the shuffle's reduce outputs must have the fingerprint of the keyed
-    all-reduce's value, and, if the shuffle partitions with ``partition_of(key, R)`` and
-    ``R == p``, each reduce partition must equal that process's reduce-scatter share.
+    combine, hash shuffle into R partitions, per-key reduce) with R = p partitions and
+    the combiner on, and through ``allreduce(agg, shards, algorithm="keyed",
+    return_shares=True)`` whose partials are the same per-shard map-side tables. The
+    union of the shuffle's reduce outputs must have the fingerprint of the all-reduce's
+    value, and reduce partition j must hold exactly ``result.shares[j]`` (finalized per
+    key): ``partition_of`` is ``key_hashes(...) % R``, the shuffle's own partitioner
+    (hot-key salting off).
     """
