@@ -285,6 +285,11 @@ class AllReduceResult:
     array's bytes for the ring, the pickled size otherwise); ``order`` the combine order;
     ``shares`` (keyed, with ``return_shares=True``) each process's reduce-scatter output:
     the un-finalized mapping of the keys ``k`` with ``partition_of(k, p) == rank``.
+    Cost: O(p) to print.
+
+    >>> r = allreduce(Aggregator(len, lambda a, b: a + b), [[1, 2]])
+    >>> r.value, r.processes, r.bytes_sent, r.textbook
+    (2, 1, [0], [0.0])
     """
 
     algorithm: str
