@@ -361,3 +361,18 @@ def test_any_interleaving_ends_correct_or_named_and_never_counts_twice(n, fan_in
         assert "map-" in str(sim.policy.error) or "combine-" in str(sim.policy.error)
     else:
         assert sim.root_value() == expected
+
+
+def test_policy_state_round_trips_and_the_copy_finishes_the_job():
+    # The journal and the simulator need policy state that serialises: a pickled copy taken
+    # mid-job must carry on to the same answer.
+    import pickle
+
+    sim = Sim(9, 3, 2)
+    for _ in range(5):
+        sim.tick()
+        sim.now += 1
+        sim.finish(sorted(sim.running)[0])
+    sim.policy = pickle.loads(pickle.dumps(sim.policy))
+    drive(sim)
+    assert sim.policy.done and sim.root_value() == sum(range(1, 10))
