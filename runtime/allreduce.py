@@ -84,6 +84,7 @@ except ImportError:  # pragma: no cover - not POSIX: allreduce() cannot run here
 from mergeagg.aggregator import Aggregator
 from mergeagg.errors import JobFailed, WorkerLost
 from mergeagg.fingerprint import fingerprint, key_hashes
+from mergeagg.runtime.api import DEFAULT_FAN_IN  # mergeagg.run's: the same tree by default
 from mergeagg.runtime.tree import check_fan_in, level_sizes
 
 __all__ = [
@@ -102,7 +103,6 @@ __all__ = [
 ]
 
 ALGORITHMS = ("tree", "ring", "keyed")
-DEFAULT_FAN_IN = 8  # runtime.api's default, so the tree matches mergeagg.run's
 
 _HEADER = struct.Struct("<IIQ")  # tag, step, payload bytes
 _PIPE_SIZE = 1 << 20
