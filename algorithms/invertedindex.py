@@ -39,6 +39,7 @@ import re
 from mergeagg import inputs as _inputs
 from mergeagg.algorithms._keyed import KeyedFold, order_key
 from mergeagg.algorithms.registry import Entry, Flag
+from mergeagg.keyed import KeyedJob
 
 __all__ = [
     "invertedindex",
@@ -292,14 +293,21 @@ class _IndexMap:
         return index_map(shard, self.mode, self.tokenize, self.id_field, self.text_field)
 
 
-def invertedindex(mode="postings", tokenize=tokenize, id_field="id", text_field="text"):
+def invertedindex(mode="postings", tokenize=tokenize, id_field="id", text_field="text",
+                  keyed=False):
     """An Aggregator building an inverted index (a dict word -> sorted posting list).
+
+    ``keyed=True`` gives the same index as a :class:`~mergeagg.KeyedJob`: words shuffled
+    into partitions and reduced per word (for indexes too large for one process, or output
+    as part files; the result's words are then in partition order, not sorted).
 
     Cost: O(input characters) in the partials; a combine costs O(postings of the second
     operand); memory O(total postings). Finalize sorts every posting list.
 
     >>> invertedindex(mode="tf").reduce([[("a", "x x y")], [("b", "x")]])
     {'x': [('a', 2), ('b', 1)], 'y': [('a', 1)]}
+    >>> dict(sorted(invertedindex(keyed=True).reduce([[("a", "x y")], [("b", "x")]]).items()))
+    {'x': ['a', 'b'], 'y': ['a']}
     """
     _check_mode(mode)
     if tokenize is None:
@@ -312,9 +320,10 @@ def invertedindex(mode="postings", tokenize=tokenize, id_field="id", text_field=
         if not isinstance(value, str):
             raise TypeError(f"{label} must be a str, got {type(value).__name__}")
     combine, copy, finalize = _PIECES[mode]
-    fold = KeyedFold(_IndexMap(mode, tokenize, id_field, text_field), combine, copy=copy,
-                     finalize=finalize)
-    return fold.aggregator("invertedindex")
+    mapper = _IndexMap(mode, tokenize, id_field, text_field)
+    if keyed:
+        return KeyedJob(mapper, combine, finalize, name="invertedindex")
+    return KeyedFold(mapper, combine, copy=copy, finalize=finalize).aggregator("invertedindex")
 
 
 _RECORD_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -347,6 +356,8 @@ def make_source(inputs, split_size=None, params=None):
 
 
 def _summarize(value, params):
+    if not isinstance(value, dict):  # part files of a keyed job
+        value = value.to_dict()
     postings = sum(len(v) for v in value.values())
     lines = [f"{len(value)} words, {postings} postings"]
     top = params.get("_top", 10)
@@ -367,6 +378,8 @@ ENTRY = Entry(
         Flag("--text-field", default="text", help="document text column / key (records)"),
         Flag("--tokenize", default=None,
              help="tokenizer as package.module:function (default: lowercase \\w+ runs)"),
+        Flag("--keyed", action="store_true", default=False,
+             help="run as a keyed job: shuffle into --partitions R, reduce per word"),
         Flag("--top", type=int, default=10, help="how many of the commonest words to print",
              dest="_top"),
     ),

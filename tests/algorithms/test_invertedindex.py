@@ -170,3 +170,33 @@ def test_partial_tables_fingerprint_by_content():
     tf = invertedindex(mode="tf")
     assert ma.fingerprint(tf.partial([("d", "a b a")])) == ma.fingerprint(
         tf.partial([("d", "b a a")]))
+
+
+@given(sharded_docs(), st.sampled_from(["postings", "tf", "positions"]), st.integers(1, 4))
+def test_keyed_job_gives_the_fold_answer(case, mode, partitions):
+    docs, shards = case
+    job = invertedindex(mode=mode, keyed=True)
+    assert isinstance(job, ma.KeyedJob)
+    got = ma.run(job, shards, workers=0, partitions=partitions)
+    expected = reference(docs, mode)
+    assert got.value == expected
+    assert got.fingerprint == ma.run(invertedindex(mode=mode), shards, workers=0).fingerprint
+
+
+@pytest.mark.slow
+def test_keyed_index_on_workers_with_a_death_and_part_files(tmp_path, capsys):
+    from mergeagg.runtime.faults import Fault, FaultPlan
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(f'{{"id": {i}, "text": "w{i % 7} w{i % 3} common"}}\n'
+                            for i in range(300)))
+    src = ma.files(path, split_size=2048, format="jsonl")
+    clean = ma.run(invertedindex(), src, workers=0)
+    out = tmp_path / "index"
+    keyed = ma.run(invertedindex(keyed=True), src, workers=2, partitions=3, output=str(out),
+                   faults=FaultPlan(only={"map-1": {1: Fault("kill")}}))
+    assert keyed.fingerprint == clean.fingerprint
+    assert keyed.value.to_dict() == clean.value
+    assert cli_main(["run", "invertedindex", str(path), "--workers", "0", "--keyed",
+                     "--partitions", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"fingerprint {clean.fingerprint}"
