@@ -202,8 +202,11 @@ class _Worker:
 
     def heartbeats(self, interval):
         msg = ("hb", self.wid)
+        parent = os.getppid()
         while True:
             time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(0)  # our parent (the master, or its fork server) is gone
             self.send(msg)
 
     def _cancel(self, aid):
