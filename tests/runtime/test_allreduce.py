@@ -358,18 +358,36 @@ def test_keyed_tables_and_finalize_match_the_fold_runtime():
     assert r.value == serial.value and r.fingerprint == serial.fingerprint
 
 
-@pytest.mark.skip(reason="needs keyed jobs (issue 4, not on main yet): compare the keyed "
-                         "runtime's shuffle-and-reduce output with allreduce(..., "
-                         "algorithm='keyed') on the same map outputs")
-def test_keyed_shuffle_output_equals_keyed_reduce_scatter():
-    """The place for the keyed structural test.
+def _word_pairs(lines):
+    return ((w, 1) for line in lines for w in line.split())
 
-    When keyed jobs land: run a keyed word count through the keyed runtime (map-side
-    combine, hash shuffle into R partitions, per-key reduce) with R = p partitions and
-    the combiner on, and through ``allreduce(agg, shards, algorithm="keyed",
-    return_shares=True)`` whose partials are the same per-shard map-side tables. The
-    union of the shuffle's reduce outputs must have the fingerprint of the all-reduce's
-    value, and reduce partition j must hold exactly ``result.shares[j]`` (finalized per
-    key): ``partition_of`` is ``key_hashes(...) % R``, the shuffle's own partitioner
-    (hot-key salting off).
+
+def _word_table(text):
+    return Counter(text.split())
+
+
+def _plus(a, b):
+    return a + b
+
+
+def test_keyed_shuffle_output_equals_keyed_reduce_scatter(tmp_path):
+    """The keyed runtime's shuffle + per-key reduce is a reduce-scatter.
+
+    A keyed word count with R = p partitions and the map-side combiner on, and the keyed
+    all-reduce whose partials are the same per-shard tables: reduce partition j holds
+    exactly ``shares[j]``, since both partition by ``key_hashes(key) % R``; the union of
+    the partitions (the all-gather) is the all-reduce's value, fingerprint for fingerprint.
     """
+    shards = ["a b c a", "b c d e e", "f a g h b", "c c i j"]
+    p = len(shards)
+    job = ma.KeyedJob(_word_pairs, _plus)
+    out = tmp_path / "out"
+    shuffled = ma.run(job, [[s] for s in shards], workers=2, partitions=p, output=str(out))
+    partitions = [dict(ma.runtime.shuffle.KeyedOutput(str(out), [part]).items())
+                  for part in shuffled.value.parts]
+    agg = ma.Aggregator(_word_table, _plus)
+    reduced = allreduce(agg, shards, algorithm="keyed", return_shares=True)
+    assert [dict(share) for share in reduced.shares] == partitions
+    assert shuffled.fingerprint == reduced.fingerprint == ma.fingerprint(Counter(
+        " ".join(shards).split()))
+
