@@ -51,6 +51,7 @@ from mergeagg import inputs as _inputs
 from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._keyed import json_digest, order_key
 from mergeagg.algorithms.registry import Entry, Flag
+from mergeagg.keyed import KeyedJob
 
 __all__ = [
     "join",
@@ -68,6 +69,7 @@ __all__ = [
     "finalize_group",
     "merge_pair",
     "JoinRows",
+    "join_rows",
 ]
 
 JOIN_TYPES = ("inner", "left", "right", "full")
@@ -234,7 +236,7 @@ def finalize_group(key, group, how):
     >>> finalize_group(None, [[{"a": None}], [{}]], "left")
     [({'a': None}, None)]
     """
-    left_rows, right_rows = group
+    left_rows, right_rows = group[0], group[1]
     if key is not None and left_rows and right_rows:
         return [(lrow, rrow) for lrow in left_rows for rrow in right_rows]
     out = []
@@ -519,10 +521,14 @@ def _str_row_key(row):
     return (6, tuple(sorted(row.items())))
 
 
-def join(on, how="inner", *, left_on=None, right_on=None, empty_is_null=False):
+def join(on, how="inner", *, left_on=None, right_on=None, empty_is_null=False, keyed=False):
     """An Aggregator joining the tagged records of :func:`join_source` (either strategy).
 
     ``on`` is required: the key column(s), or ``None`` with ``left_on`` and ``right_on``.
+    ``keyed=True`` gives the reduce-side join as a :class:`~mergeagg.KeyedJob` (both sides
+    shuffled by key into partitions, each key joined by its reducer; for a
+    ``strategy="reduce"`` source): its result maps each key (``None`` for the null key) to
+    that key's sorted pairs, and :func:`join_rows` flattens it into the fold's list.
 
     Cost: O(records) in the partials plus, for the reduce side, O(rows of the second
     operand) per combine; finalize is O(output log output) (it sorts). Memory: the grouped
@@ -533,8 +539,86 @@ def join(on, how="inner", *, left_on=None, right_on=None, empty_is_null=False):
     [({'k': 1, 'a': 1}, {'k': 1, 'b': 2}), (None, {'k': 2, 'b': 3})]
     """
     spec = _key_spec(on, left_on, right_on, empty_is_null)
-    impl = _Join(spec, _check_how(how))
+    how = _check_how(how)
+    if keyed:
+        return KeyedJob(_KeyedGroups(spec), combine_group, _KeyedFinal(how),
+                        name=f"join({how})")
+    impl = _Join(spec, how)
     return Aggregator(impl.partial, impl.combine, impl.finalize, name=f"join({impl.how})")
+
+
+class _KeyedGroups:
+    """The keyed join's map: a shard's groups, the null key's flagged (picklable)."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def __getstate__(self):
+        return self.spec
+
+    def __setstate__(self, state):
+        self.spec = state
+
+    def __call__(self, shard):
+        tagged = []
+        for tag, record in shard:
+            if tag in _SIDE_INDEX:
+                tagged.append((tag, record))
+            elif isinstance(tag, Broadcast):
+                raise ValueError("a keyed join repartitions both sides: build its source with "
+                                 "join_source(..., strategy='reduce')")
+            else:
+                raise ValueError(f"a join record must be tagged 'left' or 'right' (see "
+                                 f"join_source), got the tag {tag!r}")
+        groups = group_map(tagged, self.spec)
+        if None in groups:
+            groups[None].append(True)  # the per-key finalize sees no key: flag the nulls
+        return groups
+
+
+class _KeyedFinal:
+    """The keyed join's per-key finalize: the key's pairs in the documented row order."""
+
+    __slots__ = ("how",)
+
+    def __init__(self, how):
+        self.how = how
+
+    def __getstate__(self):
+        return self.how
+
+    def __setstate__(self, state):
+        self.how = state
+
+    def __call__(self, group):
+        null = len(group) > 2
+        pairs = finalize_group(None if null else True, group, self.how)
+        if len(pairs) > 1:
+            all_str = _row_kinds(_pair_rows(pairs))[1]
+            row_key = _str_row_key if all_str else order_key
+            pairs.sort(key=lambda p: (row_key(p[0]), row_key(p[1])))
+        return pairs
+
+
+def join_rows(value):
+    """The keyed join's result (a dict key -> pairs, or its part files) as the fold's list.
+
+    Keys in :func:`~mergeagg.algorithms._keyed.order_key` order, each key's pairs in turn.
+    Cost: O(keys log keys) plus reading the parts.
+
+    >>> job = join("k", how="left", keyed=True)
+    >>> src = join_source([{"k": 1}, {"k": None}], [{"k": 1, "v": 2}], strategy="reduce")
+    >>> join_rows(job.reduce(src.read(s) for s in src.splits()))
+    [({'k': None}, None), ({'k': 1}, {'k': 1, 'v': 2})]
+    """
+    if not isinstance(value, dict):
+        value = value.to_dict()
+    out = JoinRows()
+    for key in sorted(value, key=order_key):
+        out.extend(value[key])
+    return out
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -686,12 +770,15 @@ def merge_pair(left, right, suffixes=("_left", "_right")):
 def _make_source(inputs, split_size, params):
     if len(inputs) != 2:
         raise ValueError(f"join takes exactly two inputs, LEFT and RIGHT; got {len(inputs)}")
-    return join_source(inputs[0], inputs[1], strategy=params.get("_strategy", "auto"),
+    strategy = "reduce" if params.get("keyed") else params.get("_strategy", "auto")
+    return join_source(inputs[0], inputs[1], strategy=strategy,
                        broadcast_threshold=params.get("_broadcast_threshold"),
                        split_size=split_size)
 
 
 def _summarize(value, params):
+    if not isinstance(value, list):
+        value = join_rows(value)
     lines = [f"{len(value)} rows"]
     for lrow, rrow in value[: params.get("_top", 10)]:
         lines.append(f"{lrow!r} | {rrow!r}")
@@ -699,6 +786,8 @@ def _summarize(value, params):
 
 
 def _jsonable(value):
+    if not isinstance(value, list):
+        value = join_rows(value)
     return [[lrow, rrow] for lrow, rrow in value]
 
 
@@ -720,6 +809,8 @@ ENTRY = Entry(
                   "within --broadcast-threshold)"),
         Flag("--broadcast-threshold", default=None, dest="_broadcast_threshold",
              help="largest side to broadcast, bytes with K/M/G (default 16M)"),
+        Flag("--keyed", action="store_true", default=False,
+             help="run the reduce-side join as a keyed job (shuffled into --partitions R)"),
         Flag("--top", type=int, default=10, help="how many rows to print", dest="_top"),
     ),
     make_source=_make_source,
