@@ -18,8 +18,9 @@ the L1 change is below ``N * tol``; fail after ``max_iter`` iterations).
   (split, parse, id mapping) on another worker and the ranks keep their bytes.
 
 Both modes fold the same per-split vectors in the same order, so their ranks are bitwise
-identical. Edge lists are text, ``src dst`` per line, tokens separated by whitespace and
-kept as strings (as ``networkx.read_edgelist`` keeps them), ``#`` comments and blank lines
+identical. Edge lists are text, ``src dst`` per line, tokens separated by whitespace
+(space and ASCII control characters) and kept as strings (as ``networkx.read_edgelist``
+keeps them), ``#`` comments and blank lines
 allowed; parallel edges count with their multiplicity (as in a ``MultiDiGraph``). The
 parser is vectorised (numpy over the bytes; a token is packed into a 64-bit key and looked
 up in an open-addressing hash table built once from the sorted node keys).
@@ -72,9 +73,6 @@ DEFAULT_SPLIT_SIZE = 2 * 1024 * 1024
 _MODES = ("disk", "cached")
 _SIDE = "side_bytes_read"  # the disk job's extra key: bytes of the side files its maps read
 
-_WS = np.zeros(256, dtype=bool)
-for _c in b" \t\n\r\x0b\x0c":
-    _WS[_c] = True
 _LOW = np.array([0] + [(1 << (8 * n)) - 1 for n in range(1, 8)] + [2**64 - 1], dtype=np.uint64)
 _COMMENT = re.compile(rb"#[^\n]*")
 
@@ -127,24 +125,33 @@ def parse_edges(data, where="the input"):
     buf = np.zeros(n + 9, dtype=np.uint8)  # 8 bytes of padding for the key gather
     buf[:n] = np.frombuffer(data, dtype=np.uint8)
     flags = np.zeros(n + 2, dtype=np.int8)
-    np.logical_not(_WS[buf[:n]], out=flags[1:-1].view(bool))
+    np.greater(buf[:n], 32, out=flags[1:-1].view(bool))  # space and controls separate
     bounds = np.flatnonzero(flags[1:] != flags[:-1])
     starts, ends = bounds[0::2], bounds[1::2]
-    _check_lines(buf[:n], starts, where)
+    _check_lines(buf, starts, ends, where)
     keys = _token_keys(buf, starts, ends)
     return EdgeBlock(keys[0::2].copy(), keys[1::2].copy())
 
 
-def _check_lines(buf, starts, where):
-    """Every non-blank line holds exactly two tokens."""
+def _check_lines(buf, starts, ends, where):
+    """Every non-blank line holds exactly two tokens: the gap after an even token has no
+    newline, the gap after an odd one has one (each gap is scanned, usually one byte)."""
     if len(starts) == 0:
         return
-    line = np.searchsorted(np.flatnonzero(buf == 10), starts)
-    even = len(line) % 2 == 0
-    pairs_ok = even and bool(np.array_equal(line[0::2], line[1::2]))
-    apart_ok = even and bool(np.all(line[2::2] != line[1:-1:2]))
-    if pairs_ok and apart_ok:
+    gap_start = ends[:-1]
+    gap_len = starts[1:] - gap_start
+    has_newline = buf[gap_start] == 10
+    for k in range(1, min(8, int(gap_len.max(initial=1)))):
+        has_newline |= (buf[gap_start + k] == 10) & (gap_len > k)
+    long = np.flatnonzero(gap_len > 8)
+    if len(long):  # blank lines, indentation: count the newlines of the long gaps
+        newlines = np.flatnonzero(buf == 10)
+        lo = np.searchsorted(newlines, gap_start[long])
+        has_newline[long] = np.searchsorted(newlines, gap_start[long] + gap_len[long]) > lo
+    if (len(starts) % 2 == 0 and not has_newline[0::2].any()
+            and bool(has_newline[1::2].all())):
         return
+    line = np.searchsorted(np.flatnonzero(buf[:ends[-1]] == 10), starts)
     counts = np.bincount(line)
     bad = int(np.flatnonzero((counts != 0) & (counts != 2))[0])
     raise InputError(f"{where}: line {bad + 1} (counting from the split's first line) has "
@@ -157,8 +164,9 @@ def _token_keys(buf, starts, ends):
         return np.zeros(0, dtype=np.uint64)
     width = int(lens.max())
     if width <= 8:
-        window = np.lib.stride_tricks.as_strided(buf, shape=(len(buf) - 8, 8), strides=(1, 1))
-        return window[starts].view("<u8").ravel() & _LOW[lens]
+        # Element i of this (unaligned) view is the 8 bytes starting at byte i.
+        at = np.ndarray(shape=(len(buf) - 8,), dtype="<u8", buffer=buf, strides=(1,))
+        return at[starts] & _LOW[lens]
     out = np.zeros((len(starts), width), dtype=np.uint8)
     for k in range(width):
         col = buf[np.minimum(starts + k, len(buf) - 1)]
@@ -209,9 +217,10 @@ def load_edges(records):
 class TokenTable:
     """Token key -> node id (its position in the sorted unique ``keys``).
 
-    ``uint64`` keys go through an open-addressing hash table (linear probing, load factor
-    at most 1/4), built and probed with vectorised numpy passes; ``S`` keys through binary
-    search. Cost: O(n) to build; O(1) expected per key looked up.
+    ``uint64`` keys go through an open-addressing hash table of node ids (linear probing,
+    load factor at most 1/4; a probe compares ``keys[id]`` with the key), built and probed
+    with vectorised numpy passes; ``S`` keys through binary search. Cost: O(n) to build;
+    O(1) expected per key looked up.
 
     >>> t = TokenTable(np.array([5, 9, 12], dtype=np.uint64))
     >>> t.lookup(np.array([12, 5, 5], dtype=np.uint64)).tolist()
@@ -228,7 +237,6 @@ class TokenTable:
         bits = max(4, int(np.ceil(np.log2(max(self.n, 1) * 4))))
         self.size = 1 << bits
         self.shift = np.uint64(64 - bits)
-        self.slot_keys = np.zeros(self.size, dtype=np.uint64)
         self.slot_ids = np.full(self.size, -1, dtype=np.int32)
         pos = self._hash(keys)
         todo = np.arange(self.n)
@@ -238,7 +246,6 @@ class TokenTable:
             cand = todo[free]
             _slots, first = np.unique(p[free], return_index=True)
             won = cand[first]
-            self.slot_keys[pos[won]] = keys[won]
             self.slot_ids[pos[won]] = won
             placed = np.zeros(self.n, dtype=bool)
             placed[won] = True
@@ -246,7 +253,7 @@ class TokenTable:
             pos[todo] = (pos[todo] + 1) & (self.size - 1)
 
     def _hash(self, k):
-        return ((k * self._MUL) >> self.shift).astype(np.int64)
+        return ((k * self._MUL) >> self.shift).astype(np.intp)
 
     def lookup(self, k):
         """Node ids (int32) of the keys ``k``; ``KeyError`` naming a token not in the
@@ -260,18 +267,17 @@ class TokenTable:
             return ids.astype(np.int32)
         pos = self._hash(k)
         ids = self.slot_ids[pos]
-        todo = np.flatnonzero(self.slot_keys[pos] != k)
+        todo = np.flatnonzero((ids < 0) | (self.keys[ids] != k))
         while len(todo):
-            p = pos[todo]
-            hole = self.slot_ids[p] < 0
+            hole = ids[todo] < 0  # an empty slot ends the probe: the key is not there
             if hole.any():
                 raise KeyError(f"node {_names(k[todo[hole]][:1])[0]!r} is not in the "
                                "node table")
-            p = (p + 1) & (self.size - 1)
+            p = (pos[todo] + 1) & (self.size - 1)
             pos[todo] = p
-            hit = self.slot_keys[p] == k[todo]
-            ids[todo[hit]] = self.slot_ids[p[hit]]
-            todo = todo[~hit]
+            found = self.slot_ids[p]
+            ids[todo] = found
+            todo = todo[(found < 0) | (self.keys[found] != k[todo])]
         return ids
 
 
