@@ -35,6 +35,7 @@ from mergeagg import inputs as _inputs
 from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._keyed import merge_into
 from mergeagg.algorithms.registry import Entry, Flag
+from mergeagg.keyed import KeyedJob
 
 __all__ = [
     "matmul",
@@ -43,6 +44,7 @@ __all__ = [
     "BlockTask",
     "block_products",
     "assemble",
+    "assemble_tiles",
     "DEFAULT_BLOCK",
 ]
 
@@ -316,14 +318,44 @@ def assemble(tiles):
 _assemble = assemble
 
 
+def _result(tile):
+    return tile.result()
+
+
+def assemble_tiles(tiles):
+    """``C`` from a dict ``(I, J) -> finished tile`` (a keyed matmul's result, or its parts).
+
+    Raises ``ValueError`` when a tile is missing. Cost: one copy of ``C``.
+
+    >>> src = matmul_source(np.eye(3), np.ones((3, 2)), block=2)
+    >>> job = matmul(keyed=True)
+    >>> assemble_tiles(job.reduce(src.read(s) for s in src.splits())).tolist()
+    [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]
+    """
+    if not isinstance(tiles, dict):
+        tiles = tiles.to_dict()
+    if not tiles:
+        raise ValueError("no tiles to assemble")
+    n_i = max(i for i, _ in tiles) + 1
+    n_j = max(j for _, j in tiles) + 1
+    missing = [(i, j) for i in range(n_i) for j in range(n_j) if (i, j) not in tiles]
+    if missing:
+        raise ValueError(f"{len(missing)} tile(s) of the {n_i}x{n_j} grid were never "
+                         f"computed, the first {missing[0]}")
+    return np.block([[tiles[(i, j)] for j in range(n_j)] for i in range(n_i)])
+
+
 def _tiles(tiles):
     return {key: tiles[key].result() for key in sorted(tiles)}
 
 
-def matmul(assemble=True):
+def matmul(assemble=True, keyed=False):
     """An Aggregator of blocked ``A @ B`` over the tasks of :func:`matmul_source`.
 
     Returns ``C`` as an ndarray, or (``assemble=False``) a dict ``(I, J) -> tile``.
+    ``keyed=True`` gives a :class:`~mergeagg.KeyedJob` over the same tasks: tiles shuffled
+    by ``(I, J)`` and summed in ascending ``K`` by their reducers (for a ``C`` kept as part
+    files); its result is the dict of tiles, and :func:`assemble_tiles` builds ``C``.
     Cost: 2·m·n·p flops in the partials; a combine costs O(tiles of its second operand)
     (copies only when a tile is split across operands); finalize one copy of ``C``.
 
@@ -333,6 +365,8 @@ def matmul(assemble=True):
     """
     if not isinstance(assemble, bool):
         raise TypeError(f"assemble must be True or False, got {assemble!r}")
+    if keyed:
+        return KeyedJob(block_products, _merge_sum, _result, name="matmul")
     return Aggregator(block_products, _combine, _assemble if assemble else _tiles,
                       name="matmul")
 
@@ -416,6 +450,8 @@ def _make_source(inputs, split_size, params):
 
 
 def _summarize(value, params):
+    if not isinstance(value, np.ndarray):
+        value = assemble_tiles(value)
     lines = [f"C: {value.shape[0]}x{value.shape[1]} {value.dtype}"]
     out = params.get("_out")
     if out:
@@ -434,6 +470,8 @@ ENTRY = Entry(
         Flag("--k-split", type=int, default=None, dest="_k_split",
              help="K blocks per task (default: all, one task per tile)"),
         Flag("--out", default=None, dest="_out", help="write C to this .npy file"),
+        Flag("--keyed", action="store_true", default=False,
+             help="run as a keyed job: tiles shuffled into --partitions R"),
     ),
     make_source=_make_source,
     summarize=_summarize,

@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mergeagg as ma
-from mergeagg.algorithms.matmul import BlockSum, block_products, matmul, matmul_source
+from mergeagg.algorithms.matmul import (
+    BlockSum,
+    assemble_tiles,
+    block_products,
+    matmul,
+    matmul_source,
+)
 from mergeagg.cli import main as cli_main
 
 
@@ -173,3 +179,31 @@ def test_a_worker_death_leaves_the_product_bitwise_unchanged(tmp_path):
     faulty = ma.run(matmul(), src, workers=2, faults=FaultPlan(only={"map-3": {1: Fault("kill")}}))
     assert faulty.report.attempts[3] == 2
     assert faulty.fingerprint == clean.fingerprint
+
+
+@given(problem(), st.data())
+def test_keyed_job_gives_the_same_bits(prob, data):
+    a, b, block = prob
+    n_k = -(-a.shape[1] // block)
+    k_split = data.draw(st.one_of(st.none(), st.integers(1, n_k)))
+    src = matmul_source(a, b, block=block, k_split=k_split)
+    got = ma.run(matmul(keyed=True), src, workers=0, partitions=data.draw(st.integers(1, 3)))
+    c = assemble_tiles(got.value)
+    assert c.tobytes() == blocked_reference(a, b, block).tobytes()
+    with pytest.raises(ValueError, match="never computed"):
+        assemble_tiles({(0, 0): np.ones((1, 1)), (1, 1): np.ones((1, 1))})
+
+
+@pytest.mark.slow
+def test_keyed_matmul_on_workers_with_part_files(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(40, 30)), rng.normal(size=(30, 20))
+    np.save(tmp_path / "A.npy", a)
+    np.save(tmp_path / "B.npy", b)
+    src = matmul_source(str(tmp_path / "A.npy"), str(tmp_path / "B.npy"), block=8, k_split=1)
+    keyed = ma.run(matmul(keyed=True), src, workers=2, partitions=3,
+                   output=str(tmp_path / "C"))
+    assert assemble_tiles(keyed.value).tobytes() == blocked_reference(a, b, 8).tobytes()
+    assert cli_main(["run", "matmul", str(tmp_path / "A.npy"), str(tmp_path / "B.npy"),
+                     "--block", "8", "--keyed", "--workers", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "C: 40x20 float64"
