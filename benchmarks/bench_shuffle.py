@@ -121,9 +121,10 @@ def bench_combiner(path, workers):
     off = ma.run(job, path, workers=workers, partitions=8, combiner=False, progress=False)
     assert on.fingerprint == off.fingerprint
     a, b = on.report.counters, off.report.counters
+    ratio = b["shuffle_bytes_written"] / a["shuffle_bytes_written"]
     print(f"[2] shuffle bytes with the combiner {a['shuffle_bytes_written']:,} "
           f"({a['records_out']:,} records); without {b['shuffle_bytes_written']:,} "
-          f"({b['records_out']:,} records): {b['shuffle_bytes_written'] / a['shuffle_bytes_written']:.1f}x")
+          f"({b['records_out']:,} records): {ratio:.1f}x")
 
 
 def int_keys(shard):
