@@ -1,0 +1,258 @@
+"""Word count under injected faults: worker kills and stragglers against the clean run.
+
+Issue 3's failure figures. The Zipf corpus (shared/BENCHMARKS.md) is cut into 100 splits
+(2 MB each at the reference size of 200 MB) and counted by ``mergeagg.algorithms.wordcount()``
+on 2 worker processes, four ways, in the same run:
+
+* **clean** — no faults: the baseline every ratio is measured against;
+* **kill** — 10% of map attempts die (SIGKILL) at a random point of the partial
+  (``kill=0.1,kinds=map,seed=S``); target: wall time <= 1.25x the clean run. The
+  re-executions are counted from ``result.report.failures`` and split by why they happened:
+  the attempt that was killed, attempts queued on the dead worker behind it, and completed
+  outputs that lived on the dead worker and were still needed;
+* **delay, backups on** — 5% of map tasks take 10x their normal time, as a sleep
+  (``delay=0.05x10,kinds=map,attempts=1,seed=S``: only the first attempt is slow);
+  target: <= 1.3x the clean run;
+* **delay, backups off** — the same stragglers with ``backups=False``: the figure backups
+  are there to beat.
+
+Repetition ``i`` uses fault seed ``--seed + i`` (a fixed schedule per repetition) and runs
+the four cases back to back, so that load from other processes hits them alike; the
+ratios are of the medians. Every run's fingerprint must equal the clean run's (exit status
+1 otherwise). A job that fails outright (the runtime gives up) is reported as such and left
+out of the medians; so is a run abandoned by ``--give-up`` (default: past 4x the clean run
+of its repetition), since a job whose lost work outgrows its progress may never finish.
+
+    python benchmarks/bench_faults.py                  # the reference: 200 MB, 3 repetitions
+    python benchmarks/bench_faults.py --smoke          # what CI runs: ~2 MB, under 30 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from workloads import SMOKE_CORPUS_BYTES, parse_size, zipf_corpus  # noqa: E402
+
+import mergeagg  # noqa: E402
+from mergeagg.errors import MergeaggError  # noqa: E402
+from mergeagg.runtime.faults import FaultPlan  # noqa: E402
+
+KILL_TARGET = 1.25
+DELAY_TARGET = 1.3
+
+# Why a task ran again, as the report below names it (keys: our classification).
+KILLED = "killed mid-partial (the injected fault)"
+QUEUED = "queued on the killed worker"
+OUTPUT_LOST = "completed output lost with its worker"
+
+
+def scenarios(kill, delay, factor):
+    """The four cases: (label, fault spec with ``{seed}`` left open, backups, target)."""
+    return [
+        ("clean", None, True, None),
+        (f"kill {kill:.0%} of map attempts", f"kill={kill},kinds=map,seed={{seed}}", True,
+         KILL_TARGET),
+        (f"delay {delay:.0%} x{factor:g}, backups on",
+         f"delay={delay}x{factor},kinds=map,attempts=1,seed={{seed}}", True, DELAY_TARGET),
+        (f"delay {delay:.0%} x{factor:g}, backups off",
+         f"delay={delay}x{factor},kinds=map,attempts=1,seed={{seed}}", False, None),
+    ]
+
+
+def reexecutions(report, plan):
+    """Re-executed attempts by cause: a :class:`Counter` keyed by the causes above (and any
+    other cause the report names, verbatim).
+
+    A lost attempt is the injected kill when the plan put a kill on that very (task,
+    attempt); otherwise it was only queued behind the killed one on the same worker (the
+    report says "worker lost (queued)" for those).
+    """
+    causes = Counter()
+    for f in report.failures:
+        if f.cause.startswith("worker lost"):
+            fault = plan.fault_for(f.task, f.attempt) if plan is not None else None
+            killed = fault is not None and fault.kind == "kill"
+            causes[KILLED if killed and f.cause == "worker lost" else QUEUED] += 1
+        elif f.cause == "output lost with worker":
+            causes[OUTPUT_LOST] += 1
+        else:
+            causes[f.cause] += 1
+    return causes
+
+
+def injected(plan, n_maps):
+    """How many first attempts of the ``n_maps`` map tasks the plan hits, by fault kind."""
+    hits = Counter()
+    for i in range(n_maps):
+        fault = plan.fault_for(f"map-{i}", 1)
+        if fault is not None:
+            hits[fault.kind] += 1
+    return hits
+
+
+class GaveUp(BaseException):
+    """Raised by the alarm of ``--give-up`` (a BaseException: nothing in a run swallows it)."""
+
+
+def _give_up(signum, frame):
+    raise GaveUp()
+
+
+def one_run(agg, path, split_size, workers, spec, backups, limit=None):
+    """Run once; returns ``(seconds, result or None, error text or None)``.
+
+    ``limit`` (seconds) abandons the run past it, where an interval timer is available:
+    ``run`` closes its workers on the way out, as it does on Ctrl-C.
+    """
+    alarm = (limit is not None and hasattr(signal, "setitimer")
+             and threading.current_thread() is threading.main_thread())
+    if alarm:
+        previous = signal.signal(signal.SIGALRM, _give_up)
+        signal.setitimer(signal.ITIMER_REAL, limit)
+    start = time.perf_counter()
+    try:
+        result = mergeagg.run(agg, path, workers=workers, split_size=split_size,
+                              faults=spec, backups=backups)
+    except MergeaggError as exc:
+        return time.perf_counter() - start, None, f"{type(exc).__name__}: {exc}"
+    except GaveUp:
+        return time.perf_counter() - start, None, f"gave up after {limit:.0f}s (--give-up)"
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    return time.perf_counter() - start, result, None
+
+
+def describe(result, plan):
+    """One line on what the runtime did in a faulty run."""
+    rep = result.report
+    maps = [t for t in rep.tasks if t.kind == "map"]
+    durations = sorted(t.seconds for t in maps)
+    causes = reexecutions(rep, plan)
+    extra = sum(t.attempts - 1 for t in rep.tasks)
+    parts = [f"{extra} extra attempts"]
+    if causes:
+        parts.append("(" + ", ".join(f"{n} {c}" for c, n in causes.most_common()) + ")")
+    parts.append(f"workers lost {rep.workers_lost}, backups {rep.backups_launched} "
+                 f"launched / {rep.backups_won} won")
+    parts.append(f"map task median {statistics.median(durations):.3f}s, "
+                 f"max {durations[-1]:.3f}s")
+    parts.append("phases " + " ".join(f"{k} {v:.2f}s" for k, v in rep.phases.items()
+                                      if v >= 0.005))
+    return "; ".join(parts)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="200M", help="corpus size, e.g. 2M or 200M")
+    parser.add_argument("--splits", type=int, default=100, help="splits (default 100)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--seed", type=int, default=1, help="first fault seed (default 1)")
+    parser.add_argument("--kill", type=float, default=0.1, help="kill rate (default 0.1)")
+    parser.add_argument("--delay", type=float, default=0.05, help="delay rate (default 0.05)")
+    parser.add_argument("--factor", type=float, default=10.0, help="slow-down (default 10)")
+    parser.add_argument("--give-up", type=float, default=4.0,
+                        help="abandon a faulty run after this many times the clean run "
+                             "of its repetition (default 4; 0: never)")
+    parser.add_argument("--smoke", action="store_true", help="~2 MB, 1 repetition, for CI")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print what the runtime did in every faulty run")
+    args = parser.parse_args(argv)
+    size = SMOKE_CORPUS_BYTES if args.smoke else parse_size(args.size)
+    repeat = 1 if args.smoke else args.repeat
+
+    path = zipf_corpus(size)
+    nbytes = os.path.getsize(path)
+    split_size = -(-nbytes // args.splits)
+    agg = mergeagg.algorithms.wordcount()
+    cases = scenarios(args.kill, args.delay, args.factor)
+    print(f"word count under faults: {nbytes / 1e6:.1f} MB Zipf corpus ({path}), "
+          f"{args.splits} splits of {split_size / 1e6:.2f} MB, workers={args.workers}, "
+          f"{repeat} repetition(s), fault seeds {args.seed}..{args.seed + repeat - 1}")
+    if hasattr(os, "getloadavg"):
+        print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+    # Untimed: starts the fork server (it imports mergeagg once) and warms the page cache.
+    one_run(agg, path, split_size, args.workers, None, True)
+    times = {label: [] for label, *_ in cases}
+    failed = {label: [] for label, *_ in cases}
+    causes = {label: Counter() for label, *_ in cases}
+    extra = {label: [] for label, *_ in cases}
+    clean_fp = None
+    for i in range(repeat):
+        seed = args.seed + i
+        limit = None
+        for label, spec, backups, _target in cases:
+            spec = spec.format(seed=seed) if spec else None
+            plan = FaultPlan.parse(spec)
+            seconds, result, error = one_run(agg, path, split_size, args.workers, spec,
+                                             backups, limit)
+            if spec is None and args.give_up > 0:
+                limit = max(args.give_up * seconds, 10.0)
+            if error is not None:
+                failed[label].append(f"seed {seed}: {error.splitlines()[0]}")
+                print(f"  [{i + 1}/{repeat}] {label}: JOB FAILED after {seconds:.2f}s: "
+                      f"{error.splitlines()[0]}")
+                continue
+            if clean_fp is None:
+                clean_fp = result.fingerprint
+            if result.fingerprint != clean_fp:
+                print(f"ERROR: {label} (seed {seed}) gave fingerprint {result.fingerprint}, "
+                      f"the clean run {clean_fp}", file=sys.stderr)
+                return 1
+            times[label].append(seconds)
+            causes[label] += reexecutions(result.report, plan)
+            extra[label].append(sum(t.attempts - 1 for t in result.report.tasks))
+            hits = injected(plan, len(result.report.attempts)) if plan else Counter()
+            line = f"  [{i + 1}/{repeat}] {label}: {seconds:.2f}s"
+            if hits:
+                line += " (" + ", ".join(f"{n} first attempts hit by {k}"
+                                         for k, n in hits.items()) + ")"
+            print(line)
+            if args.verbose and plan is not None:
+                print("      " + describe(result, plan))
+
+    clean_label = cases[0][0]
+    if not times[clean_label]:
+        print("ERROR: no clean run completed", file=sys.stderr)
+        return 1
+    clean = statistics.median(times[clean_label])
+    print(f"\n{'case':<36} {'median':>8} {'min':>8} {'ratio':>7}  target")
+    for label, _spec, _backups, target in cases:
+        ts = times[label]
+        if not ts:
+            print(f"{label:<36} {'-':>8} {'-':>8} {'-':>7}  every run failed")
+            continue
+        med = statistics.median(ts)
+        ratio = med / clean
+        verdict = ""
+        if target is not None:
+            verdict = f"<= {target:.2f}x: {'met' if ratio <= target else 'MISSED'}"
+        runs = f" ({len(ts)} of {len(ts) + len(failed[label])} runs completed)" \
+            if failed[label] else ""
+        print(f"{label:<36} {med:7.2f}s {min(ts):7.2f}s {ratio:6.2f}x  {verdict}{runs}")
+    for label, *_ in cases[1:]:
+        if causes[label] or failed[label]:
+            print(f"\n{label}: re-executed attempts per completed run, median "
+                  f"{statistics.median(extra[label]) if extra[label] else '-'}; by cause, "
+                  f"over {len(extra[label])} completed run(s):")
+            for cause, n in causes[label].most_common():
+                print(f"  {n:6d}  {cause}")
+            for note in failed[label]:
+                print(f"  job failed, {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
