@@ -38,7 +38,7 @@ import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 
-from mergeagg.errors import JobFailed, NondeterminismError, TaskFailed
+from mergeagg.errors import InputError, JobFailed, NondeterminismError, TaskFailed
 
 
 class _Where(enum.Enum):
@@ -466,6 +466,11 @@ class Policy:
             return
         if kind == "input_lost":
             self._input_lost(task, lost)
+            return
+        if kind == "input":
+            # Bad input (a missing file, invalid UTF-8) fails the same way every time:
+            # stop at once with the reader's own message, no retries.
+            self._fail(InputError(error))
             return
         task.failures += 1
         task.last_error = error

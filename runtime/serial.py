@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import traceback
 
-from mergeagg.errors import TaskFailed
+from mergeagg.errors import InputError, TaskFailed
 from mergeagg.inputs import read_split
 from mergeagg.runtime.report import Report, TaskRecord
 from mergeagg.runtime.tree import fold_fixed
@@ -30,6 +30,8 @@ def run_serial(aggregator, source, *, fan_in, clock=time.perf_counter):
             records = read_split(split)
             try:
                 acc = aggregator.partial(records)
+            except InputError:
+                raise
             except Exception as exc:
                 raise TaskFailed(
                     f"partial raised on split {split.id} (task map-{split.index}, attempt 1 of "
@@ -93,6 +95,8 @@ def run_keyed_serial(spec, source, *, clock=time.perf_counter):
             try:
                 out, fp, stats = run_map(spec, records, f"{tmp}/map-{split.index}", "serial",
                                          f"map-{split.index}")
+            except InputError:
+                raise
             except Exception as exc:
                 raise TaskFailed(
                     f"map raised on split {split.id} (task map-{split.index}, attempt 1 of 1 "

@@ -33,7 +33,7 @@ from collections import deque
 
 import cloudpickle
 
-from mergeagg.errors import CorruptSpillError
+from mergeagg.errors import CorruptSpillError, InputError
 from mergeagg.fingerprint import MappingDigest, fingerprint
 from mergeagg.inputs import read_split
 from mergeagg.runtime.faults import InjectedFault, corrupt_value
@@ -312,6 +312,9 @@ class _Worker:
         except InputLost as exc:
             self.current = None
             return ("fail", aid, "input_lost", str(exc), "", ())
+        except InputError as exc:
+            self.current = None
+            return ("fail", aid, "input", str(exc), "", ())
         except Exception as exc:
             self.current = None
             return ("fail", aid, "raise", f"{type(exc).__name__}: {exc}",
@@ -397,6 +400,9 @@ class _Worker:
         except CorruptSpillError as exc:
             self.current = None
             return ("fail", aid, "input_lost", str(exc), "", tuple(getattr(exc, "lost", ())))
+        except InputError as exc:
+            self.current = None
+            return ("fail", aid, "input", str(exc), "", ())
         except Exception as exc:
             self.current = None
             return ("fail", aid, "raise", f"{type(exc).__name__}: {exc}",

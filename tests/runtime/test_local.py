@@ -288,3 +288,11 @@ def test_failure_invariance(texts, kill, raise_, seed, fan_in):
     assert r.fingerprint == serial.fingerprint
     assert sum(r.value.values()) == sum(len(t) for t in texts)
     assert r.value == Counter(w for t in texts for w in t)
+
+
+def test_bad_input_fails_at_once_with_the_readers_error(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n" * 10 + b"\xff oops\n")
+    for job in (ma.algorithms.wordcount(), ma.algorithms.wordcount(keyed=True)):
+        with pytest.raises(ma.InputError, match=r"bad\.txt: invalid UTF-8 at byte offset 50"):
+            ma.run(job, str(bad), workers=2)
