@@ -4,13 +4,16 @@ Workload: documents cut from the shared Zipf corpus (shared/BENCHMARKS.md), ``--
 lines each, as JSON lines ``{"id": n, "text": ...}`` (cached; ~200 MB at the reference
 size). Both sides do the whole job: read the file, tokenise with the same function
 (:func:`mergeagg.algorithms.invertedindex.tokenize`), build word -> sorted document ids, and
-write the index as text (``word<TAB>id id id...``, words sorted). The baseline is one plain
-loop appending ids to a dict of lists; mergeagg runs ``invertedindex()`` over line-aligned
-splits of the file with ``--workers`` processes. Both indexes must be equal.
+write the index out. The baseline is one plain loop appending ids to a dict of lists, then
+writing ``word<TAB>id id id...`` lines. mergeagg (``--mode keyed``, the default) runs
+``invertedindex(keyed=True)`` over line-aligned splits with ``--workers`` processes: words
+are shuffled into ``--partitions`` reduce partitions and each reducer commits its part file
+into an ``output=`` directory, so no posting passes through this process; ``--mode fold``
+runs the fold instead (every partial merged by the combine tree, the index written here).
+Both indexes must be equal (checked outside the timings).
 
-Target (issue 5): with 2 workers, at least 1.5x the sequential loop. Until the keyed runtime
-(issue 4) shuffles postings by word, every partial index is merged by the fold's combine
-tree, so expect less; the figure printed is ``loop time / mergeagg time`` (medians).
+Target (issue 5): with 2 workers, at least 1.5x the sequential loop. The figure printed is
+``loop time / mergeagg time`` (medians).
 
     python benchmarks/bench_invertedindex.py --size 200M      # the reference figure
     python benchmarks/bench_invertedindex.py --smoke          # what CI runs: ~1 MB
@@ -86,6 +89,9 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes (default 2; 0 = serial in process)")
     parser.add_argument("--split-size", default="16M", help="bytes per split (default 16M)")
+    parser.add_argument("--mode", choices=("keyed", "fold"), default="keyed",
+                        help="keyed job with part files (default) or the fold")
+    parser.add_argument("--partitions", type=int, default=8, help="reduce partitions (8)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each (default 3)")
     parser.add_argument("--smoke", action="store_true", help="~1 MB, 2 repetitions, for CI")
     args = parser.parse_args(argv)
@@ -96,26 +102,34 @@ def main(argv=None):
     path = documents(size, args.lines)
     mb = os.path.getsize(path) / 1e6
     out_dir = tempfile.mkdtemp(prefix="mergeagg-bench-index-")
-    agg = invertedindex()
+    keyed = args.mode == "keyed"
+    agg = invertedindex(keyed=keyed)
     print(f"inverted index: {mb:.1f} MB of JSON-lines documents ({path}), "
-          f"workers={args.workers}, split size {split_size}, {repeat} repetitions")
+          f"workers={args.workers}, split size {split_size}, mode {args.mode}"
+          f"{f', R={args.partitions}' if keyed else ''}, {repeat} repetitions")
 
     base_times, our_times = [], []
-    for _ in range(repeat):
+    for rep in range(repeat):
         start = time.perf_counter()
         expected = sequential_index(path)
         write_index(expected, os.path.join(out_dir, "index-loop.txt"))
         base_times.append(time.perf_counter() - start)
 
         start = time.perf_counter()
-        result = mergeagg.run(agg, path, workers=args.workers, split_size=split_size,
-                              format="jsonl")
-        write_index(result.value, os.path.join(out_dir, "index-mergeagg.txt"))
+        if keyed:
+            result = mergeagg.run(agg, path, workers=args.workers, split_size=split_size,
+                                  format="jsonl", partitions=args.partitions,
+                                  output=os.path.join(out_dir, f"index-{rep}"))
+        else:
+            result = mergeagg.run(agg, path, workers=args.workers, split_size=split_size,
+                                  format="jsonl")
+            write_index(result.value, os.path.join(out_dir, "index-mergeagg.txt"))
         our_times.append(time.perf_counter() - start)
-        if result.value != expected:
+        got = result.value if isinstance(result.value, dict) else result.value.to_dict()
+        if got != expected:
             print("ERROR: mergeagg and the loop disagree", file=sys.stderr)
             return 1
-        del expected
+        del expected, got
 
     base, mine = statistics.median(base_times), statistics.median(our_times)
     print(f"{'dict-of-lists loop':<24} median {base:8.3f}s  min {min(base_times):8.3f}s"

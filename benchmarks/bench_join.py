@@ -6,14 +6,17 @@ table of as many rows ``k,value`` (keys uniform in the same range, so about one 
 row); the broadcast case joins it with a small right table of ``--small-rows`` rows whose
 keys are uniform in [0, 2 * small-rows). Both sides do the whole job: read the CSV files,
 join on ``k`` (inner), and write every joined row to a CSV file. The baseline builds a
-dict of the right table's rows by key and streams the left table past it; mergeagg runs
-``join("k")`` over ``join_source(left, right, strategy=...)``. Both outputs must hold the
-same rows (checked by count and an order-free digest).
+dict of the right table's rows by key and streams the left table past it, writing one CSV
+file. mergeagg's reduce-side join runs ``join("k", keyed=True)`` (``--reduce-mode keyed``,
+the default): both tables shuffled by key into ``--partitions`` partitions, each reducer
+joining its keys and committing a part file into an ``output=`` directory, so no row passes
+through this process; ``--reduce-mode fold`` runs the fold join and writes the CSV here.
+The broadcast join runs the fold over ``join_source(..., strategy="broadcast")`` and writes
+the CSV here. Both outputs must hold the same rows (checked outside the timings by count
+and an order-free digest).
 
 Targets (issue 5), 2 workers: reduce-side join of 2 million x 2 million rows >= 1.3x the
-hash join; broadcast join of 2 million x 10 thousand rows >= 1.6x. Until the keyed runtime
-(issue 4) shuffles the reduce-side groups by key, every group is merged by the fold's
-combine tree, so expect the reduce-side figure to be low; the printed figure is
+hash join; broadcast join of 2 million x 10 thousand rows >= 1.6x. The printed figure is
 ``hash-join time / mergeagg time`` (medians).
 
     python benchmarks/bench_join.py                      # 2M x 2M and 2M x 10k
@@ -39,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from workloads import cache_dir  # noqa: E402
 
 import mergeagg  # noqa: E402
-from mergeagg.algorithms.join import join, join_source, merge_pair  # noqa: E402
+from mergeagg.algorithms.join import join, join_rows, join_source, merge_pair  # noqa: E402
 
 SEED = 20240303
 OUT_COLUMNS = ["id", "k_left", "payload", "k_right", "value"]
@@ -91,41 +94,57 @@ def hash_join(left_path, right_path):
     return out
 
 
-def write_rows(pairs, path):
-    """Write joined pairs as flat CSV rows; returns (count, order-free digest)."""
+def _digest(pairs):
+    """(count, order-free digest) of joined pairs, as flat rows."""
     digest = 0
+    for lrow, rrow in pairs:
+        flat = merge_pair(lrow, rrow)
+        line = [flat[c] for c in OUT_COLUMNS]
+        h = hashlib.blake2b("\x1f".join(line).encode(), digest_size=8).digest()
+        digest = (digest + int.from_bytes(h, "little")) % (1 << 64)
+    return len(pairs), digest
+
+
+def write_rows(pairs, path):
+    """Write joined pairs as flat CSV rows."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(OUT_COLUMNS)
         for lrow, rrow in pairs:
             flat = merge_pair(lrow, rrow)
-            line = [flat[c] for c in OUT_COLUMNS]
-            w.writerow(line)
-            h = hashlib.blake2b("\x1f".join(line).encode(), digest_size=8).digest()
-            digest = (digest + int.from_bytes(h, "little")) % (1 << 64)
-    return len(pairs), digest
+            w.writerow([flat[c] for c in OUT_COLUMNS])
 
 
-def measure(label, left, right, strategy, workers, split_size, repeat, out_dir):
+def measure(label, left, right, strategy, workers, split_size, repeat, out_dir, keyed,
+            partitions):
     base_times, our_times = [], []
-    agg = join("k", how="inner", empty_is_null=True)
-    for _ in range(repeat):
+    agg = join("k", how="inner", empty_is_null=True, keyed=keyed)
+    for rep in range(repeat):
         start = time.perf_counter()
-        expected = write_rows(hash_join(left, right), os.path.join(out_dir, "hash.csv"))
+        pairs = hash_join(left, right)
+        write_rows(pairs, os.path.join(out_dir, "hash.csv"))
         base_times.append(time.perf_counter() - start)
+        expected = _digest(pairs)
+        del pairs
 
         start = time.perf_counter()
         src = join_source(left, right, strategy=strategy, split_size=split_size)
-        result = mergeagg.run(agg, src, workers=workers)
-        got = write_rows(result.value, os.path.join(out_dir, "mergeagg.csv"))
+        if keyed:
+            result = mergeagg.run(agg, src, workers=workers, partitions=partitions,
+                                  output=os.path.join(out_dir, f"{label}-{rep}"))
+        else:
+            result = mergeagg.run(agg, src, workers=workers)
+            write_rows(result.value, os.path.join(out_dir, f"{label}-{rep}.csv"))
         our_times.append(time.perf_counter() - start)
+        got = _digest(join_rows(result.value) if keyed else result.value)
         if got != expected:
             print(f"ERROR: {label}: mergeagg wrote {got[0]} rows, the hash join {expected[0]} "
                   "(or their digests differ)", file=sys.stderr)
             return None
     base, mine = statistics.median(base_times), statistics.median(our_times)
     print(f"  {'hash join':<22} median {base:8.3f}s  min {min(base_times):8.3f}s")
-    print(f"  {'mergeagg ' + src.strategy:<22} median {mine:8.3f}s  min {min(our_times):8.3f}s"
+    name = f"mergeagg {src.strategy}{' keyed' if keyed else ''}"
+    print(f"  {name:<22} median {mine:8.3f}s  min {min(our_times):8.3f}s"
           f"  ({len(result.report.attempts)} map tasks, mode {result.report.mode}, "
           f"{expected[0]} rows out)")
     return base / mine
@@ -139,6 +158,10 @@ def main(argv=None):
                         help="worker processes (default 2; 0 = serial in process)")
     parser.add_argument("--split-size", default="16M", help="bytes per split (default 16M)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each (default 3)")
+    parser.add_argument("--reduce-mode", choices=("keyed", "fold"), default="keyed",
+                        help="the reduce-side join as a keyed job with part files "
+                             "(default) or as the fold")
+    parser.add_argument("--partitions", type=int, default=8, help="reduce partitions (8)")
     parser.add_argument("--only", choices=("reduce", "broadcast"), default=None,
                         help="run one of the two cases")
     parser.add_argument("--smoke", action="store_true", help="tiny tables, for CI")
@@ -158,8 +181,9 @@ def main(argv=None):
         if args.only and args.only != strategy:
             continue
         print(f"{strategy}:")
+        keyed = strategy == "reduce" and args.reduce_mode == "keyed"
         ratio = measure(strategy, left, other, strategy, args.workers, split_size, repeat,
-                        out_dir)
+                        out_dir, keyed, args.partitions)
         if ratio is None:
             status = 1
             continue
