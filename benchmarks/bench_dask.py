@@ -80,11 +80,12 @@ def main(argv=None):
         }
         times = {name: [] for name in contenders}
         prints = {}
-        for _ in range(repeat):
+        for i in range(repeat):
             for name, run in contenders.items():
                 start = time.perf_counter()
                 prints.setdefault(name, set()).add(run())
                 times[name].append(time.perf_counter() - start)
+                print(f"  run {i + 1}: {name:<16} {times[name][-1]:8.3f}s", flush=True)
     reference = prints["sequential"]
     wrong = [name for name, fps in prints.items() if fps != reference]
     if wrong:

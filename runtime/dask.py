@@ -389,10 +389,6 @@ class DaskExecutor:
         """The policy slots of the workers seen alive, sorted."""
         return sorted(slot_name(a, i) for a, n in self.known.items() for i in range(n))
 
-    def worker_pids(self):
-        """``{address: pid}`` of the live Dask worker processes (tests kill them)."""
-        return self.client.run(os.getpid)
-
     def apply(self, actions, hint=0.0):
         """Carry out the policy's actions."""
         for a in actions:
@@ -445,15 +441,19 @@ class DaskExecutor:
         self._check_unreported(out)
         return out
 
-    def fetch(self, ref, timeout):
+    def fetch(self, ref, timeout, transfer_timeout=300.0):
         """The root's accumulator, or ``_MISSING`` if its future was not done within
-        ``timeout`` seconds (the caller looks at membership and tries again)."""
+        ``timeout`` seconds or its transfer within ``transfer_timeout`` (the caller looks
+        at membership and tries again)."""
         deadline = time.monotonic() + timeout
         while not ref.future.done():
             if time.monotonic() >= deadline:
                 return _MISSING
             time.sleep(0.002)
-        outcome = ref.future.result()
+        try:
+            outcome = ref.future.result(timeout=transfer_timeout)
+        except TimeoutError:
+            return _MISSING
         if outcome[2] != ref.fingerprint:
             raise NondeterminismError(
                 f"Dask returned the root output with fingerprint {outcome[2]}, but the "
@@ -631,13 +631,15 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
                         policy._stage_done["map"] == policy._stage_total["map"]:
                     map_done_at = now
                 if policy.done:
+                    # Is the root's worker still there? If not, the policy runs it again.
+                    for ev in ex.membership(force=True):
+                        _dispatch(policy, ev, clock())
+                    if not policy.done:
+                        continue
                     ref, _fp = policy.result
                     acc = ex.fetch(ref, poll_interval)
                     if acc is not _MISSING:
                         break
-                    # Not there yet: was its worker lost meanwhile?
-                    for ev in ex.membership(force=True):
-                        _dispatch(policy, ev, clock())
                     continue
                 show.update(now)
                 timeout = max(0.0, policy.next_deadline(now) - clock())
