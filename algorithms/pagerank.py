@@ -13,7 +13,8 @@ the L1 change is below ``N * tol``; fail after ``max_iter`` iterations).
   next rank file: ``T`` iterations read the ``D`` edge bytes ``T`` times.
 * ``mode="cached"``: the edge splits are persisted once (parsed into numpy arrays on the
   workers, then mapped to node ids, a dataset derived from the first), and each iteration
-  ships the current ranks to the workers and folds the contributions: ``D`` bytes read once.
+  ships the current ranks to the workers, where each cached partition computes its
+  contribution vector, and folds the vectors in split order: ``D`` bytes read once.
   A worker that dies takes its partitions with it; they are rebuilt from their lineage
   (split, parse, id mapping) on another worker and the ranks keep their bytes.
 
@@ -256,15 +257,15 @@ class TokenTable:
         return ((k * self._MUL) >> self.shift).astype(np.intp)
 
     def lookup(self, k):
-        """Node ids (int32) of the keys ``k``; ``KeyError`` naming a token not in the
-        table."""
+        """Node ids (``intp``, what ``bincount`` and indexing take without a copy) of the
+        keys ``k``; ``KeyError`` naming a token not in the table."""
         if self.keys.dtype != np.uint64 or k.dtype != np.uint64:
             table, k = _common(self.keys, k)
             ids = np.searchsorted(table, k)
             ok = (ids < self.n) & (table[np.minimum(ids, self.n - 1)] == k)
             if not ok.all():
                 raise KeyError(f"node {_names(k[~ok][:1])[0]!r} is not in the node table")
-            return ids.astype(np.int32)
+            return ids.astype(np.intp)
         pos = self._hash(k)
         ids = self.slot_ids[pos]
         todo = np.flatnonzero((ids < 0) | (self.keys[ids] != k))
@@ -278,7 +279,7 @@ class TokenTable:
             found = self.slot_ids[p]
             ids[todo] = found
             todo = todo[(found < 0) | (self.keys[found] != k[todo])]
-        return ids
+        return ids.astype(np.intp)
 
 
 def _names(keys):
@@ -480,9 +481,10 @@ def pagerank(edges, *, mode="cached", session=None, run=None, alpha=0.85,
     ``networkx.pagerank(G, alpha, personalization, max_iter, tol, nstart, weight=None,
     dangling)`` within 1e-9 in L1 norm, with the same convergence rule.
 
-    ``mode="cached"`` needs ``session`` (an object with ``persist`` and ``run``, such as
-    ``mergeagg.Session``); ``mode="disk"`` runs its jobs with ``run(job, source, **kw)``
-    (``mergeagg.run``; a session's ``run`` when only ``session`` is given). ``partitions``
+    ``mode="cached"`` needs ``session`` (an object with ``persist``, ``run`` and
+    ``collect``, such as ``mergeagg.Session``); ``mode="disk"`` runs its jobs with
+    ``run(job, source, **kw)`` (``mergeagg.run``; a session's ``run`` when only ``session``
+    is given). ``partitions``
     is the disk job's reducer count (default 2). ``workdir`` keeps the disk chain's files
     (nodes, out-degrees, one rank file per iteration); by default a temporary directory
     is used and removed. ``strict=False`` returns the last iterate instead of raising
@@ -532,7 +534,7 @@ def _iterate(edges, mode, session, run, alpha, personalization, max_iter, tol, n
     t0 = time.perf_counter()
     src, labels, extra = _edge_source(edges, split_size, scratch)
     nsplits = len(src)
-    fan_in = max(2, nsplits)  # one combine folds every split's vector left to right
+    fan_in = max(2, nsplits)
     reports = []
     if mode == "cached":
         raw = session.persist(src, load=load_edges)
@@ -569,8 +571,10 @@ def _iterate(edges, mode, session, run, alpha, personalization, max_iter, tol, n
     for it in range(max_iter):
         t = time.perf_counter()
         if mode == "cached":
-            res = session.run(Aggregator(_Contrib(x * invdeg), _add), ids, fan_in=fan_in)
-            c = res.value
+            res = session.collect(_Contrib(x * invdeg), ids)
+            c = res.values[0]
+            for v in res.values[1:]:  # left to right in split order, as a reducer folds
+                c = _add(c, v)
             side = 0
             for k, v in res.report.counters.items():
                 if k.startswith("cache_"):

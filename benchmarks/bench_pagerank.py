@@ -129,7 +129,7 @@ def main(argv=None):
     parser.add_argument("--edges", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--split-size", type=int, default=None,
-                        help="bytes per edge split (default: the file in 2 x workers splits)")
+                        help="bytes per edge split (default: one split per worker)")
     parser.add_argument("--iterations", type=int, default=30,
                         help="T of the bytes-read and per-iteration runs (default 30)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of timed runs")
@@ -140,7 +140,7 @@ def main(argv=None):
         args.nodes, args.edges, args.iterations, args.repeat = 2_000, 20_000, 10, 1
     path = graph_file(args.nodes, args.edges)
     size = os.path.getsize(path)
-    split_size = args.split_size or max(4096, -(-size // (2 * max(1, args.workers))))
+    split_size = args.split_size or max(4096, -(-size // max(1, args.workers)))
     print(f"graph: G(n={args.nodes:,}, m={args.edges:,}), seed {SEED}, {size / 1e6:.1f} MB "
           f"edge list, {len(pr.files(path, split_size=split_size))} splits; "
           f"{args.workers} workers")

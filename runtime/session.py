@@ -34,15 +34,15 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from mergeagg.aggregator import Aggregator
+from mergeagg.aggregator import Aggregator, identity
 from mergeagg.fingerprint import fingerprint
 from mergeagg.inputs import Source, as_source, read_split
 from mergeagg.keyed import KeyedJob
-from mergeagg.runtime.master import Policy, PolicyConfig, fold_tasks
+from mergeagg.runtime.master import Policy, PolicyConfig, TaskDef, fold_tasks
 from mergeagg.runtime.report import Report, TaskRecord
 from mergeagg.runtime.tree import check_fan_in, fold_fixed
 
-__all__ = ["Session", "Dataset", "CACHE_COUNTERS"]
+__all__ = ["Session", "Dataset", "Collected", "CACHE_COUNTERS"]
 
 CACHE_COUNTERS = ("cache_hits", "cache_misses", "cache_rebuilds", "cache_bytes_read")
 
@@ -119,6 +119,7 @@ class Session:
         self.datasets = {}
         self.jobs_run = 0
         self._closed = False
+        self._root_fingerprint = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -250,10 +251,13 @@ class Session:
                                 "an Aggregator")
         src = source if isinstance(source, Dataset) else as_source(
             source, split_size=split_size, format=format, errors=errors)
+        self._root_fingerprint = None
         value, report = self._run(job, src, fan_in=fan_in, config=config, faults=plan,
                                   progress=progress)
         t = time.perf_counter()
-        fp = fingerprint(value)
+        # The root's worker already fingerprinted the value when finalize is the identity.
+        fp = (self._root_fingerprint if job.finalize is identity and self._root_fingerprint
+              else fingerprint(value))
         report.phases["fingerprint"] = time.perf_counter() - t
         report.wall_seconds = time.perf_counter() - start
         return Result(value, fp, report)
@@ -325,31 +329,83 @@ class Session:
         self._check_persisted(ds)
         if self.executor is None:
             return self._run_fold_here(job, ds, fan_in)
-        from mergeagg.runtime.local import _report, drive
-
-        parts = [self._partition(ds, split) for split in ds.splits()]
-        tasks = fold_tasks(parts, fan_in)
-        live = set(self.executor.live_workers())
-        for t in tasks[:len(parts)]:
-            t.prefer = _holder(ds, t.index, live)
-        policy = Policy(tasks, config)
 
         def fetch(policy, ex):
             ref, _fp = policy.result
             return ex.fetch(ref)
 
-        try:
-            acc, phases = drive(policy, job, fetch, workers=self.workers, faults=faults,
-                                progress=progress, executor=self.executor)
-        finally:
-            self.executor.settle()
+        acc, phases, policy = self._drive_dataset(
+            job, ds, lambda parts: fold_tasks(parts, fan_in), fetch, config=config,
+            faults=faults, progress=progress)
         t = time.perf_counter()
         value = job.finalize(acc)
         phases["finalize"] = time.perf_counter() - t
+        self._root_fingerprint = policy.result[1]
+        return value, self._dataset_report(ds, policy, fan_in, phases)
+
+    def _drive_dataset(self, payload, ds, make_tasks, fetch, *, config, faults, progress):
+        from mergeagg.runtime.local import drive
+
+        parts = [self._partition(ds, split) for split in ds.splits()]
+        tasks = make_tasks(parts)
+        live = set(self.executor.live_workers())
+        for t in tasks[:len(parts)]:
+            t.prefer = _holder(ds, t.index, live)
+        policy = Policy(tasks, config)
+        try:
+            fetched, phases = drive(policy, payload, fetch, workers=self.workers,
+                                    faults=faults, progress=progress, executor=self.executor)
+        finally:
+            self.executor.settle()
+        return fetched, phases, policy
+
+    def _dataset_report(self, ds, policy, fan_in, phases):
+        from mergeagg.runtime.local import _report
+
         report = _report(policy, self.workers, fan_in, phases)
         report.mode = "session"
         self._account(ds, policy, report)
-        return value, report
+        return report
+
+    def collect(self, fn, dataset, **policy):
+        """``fn(partition)`` on every partition of ``dataset``, where it is cached; returns
+        a :class:`Collected` with the outputs in split order (no combine task: the caller
+        folds them, as a reducer would, with no extra hop through a worker).
+
+        Cost: one task per partition; each output is pickled, fingerprinted and fetched.
+
+        >>> with Session(workers=0) as s:
+        ...     s.collect(len, s.persist([[1, 2], [3]], load=list)).values
+        [2, 1]
+        """
+        if not callable(fn):
+            raise TypeError(f"collect needs a callable fn(partition), got "
+                            f"{type(fn).__name__}")
+        self.start()
+        self._check_persisted(dataset)
+        config = self._config(policy)
+        self.jobs_run += 1
+        start = time.perf_counter()
+        if self.executor is None:
+            values, report = self._collect_here(fn, dataset)
+            fps = [fingerprint(v) for v in values]
+        else:
+            n = len(dataset)
+
+            def fetch(policy, ex):
+                return [ex.fetch(policy.results[f"map-{i}"][0]) for i in range(n)]
+
+            def tasks(parts):
+                return [TaskDef(f"map-{p.index}", "map", split=p, index=p.index)
+                        for p in parts]
+
+            values, phases, pol = self._drive_dataset(
+                Aggregator(fn, _no_combine, name="collect"), dataset, tasks, fetch,
+                config=config, faults=None, progress=False)
+            fps = [pol.results[f"map-{i}"][1] for i in range(n)]
+            report = self._dataset_report(dataset, pol, 0, phases)
+        report.wall_seconds = time.perf_counter() - start
+        return Collected(values, fps, report)
 
     def _account(self, ds, policy, report):
         """Cache counters of a finished job, and where each partition now lives."""
@@ -381,38 +437,60 @@ class Session:
             ds.counters[k] += v
         report.counters.update(counts)
 
+    def _collect_here(self, fn, ds):
+        """``workers=0``: every partition's ``fn`` output, in split order, in this process."""
+        report = Report(mode="session", workers=0, fan_in=0)
+        t0 = time.perf_counter()
+        values = list(self._partials_here(fn, ds, report))
+        report.phases = {"map": time.perf_counter() - t0}
+        return values, report
+
     def _run_fold_here(self, job, ds, fan_in):
         """``workers=0``: partitions loaded in this process, folded along the same tree."""
         report = Report(mode="session", workers=0, fan_in=fan_in)
-        counts = dict.fromkeys(CACHE_COUNTERS, 0)
         t0 = time.perf_counter()
-
-        def partials():
-            for split in ds.splits():
-                i = split.index
-                started = time.perf_counter()
-                nbytes = 0
-                if i in ds.local:
-                    counts["cache_hits"] += 1
-                else:
-                    nbytes = _load_here(ds, split)
-                    counts["cache_misses"] += 1
-                    counts["cache_bytes_read"] += nbytes
-                acc = job.partial(ds.local[i])
-                report.bytes_read += nbytes
-                report.tasks.append(TaskRecord(f"map-{i}", "map", f"{ds.id}/{split.id}",
-                                               attempts=1, seconds=time.perf_counter() - started,
-                                               bytes_read=nbytes))
-                yield acc
-
-        root = fold_fixed(partials(), job.combine, fan_in)
+        root = fold_fixed(self._partials_here(job.partial, ds, report), job.combine, fan_in)
         t1 = time.perf_counter()
         value = job.finalize(root)
         report.phases = {"map+combine": t1 - t0, "finalize": time.perf_counter() - t1}
+        return value, report
+
+    @staticmethod
+    def _partials_here(fn, ds, report):
+        counts = dict.fromkeys(CACHE_COUNTERS, 0)
+        for split in ds.splits():
+            i = split.index
+            started = time.perf_counter()
+            nbytes = 0
+            if i in ds.local:
+                counts["cache_hits"] += 1
+            else:
+                nbytes = _load_here(ds, split)
+                counts["cache_misses"] += 1
+                counts["cache_bytes_read"] += nbytes
+            acc = fn(ds.local[i])
+            report.bytes_read += nbytes
+            report.tasks.append(TaskRecord(f"map-{i}", "map", f"{ds.id}/{split.id}",
+                                           attempts=1, seconds=time.perf_counter() - started,
+                                           bytes_read=nbytes))
+            yield acc
         for k, v in counts.items():
             ds.counters[k] += v
         report.counters.update(counts)
-        return value, report
+
+
+@dataclass
+class Collected:
+    """What :meth:`Session.collect` returns: ``values`` (one per partition, in split
+    order), their ``fingerprints`` (computed where they were made) and the ``report``."""
+
+    values: list
+    fingerprints: list
+    report: Report
+
+
+def _no_combine(a, b):
+    raise RuntimeError("collect jobs have no combine task")  # pragma: no cover
 
 
 def _holder(ds, i, live):

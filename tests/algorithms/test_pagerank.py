@@ -182,8 +182,8 @@ def test_disk_mode_reads_the_edges_every_iteration_cached_mode_once(workers2, tm
 
 
 class KillAt:
-    """A session whose ``run`` SIGKILLs a worker holding cached partitions just before
-    the job of iteration ``at`` starts: the death is found while that job runs."""
+    """A session that SIGKILLs a worker holding cached partitions just before the job of
+    iteration ``at`` starts: the death is found while that job runs."""
 
     def __init__(self, session, at):
         self.session = session
@@ -195,6 +195,14 @@ class KillAt:
         return self.session.persist(source, load=load)
 
     def run(self, job, source, **kw):
+        self._maybe_kill(source)
+        return self.session.run(job, source, **kw)
+
+    def collect(self, fn, source, **kw):
+        self._maybe_kill(source)
+        return self.session.collect(fn, source, **kw)
+
+    def _maybe_kill(self, source):
         self.calls += 1
         if self.calls == self.at + 2:  # after the node-discovery job and `at` iterations
             holder = source.holders[0][0]
@@ -205,7 +213,6 @@ class KillAt:
             except psutil.NoSuchProcess:
                 pass
             self.killed = (holder, sum(1 for h in source.holders.values() if h[0] == holder))
-        return self.session.run(job, source, **kw)
 
 
 def test_a_killed_worker_partitions_are_rebuilt_and_the_ranks_keep_their_bytes(

@@ -195,3 +195,17 @@ def test_close_stops_the_workers():
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_collect_returns_every_partition_output_in_split_order(session):
+    ds = session.persist(SHARDS, load=tenfold)
+    got = session.collect(sum, ds)
+    assert got.values == [sum(tenfold(s)) for s in SHARDS]
+    assert got.fingerprints == [ma.fingerprint(v) for v in got.values]
+    assert got.report.counters["cache_hits"] == len(SHARDS)
+    assert [t.kind for t in got.report.tasks] == ["map"] * len(SHARDS)
+    with Session(workers=0) as serial:
+        here = serial.collect(sum, serial.persist(SHARDS, load=tenfold))
+    assert here.values == got.values and here.fingerprints == got.fingerprints
+    with pytest.raises(TypeError, match="callable"):
+        session.collect("sum", ds)
