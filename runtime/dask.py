@@ -21,11 +21,14 @@ actions on a Dask cluster:
   topic for every job keeps the scheduler's event log bounded (Dask never forgets a
   topic). Future callbacks report what Dask itself failed at.
 * **Workers**: the scheduler's list of workers (``client.scheduler_info()``, polled every
-  ``poll_interval``) is the membership. A listed worker is heard from when the scheduler
-  got a heartbeat from it since the last look, so the policy's ``heartbeat_timeout`` finds
-  a hung worker (SIGSTOP) and has its nanny restart it, as the local runtime does (on
-  clusters so large that Dask's heartbeats are too rare for that timeout, a listed worker
-  is alive and Dask's ``worker-ttl`` finds hung ones). A worker with ``nthreads`` threads
+  ``poll_interval``) is the membership, and a listed worker is alive: Dask's own
+  ``worker-ttl`` (5 minutes by default) finds hung ones, and backups route work around
+  them meanwhile. With ``watch_heartbeats=True`` a worker is heard from only when the
+  scheduler got a heartbeat from it since the last look, so the policy's
+  ``heartbeat_timeout`` finds a hung worker (SIGSTOP) and has its nanny restart it, as the
+  local runtime does. It is off by default because a task that holds the GIL for long (one
+  C call over a whole split, such as ``Counter(words)``) silences its worker's heartbeats
+  too, and such a worker would be killed for being busy. A worker with ``nthreads`` threads
   is ``nthreads`` policy slots named ``"<address>/<thread>"``.
 * **Lost workers.** When a worker leaves the scheduler, the policy sees ``worker_lost`` for
   its slots: its running attempts run again elsewhere, and so do completed tasks whose
@@ -590,7 +593,8 @@ def _connect(client):
 
 
 def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progress=None,
-             poll_interval=0.25, wait_for_workers=60.0, clock=time.monotonic):
+             poll_interval=0.25, wait_for_workers=60.0, watch_heartbeats=False,
+             clock=time.monotonic):
     """Run a fold job on a Dask cluster. Returns ``(value, report)``.
 
     ``client`` is a ``dask.distributed.Client`` (the caller's: TLS, security and timeouts
@@ -598,7 +602,8 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
     client is connected for this run and closed at its end. The job waits up to
     ``wait_for_workers`` seconds for a first worker. Cost: as the local runtime, plus about
     a millisecond of Dask scheduling per task and the transfers of outputs between workers;
-    only the root's output travels to this process.
+    only the root's output travels to this process. ``watch_heartbeats`` turns on the
+    detection of hung workers by ``config.heartbeat_timeout`` (see the module docstring).
     """
     from mergeagg.runtime.local import _hint, _Progress, _report
 
@@ -609,7 +614,8 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
         policy = Policy(fold_tasks(source.splits(), fan_in), config)
         show = _Progress(policy, progress if progress is not None else sys.stderr.isatty())
         with DaskExecutor(client, aggregator, faults, poll_interval=poll_interval,
-                          heartbeat_timeout=config.heartbeat_timeout) as ex:
+                          heartbeat_timeout=config.heartbeat_timeout
+                          if watch_heartbeats else None) as ex:
             events = ex.membership(force=True)
             if not ex.known:
                 _wait_for_workers(client, wait_for_workers)

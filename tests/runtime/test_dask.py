@@ -137,11 +137,11 @@ def test_a_hung_worker_is_found_by_missed_heartbeats_and_replaced(dask_client):
     # the scheduler; no backups, so only the heartbeat check can save the job.
     plan = FaultPlan(only={"map-2": {1: Fault("hang")}})
     start = time.monotonic()
-    result = run_on(dask_client, ma.algorithms.wordcount(), data, fan_in=4, faults=plan,
-                    backups=False, heartbeat_timeout=2.0)
+    value, report = run_dask(ma.algorithms.wordcount(), as_source(data), client=dask_client,
+                             fan_in=4, config=PolicyConfig(backups=False, heartbeat_timeout=2.0),
+                             faults=plan, progress=False, watch_heartbeats=True)
     assert time.monotonic() - start < 10
-    assert result.fingerprint == clean.fingerprint
-    report = result.report
+    assert fingerprint(value) == clean.fingerprint
     assert report.workers_lost == 1 and report.attempts[2] == 2
     assert any(f.task == "map-2" and f.detail == "missed heartbeats" for f in report.failures)
     # Its nanny replaces it: a worker under a new address joins.
