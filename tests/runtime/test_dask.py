@@ -216,12 +216,14 @@ def test_without_dask_mergeagg_imports_and_the_backend_names_the_extra():
         "sys.modules['dask'] = sys.modules['distributed'] = None\n"
         "import mergeagg, mergeagg.runtime.dask as d\n"
         "assert mergeagg.run(mergeagg.Aggregator(len, int.__add__), [[1]], workers=0).value == 1\n"
-        "try:\n"
-        "    d.require_dask()\n"
-        "except ImportError as exc:\n"
-        "    print(exc)\n"
+        "for ask in (d.require_dask, lambda: mergeagg.run(\n"
+        "        mergeagg.Aggregator(len, int.__add__), [[1]], backend='tcp://127.0.0.1:9')):\n"
+        "    try:\n"
+        "        ask()\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert INSTALL_HINT in out.stdout
+    assert out.stdout.count(INSTALL_HINT) == 2, out.stdout
