@@ -128,7 +128,7 @@ def parse_edges(data, where="the input"):
     flags = np.zeros(n + 2, dtype=np.int8)
     np.greater(buf[:n], 32, out=flags[1:-1].view(bool))  # space and controls separate
     bounds = np.flatnonzero(flags[1:] != flags[:-1])
-    starts, ends = bounds[0::2], bounds[1::2]
+    starts, ends = bounds[0::2].copy(), bounds[1::2].copy()  # contiguous: faster gathers
     _check_lines(buf, starts, ends, where)
     keys = _token_keys(buf, starts, ends)
     return EdgeBlock(keys[0::2].copy(), keys[1::2].copy())
@@ -220,12 +220,19 @@ class TokenTable:
 
     ``uint64`` keys go through an open-addressing hash table of node ids (linear probing,
     load factor at most 1/4; a probe compares ``keys[id]`` with the key), built and probed
-    with vectorised numpy passes; ``S`` keys through binary search. Cost: O(n) to build;
-    O(1) expected per key looked up.
+    with vectorised numpy passes. When the tokens read as distinct decimal numbers of a
+    dense enough range (node ids ``0..n-1``, say), a key's number, computed with a few
+    64-bit word operations, indexes an array of ids instead (then checked the same way).
+    ``S`` keys go through binary search. Cost: O(n) to build; O(1) expected per key
+    looked up.
 
-    >>> t = TokenTable(np.array([5, 9, 12], dtype=np.uint64))
-    >>> t.lookup(np.array([12, 5, 5], dtype=np.uint64)).tolist()
-    [2, 0, 0]
+    >>> keys = np.unique(parse_edges("5 9\\n12 5\\n").src)
+    >>> t = TokenTable(keys)
+    >>> t.lookup(parse_edges("12 5\\n5 5\\n").src).tolist(), t.dense is not None
+    ([1, 0], True)
+    >>> words = TokenTable(np.unique(parse_edges("alpha beta\\ngamma alpha\\n").src))
+    >>> words.lookup(parse_edges("gamma alpha\\n").src).tolist(), words.dense is None
+    ([1], True)
     """
 
     _MUL = np.uint64(0x9E3779B97F4A7C15)
@@ -233,28 +240,37 @@ class TokenTable:
     def __init__(self, keys):
         self.keys = keys
         self.n = len(keys)
+        self.dense = None
         if keys.dtype != np.uint64:
             return
+        if self.n:
+            values = _decimal_values(keys)
+            top = int(values.max())
+            if top < 16 * self.n + 1024 and len(_unique(values)) == self.n:
+                self.dense = np.full(top + 1, -1, dtype=np.int32)
+                self.dense[values.view(np.int64)] = np.arange(self.n, dtype=np.int32)
+                return
         bits = max(4, int(np.ceil(np.log2(max(self.n, 1) * 4))))
         self.size = 1 << bits
         self.shift = np.uint64(64 - bits)
         self.slot_ids = np.full(self.size, -1, dtype=np.int32)
         pos = self._hash(keys)
-        todo = np.arange(self.n)
+        todo = np.arange(self.n, dtype=np.int32)
         while len(todo):
+            # Keys whose slot is free all write their id there; one write per slot stays
+            # (any one: a key's id is its position in ``keys`` wherever it lands); the
+            # others, and keys whose slot was taken, probe the next slot.
             p = pos[todo]
             free = self.slot_ids[p] < 0
-            cand = todo[free]
-            _slots, first = np.unique(p[free], return_index=True)
-            won = cand[first]
-            self.slot_ids[pos[won]] = won
-            placed = np.zeros(self.n, dtype=bool)
-            placed[won] = True
-            todo = todo[~placed[todo]]
+            self.slot_ids[p[free]] = todo[free]
+            placed = self.slot_ids[p] == todo
+            todo = todo[~placed]
             pos[todo] = (pos[todo] + 1) & (self.size - 1)
 
     def _hash(self, k):
-        return ((k * self._MUL) >> self.shift).astype(np.intp)
+        h = np.multiply(k, self._MUL)
+        np.right_shift(h, self.shift, out=h)
+        return h.view(np.int64)  # < 2**63 after the shift: the same values, no copy
 
     def lookup(self, k):
         """Node ids (``intp``, what ``bincount`` and indexing take without a copy) of the
@@ -265,6 +281,14 @@ class TokenTable:
             ok = (ids < self.n) & (table[np.minimum(ids, self.n - 1)] == k)
             if not ok.all():
                 raise KeyError(f"node {_names(k[~ok][:1])[0]!r} is not in the node table")
+            return ids.astype(np.intp)
+        if self.dense is not None:
+            values = _decimal_values(k)
+            np.minimum(values, np.uint64(len(self.dense) - 1), out=values)
+            ids = self.dense[values.view(np.int64)]
+            bad = (ids < 0) | (self.keys[ids] != k)
+            if bad.any():
+                raise KeyError(f"node {_names(k[bad][:1])[0]!r} is not in the node table")
             return ids.astype(np.intp)
         pos = self._hash(k)
         ids = self.slot_ids[pos]
@@ -282,16 +306,62 @@ class TokenTable:
         return ids.astype(np.intp)
 
 
+_BYTE_HIGH = np.uint64(0x8080808080808080)
+_BYTE_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+_SWAR = ((np.uint64(8), np.uint64(10), np.uint64(0x00FF00FF00FF00FF)),
+         (np.uint64(16), np.uint64(100), np.uint64(0x0000FFFF0000FFFF)),
+         (np.uint64(32), np.uint64(10000), np.uint64(0xFFFFFFFF)))
+
+
+def _decimal_values(k):
+    """The number each packed key spells if it is decimal digits (garbage otherwise, which
+    the table's check against the keys rejects): SWAR over the 8 bytes of each key, in
+    place (fresh 8 MB arrays cost page faults)."""
+    t = np.bitwise_and(k, _BYTE_LOW7)
+    t += _BYTE_LOW7
+    t |= k
+    t &= _BYTE_HIGH  # the high bit of every used byte
+    shift = np.bitwise_count(t).astype(np.uint64)
+    t >>= np.uint64(7)
+    t *= np.uint64(0x30)
+    d = np.subtract(k, t)  # '0' off every used byte; unused bytes stay 0
+    np.subtract(np.uint64(8), shift, out=shift)
+    shift <<= np.uint64(3)
+    d <<= shift  # the digits to the top: the unused bytes become leading zeros
+    for bits, scale, mask in _SWAR:  # pairs, then quads, then all eight digits
+        np.right_shift(d, bits, out=t)
+        d *= scale
+        d += t
+        d &= mask
+    return d
+
+
 def _names(keys):
     """Node ids (str) of token keys."""
     return [b.decode("utf-8") for b in _as_bytes_keys(keys).tolist()]
 
 
+def _unique(a):
+    """Sorted distinct values of ``a``, by a sort (numpy 2's ``unique`` hashes, and is far
+    slower on these arrays). Cost: O(n log n).
+
+    >>> _unique(np.array([3, 1, 3], dtype=np.uint64)).tolist()
+    [1, 3]
+    """
+    s = np.sort(a)
+    keep = np.ones(len(s), dtype=bool)
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
 def _node_degrees(block):
     """Partial of the node-discovery job: ``(sorted unique keys, out-degrees)``."""
-    keys = np.concatenate([block.src, block.dst])
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    return uniq, np.bincount(inverse[:len(block.src)], minlength=len(uniq))
+    keys = _unique(np.concatenate([block.src, block.dst]))
+    src = np.sort(block.src)
+    starts = np.flatnonzero(np.r_[True, src[1:] != src[:-1]]) if len(src) else src[:0]
+    deg = np.zeros(len(keys), dtype=np.int64)
+    deg[np.searchsorted(keys, src[starts])] = np.diff(np.r_[starts, len(src)])
+    return keys, deg
 
 
 def _text_degrees(records):
@@ -301,7 +371,7 @@ def _text_degrees(records):
 def _merge_degrees(a, b):
     """Combine of the node-discovery job: union of the keys, out-degrees added."""
     ka, kb = _common(a[0], b[0])
-    keys = np.union1d(ka, kb)
+    keys = _unique(np.concatenate([ka, kb]))
     deg = np.zeros(len(keys), dtype=np.int64)
     deg[np.searchsorted(keys, ka)] += a[1]
     deg[np.searchsorted(keys, kb)] += b[1]
@@ -460,7 +530,7 @@ def _narrow(keys):
 def _with_extra(keys, deg, extra):
     if extra is None or len(extra) == 0:
         return keys, deg
-    return _merge_degrees((keys, deg), (np.unique(extra), np.zeros(len(extra), np.int64)))
+    return _merge_degrees((keys, deg), (_unique(extra), np.zeros(len(extra), np.int64)))
 
 
 def _vector(values, names, labels, what):

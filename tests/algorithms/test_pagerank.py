@@ -60,6 +60,27 @@ def test_a_nul_byte_is_refused():
         parse_edges(b"a\0 b\n")
 
 
+def test_token_table_of_decimal_tokens_indexes_their_numbers():
+    rng = np.random.default_rng(1)
+    numbers = np.unique(rng.integers(0, 40_000, 3000))  # dense enough: < 16 n
+    text = "".join(f"{a} {b}\n" for a, b in zip(numbers, numbers[::-1]))
+    keys = np.unique(parse_edges(text).src)
+    t = TokenTable(keys)
+    assert t.dense is not None
+    probe = parse_edges("".join(f"{a} 0\n" for a in rng.choice(numbers, 5000))).src
+    assert np.array_equal(t.lookup(probe), np.searchsorted(keys, probe))
+    for missing in ("40001", "007", "12x", "99999999", "longer_than_8"):
+        other = str(numbers[5]) if missing != "007" else "7"
+        with pytest.raises(KeyError, match=missing):
+            t.lookup(parse_edges(f"{other} {missing}\n").dst)
+    # "7" and "007" spell the same number: no dense table, the hash table keeps them apart
+    both = np.unique(parse_edges("7 007\n007 7\n").src)
+    mixed = TokenTable(both)
+    assert mixed.dense is None
+    probe = parse_edges("007 7\n7 007\n").src
+    assert mixed.lookup(probe).tolist() == np.searchsorted(both, probe).tolist() == [1, 0]
+
+
 def test_token_table_matches_binary_search():
     rng = np.random.default_rng(0)
     keys = np.unique(rng.integers(0, 2**63, 5000, dtype=np.uint64))
