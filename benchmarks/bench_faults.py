@@ -186,13 +186,14 @@ def main(argv=None):
     # Untimed: starts the fork server (it imports mergeagg once) and warms the page cache.
     one_run(agg, path, split_size, args.workers, None, True)
     times = {label: [] for label, *_ in cases}
+    paired = {label: [] for label, *_ in cases}  # run / the clean run of its repetition
     failed = {label: [] for label, *_ in cases}
     causes = {label: Counter() for label, *_ in cases}
     extra = {label: [] for label, *_ in cases}
     clean_fp = None
     for i in range(repeat):
         seed = args.seed + i
-        limit = None
+        limit = clean_now = None
         for label, spec, backups, _target in cases:
             spec = spec.format(seed=seed) if spec else None
             plan = FaultPlan.parse(spec)
@@ -212,6 +213,10 @@ def main(argv=None):
                       f"the clean run {clean_fp}", file=sys.stderr)
                 return 1
             times[label].append(seconds)
+            if spec is None:
+                clean_now = seconds
+            if clean_now is not None:
+                paired[label].append(seconds / clean_now)
             causes[label] += reexecutions(result.report, plan)
             extra[label].append(sum(t.attempts - 1 for t in result.report.tasks))
             hits = injected(plan, len(result.report.attempts)) if plan else Counter()
@@ -228,7 +233,7 @@ def main(argv=None):
         print("ERROR: no clean run completed", file=sys.stderr)
         return 1
     clean = statistics.median(times[clean_label])
-    print(f"\n{'case':<36} {'median':>8} {'min':>8} {'ratio':>7}  target")
+    print(f"\n{'case':<36} {'median':>8} {'min':>8} {'ratio':>7} {'paired':>7}  target")
     for label, _spec, _backups, target in cases:
         ts = times[label]
         if not ts:
@@ -241,7 +246,13 @@ def main(argv=None):
             verdict = f"<= {target:.2f}x: {'met' if ratio <= target else 'MISSED'}"
         runs = f" ({len(ts)} of {len(ts) + len(failed[label])} runs completed)" \
             if failed[label] else ""
-        print(f"{label:<36} {med:7.2f}s {min(ts):7.2f}s {ratio:6.2f}x  {verdict}{runs}")
+        pair = f"{statistics.median(paired[label]):6.2f}x" if paired[label] else f"{'-':>7}"
+        print(f"{label:<36} {med:7.2f}s {min(ts):7.2f}s {ratio:6.2f}x {pair}  "
+              f"{verdict}{runs}")
+    print("ratio: median over median of the clean runs; paired: median of each run over the "
+          "clean run of its repetition (steadier when other processes load the machine)")
+    if hasattr(os, "getloadavg"):
+        print("load average at the end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     for label, *_ in cases[1:]:
         if causes[label] or failed[label]:
             print(f"\n{label}: re-executed attempts per completed run, median "
