@@ -113,14 +113,17 @@ def networkx_pagerank(path, repeat):
 
 
 def cached_end_to_end(path, workers, split_size, repeat):
-    times = []
+    """Median seconds of session start + cached PageRank, the median loading time within
+    it, and the last result."""
+    times, loading = [], []
     result = None
     for _ in range(repeat):
         t = time.perf_counter()
         with Session(workers=workers) as session:
             result = pr.pagerank(path, mode="cached", session=session, split_size=split_size)
         times.append(time.perf_counter() - t)
-    return statistics.median(times), result
+        loading.append(result.setup_seconds)
+    return statistics.median(times), statistics.median(loading), result
 
 
 def main(argv=None):
@@ -173,11 +176,12 @@ def main(argv=None):
           f"{runs['cached'].cache.get('cache_rebuilds', 0)}")
 
     nx_seconds, nx_ranks = networkx_pagerank(path, args.repeat)
-    ours_seconds, ours = cached_end_to_end(path, args.workers, split_size, args.repeat)
+    ours_seconds, loading, ours = cached_end_to_end(path, args.workers, split_size,
+                                                    args.repeat)
     l1 = sum(abs(ours.ranks[k] - v) for k, v in nx_ranks.items())
     assert l1 < 1e-9 and len(ours.ranks) == len(nx_ranks), f"L1 difference {l1}"
     print(f"end to end: networkx.pagerank {nx_seconds:.3f}s (graph prebuilt), cached mergeagg "
-          f"{ours_seconds:.3f}s (session start included; loading {ours.setup_seconds:.3f}s, "
+          f"{ours_seconds:.3f}s (session start included; loading {loading:.3f}s, "
           f"{ours.iterations} iterations): {nx_seconds / ours_seconds:.2f}x  [target >= 2x]; "
           f"L1 difference {l1:.2e}")
     return 0

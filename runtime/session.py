@@ -296,6 +296,17 @@ class Session:
         from mergeagg.runtime.api import _keyed_spec
 
         spec = _keyed_spec(job, partitions, combiner, memory_limit, None)
+        return self._run_keyed_spec(spec, src, config=config, faults=faults,
+                                    progress=progress)
+
+    def _run_keyed_spec(self, spec, src, *, config, faults, progress):
+        """Run a keyed job's :class:`~mergeagg.runtime.shuffle.KeyedSpec` on this
+        session's workers; ``(value, report, fingerprint)`` as ``run_keyed_local`` returns.
+        The hook for :func:`mergeagg.run` with ``session=`` and a keyed job."""
+        self.start()
+        if faults is not None and self.executor is None:
+            raise ValueError("faults are injected into worker processes; a Session with "
+                             "workers=0 has none")
         self.jobs_run += 1
         if self.executor is None:
             from mergeagg.runtime.serial import run_keyed_serial
