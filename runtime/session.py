@@ -199,7 +199,13 @@ class Session:
 
     def unpersist(self, dataset):
         """Drop ``dataset``'s partitions from the workers' memory. Cost: one message per
-        worker."""
+        worker. A dataset derived from it must be unpersisted first (its lineage needs it).
+        """
+        children = sorted(d.id for d in self.datasets.values() if d.parent is dataset)
+        if children:
+            raise ValueError(f"dataset {dataset.id} is the parent of {', '.join(children)}; "
+                             "unpersist those first (their lost partitions are rebuilt "
+                             "from it)")
         self.datasets.pop(dataset.id, None)
         dataset.holders.clear()
         dataset.local.clear()

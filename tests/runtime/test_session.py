@@ -145,6 +145,10 @@ def test_a_killed_holder_partitions_are_rebuilt_from_lineage(session):
     assert all(victim not in h for h in derived.holders.values())
     again = session.run(total(), derived)  # the rebuilt partitions are cached again
     assert again.report.counters["cache_hits"] == len(SHARDS)
+    with pytest.raises(ValueError, match="parent"):
+        session.unpersist(ds)
+    session.unpersist(derived)
+    session.unpersist(ds)
 
 
 def test_mergeagg_run_with_a_session_reuses_its_workers(session):
