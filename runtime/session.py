@@ -42,9 +42,10 @@ from mergeagg.runtime.master import Policy, PolicyConfig, TaskDef, fold_tasks
 from mergeagg.runtime.report import Report, TaskRecord
 from mergeagg.runtime.tree import check_fan_in, fold_fixed
 
-__all__ = ["Session", "Dataset", "Collected", "CACHE_COUNTERS"]
+__all__ = ["Session", "Dataset", "Collected", "CACHE_COUNTERS", "BACKUP_MIN_SECONDS"]
 
 CACHE_COUNTERS = ("cache_hits", "cache_misses", "cache_rebuilds", "cache_bytes_read")
+BACKUP_MIN_SECONDS = 0.5
 
 _dataset_ids = itertools.count(1)
 
@@ -95,6 +96,10 @@ class Session:
     processes, everything runs in this process, the serial reference). Use it as a context
     manager, or call :meth:`close`. Policy knobs (``max_attempts``, ``backups``,
     ``locality_wait``, ...) given here apply to every job unless a job overrides them.
+    ``backup_min_seconds`` defaults to ``BACKUP_MIN_SECONDS`` (0.5 s) here, not 0: a task
+    over a cached partition takes milliseconds, and a speculative copy of it on another
+    worker must first rebuild the partition from disk (Spark's speculation has the same
+    kind of floor).
 
     Cost: starting the workers once (milliseconds each under forkserver); each job then
     costs what ``mergeagg.run`` costs minus the start-up.
@@ -111,7 +116,7 @@ class Session:
                                     or workers < 0):
             raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
-        self.policy_defaults = dict(policy)
+        self.policy_defaults = {"backup_min_seconds": BACKUP_MIN_SECONDS, **policy}
         PolicyConfig(**self.policy_defaults)  # refuse a bad knob now, not at the first job
         self.heartbeat_interval = heartbeat_interval
         self.start_method = start_method

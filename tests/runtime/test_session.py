@@ -213,3 +213,9 @@ def test_collect_returns_every_partition_output_in_split_order(session):
     assert here.values == got.values and here.fingerprints == got.fingerprints
     with pytest.raises(TypeError, match="callable"):
         session.collect("sum", ds)
+
+
+def test_a_session_races_backups_only_for_tasks_past_half_a_second():
+    assert Session(workers=0).policy_defaults["backup_min_seconds"] == 0.5
+    s = Session(workers=0, backup_min_seconds=0.0, backups=False)
+    assert s.policy_defaults == {"backup_min_seconds": 0.0, "backups": False}
