@@ -11,7 +11,8 @@ LocalCluster (2 worker processes x 1 thread, loopback):
 * ``mergeagg local``: the same aggregator on mergeagg's own 2 worker processes.
 
 Every answer must have the sequential loop's fingerprint. The figure of issue 9 is
-``mergeagg dask / dask.bag`` in speed (medians): the target is at least 3x.
+``mergeagg dask / dask.bag`` in speed (ratio of the medians; the median of the ratios within
+each repetition is printed beside it): the target is at least 3x.
 
     python benchmarks/bench_dask.py --size 200M --repeat 3   # the reference figure
     python benchmarks/bench_dask.py --smoke                  # what CI runs: ~2 MB
@@ -97,9 +98,13 @@ def main(argv=None):
         print(f"{name:<16} median {medians[name]:8.3f}s  min {min(ts):8.3f}s  "
               f"{mb / medians[name]:7.1f} MB/s  {base / medians[name]:5.2f}x sequential")
     ratio = medians["dask.bag"] / medians["mergeagg dask"]
+    # The ratio within each repetition too: the two ran back to back, so a load that
+    # drifts from one repetition to the next (a shared machine) cancels out.
+    paired = statistics.median(b / m for b, m in zip(times["dask.bag"], times["mergeagg dask"]))
     verdict = "met" if ratio >= 3.0 else "NOT met"
-    print(f"mergeagg dask / dask.bag (speed, medians): {ratio:.2f}x "
-          f"(target >= 3x: {verdict}); mergeagg dask / mergeagg local: "
+    print(f"mergeagg dask / dask.bag (speed): {ratio:.2f}x from the medians, {paired:.2f}x "
+          f"median of the per-repetition ratios (target >= 3x: {verdict}); "
+          f"mergeagg dask / mergeagg local: "
           f"{medians['mergeagg local'] / medians['mergeagg dask']:.2f}x")
     return 0
 
