@@ -44,6 +44,7 @@ from mergeagg.fingerprint import fingerprint
 from mergeagg.inputs import array_rows, files, shards, stdin
 from mergeagg.keyed import KeyedJob
 from mergeagg.runtime.api import Result, run
+from mergeagg.runtime.session import Session
 
 __all__ = [
     "__version__",
@@ -53,6 +54,7 @@ __all__ = [
     "fingerprint",
     "run",
     "Result",
+    "Session",
     "files",
     "shards",
     "stdin",

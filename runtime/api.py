@@ -119,7 +119,10 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         return Result(value, fp, report)
     if keyed:
         spec = _keyed_spec(job, partitions, combiner, memory_limit, output, salt)
-        if n > 0:
+        if session is not None:
+            value, report, fp = session._run_keyed_spec(spec, src, config=config, faults=plan,
+                                                        progress=progress)
+        elif n > 0:
             from mergeagg.runtime.local import run_keyed_local
 
             value, report, fp = run_keyed_local(spec, src, workers=n, config=config,
