@@ -149,18 +149,24 @@ def sorted_by_key(mapping, finalize=None):
 
 
 def json_digest(tag, value):
-    """A stand-in for ``value`` in a fingerprint: ``tag`` and the SHA-256 of canonical JSON.
+    """A stand-in for ``value`` in a fingerprint: ``tag`` and its canonical JSON (the JSON's
+    SHA-256 when it is longer than 4 KiB).
 
     Only for values that JSON renders exactly — dicts with str keys, lists, str, int,
     float, bool and None (``1``, ``1.0``, ``true`` and ``"1"`` all differ) — where it is
     many times faster than fingerprinting many small containers one by one. Cost: one
-    ``json.dumps`` (C speed) and one SHA-256 of its text.
+    ``json.dumps`` (C speed), and one SHA-256 of its text when it is long.
 
     >>> json_digest("t", {"b": [1], "a": "x"}) == json_digest("t", {"a": "x", "b": [1]})
     True
     """
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    text = _JSON.encode(value)
+    if len(text) <= 4096:
+        return (tag, text)  # small: the fingerprint hashes the text itself
     return (tag, hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+
+
+_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 _SCALARS = frozenset((str, int, float, bool, type(None)))

@@ -227,7 +227,7 @@ class Group(list):
     __slots__ = ()
 
     def __mergeagg_fingerprint__(self):
-        if _row_kinds(r for side in self[:2] for r in side)[0]:
+        if _row_kinds(self[0] + self[1])[0]:
             return json_digest("JoinGroup", list(self))
         return list(self)
 
@@ -354,7 +354,9 @@ _PLAIN = frozenset((str, int, float, bool, type(None)))
 
 def _row_kinds(rows):
     """``(plain, all_str)`` over rows (``None`` allowed): are all rows dicts of str keys to
-    JSON scalars, and to str only? One pass, mostly in C."""
+    JSON scalars, and to str only? One pass, mostly in C (a plain loop for a few rows)."""
+    if isinstance(rows, list) and len(rows) <= 16:
+        return _few_row_kinds(rows)
     key_types, value_types = set(), set()
     for row in rows:
         if row is None:
@@ -366,6 +368,24 @@ def _row_kinds(rows):
     if not key_types <= {str}:
         return False, False
     return value_types <= _PLAIN, value_types <= {str}
+
+
+def _few_row_kinds(rows):
+    all_str = True
+    for row in rows:
+        if row is None:
+            continue
+        if type(row) is not dict:
+            return False, False
+        for k, v in row.items():
+            if type(k) is not str:
+                return False, False
+            t = type(v)
+            if t is not str:
+                if t not in _PLAIN:
+                    return False, False
+                all_str = False
+    return True, all_str
 
 
 def _pair_rows(pairs):
@@ -399,7 +419,8 @@ class JoinRows(list):
     __slots__ = ()
 
     def __mergeagg_fingerprint__(self):
-        if _row_kinds(_pair_rows(self))[0]:
+        rows = list(_pair_rows(self)) if len(self) <= 8 else _pair_rows(self)
+        if _row_kinds(rows)[0]:
             return json_digest("JoinRows", list(self))
         return list(self)
 
@@ -617,7 +638,7 @@ class _KeyedFinal:
         null = len(group) > 2
         pairs = finalize_group(None if null else True, group, self.how)
         if len(pairs) > 1:
-            all_str = _row_kinds(_pair_rows(pairs))[1]
+            all_str = _row_kinds(list(_pair_rows(pairs)))[1]
             row_key = _str_row_key if all_str else order_key
             pairs.sort(key=lambda p: (row_key(p[0]), row_key(p[1])))
         return JoinRows(pairs)
