@@ -66,6 +66,9 @@ __all__ = [
     "TokenTable",
     "parse_edges",
     "load_edges",
+    "PageRankJob",
+    "pagerank_job",
+    "run_pagerank",
     "DEFAULT_SPLIT_SIZE",
     "ENTRY",
 ]
@@ -96,6 +99,10 @@ class EdgeBlock:
 
     Keys are ``uint64`` (a token of up to 8 bytes, its bytes little-endian) or, when a
     token is longer, fixed-width ``bytes_`` arrays (``S`` dtype). Cost: 16 bytes per edge.
+
+    >>> b = parse_edges("a b\\nb c\\n")
+    >>> len(b), b.src.dtype.name
+    (2, 'uint64')
     """
 
     src: np.ndarray
@@ -491,7 +498,14 @@ class PageRankResult:
         return self.setup_bytes + sum(self.iteration_bytes)
 
     def top(self, k=10):
-        """The ``k`` highest-ranked ``(node, rank)`` pairs (ties by node order)."""
+        """The ``k`` highest-ranked ``(node, rank)`` pairs (ties by node order). Cost:
+        O(n log n).
+
+        >>> r = PageRankResult({}, np.array([0.2, 0.5, 0.3]), ["a", "b", "c"], "cached", 1,
+        ...                    True)
+        >>> r.top(2)
+        [('b', 0.5), ('c', 0.3)]
+        """
         order = np.argsort(-self.vector, kind="stable")[:k]
         return [(self.nodes[i], float(self.vector[i])) for i in order.tolist()]
 
