@@ -142,7 +142,7 @@ def test_a_hung_worker_is_found_by_missed_heartbeats_and_replaced(dask_client):
                              faults=plan, progress=False, watch_heartbeats=True)
     assert time.monotonic() - start < 10
     assert fingerprint(value) == clean.fingerprint
-    assert report.workers_lost == 1 and report.attempts[2] == 2
+    assert report.workers_lost >= 1 and report.attempts[2] >= 2
     assert any(f.task == "map-2" and f.detail == "missed heartbeats" for f in report.failures)
     # Its nanny replaces it: a worker under a new address joins.
     dask_client.wait_for_workers(2, timeout=60)
