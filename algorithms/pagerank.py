@@ -320,10 +320,15 @@ _SWAR = ((np.uint64(8), np.uint64(10), np.uint64(0x00FF00FF00FF00FF)),
          (np.uint64(32), np.uint64(10000), np.uint64(0xFFFFFFFF)))
 
 
-def _decimal_values(k):
+def _decimal_values(k, chunk=8192):
     """The number each packed key spells if it is decimal digits (garbage otherwise, which
     the table's check against the keys rejects): SWAR over the 8 bytes of each key, in
-    place (fresh 8 MB arrays cost page faults)."""
+    place, ``chunk`` keys at a time (the dozen passes then stay in cache)."""
+    if len(k) > chunk:
+        out = np.empty(len(k), dtype=np.uint64)
+        for lo in range(0, len(k), chunk):
+            out[lo:lo + chunk] = _decimal_values(k[lo:lo + chunk], chunk)
+        return out
     t = np.bitwise_and(k, _BYTE_LOW7)
     t += _BYTE_LOW7
     t |= k
