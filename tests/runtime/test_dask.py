@@ -5,6 +5,7 @@ through ``mergeagg.run(..., backend=client)``; a few call ``run_dask`` directly.
 """
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from mergeagg.runtime.master import PolicyConfig
 
 pytest.importorskip("distributed")
 
-from mergeagg.runtime.dask import INSTALL_HINT, run_dask  # noqa: E402
+from mergeagg.runtime.dask import INSTALL_HINT, run_attempt, run_dask  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -227,3 +228,23 @@ def test_without_dask_mergeagg_imports_and_the_backend_names_the_extra():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count(INSTALL_HINT) == 2, out.stdout
+
+
+def test_a_combine_refuses_an_input_recomputed_with_another_fingerprint(dask_client):
+    # What a combine does when Dask hands it an input whose fingerprint is not the one the
+    # policy recorded (Dask recomputed it behind the policy's back and it came out different).
+    job = cloudpickle.dumps((ma.algorithms.wordcount(), None))
+    split = as_source([["a b a"]]).splits()[0]
+
+    def attempt(key, kind, expected, *inputs):
+        return dask_client.submit(run_attempt, job, "digest-test", "token-test", key, key + "#1",
+                                  kind, 1, split, expected, 0.0, *inputs, key=key, pure=False)
+
+    child = attempt("test-map-0", "map", ())
+    done, data, fp, stats = child.result()
+    assert done == "done" and pickle.loads(data) == {"a": 2, "b": 1}
+    assert fp == fingerprint(pickle.loads(data)) and stats["output_bytes"] == len(data)
+    good = attempt("test-combine-good", "combine", (fp,), child).result()
+    assert good[0] == "done" and good[2] == fp
+    bad = attempt("test-combine-bad", "combine", ("0" * 64,), child).result()
+    assert bad[:2] == ("fail", "nondeterministic") and fp in bad[2]
