@@ -129,6 +129,40 @@ def parse_edges(data, where="the input"):
         raise InputError(f"{where}: a NUL byte in an edge list; node ids are text tokens")
     if b"#" in data:
         data = _COMMENT.sub(b"", data)
+    chunks = []
+    pos, n = 0, len(data)
+    while pos < n:  # ~1 MB of whole lines at a time: the passes then stay in cache
+        end = data.find(b"\n", min(pos + _PARSE_CHUNK, n - 1))
+        end = n if end < 0 else end + 1
+        try:
+            chunks.append(_parse_chunk(data[pos:end], where))
+        except _BadLine as bad:
+            line = data.count(b"\n", 0, pos) + bad.line
+            raise InputError(f"{where}: line {line + 1} (counting from the split's first "
+                             f"line) has {bad.tokens} token(s); an edge list needs 'src dst' "
+                             "per line") from None
+        pos = end
+    if not chunks:
+        return EdgeBlock(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64))
+    if len({c.dtype for c in chunks}) > 1:  # long tokens somewhere: bytes keys everywhere
+        width = max(8, *(c.dtype.itemsize for c in chunks if c.dtype.kind == "S"))
+        chunks = [_as_bytes_keys(c, width) for c in chunks]
+    keys = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    return EdgeBlock(keys[0::2].copy(), keys[1::2].copy())
+
+
+_PARSE_CHUNK = 1 << 20
+
+
+class _BadLine(Exception):
+    def __init__(self, line, tokens):
+        super().__init__(line, tokens)
+        self.line = line
+        self.tokens = tokens
+
+
+def _parse_chunk(data, where):
+    """The token keys of whole lines ``data``, src and dst interleaved."""
     n = len(data)
     buf = np.zeros(n + 9, dtype=np.uint8)  # 8 bytes of padding for the key gather
     buf[:n] = np.frombuffer(data, dtype=np.uint8)
@@ -137,8 +171,7 @@ def parse_edges(data, where="the input"):
     bounds = np.flatnonzero(flags[1:] != flags[:-1])
     starts, ends = bounds[0::2].copy(), bounds[1::2].copy()  # contiguous: faster gathers
     _check_lines(buf, starts, ends, where)
-    keys = _token_keys(buf, starts, ends)
-    return EdgeBlock(keys[0::2].copy(), keys[1::2].copy())
+    return _token_keys(buf, starts, ends)
 
 
 def _check_lines(buf, starts, ends, where):
@@ -162,8 +195,7 @@ def _check_lines(buf, starts, ends, where):
     line = np.searchsorted(np.flatnonzero(buf[:ends[-1]] == 10), starts)
     counts = np.bincount(line)
     bad = int(np.flatnonzero((counts != 0) & (counts != 2))[0])
-    raise InputError(f"{where}: line {bad + 1} (counting from the split's first line) has "
-                     f"{int(counts[bad])} token(s); an edge list needs 'src dst' per line")
+    raise _BadLine(bad, int(counts[bad]))
 
 
 def _token_keys(buf, starts, ends):

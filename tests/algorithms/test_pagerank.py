@@ -51,6 +51,23 @@ def test_a_line_without_exactly_two_tokens_is_named(text, line):
         parse_edges(text, "edges.txt")
 
 
+def test_parse_in_chunks_equals_one_piece_and_numbers_lines_across_chunks(monkeypatch):
+    module = sys.modules["mergeagg.algorithms.pagerank"]  # the module, not the factory
+    rng = np.random.default_rng(3)
+    lines = [f"n{a}\t{b}_long_token" if a % 7 == 0 else f"{a} {b}"
+             for a, b in rng.integers(0, 1000, (300, 2)).tolist()]
+    text = "# head\n" + "\n\n".join(lines) + "\n1 2"  # no final newline
+    whole = parse_edges(text)
+    monkeypatch.setattr(module, "_PARSE_CHUNK", 64)
+    pieces = parse_edges(text)
+    assert pieces.src.tobytes() == whole.src.tobytes()
+    assert pieces.dst.tobytes() == whole.dst.tobytes()
+    bad = text.replace("\n" + lines[250] + "\n", "\n" + lines[250] + " extra\n", 1)
+    number = bad.split("\n").index(lines[250] + " extra") + 1
+    with pytest.raises(InputError, match=f"line {number} .* 3 token"):
+        parse_edges(bad)
+
+
 def test_parse_of_an_empty_or_comment_only_text_gives_no_edges():
     assert len(parse_edges("")) == 0 and len(parse_edges("# nothing\n\n")) == 0
 
