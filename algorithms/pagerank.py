@@ -30,7 +30,7 @@ The iteration driver takes the way to run jobs as a parameter (``session=``, ``r
 this module never imports the runtime:
 
 >>> import mergeagg as ma, networkx as nx
->>> from mergeagg.runtime.session import Session
+>>> from mergeagg import Session
 >>> g = nx.DiGraph([(1, 2), (2, 3), (3, 1), (3, 4)])
 >>> with Session(workers=0) as s:
 ...     r = pagerank(g, mode="cached", session=s)
@@ -615,7 +615,7 @@ def pagerank(edges, *, mode="cached", session=None, run=None, alpha=0.85,
     disk mode also parses the edge text every iteration, cached mode once.
 
     >>> import networkx as nx
-    >>> from mergeagg.runtime.session import Session
+    >>> from mergeagg import Session
     >>> g = nx.DiGraph([("a", "b"), ("b", "c"), ("c", "a"), ("c", "c")])
     >>> g.add_node("lonely")
     >>> with Session(workers=0) as s:
@@ -773,18 +773,13 @@ def run_pagerank(job, source, *, workers=None, progress=None, **options):
     """
     import mergeagg
 
-    session_type = getattr(mergeagg, "Session", None)
-    if session_type is None:  # until the facade exports Session
-        import importlib
-
-        session_type = importlib.import_module("mergeagg.runtime.session").Session
     options.pop("fan_in", None)
     faults = options.pop("faults", None)
     verify = options.pop("verify", 0.0)
     if faults is not None or verify:
         raise ValueError("pagerank runs many jobs on one session; --faults and --verify "
                          "are not supported here")
-    with session_type(workers=workers, **options) as session:
+    with mergeagg.Session(workers=workers, **options) as session:
         result = pagerank(source, mode=job.mode, session=session, alpha=job.alpha,
                           tol=job.tol, max_iter=job.max_iter, strict=False)
     return _Run(result, fingerprint(result.ranks), result.reports[-1])

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from workloads import cache_dir  # noqa: E402
 
-from mergeagg.runtime.session import Session  # noqa: E402
+from mergeagg import Session  # noqa: E402
 
 pr = importlib.import_module("mergeagg.algorithms.pagerank")
 

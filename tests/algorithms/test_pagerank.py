@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import mergeagg as ma
+from mergeagg import Session
 from mergeagg.algorithms.pagerank import (
     NotConverged,
     TokenTable,
@@ -22,7 +23,6 @@ from mergeagg.algorithms.pagerank import (
     parse_edges,
 )
 from mergeagg.errors import InputError
-from mergeagg.runtime.session import Session
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
