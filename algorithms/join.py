@@ -42,6 +42,7 @@ either strategy and every sharding.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import os
@@ -51,6 +52,7 @@ from mergeagg import inputs as _inputs
 from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._keyed import json_digest, order_key
 from mergeagg.algorithms.registry import Entry, Flag
+from mergeagg.errors import InputError
 from mergeagg.keyed import KeyedJob
 
 __all__ = [
@@ -310,6 +312,8 @@ class Broadcast:
 
     stream: str
     small: _SmallSide
+    header: tuple | None = None  # a CSV stream split read as raw lines: its file's header
+    skip_first: bool = False  # ... and whether its first line is that header
 
 
 _TABLE_CACHE = {}
@@ -463,12 +467,16 @@ class _Join:
         acc = _JoinAcc()
         reduce_side = []
         probe = None
+        lines = []
         for tag, record in shard:
             if isinstance(tag, Broadcast):
                 if probe is None:
                     acc.small = tag.small
                     probe = self._prober(acc, tag)
-                if record is not None:
+                    csv_tag = tag if tag.header is not None else None
+                if csv_tag is not None:
+                    lines.append(record)
+                elif record is not None:
                     probe(record)
             elif tag in _SIDE_INDEX:
                 reduce_side.append((tag, record))
@@ -477,7 +485,36 @@ class _Join:
                                  f"join_source), got the tag {tag!r}")
         if reduce_side:
             acc.groups = group_map(reduce_side, self.spec)
+        if lines:
+            self._probe_csv_lines(csv_tag, lines, probe)
         return acc
+
+    def _probe_csv_lines(self, tag, lines, probe):
+        """Parse a CSV split's raw lines and probe them, building a row's dict only when
+        the row is emitted (most rows of a selective broadcast join never are)."""
+        header = tag.header
+        width = len(header)
+        cols = self.spec.left if tag.stream == LEFT else self.spec.right
+        where = [header.index(c) if c in header else None for c in cols]
+        empty = self.spec.empty_is_null
+        reader = csv.reader(lines)
+        if tag.skip_first:
+            next(reader, None)
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != width:
+                raise InputError(f"a CSV row of the {tag.stream} side has {len(row)} fields, "
+                                 f"the header has {width}: {row!r:.80}")
+            parts = []
+            for i in where:
+                v = None if i is None else row[i]
+                if v is None or (empty and not v):
+                    parts = None
+                    break
+                parts.append(v)
+            key = None if parts is None else (parts[0] if len(parts) == 1 else tuple(parts))
+            probe.keyed(key, row, header)
 
     def _prober(self, acc, tag):
         """The function that joins one streamed record against the small side's table."""
@@ -488,8 +525,15 @@ class _Join:
         track = self.how in ("full", tag.small.side)
         pairs, matched = acc.pairs, acc.matched
 
+        def keyed(key, fields, header):
+            """Probe a CSV row given as its key and its fields (a dict only if emitted)."""
+            if (key is not None and key in table) or keep_unmatched:
+                emit(key, dict(zip(header, fields)))
+
         def probe(record):
-            key = key_of(record)
+            emit(key_of(record), record)
+
+        def emit(key, record):
             hits = table.get(key) if key is not None else None
             if hits:
                 out = pairs.get(key)
@@ -507,6 +551,7 @@ class _Join:
                     out = pairs[key] = []
                 out.append((record, None) if stream == LEFT else (None, record))
 
+        probe.keyed = keyed
         return probe
 
     @staticmethod
@@ -722,6 +767,25 @@ class _Side:
         splits = [dataclasses.replace(sp, tag=tag) for sp in self.source.splits()]
         return _inputs.Source(splits, f"{self.name}: {self.source.description}")
 
+    def streamed(self, tag):
+        """This side's splits tagged to stream past a broadcast table. CSV splits are read
+        as raw lines (their tag carries the header), so that the join parses them itself
+        and builds dicts only for the rows it emits."""
+        if self.format != "csv":
+            return self.tagged(tag)
+        headers = {}
+        splits = []
+        for sp in self.source.splits():
+            if sp.kind != "text":
+                splits.append(dataclasses.replace(sp, tag=tag))
+                continue
+            if sp.path not in headers:
+                with open(sp.path, newline="", encoding="utf-8") as f:
+                    headers[sp.path] = tuple(next(csv.reader(f), ()))
+            own = dataclasses.replace(tag, header=headers[sp.path], skip_first=sp.start == 0)
+            splits.append(dataclasses.replace(sp, tag=own, format="text"))
+        return _inputs.Source(splits, f"{self.name}: {self.source.description}")
+
 
 def _expand(side):
     paths = [side] if isinstance(side, (str, os.PathLike)) else list(side)
@@ -767,7 +831,7 @@ def join_source(left, right, *, strategy="auto", broadcast_threshold=None, split
         big = rside if small is lside else lside
         tag = Broadcast(big.name, small.small())
         announce = _inputs.shards([[(tag, None)]])
-        src = _inputs.concat(big.tagged(tag), announce)
+        src = _inputs.concat(big.streamed(tag), announce)
         src.description = f"broadcast {small.name} ({small.nbytes} bytes) to {big.name}"
     src.strategy = chosen
     return src

@@ -310,3 +310,23 @@ def test_keyed_join_on_workers_with_a_death_and_part_files(tmp_path, capsys):
                      "--on", "k", "--how", "full", "--keyed", "--partitions", "2",
                      "--workers", "0"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == f"{len(fold.value)} rows"
+
+
+def test_broadcast_csv_lines_parsed_by_the_join(tmp_path):
+    big = tmp_path / "big.csv"
+    big.write_text("k,x\n" + "1,a\n2,b\n,c\n1,d\n" * 5)
+    (tmp_path / "small.csv").write_text("k,y\n1,z\n")
+    src = join_source(str(big), str(tmp_path / "small.csv"), strategy="broadcast",
+                      split_size=16)
+    assert src.splits()[0].tag.header == ("k", "x") and src.splits()[0].tag.skip_first
+    got = ma.run(join("k", how="left", empty_is_null=True), src, workers=0).value
+    ref = join_records([{"k": k, "x": x} for k, x in [("1", "a"), ("2", "b"), ("", "c"),
+                                                        ("1", "d")] * 5],
+                       [{"k": "1", "y": "z"}], "k", how="left", empty_is_null=True,
+                       strategy="reduce")
+    assert got == ref
+    (tmp_path / "ragged.csv").write_text("k,x\n1,a\n2\n" + "3,c\n" * 20)
+    src = join_source(str(tmp_path / "ragged.csv"), str(tmp_path / "small.csv"),
+                      strategy="broadcast")
+    with pytest.raises(ma.TaskFailed, match="has 1 fields, the header has 2"):
+        ma.run(join("k"), src, workers=0)
