@@ -328,5 +328,5 @@ def test_broadcast_csv_lines_parsed_by_the_join(tmp_path):
     (tmp_path / "ragged.csv").write_text("k,x\n1,a\n2\n" + "3,c\n" * 20)
     src = join_source(str(tmp_path / "ragged.csv"), str(tmp_path / "small.csv"),
                       strategy="broadcast")
-    with pytest.raises(ma.TaskFailed, match="has 1 fields, the header has 2"):
+    with pytest.raises(ma.InputError, match="has 1 fields, the header has 2"):
         ma.run(join("k"), src, workers=0)
