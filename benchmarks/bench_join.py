@@ -166,9 +166,11 @@ def main(argv=None):
                         help="run one of the two cases")
     parser.add_argument("--smoke", action="store_true", help="tiny tables, for CI")
     args = parser.parse_args(argv)
-    rows, small_rows = (20_000, 1_000) if args.smoke else (args.rows, args.small_rows)
+    rows, small_rows = (5_000, 500) if args.smoke else (args.rows, args.small_rows)
     repeat = 2 if args.smoke else args.repeat
-    split_size = "128K" if args.smoke else args.split_size
+    split_size = "64K" if args.smoke else args.split_size
+    if args.smoke:
+        args.partitions = 2
 
     left, right, small = tables(rows, small_rows)
     out_dir = tempfile.mkdtemp(prefix="mergeagg-bench-join-")
