@@ -162,6 +162,9 @@ def test_keyed_jobs_run_on_a_session(session):
                      lambda a, b: a + b)
     r = session.run(wc, [["a b a"], ["b c"]], partitions=2)
     assert r.value == {"a": 2, "b": 2, "c": 1}
+    pids = session.worker_pids()
+    via_run = ma.run(wc, [["a b a"], ["b c"]], session=session, partitions=2)
+    assert via_run.fingerprint == r.fingerprint and session.worker_pids() == pids
     with pytest.raises(TypeError, match="Dataset"):
         session.run(wc, session.persist([["x"]], load=list))
 
