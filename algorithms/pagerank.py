@@ -65,6 +65,7 @@ __all__ = [
     "EdgeBlock",
     "TokenTable",
     "parse_edges",
+    "parse_edge_ids",
     "load_edges",
     "PageRankJob",
     "pagerank_job",
@@ -123,25 +124,7 @@ def parse_edges(data, where="the input"):
     >>> [k.tobytes().rstrip(b"\\0") for k in b.src], len(b)
     ([b'a', b'b'], 2)
     """
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    if b"\0" in data:
-        raise InputError(f"{where}: a NUL byte in an edge list; node ids are text tokens")
-    if b"#" in data:
-        data = _COMMENT.sub(b"", data)
-    chunks = []
-    pos, n = 0, len(data)
-    while pos < n:  # ~1 MB of whole lines at a time: the passes then stay in cache
-        end = data.find(b"\n", min(pos + _PARSE_CHUNK, n - 1))
-        end = n if end < 0 else end + 1
-        try:
-            chunks.append(_parse_chunk(data[pos:end], where))
-        except _BadLine as bad:
-            line = data.count(b"\n", 0, pos) + bad.line
-            raise InputError(f"{where}: line {line + 1} (counting from the split's first "
-                             f"line) has {bad.tokens} token(s); an edge list needs 'src dst' "
-                             "per line") from None
-        pos = end
+    chunks = list(_chunk_keys(data, where))
     if not chunks:
         return EdgeBlock(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64))
     if len({c.dtype for c in chunks}) > 1:  # long tokens somewhere: bytes keys everywhere
@@ -149,6 +132,48 @@ def parse_edges(data, where="the input"):
         chunks = [_as_bytes_keys(c, width) for c in chunks]
     keys = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
     return EdgeBlock(keys[0::2].copy(), keys[1::2].copy())
+
+
+def parse_edge_ids(data, table, where="the input"):
+    """Parse edge-list text straight to node ids ``(src, dst)`` through ``table`` (a
+    :class:`TokenTable`), chunk by chunk, each chunk's keys looked up while in cache: what
+    disk mode's map does every iteration. Cost: :func:`parse_edges` plus one lookup per
+    token; ``KeyError`` for a token not in the table.
+
+    >>> t = TokenTable(np.unique(parse_edges("a b\\nb c\\n").src))
+    >>> [ids.tolist() for ids in parse_edge_ids("b a\\na b\\n", t)]
+    [[1, 0], [0, 1]]
+    """
+    ids = [table.lookup(keys) for keys in _chunk_keys(data, where)]
+    if not ids:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    both = ids[0] if len(ids) == 1 else np.concatenate(ids)
+    return both[0::2].copy(), both[1::2].copy()
+
+
+def _chunk_keys(data, where):
+    """The token keys (src and dst interleaved) of ~1 MB of whole lines at a time (the
+    passes then stay in cache)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if b"\0" in data:
+        raise InputError(f"{where}: a NUL byte in an edge list; node ids are text tokens")
+    if b"#" in data:
+        data = _COMMENT.sub(b"", data)
+    pos, n = 0, len(data)
+    while pos < n:
+        end = data.find(b"\n", min(pos + _PARSE_CHUNK, n - 1))
+        end = n if end < 0 else end + 1
+        try:
+            keys = _parse_chunk(data[pos:end], where)
+        except _BadLine as bad:
+            line = data.count(b"\n", 0, pos) + bad.line
+            raise InputError(f"{where}: line {line + 1} (counting from the split's first "
+                             f"line) has {bad.tokens} token(s); an edge list needs 'src dst' "
+                             "per line") from None
+        if len(keys):
+            yield keys
+        pos = end
 
 
 _PARSE_CHUNK = 1 << 20
@@ -231,6 +256,16 @@ def _common(a, b):
     return _as_bytes_keys(a, width), _as_bytes_keys(b, width)
 
 
+def _text_of(records):
+    """``(text, where)`` of a split's records (a ``TextShard``), or of text / lines."""
+    if hasattr(records, "text"):
+        split = getattr(records, "split", None)
+        return records.text(), (f"split {split.id}" if split is not None else "a split")
+    if isinstance(records, (str, bytes)):
+        return records, "the input"
+    return "\n".join(records) + "\n", "the input"
+
+
 def load_edges(records):
     """A persisted partition's load function: a split's records -> :class:`EdgeBlock`.
 
@@ -240,15 +275,10 @@ def load_edges(records):
     >>> len(load_edges("1 2\\n2 3\\n"))
     2
     """
-    if hasattr(records, "text"):
-        split = getattr(records, "split", None)
-        where = f"split {split.id}" if split is not None else "a split"
-        return parse_edges(records.text(), where)
-    if isinstance(records, (str, bytes)):
-        return parse_edges(records)
     if isinstance(records, EdgeBlock):
         return records
-    return parse_edges("\n".join(records) + "\n")
+    text, where = _text_of(records)
+    return parse_edges(text, where)
 
 
 # -- the node table ------------------------------------------------------------------------
@@ -490,12 +520,11 @@ class _DiskMap:
         self.bounds = bounds
 
     def __call__(self, records):
-        block = load_edges(records)
         keys, n1 = _read_npy(os.path.join(self.directory, "nodes.npy"))
         invdeg, n2 = _read_npy(os.path.join(self.directory, "invdeg.npy"))
         x, n3 = _read_npy(os.path.join(self.directory, self.ranks_file))
-        table = TokenTable(keys)
-        src, dst = table.lookup(block.src), table.lookup(block.dst)
+        text, where = _text_of(records)
+        src, dst = parse_edge_ids(text, TokenTable(keys), where)
         xw = x * invdeg
         c = np.bincount(dst, weights=xw[src], minlength=len(xw))
         out = {b: c[lo:hi].copy() for b, (lo, hi) in enumerate(zip(self.bounds[:-1],

@@ -20,6 +20,7 @@ from mergeagg.algorithms.pagerank import (
     TokenTable,
     load_edges,
     pagerank,
+    parse_edge_ids,
     parse_edges,
 )
 from mergeagg.errors import InputError
@@ -62,6 +63,10 @@ def test_parse_in_chunks_equals_one_piece_and_numbers_lines_across_chunks(monkey
     pieces = parse_edges(text)
     assert pieces.src.tobytes() == whole.src.tobytes()
     assert pieces.dst.tobytes() == whole.dst.tobytes()
+    table = TokenTable(np.unique(np.concatenate([whole.src, whole.dst])))
+    src, dst = parse_edge_ids(text, table)  # chunk by chunk, some with long tokens only
+    assert np.array_equal(src, table.lookup(whole.src))
+    assert np.array_equal(dst, table.lookup(whole.dst))
     bad = text.replace("\n" + lines[250] + "\n", "\n" + lines[250] + " extra\n", 1)
     number = bad.split("\n").index(lines[250] + " extra") + 1
     with pytest.raises(InputError, match=f"line {number} .* 3 token"):
