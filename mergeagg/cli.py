@@ -92,8 +92,8 @@ def _add_common(p):
                     help="failures a task may have before the job fails (default 4)")
     rt.add_argument("--task-timeout", type=float, default=None, metavar="SECONDS",
                     help="stop a task running longer than this (it counts as a failure)")
-    rt.add_argument("--heartbeat-timeout", type=float, default=5.0, metavar="SECONDS",
-                    help="declare a silent worker lost after this long (default 5)")
+    rt.add_argument("--heartbeat-timeout", type=float, default=10.0, metavar="SECONDS",
+                    help="declare a silent worker lost after this long (default 10)")
     rt.add_argument("--progress", dest="progress", action="store_true", default=None,
                     help="show progress on stderr (default: only on a terminal)")
     rt.add_argument("--no-progress", dest="progress", action="store_false")
@@ -240,7 +240,7 @@ def _cmd_run(name, argv, out):
     factory_params = {k: v for k, v in params.items() if not k.startswith("_")}
     split_size = inputs.parse_size(args.split_size) if args.split_size else None
     if entry.make_source is not None:
-        source = entry.make_source(args.inputs, split_size, params)
+        source = entry.make_source(args.inputs, split_size, {**params, "_format": args.format})
     else:
         fmt = args.format or entry.input_format
         source = inputs.as_source(list(args.inputs), split_size=split_size, format=fmt,

@@ -91,6 +91,7 @@ class LocalExecutor:
         self._closed = False
         self._started = False
         self._selector = selectors.DefaultSelector()
+        self._last_os_check = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -220,6 +221,29 @@ class LocalExecutor:
         """The value behind an output reference (the root's, at the end of a job)."""
         return load_ref(ref)
 
+    def _os_alive(self, out, now):
+        """Evidence of life from the OS for workers that said nothing lately.
+
+        A worker inside one long C call that holds the GIL (splitting a large string,
+        pickling a big dict) cannot run its heartbeat thread, yet it is working: if Linux
+        shows its process running (``R``) or in disk wait (``D``), that counts as a
+        heartbeat. A stopped (``T``) or otherwise idle-and-silent process gets no such
+        credit, so a hung worker is still found.
+        """
+        if now - self._last_os_check < max(self.heartbeat_interval * 2, 0.05):
+            return
+        self._last_os_check = now
+        for wid, pid in list(self.pids.items()):
+            if wid not in self.ready or wid not in self.procs:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state in (b"R", b"D"):
+                out.append(("hb", wid))
+
     def events(self, timeout):
         """Wait up to ``timeout`` seconds; return the events that arrived, as tuples:
         ``("joined", w)``, ``("lost", w, cause)``, ``("hb", w)``,
@@ -245,6 +269,7 @@ class LocalExecutor:
                 dead.append(wid)
         for wid in dict.fromkeys(dead):
             self._on_death(wid, out)
+        self._os_alive(out, time.monotonic())
         return out
 
     # -- internals -------------------------------------------------------------------------

@@ -296,3 +296,19 @@ def test_bad_input_fails_at_once_with_the_readers_error(tmp_path):
     for job in (ma.algorithms.wordcount(), ma.algorithms.wordcount(keyed=True)):
         with pytest.raises(ma.InputError, match=r"bad\.txt: invalid UTF-8 at byte offset 50"):
             ma.run(job, str(bad), workers=2)
+
+
+def long_gil_call(shard):
+    # One C call that holds the GIL for a while: the heartbeat thread cannot run.
+    return sum(range(shard[0]))
+
+
+def test_a_worker_busy_in_one_long_call_is_not_declared_lost():
+    agg = ma.Aggregator(long_gil_call, lambda a, b: a + b)
+    n = 60_000_000
+    start = time.monotonic()
+    r = ma.run(agg, [[n], [10]], workers=2, heartbeat_interval=0.05, heartbeat_timeout=0.4,
+               backups=False)
+    assert time.monotonic() - start > 0.4  # the call outlived the heartbeat timeout
+    assert r.value == n * (n - 1) // 2 + 45
+    assert r.report.workers_lost == 0 and r.report.attempts == [1, 1]
