@@ -92,6 +92,7 @@ class LocalExecutor:
         self._started = False
         self._selector = selectors.DefaultSelector()
         self._last_os_check = 0.0
+        self.current_job = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -176,6 +177,7 @@ class LocalExecutor:
         job_id = next(_job_ids)
         payload = cloudpickle.dumps(aggregator)
         self._jobs[job_id] = (payload, faults)
+        self.current_job = job_id
         for wid in list(self.procs):
             self._send(wid, ("job", job_id, payload, faults))
         return job_id
@@ -290,8 +292,12 @@ class LocalExecutor:
                 tag = msg[0]
                 if tag == "batch":
                     for m in msg[1]:
-                        out.append((*m, wid))
+                        if m[-1] == self.current_job:  # else: a late answer of an old job
+                            out.append((*m[:-1], wid))
                     out.append(("hb", wid))
+                elif tag == "cancelled":
+                    if msg[-1] == self.current_job:
+                        out.append((*msg[:-1], wid))
                 elif tag == "hb":
                     out.append(("hb", wid))
                 elif tag == "ready":

@@ -214,7 +214,7 @@ class _Worker:
             for item in self.queue:
                 if item[0] == aid:
                     self.queue.remove(item)
-                    self.send(("cancelled", aid))
+                    self.send(("cancelled", aid, item[1]))
                     return
             if self.current == aid:
                 self.cancel_target = aid
@@ -264,7 +264,9 @@ class _Worker:
             if not pending:
                 first = time.perf_counter()
             started = time.perf_counter()
-            pending.append(self.run_task(item))
+            # Every answer carries its job id: attempt ids repeat from one job to the next
+            # on a reused pool, and a late answer must not be taken for a newer attempt.
+            pending.append((*self.run_task(item), item[1]))
             last_seconds = time.perf_counter() - started
             if len(pending) >= 64 or time.perf_counter() - first > 0.002:
                 self.send(("batch", pending))
