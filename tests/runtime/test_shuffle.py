@@ -172,11 +172,12 @@ def test_worker_killed_during_a_reduce_reruns_its_lost_map_outputs():
     job = ma.KeyedJob(words_map, add)
     clean = ma.run(job, shards, workers=0)
     plan = FaultPlan(only={"reduce-1": {1: Fault("kill")}})
-    r = ma.run(job, shards, workers=2, partitions=3, faults=plan)
+    # One worker: it holds every map output when it dies in reduce-1, so all must re-run.
+    r = ma.run(job, shards, workers=1, partitions=3, faults=plan)
     assert r.fingerprint == clean.fingerprint
     causes = {f.cause for f in r.report.failures}
     assert "worker lost" in causes and "output lost with worker" in causes
-    assert max(r.report.attempts) >= 2  # map tasks re-ran: their spill files died
+    assert min(r.report.attempts) >= 2  # every map task re-ran: its spill files died
 
 
 def test_worker_killed_while_writing_spills():
