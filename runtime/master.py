@@ -704,12 +704,17 @@ class Policy:
                     self.backup_wanted.append(task.d.id)
 
     def _cap(self):
-        """Attempts queued per worker: ``prefetch``, deeper when tasks take under 5 ms
-        (so that messages carry batches and dispatch is not bound by round trips)."""
+        """Attempts queued per worker: ``prefetch``, deeper when tasks take under 5 ms (16)
+        or 1 ms (64), so that messages carry batches and dispatch is not bound by round
+        trips and context switches."""
         cap = self.config.prefetch
         d = self._durations["map"]
-        if len(d) >= 8 and d[len(d) // 2] < 0.005:
-            cap = max(cap, 16)
+        if len(d) >= 8:
+            median = d[len(d) // 2]
+            if median < 0.001:
+                cap = max(cap, 64)  # at most a few tens of ms of work queued per worker
+            elif median < 0.005:
+                cap = max(cap, 16)
         return cap
 
     def _launch(self, task, worker, now, backup=False, audit=False):
