@@ -414,7 +414,11 @@ class Policy:
         task.ref_worker = getattr(ref, "worker", None)
         task.fingerprint = fingerprint
         task.worker = att.worker
-        task.duration = now - (att.started if att.started is not None else now)
+        measured = (stats or {}).get("seconds")
+        # The worker's own measure of the attempt when it gives one (the master sees
+        # completions in batches); else the time since the attempt reached its queue's head.
+        task.duration = measured if measured is not None else (
+            now - (att.started if att.started is not None else now))
         task.stats = dict(stats or {})
         kind = task.d.kind
         self._stage_done[kind] += 1
@@ -442,7 +446,9 @@ class Policy:
             parent = self.tasks[parent_id]
             parent.pending_children -= 1
             if parent.pending_children == 0 and parent.state is TaskState.IDLE:
-                self.ready.append(parent_id)
+                # Ready combines and reduces go first: folding outputs promptly frees them
+                # and shortens what a lost worker can take with it.
+                self.ready.appendleft(parent_id)
 
     def failed(self, attempt_id, error, now, traceback="", kind="raise", lost=()):
         """Attempt ``attempt_id`` failed: user code raised (``kind="raise"``), or its input
@@ -744,8 +750,9 @@ class Policy:
                 self.backup_wanted.popleft()
                 continue
             busy_on = {self.attempts[a].worker for a in task.running}
-            worker = self._pick(lambda w, busy_on=busy_on: w not in busy_on and not self.workers[w],
-                                cap)
+            # Any other worker with a free slot: with queues of two, waiting for an empty
+            # queue would mean no backup until the stage's last task is handed out.
+            worker = self._pick(lambda w, busy_on=busy_on: w not in busy_on, cap)
             if worker is None:
                 break
             self.backup_wanted.popleft()

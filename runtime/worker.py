@@ -7,8 +7,9 @@ messages off the pipe (a cancel acts at once), and a heartbeat thread says "aliv
 no orphans.
 
 Outputs: a task's output is pickled once and fingerprinted on the worker. Up to
-``INLINE_LIMIT`` bytes it rides back to the master inside the completion message (it then
-survives the worker); larger ones stay in the worker's own directory as a file written
+``INLINE_LIMIT`` (4 MiB) it rides back to the master inside the completion message (it then
+survives the worker: a kill loses only the attempt that was running); larger ones stay in
+the worker's own directory as a file written
 atomically (temporary name, then rename) with a CRC-32, and die with the worker, like map
 output on a MapReduce worker's local disk. Every combine gets fresh objects (it unpickles
 its inputs), so a combine that modifies its first argument never touches a stored output.
@@ -48,7 +49,7 @@ from mergeagg.runtime.shuffle import (
 
 __all__ = ["Ref", "serve", "INLINE_LIMIT", "dumps", "load_ref", "InputLost", "CachedPartition"]
 
-INLINE_LIMIT = 64 * 1024
+INLINE_LIMIT = 4 * 1024 * 1024
 
 
 class Ref:
