@@ -18,6 +18,16 @@ from mergeagg.runtime.tree import fold_fixed
 __all__ = ["run_serial", "run_keyed_serial"]
 
 
+def _map_failed(what, split, exc):
+    """The TaskFailed of a map task's user code in serial mode (one attempt, no retries)."""
+    return TaskFailed(
+        f"{what} raised on split {split.id} (task map-{split.index}, attempt 1 of 1 in serial "
+        f"mode): {type(exc).__name__}: {exc}",
+        task=f"map-{split.index}", split=split.id, attempts=1,
+        traceback=traceback.format_exc(),
+    )
+
+
 def run_serial(aggregator, source, *, fan_in, clock=time.perf_counter):
     """Fold ``source`` with ``aggregator`` in this process. Returns ``(value, report)``."""
     report = Report(mode="serial", workers=0, fan_in=fan_in)
@@ -33,12 +43,7 @@ def run_serial(aggregator, source, *, fan_in, clock=time.perf_counter):
             except InputError:
                 raise
             except Exception as exc:
-                raise TaskFailed(
-                    f"partial raised on split {split.id} (task map-{split.index}, attempt 1 of "
-                    f"1 in serial mode): {type(exc).__name__}: {exc}",
-                    task=f"map-{split.index}", split=split.id, attempts=1,
-                    traceback=traceback.format_exc(),
-                ) from exc
+                raise _map_failed("partial", split, exc) from exc
             nbytes = getattr(records, "bytes_read", 0)
             report.bytes_read += nbytes
             report.tasks.append(TaskRecord(f"map-{split.index}", "map", split.id, attempts=1,
@@ -98,12 +103,7 @@ def run_keyed_serial(spec, source, *, clock=time.perf_counter):
             except InputError:
                 raise
             except Exception as exc:
-                raise TaskFailed(
-                    f"map raised on split {split.id} (task map-{split.index}, attempt 1 of 1 "
-                    f"in serial mode): {type(exc).__name__}: {exc}",
-                    task=f"map-{split.index}", split=split.id, attempts=1,
-                    traceback=traceback.format_exc(),
-                ) from exc
+                raise _map_failed("map", split, exc) from exc
             nbytes = getattr(records, "bytes_read", 0)
             report.bytes_read += nbytes
             report.tasks.append(TaskRecord(f"map-{split.index}", "map", split.id, attempts=1,
