@@ -97,6 +97,10 @@ def _add_common(p):
     rt.add_argument("--progress", dest="progress", action="store_true", default=None,
                     help="show progress on stderr (default: only on a terminal)")
     rt.add_argument("--no-progress", dest="progress", action="store_false")
+    rt.add_argument("--dask", default=None, metavar="ADDRESS",
+                    help="run on the dask.distributed scheduler at ADDRESS (e.g. "
+                         "tcp://10.0.0.5:8786) instead of local worker processes; "
+                         "see docs/dask.md")
     kj = p.add_argument_group("keyed jobs (see docs/shuffle.md)")
     kj.add_argument("--partitions", "-R", type=int, default=None, metavar="R",
                     help="reduce partitions of a keyed job (default 8)")
@@ -172,7 +176,7 @@ def _entry_parser(entry):
 
 _COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "errors", "format", "faults",
            "backups", "verify", "max_attempts", "task_timeout", "heartbeat_timeout",
-           "progress", "partitions", "combiner", "memory_limit", "output", "salt")
+           "progress", "partitions", "combiner", "memory_limit", "output", "salt", "dask")
 
 
 class _Usage(Exception):
@@ -264,6 +268,11 @@ def _cmd_run(name, argv, out):
                          f"keyed jobs; {entry.name} runs as a fold job"
                          + (" (try --keyed)" if any(f.name == "--keyed" for f in entry.flags)
                             else ""))
+    if args.dask is not None:
+        if entry.runner is not None:
+            raise _Usage(f"--dask runs fold and keyed jobs; {entry.name} drives its own "
+                         "jobs on the local runtime")
+        options["backend"] = args.dask
     result = runner(job, source, **options)
     print(f"fingerprint {result.fingerprint}", file=out)
     if entry.summarize is not None:

@@ -103,11 +103,20 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     if n == 0 and plan is not None:
         raise ValueError("faults are injected into worker processes; workers=0 has none")
     start = time.perf_counter()
+    if dask_client is not None and session is not None:
+        raise ValueError("give either session= or a Dask backend=, not both (a session "
+                         "runs on its own workers)")
+    if dask_client is not None and keyed:
+        from mergeagg.runtime.dask import run_keyed_dask
+
+        spec = _keyed_spec(job, partitions, combiner, memory_limit, output, salt)
+        value, report, fp = run_keyed_dask(spec, src, client=dask_client, config=config,
+                                           faults=plan, progress=progress)
+        if output is not None:
+            _commit_output(output, value, fp)
+        report.wall_seconds = time.perf_counter() - start
+        return Result(value, fp, report)
     if dask_client is not None:
-        if keyed:
-            raise NotImplementedError(
-                "keyed jobs do not run on the Dask backend yet; run them locally "
-                "(backend='local') or as a fold job")
         from mergeagg.runtime.dask import run_dask
 
         value, report = run_dask(job, src, client=dask_client, fan_in=fan_in, config=config,

@@ -60,6 +60,7 @@ import hashlib
 import os
 import pickle
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -69,14 +70,25 @@ import uuid
 
 import cloudpickle
 
-from mergeagg.errors import JobFailed, NondeterminismError
-from mergeagg.fingerprint import fingerprint
+from mergeagg.errors import CorruptSpillError, InputError, JobFailed, NondeterminismError
+from mergeagg.fingerprint import MappingDigest, fingerprint
 from mergeagg.inputs import read_split
 from mergeagg.runtime.faults import InjectedFault, corrupt_value
 from mergeagg.runtime.master import Cancel, KillWorker, Launch, Policy, Release, fold_tasks
+from mergeagg.runtime.shuffle import (
+    KeyedOutput,
+    KeyedSpec,
+    MapOutput,
+    PartRef,
+    keyed_tasks,
+    run_map,
+    run_merge,
+    run_reduce,
+    side_of,
+)
 from mergeagg.runtime.worker import dumps
 
-__all__ = ["run_dask", "DaskExecutor", "DaskRef", "require_dask", "run_attempt",
+__all__ = ["run_dask", "run_keyed_dask", "DaskExecutor", "DaskRef", "require_dask", "run_attempt",
            "slot_name", "slot_address", "INSTALL_HINT", "EVENT_TOPIC"]
 
 INSTALL_HINT = "pip install 'mergeagg[dask]'"
@@ -240,6 +252,9 @@ def run_attempt(job, digest, token, key, attempt, kind, number, split, expected,
     agg, plan = _job(digest, job)
     task_id = attempt.rsplit("#", 1)[0]
     fault = plan.fault_for(task_id, number) if plan is not None else None
+    if isinstance(agg, KeyedSpec):
+        return _run_keyed_attempt(agg, fault, token, key, attempt, kind, split, expected,
+                                  hint, inputs)
     t0 = time.perf_counter()
     nbytes_read = 0
     try:
@@ -252,10 +267,7 @@ def run_attempt(job, digest, token, key, attempt, kind, number, split, expected,
         else:
             for child, want in zip(inputs, expected):
                 if child[2] != want:
-                    return _report_outcome(token, attempt, (
-                        "fail", "nondeterministic",
-                        f"Dask handed {task_id} an input recomputed with fingerprint "
-                        f"{child[2]}, but its first completion had {want}", ""))
+                    return _report_outcome(token, attempt, _recomputed(task_id, child, want))
             acc = pickle.loads(inputs[0][1])
             for child in inputs[1:]:
                 acc = agg.combine(acc, pickle.loads(child[1]))
@@ -264,9 +276,11 @@ def run_attempt(job, digest, token, key, attempt, kind, number, split, expected,
         seconds = time.perf_counter() - t0
         data = dumps(acc)
         fp = fingerprint(acc)
+    except InputError as exc:
+        return _report_outcome(token, attempt, ("fail", "input", str(exc), "", ()))
     except Exception as exc:
         return _report_outcome(token, attempt, (
-            "fail", "raise", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            "fail", "raise", f"{type(exc).__name__}: {exc}", traceback.format_exc(), ()))
     stats = {"seconds": seconds, "bytes_read": nbytes_read, "output_bytes": len(data)}
     return _report_outcome(token, attempt, ("done", data, fp, stats))
 
@@ -280,9 +294,159 @@ def _report_outcome(token, attempt, outcome):
                "fingerprint": outcome[2], "stats": outcome[3]}
     else:
         msg = {"job": token, "attempt": attempt, "address": worker.address, "ok": False,
-               "kind": outcome[1], "error": outcome[2], "traceback": outcome[3]}
+               "kind": outcome[1], "error": outcome[2], "traceback": outcome[3],
+               "lost": list(outcome[4])}
     worker.log_event(EVENT_TOPIC, msg)
     return outcome
+
+
+def _workdir(token, worker=None):
+    """This Dask worker's directory for job ``token``'s spill files."""
+    if worker is None:
+        from distributed import get_worker
+
+        worker = get_worker()
+    return os.path.join(worker.local_directory, f"mergeagg-{token}")
+
+
+def remove_workdir(token, dask_worker=None):
+    """Delete job ``token``'s spill files on this Dask worker (``client.run`` calls it on
+    every worker when the job ends, passing ``dask_worker``). Returns the bytes freed."""
+    path = _workdir(token, dask_worker)
+    freed = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                freed += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    shutil.rmtree(path, ignore_errors=True)
+    return freed
+
+
+def read_bucket(map_outcome, r):
+    """Bucket ``r`` of a keyed map output, read from its spill file on this Dask worker
+    (the one that ran the map: the task is restricted to it).
+
+    Returns ``("ok", map task, salted keys, file bytes, entries)``, or ``("lost", map task,
+    why)`` when the file is gone; its reducer then fails with ``input_lost`` and the map
+    task runs again. The bytes keep their CRC framing: the reducer checks them.
+    """
+    out = map_outcome[1]
+    path, _nbytes, entries = out.buckets[r]
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return ("lost", out.key, f"spill file {path} of {out.key} is unreadable: {exc}")
+    return ("ok", out.key, out.salted, data, entries)
+
+
+def _run_keyed_attempt(spec, fault, token, key, attempt, kind, split, expected, hint,
+                       inputs):
+    """A keyed job's map, reduce or merge attempt on a Dask worker.
+
+    A map writes its R spill files into this worker's directory for the job and returns
+    the :class:`~mergeagg.runtime.shuffle.MapOutput` (paths only: the shuffle data stays on
+    disk until a reducer asks for its bucket through :func:`read_bucket`). A reduce gets
+    bucket ``r`` of every map output in split order, copies them to its own directory (as
+    a MapReduce reducer copies map output to local disk) and runs the same
+    :func:`~mergeagg.runtime.shuffle.run_reduce` as the local runtime, so its output and
+    digest are the local runtime's. A merge folds the reducers' salted partials.
+    """
+    task_id = attempt.rsplit("#", 1)[0]
+    t0 = time.perf_counter()
+    local = None
+    try:
+        if fault is not None:
+            _fault_before(fault, hint)
+        if kind == "map":
+            records = read_split(split)
+            directory = os.path.join(_workdir(token), attempt.replace("#", "_"))
+            data, fp, stats = run_map(spec, records, directory, None, task_id)
+            stats["bytes_read"] = getattr(records, "bytes_read", 0)
+            if fault is not None and fault.kind == "corrupt":
+                _corrupt_spill(data)
+                fault = None
+        elif kind == "reduce":
+            lost = tuple(b[1] for b in inputs if b[0] == "lost")
+            if lost:
+                return _report_outcome(token, attempt, (
+                    "fail", "input_lost", "; ".join(b[2] for b in inputs if b[0] == "lost"),
+                    "", lost))
+            r = int(task_id.rsplit("-", 1)[1])
+            local = os.path.join(_workdir(token), attempt.replace("#", "_"))
+            maps = _copy_buckets(inputs, r, local)
+            value, digest, stats = run_reduce(spec, maps, r, attempt)
+            fp = reducer_fingerprint(digest, value)
+            data = dumps(value)
+        else:  # the merge of salted partials
+            sides = []
+            for child, want in zip(inputs, expected):
+                if child[2] != want:
+                    return _report_outcome(token, attempt, _recomputed(task_id, child, want))
+                value = pickle.loads(child[1])
+                sides.append(value.side or ([], []) if isinstance(value, PartRef)
+                             else side_of(value))
+            value, digest, stats = run_merge(spec, sides, attempt)
+            fp = MappingDigest(*digest).fingerprint()
+            data = dumps(value)
+        if kind != "map":
+            stats["digest"] = list(digest)
+        if fault is not None and fault.kind != "corrupt":
+            _fault_after(fault, None, time.perf_counter() - t0, key)
+    except CorruptSpillError as exc:
+        return _report_outcome(token, attempt, (
+            "fail", "input_lost", str(exc), "", tuple(getattr(exc, "lost", ()))))
+    except InputError as exc:
+        return _report_outcome(token, attempt, ("fail", "input", str(exc), "", ()))
+    except Exception as exc:
+        return _report_outcome(token, attempt, (
+            "fail", "raise", f"{type(exc).__name__}: {exc}", traceback.format_exc(), ()))
+    finally:
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+    stats["seconds"] = time.perf_counter() - t0
+    return _report_outcome(token, attempt, ("done", data, fp, stats))
+
+
+def reducer_fingerprint(digest, value):
+    """A reducer attempt's fingerprint: its partition's digest, and under salting the
+    unfinalized partials of salted keys it passes on (they are part of its output)."""
+    fp = MappingDigest(*digest).fingerprint()
+    side = value.side if isinstance(value, PartRef) else (
+        side_of(value) if len(value) == 4 else None)
+    return fp if side is None else fingerprint((fp, side))
+
+
+def _corrupt_spill(out):
+    """The ``corrupt`` fault of a keyed map: flip one byte in the middle of its largest
+    spill file, on disk, after it was written (its reducer's CRC check must catch it)."""
+    path, nbytes, _n = max(out.buckets, key=lambda b: b[1])
+    with open(path, "r+b") as f:
+        f.seek(nbytes // 2)
+        byte = f.read(1)
+        f.seek(nbytes // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _copy_buckets(buckets, r, directory):
+    """Write the fetched buckets to local files; MapOutputs that point at them."""
+    os.makedirs(directory, exist_ok=True)
+    maps = []
+    for i, (_ok, map_task, salted, data, entries) in enumerate(buckets):
+        path = os.path.join(directory, f"in-{i}.spill")
+        with open(path, "wb") as f:
+            f.write(data)
+        files = [None] * r + [(path, len(data), entries)]
+        maps.append(MapOutput(None, map_task, directory, files, salted))
+    return maps
+
+
+def _recomputed(task_id, child, want):
+    return ("fail", "nondeterministic",
+            f"Dask handed {task_id} an input recomputed with fingerprint {child[2]}, but "
+            f"its first completion had {want}", "", ())
 
 
 # -- the driver's side ----------------------------------------------------------------------
@@ -296,14 +460,16 @@ class DaskExecutor:
     future of the job; it never closes the client).
     """
 
-    def __init__(self, client, aggregator, faults=None, *, poll_interval=0.25,
+    def __init__(self, client, payload, faults=None, *, poll_interval=0.25,
                  heartbeat_timeout=None):
         self.client = client
         self.poll_interval = poll_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._last_seen = {}  # Dask worker address -> its last heartbeat, scheduler's clock
         self.token = uuid.uuid4().hex[:12]
-        self.payload = cloudpickle.dumps((aggregator, faults))
+        self.payload = cloudpickle.dumps((payload, faults))
+        self.keyed = isinstance(payload, KeyedSpec)
+        self.buckets = {}  # (map attempt, r) -> Future of read_bucket on the map's worker
         self.digest = hashlib.blake2b(self.payload, digest_size=16).hexdigest()
         self.futures = {}  # attempt id -> Future (running, or its output still held)
         self.where = {}  # attempt id -> Dask worker address
@@ -335,10 +501,16 @@ class DaskExecutor:
         if self._closed:
             return
         self._closed = True
-        for fut in self.futures.values():
+        for fut in [*self.futures.values(), *self.buckets.values()]:
             fut.release()
         self.futures.clear()
+        self.buckets.clear()
         _unsubscribe(self.client, self.token)
+        if self.keyed:
+            try:  # the spill files of every map attempt, on every worker
+                self.client.run(remove_workdir, self.token, on_error="ignore")
+            except Exception:  # a closing client or a lost worker: nothing more to do
+                pass
 
     # -- the port --------------------------------------------------------------------------
 
@@ -470,8 +642,12 @@ class DaskExecutor:
         address = slot_address(a.worker)
         key = f"mergeagg-{self.token}-{a.attempt}"
         expected = tuple(r.fingerprint for r in a.inputs)
+        inputs = [r.future for r in a.inputs]
+        if self.keyed and a.kind == "reduce":
+            part = int(a.attempt.rsplit("#", 1)[0].rsplit("-", 1)[1])
+            inputs = [self._bucket(ref, part) for ref in a.inputs]
         args = [self.payload, self.digest, self.token, key, a.attempt, a.kind, a.number,
-                a.split, expected, hint, *(r.future for r in a.inputs)]
+                a.split, expected, hint, *inputs]
         fut = self.client.submit(run_attempt, *args, key=key, pure=False,
                                  workers=[address], allow_other_workers=False)
         self.futures[a.attempt] = fut
@@ -480,8 +656,24 @@ class DaskExecutor:
         aid = a.attempt
         fut.add_done_callback(lambda f, aid=aid: self._queue.put(("future", aid, f)))
 
+    def _bucket(self, ref, r):
+        """The future of bucket ``r`` of map output ``ref``, read on the map's worker."""
+        fut = self.buckets.get((ref.key, r))
+        if fut is None:
+            fut = self.client.submit(
+                read_bucket, ref.future, r, key=f"mergeagg-{self.token}-{ref.key}-b{r}",
+                pure=False, workers=[slot_address(ref.worker)], allow_other_workers=False)
+            self.buckets[(ref.key, r)] = fut
+        return fut
+
+    def _release_buckets(self, r=None, attempt=None):
+        for k in [k for k in self.buckets if k[1] == r or k[0] == attempt]:
+            self.buckets.pop(k).release()
+
     def _forget(self, attempt):
         fut = self.futures.pop(attempt, None)
+        if self.keyed:
+            self._release_buckets(attempt=attempt)
         if fut is not None:
             fut.release()
         self.where.pop(attempt, None)
@@ -507,6 +699,10 @@ class DaskExecutor:
             slot = self._launched_on.get(aid) or slot_name(msg["address"], 0)
             if msg["ok"]:
                 fut = self.futures.get(aid)
+                if self.keyed and aid.startswith("reduce-"):
+                    # Its copies of the buckets are no longer needed (a re-run reads the
+                    # spill files again).
+                    self._release_buckets(r=int(aid.rsplit("#", 1)[0].rsplit("-", 1)[1]))
                 ref = None
                 if fut is not None:
                     ref = DaskRef(slot, aid, fut, msg["fingerprint"],
@@ -516,7 +712,8 @@ class DaskExecutor:
                 raise NondeterminismError(msg["error"], task=aid.rsplit("#", 1)[0])
             else:
                 self._forget(aid)
-                out.append(("fail", aid, msg["kind"], msg["error"], msg["traceback"], slot))
+                out.append(("fail", aid, msg["kind"], msg["error"], msg["traceback"],
+                            tuple(msg.get("lost", ())), slot))
             return
         _, aid, fut = item
         if self.futures.get(aid) is not fut or aid in self.reported:
@@ -533,7 +730,7 @@ class DaskExecutor:
             error = f"Dask failed the attempt: {type(exc).__name__}: {exc}"
         else:
             error = f"Dask cancelled the attempt ({fut.status})"
-        out.append(("fail", aid, "raise", error, "", slot))
+        out.append(("fail", aid, "raise", error, "", (), slot))
 
     def _check_unreported(self, out, grace=2.0):
         # A finished future whose event never came (should not happen: the event is sent
@@ -555,7 +752,7 @@ def _as_message(aid, address, outcome):
         return {"attempt": aid, "address": address, "ok": True, "fingerprint": outcome[2],
                 "stats": outcome[3]}
     return {"attempt": aid, "address": address, "ok": False, "kind": outcome[1],
-            "error": outcome[2], "traceback": outcome[3]}
+            "error": outcome[2], "traceback": outcome[3], "lost": list(outcome[4])}
 
 
 _MISSING = object()  # the root's output has not arrived yet
@@ -571,10 +768,10 @@ def _dispatch(policy, ev, now):
         policy.heartbeat(slot, now)
         policy.finished(aid, ref, fp, now, stats)
     elif tag == "fail":
-        _, aid, kind, error, tb, slot = ev
+        _, aid, kind, error, tb, lost, slot = ev
         if slot is not None:
             policy.heartbeat(slot, now)
-        policy.failed(aid, error, now, traceback=tb, kind=kind)
+        policy.failed(aid, error, now, traceback=tb, kind=kind, lost=lost)
     elif tag == "joined":
         policy.worker_joined(ev[1], now)
     else:
@@ -605,15 +802,84 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
     only the root's output travels to this process. ``watch_heartbeats`` turns on the
     detection of hung workers by ``config.heartbeat_timeout`` (see the module docstring).
     """
-    from mergeagg.runtime.local import _hint, _Progress, _report
+    from mergeagg.runtime.local import _report
+
+    policy = Policy(fold_tasks(source.splits(), fan_in), config)
+
+    def fetch(policy, ex):
+        ref, _fp = policy.result
+        return ex.fetch(ref, poll_interval)
+
+    acc, phases, slots, n_workers = _drive(
+        policy, aggregator, fetch, client=client, config=config, faults=faults,
+        progress=progress, poll_interval=poll_interval, wait_for_workers=wait_for_workers,
+        watch_heartbeats=watch_heartbeats, clock=clock)
+    t = clock()
+    value = aggregator.finalize(acc)
+    phases["finalize"] = clock() - t
+    report = _report(policy, slots, fan_in, phases)
+    report.mode = "dask"
+    report.counters["dask_workers"] = n_workers
+    return value, report
+
+
+def run_keyed_dask(spec, source, *, client, config, faults=None, progress=None,
+                   poll_interval=0.25, wait_for_workers=60.0, watch_heartbeats=False,
+                   clock=time.monotonic):
+    """Run a keyed job (map, shuffle, reduce) on a Dask cluster.
+
+    Returns ``(value, report, fingerprint)`` as
+    :func:`~mergeagg.runtime.local.run_keyed_local` does, with the same fingerprint. Map
+    attempts keep their spill files in their Dask worker's local directory; each reducer
+    fetches its bucket of every map output through a small task on the map's worker, so
+    only bucket ``r`` of each map output travels to reducer ``r``. With ``spec.output``
+    every Dask worker must see that directory (a shared file system): reducers commit their
+    part files there. Spill files are deleted from every worker when the job ends.
+    """
+    from mergeagg.runtime.local import _report, keyed_fingerprint
+
+    R = spec.partitions
+    salt = spec.salt is not None
+    policy = Policy(keyed_tasks(source.splits(), R, salt), config)
+    sinks = [f"reduce-{r}" for r in range(R)] + (["merge-salted"] if salt else [])
+
+    def fetch(policy, ex):
+        values = []
+        for t in sinks:
+            v = ex.fetch(policy.results[t][0], poll_interval)
+            if v is _MISSING:
+                return _MISSING
+            values.append(v)
+        if spec.output is not None:
+            return KeyedOutput(spec.output, [(v.path, v.entries) for v in values])
+        value = {}
+        for v in values:
+            value.update(zip(v[0], v[1]))
+        return value
+
+    value, phases, slots, n_workers = _drive(
+        policy, spec, fetch, client=client, config=config, faults=faults,
+        progress=progress, poll_interval=poll_interval, wait_for_workers=wait_for_workers,
+        watch_heartbeats=watch_heartbeats, clock=clock)
+    report = _report(policy, slots, 0, phases)
+    report.mode = "dask"
+    report.counters["dask_workers"] = n_workers
+    return value, report, keyed_fingerprint(policy, R, report)
+
+
+def _drive(policy, payload, fetch, *, client, config, faults, progress, poll_interval,
+           wait_for_workers, watch_heartbeats, clock):
+    """The loop between a policy and a :class:`DaskExecutor`, until the policy is done
+    and ``fetch(policy, executor)`` read the sinks' outputs (it returns ``_MISSING`` while
+    one is not there yet). Returns ``(fetched, phases, slots, dask workers)``."""
+    from mergeagg.runtime.local import _hint, _Progress, _second_stage
 
     t_start = clock()
     client, owned = _connect(client)
     phases = {}
     try:
-        policy = Policy(fold_tasks(source.splits(), fan_in), config)
         show = _Progress(policy, progress if progress is not None else sys.stderr.isatty())
-        with DaskExecutor(client, aggregator, faults, poll_interval=poll_interval,
+        with DaskExecutor(client, payload, faults, poll_interval=poll_interval,
                           heartbeat_timeout=config.heartbeat_timeout
                           if watch_heartbeats else None) as ex:
             events = ex.membership(force=True)
@@ -637,34 +903,29 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
                         policy._stage_done["map"] == policy._stage_total["map"]:
                     map_done_at = now
                 if policy.done:
-                    # Is the root's worker still there? If not, the policy runs it again.
+                    # Are the sinks' workers still there? If not, the policy runs them again.
                     for ev in ex.membership(force=True):
                         _dispatch(policy, ev, clock())
                     if not policy.done:
                         continue
-                    ref, _fp = policy.result
-                    acc = ex.fetch(ref, poll_interval)
-                    if acc is not _MISSING:
+                    fetched = fetch(policy, ex)
+                    if fetched is not _MISSING:
                         break
                     continue
                 show.update(now)
                 timeout = max(0.0, policy.next_deadline(now) - clock())
                 for ev in ex.events(timeout):
                     _dispatch(policy, ev, clock())
-            t_root = clock()
-            value = aggregator.finalize(acc)
             t_end = clock()
             show.update(t_end, final=True)
-            phases["map"] = (map_done_at if map_done_at is not None else t_root) - t_started
-            phases["combine"] = t_root - (map_done_at if map_done_at is not None else t_root)
-            phases["finalize"] = t_end - t_root
+            if map_done_at is None:
+                map_done_at = t_end
+            phases["map"] = map_done_at - t_started
+            phases[_second_stage(policy)] = t_end - map_done_at
     finally:
         if owned:
             client.close()
-    report = _report(policy, slots, fan_in, phases)
-    report.mode = "dask"
-    report.counters["dask_workers"] = n_workers
-    return value, report
+    return fetched, phases, slots, n_workers
 
 
 def _wait_for_workers(client, timeout):

@@ -4,6 +4,7 @@ Every answer is compared with the serial run (``workers=0``), the reference. Mos
 through ``mergeagg.run(..., backend=client)``; a few call ``run_dask`` directly.
 """
 
+import json
 import os
 import pickle
 import signal
@@ -248,3 +249,119 @@ def test_a_combine_refuses_an_input_recomputed_with_another_fingerprint(dask_cli
     assert good[0] == "done" and good[2] == fp
     bad = attempt("test-combine-bad", "combine", ("0" * 64,), child).result()
     assert bad[:2] == ("fail", "nondeterministic") and fp in bad[2]
+
+
+# -- keyed jobs ------------------------------------------------------------------------------
+
+def keyed_lines(n, hot=0):
+    """``n`` shards of text; with ``hot``, each shard also repeats ``"alpha"`` that often."""
+    return [s + ["alpha " * hot] if hot else s for s in shards(n)]
+
+
+def word_pairs(lines):
+    return [(w, 1) for line in lines for w in line.split()]
+
+
+def pair_count():
+    """Word count whose map yields one ``(word, 1)`` per word (hot keys show per record)."""
+    return ma.KeyedJob(word_pairs, lambda a, b: a + b)
+
+
+def spill_dirs(client):
+    """The job directories left in the Dask workers' local directories."""
+    def listing(dask_worker):
+        return [d for d in os.listdir(dask_worker.local_directory) if d.startswith("mergeagg-")]
+
+    return sorted(d for ds in client.run(listing).values() for d in ds)
+
+
+@pytest.mark.parametrize("knobs", [
+    {"partitions": 3},
+    {"partitions": 4, "combiner": False, "memory_limit": "2K"},
+    {"partitions": 3, "salt": True},
+], ids=["plain", "no-combiner-spills", "salted"])
+def test_a_keyed_job_gives_the_serial_fingerprint(dask_client, knobs):
+    data = keyed_lines(7, hot=200 if knobs.get("salt") else 0)
+    job = pair_count()
+    serial = ma.run(job, data, workers=0, **knobs)
+    result = run_on(dask_client, job, data, **knobs)
+    assert result.fingerprint == serial.fingerprint
+    assert result.value == serial.value
+    report = result.report
+    assert report.mode == "dask" and report.counters["dask_workers"] == 2
+    assert len(report.reducers) == knobs["partitions"]
+    assert report.counters["shuffle_bytes_read"] == report.counters["shuffle_bytes_written"]
+    if "memory_limit" in knobs:
+        assert report.counters["external_merge"] >= 1
+    if knobs.get("salt"):
+        assert report.counters["salted_keys"] >= 1
+        assert any(t.task == "merge-salted" for t in report.tasks)
+    assert spill_dirs(dask_client) == []  # every worker's spill files are gone
+
+
+def test_a_worker_killed_during_a_reduce_reruns_the_maps_it_held(dask_client):
+    data = keyed_lines(8)
+    job = ma.algorithms.wordcount(keyed=True)
+    clean = ma.run(job, data, workers=0, partitions=2)
+    # reduce-1's first attempt SIGKILLs its worker once it has computed its partition: the
+    # map outputs on that worker's disk die with it.
+    plan = FaultPlan(only={"reduce-1": {1: Fault("kill")}})
+    result = run_on(dask_client, job, data, partitions=2, faults=plan, backups=False)
+    assert result.fingerprint == clean.fingerprint
+    report = result.report
+    assert report.workers_lost >= 1
+    rerun = {f.task for f in report.failures if f.cause == "output lost with worker"}
+    assert any(t.startswith("map-") for t in rerun), report.failures
+    attempts = {t.task: t.attempts for t in report.tasks}
+    assert all(attempts[t] >= 2 for t in rerun) and attempts["reduce-1"] >= 2
+
+
+def test_a_corrupt_spill_file_reruns_its_map(dask_client):
+    data = keyed_lines(5)
+    job = ma.algorithms.wordcount(keyed=True)
+    clean = ma.run(job, data, workers=0, partitions=3)
+    # map-1's first attempt flips a byte of its largest spill file on disk after writing it.
+    plan = FaultPlan(only={"map-1": {1: Fault("corrupt")}})
+    result = run_on(dask_client, job, data, partitions=3, faults=plan, backups=False)
+    assert result.fingerprint == clean.fingerprint
+    report = result.report
+    assert any(f.cause == "input_lost" and "map-1" not in f.task for f in report.failures)
+    assert {t.task: t.attempts for t in report.tasks}["map-1"] == 2
+
+
+def test_keyed_output_parts_are_committed_once_despite_a_straggling_reducer(dask_client,
+                                                                         tmp_path):
+    data = keyed_lines(6)
+    job = ma.algorithms.wordcount(keyed=True)
+    clean = ma.run(job, data, workers=0, partitions=3)
+    out = tmp_path / "counts"
+    # reduce-0's first attempt sleeps 2000x its few milliseconds after committing: its
+    # backup also computes the part and finds it committed. (backup_after=0.3: with three
+    # reducers on two workers, one may be queued behind the straggler.)
+    plan = FaultPlan(only={"reduce-0": {1: Fault("delay", factor=2000)}})
+    result = run_on(dask_client, job, data, partitions=3, output=out, faults=plan,
+                    backup_after=0.3)
+    assert result.fingerprint == clean.fingerprint
+    assert result.value.to_dict() == clean.value
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001", "part-00002"]
+    assert {t.task: t.attempts for t in result.report.tasks}["reduce-0"] == 2
+    assert result.report.backups_won >= 1
+
+
+def test_the_cli_runs_fold_and_keyed_jobs_on_a_scheduler(dask_client, tmp_path, capsys):
+    from mergeagg.cli import main
+
+    text = tmp_path / "words.txt"
+    text.write_text("\n".join(" ".join(s) for s in shards(12)) + "\n")
+    address = dask_client.scheduler.address
+    for extra in ([], ["--keyed", "-R", "3"]):
+        out = tmp_path / f"result{len(extra)}.json"
+        assert main(["run", "wordcount", str(text), "--split-size", "300", "--dask", address,
+                     "--json", str(out), *extra]) == 0
+        doc = json.loads(out.read_text())
+        serial = ma.run(ma.algorithms.wordcount(keyed=bool(extra)), [str(text)], workers=0,
+                        split_size=300, **({"partitions": 3} if extra else {}))
+        assert doc["fingerprint"] == serial.fingerprint
+        assert doc["report"]["mode"] == "dask"
+    assert main(["run", "pagerank", str(text), "--dask", address]) == 2
+    assert "--dask runs fold and keyed jobs" in capsys.readouterr().err
