@@ -88,8 +88,9 @@ from mergeagg.runtime.shuffle import (
 )
 from mergeagg.runtime.worker import dumps
 
-__all__ = ["run_dask", "run_keyed_dask", "DaskExecutor", "DaskRef", "require_dask", "run_attempt",
-           "slot_name", "slot_address", "INSTALL_HINT", "EVENT_TOPIC"]
+__all__ = ["run_dask", "run_keyed_dask", "drive", "DaskExecutor", "DaskPartition", "Loaded",
+           "load_partition", "derive_partition", "MISSING", "DaskRef", "require_dask",
+           "run_attempt", "slot_name", "slot_address", "INSTALL_HINT", "EVENT_TOPIC"]
 
 INSTALL_HINT = "pip install 'mergeagg[dask]'"
 
@@ -177,6 +178,59 @@ class DaskRef:
         return f"DaskRef({self.key}, on {self.worker}, {self.nbytes} B)"
 
 
+class DaskPartition:
+    """The split of a map task over a persisted dataset on Dask: partition ``index`` of
+    dataset ``dataset``. The executor hands the attempt the partition's future (a
+    :class:`Loaded` in some worker's memory) as its input. ``id`` names it in reports."""
+
+    __slots__ = ("dataset", "index", "id")
+
+    def __init__(self, dataset, index, split_id):
+        self.dataset = dataset
+        self.index = index
+        self.id = f"{dataset}/{split_id}"
+
+    def __getstate__(self):
+        return (self.dataset, self.index, self.id)
+
+    def __setstate__(self, state):
+        self.dataset, self.index, self.id = state
+
+    def __repr__(self):
+        return f"DaskPartition({self.id})"
+
+
+class Loaded:
+    """A persisted partition in a Dask worker's memory: its loaded ``value`` and ``runs``,
+    one ``(run id, bytes read)`` per level of its lineage (itself first, then its parent
+    partition, ...). A run id is new each time Dask (re)computes that level, which is how
+    a session tells a cache hit from a rebuild."""
+
+    __slots__ = ("value", "runs")
+
+    def __init__(self, value, runs):
+        self.value = value
+        self.runs = runs
+
+    def __getstate__(self):
+        return (self.value, self.runs)
+
+    def __setstate__(self, state):
+        self.value, self.runs = state
+
+
+def load_partition(load, split):
+    """Read ``split`` and apply ``load``: a persisted partition's lineage on Dask."""
+    records = read_split(split)
+    value = load(records)
+    return Loaded(value, [(uuid.uuid4().hex, getattr(records, "bytes_read", 0))])
+
+
+def derive_partition(load, parent):
+    """``load`` of a parent partition: a derived dataset's partition on Dask."""
+    return Loaded(load(parent.value), [(uuid.uuid4().hex, 0), *parent.runs])
+
+
 # -- what runs on a Dask worker -------------------------------------------------------------
 
 _JOBS = {}  # digest -> (aggregator, fault plan), on each worker; a few recent jobs
@@ -257,10 +311,14 @@ def run_attempt(job, digest, token, key, attempt, kind, number, split, expected,
                                   hint, inputs)
     t0 = time.perf_counter()
     nbytes_read = 0
+    cache_runs = None
     try:
         if fault is not None:
             _fault_before(fault, hint)
-        if kind == "map":
+        if kind == "map" and isinstance(split, DaskPartition):
+            acc = agg.partial(inputs[0].value)
+            cache_runs = [list(r) for r in inputs[0].runs]
+        elif kind == "map":
             records = read_split(split)
             acc = agg.partial(records)
             nbytes_read = getattr(records, "bytes_read", 0)
@@ -282,6 +340,8 @@ def run_attempt(job, digest, token, key, attempt, kind, number, split, expected,
         return _report_outcome(token, attempt, (
             "fail", "raise", f"{type(exc).__name__}: {exc}", traceback.format_exc(), ()))
     stats = {"seconds": seconds, "bytes_read": nbytes_read, "output_bytes": len(data)}
+    if cache_runs is not None:
+        stats["cache_runs"] = cache_runs
     return _report_outcome(token, attempt, ("done", data, fp, stats))
 
 
@@ -461,7 +521,7 @@ class DaskExecutor:
     """
 
     def __init__(self, client, payload, faults=None, *, poll_interval=0.25,
-                 heartbeat_timeout=None):
+                 heartbeat_timeout=None, partitions=None):
         self.client = client
         self.poll_interval = poll_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -470,6 +530,7 @@ class DaskExecutor:
         self.payload = cloudpickle.dumps((payload, faults))
         self.keyed = isinstance(payload, KeyedSpec)
         self.buckets = {}  # (map attempt, r) -> Future of read_bucket on the map's worker
+        self.partitions = partitions or {}  # DaskPartition.id -> Future of its Loaded
         self.digest = hashlib.blake2b(self.payload, digest_size=16).hexdigest()
         self.futures = {}  # attempt id -> Future (running, or its output still held)
         self.where = {}  # attempt id -> Dask worker address
@@ -617,18 +678,18 @@ class DaskExecutor:
         return out
 
     def fetch(self, ref, timeout, transfer_timeout=300.0):
-        """The root's accumulator, or ``_MISSING`` if its future was not done within
+        """The root's accumulator, or ``MISSING`` if its future was not done within
         ``timeout`` seconds or its transfer within ``transfer_timeout`` (the caller looks
         at membership and tries again)."""
         deadline = time.monotonic() + timeout
         while not ref.future.done():
             if time.monotonic() >= deadline:
-                return _MISSING
+                return MISSING
             time.sleep(0.002)
         try:
             outcome = ref.future.result(timeout=transfer_timeout)
         except TimeoutError:
-            return _MISSING
+            return MISSING
         if outcome[2] != ref.fingerprint:
             raise NondeterminismError(
                 f"Dask returned the root output with fingerprint {outcome[2]}, but the "
@@ -643,6 +704,8 @@ class DaskExecutor:
         key = f"mergeagg-{self.token}-{a.attempt}"
         expected = tuple(r.fingerprint for r in a.inputs)
         inputs = [r.future for r in a.inputs]
+        if isinstance(a.split, DaskPartition):
+            inputs = [self.partitions[a.split.id]]
         if self.keyed and a.kind == "reduce":
             part = int(a.attempt.rsplit("#", 1)[0].rsplit("-", 1)[1])
             inputs = [self._bucket(ref, part) for ref in a.inputs]
@@ -755,7 +818,7 @@ def _as_message(aid, address, outcome):
             "error": outcome[2], "traceback": outcome[3], "lost": list(outcome[4])}
 
 
-_MISSING = object()  # the root's output has not arrived yet
+MISSING = object()  # a sink's output has not arrived yet
 
 
 def _dispatch(policy, ev, now):
@@ -810,7 +873,7 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
         ref, _fp = policy.result
         return ex.fetch(ref, poll_interval)
 
-    acc, phases, slots, n_workers = _drive(
+    acc, phases, slots, n_workers = drive(
         policy, aggregator, fetch, client=client, config=config, faults=faults,
         progress=progress, poll_interval=poll_interval, wait_for_workers=wait_for_workers,
         watch_heartbeats=watch_heartbeats, clock=clock)
@@ -847,8 +910,8 @@ def run_keyed_dask(spec, source, *, client, config, faults=None, progress=None,
         values = []
         for t in sinks:
             v = ex.fetch(policy.results[t][0], poll_interval)
-            if v is _MISSING:
-                return _MISSING
+            if v is MISSING:
+                return MISSING
             values.append(v)
         if spec.output is not None:
             return KeyedOutput(spec.output, [(v.path, v.entries) for v in values])
@@ -857,7 +920,7 @@ def run_keyed_dask(spec, source, *, client, config, faults=None, progress=None,
             value.update(zip(v[0], v[1]))
         return value
 
-    value, phases, slots, n_workers = _drive(
+    value, phases, slots, n_workers = drive(
         policy, spec, fetch, client=client, config=config, faults=faults,
         progress=progress, poll_interval=poll_interval, wait_for_workers=wait_for_workers,
         watch_heartbeats=watch_heartbeats, clock=clock)
@@ -867,11 +930,14 @@ def run_keyed_dask(spec, source, *, client, config, faults=None, progress=None,
     return value, report, keyed_fingerprint(policy, R, report)
 
 
-def _drive(policy, payload, fetch, *, client, config, faults, progress, poll_interval,
-           wait_for_workers, watch_heartbeats, clock):
+def drive(policy, payload, fetch, *, client, config, faults=None, progress=None,
+          poll_interval=0.25, wait_for_workers=60.0, watch_heartbeats=False,
+          clock=time.monotonic, partitions=None):
     """The loop between a policy and a :class:`DaskExecutor`, until the policy is done
-    and ``fetch(policy, executor)`` read the sinks' outputs (it returns ``_MISSING`` while
-    one is not there yet). Returns ``(fetched, phases, slots, dask workers)``."""
+    and ``fetch(policy, executor)`` read the sinks' outputs (it returns ``MISSING`` while
+    one is not there yet). ``partitions`` maps the ids of the :class:`DaskPartition`
+    splits of map tasks over a persisted dataset to their futures. Returns ``(fetched,
+    phases, slots, dask workers)``."""
     from mergeagg.runtime.local import _hint, _Progress, _second_stage
 
     t_start = clock()
@@ -881,7 +947,7 @@ def _drive(policy, payload, fetch, *, client, config, faults, progress, poll_int
         show = _Progress(policy, progress if progress is not None else sys.stderr.isatty())
         with DaskExecutor(client, payload, faults, poll_interval=poll_interval,
                           heartbeat_timeout=config.heartbeat_timeout
-                          if watch_heartbeats else None) as ex:
+                          if watch_heartbeats else None, partitions=partitions) as ex:
             events = ex.membership(force=True)
             if not ex.known:
                 _wait_for_workers(client, wait_for_workers)
@@ -909,7 +975,7 @@ def _drive(policy, payload, fetch, *, client, config, faults, progress, poll_int
                     if not policy.done:
                         continue
                     fetched = fetch(policy, ex)
-                    if fetched is not _MISSING:
+                    if fetched is not MISSING:
                         break
                     continue
                 show.update(now)

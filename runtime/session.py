@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from mergeagg.aggregator import Aggregator, identity
@@ -69,6 +70,7 @@ class Dataset:
     loaded_once: set = field(default_factory=set)
     counters: dict = field(default_factory=lambda: dict.fromkeys(CACHE_COUNTERS, 0))
     local: dict = field(default_factory=dict, repr=False)  # workers=0: index -> loaded form
+    futures: list = field(default_factory=list, repr=False)  # Dask: the partitions' futures
 
     def __len__(self):
         return len(self.source)
@@ -93,8 +95,11 @@ class Session:
     """Worker processes kept across jobs, and the datasets they hold.
 
     ``Session(workers=N)`` starts N worker processes (``None``: one per CPU; ``0``: no
-    processes, everything runs in this process, the serial reference). Use it as a context
-    manager, or call :meth:`close`. Policy knobs (``max_attempts``, ``backups``,
+    processes, everything runs in this process, the serial reference);
+    ``Session(backend=client)`` runs every job, persisted dataset and collect on a
+    dask.distributed cluster (a ``Client`` or a scheduler address; see ``docs/dask.md``),
+    where Dask keeps the loaded partitions and recomputes lost ones from their lineage.
+    Use it as a context manager, or call :meth:`close`. Policy knobs (``max_attempts``, ``backups``,
     ``locality_wait``, ...) given here apply to every job unless a job overrides them.
     ``backup_min_seconds`` defaults to ``BACKUP_MIN_SECONDS`` (0.5 s) here, not 0: a task
     over a cached partition takes milliseconds, and a speculative copy of it on another
@@ -110,11 +115,19 @@ class Session:
     3
     """
 
-    def __init__(self, workers=None, *, heartbeat_interval=0.2, start_method=None,
-                 **policy):
+    def __init__(self, workers=None, *, backend="local", heartbeat_interval=0.2,
+                 start_method=None, **policy):
+        from mergeagg.runtime.api import _dask_backend
+
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                     or workers < 0):
             raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
+        self.dask = _dask_backend(backend)
+        if self.dask is not None and workers is not None:
+            raise ValueError("workers= sets the local backend's processes; a Dask session "
+                             "runs on the cluster's workers (leave workers=None)")
+        self.client = None
+        self._owns_client = False
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         self.policy_defaults = {"backup_min_seconds": BACKUP_MIN_SECONDS, **policy}
         PolicyConfig(**self.policy_defaults)  # refuse a bad knob now, not at the first job
@@ -125,6 +138,7 @@ class Session:
         self.jobs_run = 0
         self._closed = False
         self._root_fingerprint = None
+        self._runs_seen = set()  # Dask: lineage run ids of partitions seen loaded
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -132,6 +146,15 @@ class Session:
         """Start the workers (idempotent). Returns ``self``. Cost: one start of the pool."""
         if self._closed:
             raise RuntimeError("this Session is closed; start a new one")
+        if self.dask is not None:
+            if self.client is None:
+                from mergeagg.runtime.dask import _connect
+
+                self.client, self._owns_client = _connect(self.dask)
+                self.client.wait_for_workers(1, timeout=60)
+                info = self.client.scheduler_info(n_workers=-1)["workers"]
+                self.workers = sum(int(w.get("nthreads", 1)) for w in info.values())
+            return self
         if self.workers > 0 and self.executor is None:
             self.executor = _session_executor(self.workers,
                                               heartbeat_interval=self.heartbeat_interval,
@@ -145,6 +168,13 @@ class Session:
         if self.executor is not None:
             self.executor.close()
             self.executor = None
+        for ds in self.datasets.values():
+            for fut in ds.futures:
+                fut.release()
+            ds.futures.clear()
+        if self.client is not None and self._owns_client:
+            self.client.close()
+        self.client = None
         self.datasets.clear()
         self._closed = True
 
@@ -156,6 +186,8 @@ class Session:
 
     def __repr__(self):
         state = "closed" if self._closed else f"{self.workers} worker(s)"
+        if self.dask is not None and not self._closed:
+            state += " on Dask"
         return f"Session({state}, {len(self.datasets)} dataset(s))"
 
     def worker_pids(self):
@@ -197,6 +229,8 @@ class Session:
         if self.executor is not None:
             # The lineage's function goes to every worker once (and to replacements).
             ds.load_job = self.executor.load_job(load)
+        if self.client is not None:
+            ds.futures = self._submit_loads(ds)
         self.datasets[ds.id] = ds
         self._run_fold(_LOAD_JOB, ds, fan_in=max(2, len(ds)), config=self._config({}),
                        faults=None, progress=False)
@@ -214,6 +248,9 @@ class Session:
         self.datasets.pop(dataset.id, None)
         dataset.holders.clear()
         dataset.local.clear()
+        for fut in dataset.futures:
+            fut.release()
+        dataset.futures.clear()
         if self.executor is not None and dataset.load_job is not None:
             self.executor.drop_job(dataset.load_job)
             # LocalExecutor has no public broadcast yet; its _send is the message channel.
@@ -283,13 +320,18 @@ class Session:
             raise TypeError(f"a Session runs an Aggregator here, got {type(job).__name__}")
         check_fan_in(fan_in)
         self.start()
-        if faults is not None and self.executor is None:
+        if faults is not None and self.executor is None and self.client is None:
             raise ValueError("faults are injected into worker processes; a Session with "
                              "workers=0 has none")
         self.jobs_run += 1
         if isinstance(src, Dataset):
             return self._run_fold(job, src, fan_in=fan_in, config=config, faults=faults,
                                   progress=progress)
+        if self.client is not None:
+            from mergeagg.runtime.dask import run_dask
+
+            return run_dask(job, src, client=self.client, fan_in=fan_in, config=config,
+                            faults=faults, progress=progress)
         if self.executor is None:
             from mergeagg.runtime.serial import run_serial
 
@@ -315,10 +357,15 @@ class Session:
         session's workers; ``(value, report, fingerprint)`` as ``run_keyed_local`` returns.
         The hook for :func:`mergeagg.run` with ``session=`` and a keyed job."""
         self.start()
-        if faults is not None and self.executor is None:
+        if faults is not None and self.executor is None and self.client is None:
             raise ValueError("faults are injected into worker processes; a Session with "
                              "workers=0 has none")
         self.jobs_run += 1
+        if self.client is not None:
+            from mergeagg.runtime.dask import run_keyed_dask
+
+            return run_keyed_dask(spec, src, client=self.client, config=config,
+                                  faults=faults, progress=progress)
         if self.executor is None:
             from mergeagg.runtime.serial import run_keyed_serial
 
@@ -349,12 +396,12 @@ class Session:
 
     def _run_fold(self, job, ds, *, fan_in, config, faults, progress):
         self._check_persisted(ds)
-        if self.executor is None:
+        if self.executor is None and self.client is None:
             return self._run_fold_here(job, ds, fan_in)
 
         def fetch(policy, ex):
             ref, _fp = policy.result
-            return ex.fetch(ref)
+            return ex.fetch(ref) if self.client is None else ex.fetch(ref, 0.25)
 
         acc, phases, policy = self._drive_dataset(
             job, ds, lambda parts: fold_tasks(parts, fan_in), fetch, config=config,
@@ -366,6 +413,9 @@ class Session:
         return value, self._dataset_report(ds, policy, fan_in, phases)
 
     def _drive_dataset(self, payload, ds, make_tasks, fetch, *, config, faults, progress):
+        if self.client is not None:
+            return self._drive_dataset_dask(payload, ds, make_tasks, fetch, config=config,
+                                            faults=faults, progress=progress)
         from mergeagg.runtime.local import drive
 
         parts = [self._partition(ds, split) for split in ds.splits()]
@@ -385,9 +435,74 @@ class Session:
         from mergeagg.runtime.local import _report
 
         report = _report(policy, self.workers, fan_in, phases)
+        if self.client is not None:
+            report.mode = "dask"
+            self._account_dask(ds, policy, report)
+            return report
         report.mode = "session"
         self._account(ds, policy, report)
         return report
+
+    # -- datasets on Dask ------------------------------------------------------------------
+
+    def _submit_loads(self, ds):
+        """One Dask task per partition: read the split and load it (or load the parent
+        partition), kept in the cluster's memory for as long as this session holds the
+        future. Dask recomputes a lost one from this lineage (the task graph)."""
+        from mergeagg.runtime.dask import derive_partition, load_partition
+
+        token = uuid.uuid4().hex[:8]
+        futures = []
+        for i, split in enumerate(ds.splits()):
+            key = f"mergeagg-{ds.id}-{token}-{i}"
+            if ds.parent is not None:
+                futures.append(self.client.submit(derive_partition, ds.load,
+                                                  ds.parent.futures[i], key=key, pure=False))
+            else:
+                futures.append(self.client.submit(load_partition, ds.load, split, key=key,
+                                                  pure=False))
+        return futures
+
+    def _drive_dataset_dask(self, payload, ds, make_tasks, fetch, *, config, faults,
+                            progress):
+        from mergeagg.runtime.dask import DaskPartition, drive, slot_name
+
+        parts = [DaskPartition(ds.id, i, split.id) for i, split in enumerate(ds.splits())]
+        futures = {p.id: ds.futures[p.index] for p in parts}
+        tasks = make_tasks(parts)
+        # Locality: a map task prefers the worker holding its partition.
+        who = self.client.who_has(ds.futures)
+        for t, fut in zip(tasks[:len(parts)], ds.futures):
+            holders = who.get(fut.key) or ()
+            t.prefer = slot_name(sorted(holders)[0], 0) if holders else None
+        policy = Policy(tasks, config)
+        fetched, phases, _slots, _n = drive(policy, payload, fetch, client=self.client,
+                                            config=config, faults=faults, progress=progress,
+                                            partitions=futures)
+        return fetched, phases, policy
+
+    def _account_dask(self, ds, policy, report):
+        """Cache counters of a job over a dataset on Dask, from the lineage runs each map
+        task's partition reported: a partition whose run ids were all seen before was a
+        hit; a new run id is a load (a miss the first time, a rebuild by Dask after its
+        holder was lost) and adds the bytes that run read."""
+        counts = dict.fromkeys(CACHE_COUNTERS, 0)
+        for i in range(len(ds)):
+            stats = policy.tasks[f"map-{i}"].stats or {}
+            new = [(rid, nbytes) for rid, nbytes in stats.get("cache_runs", ())
+                   if rid not in self._runs_seen]
+            if not new:
+                counts["cache_hits"] += 1
+            elif i in ds.loaded_once:
+                counts["cache_rebuilds"] += 1
+            else:
+                counts["cache_misses"] += 1
+            counts["cache_bytes_read"] += sum(nbytes for _rid, nbytes in new)
+            self._runs_seen.update(rid for rid, _nbytes in new)
+            ds.loaded_once.add(i)
+        for k, v in counts.items():
+            ds.counters[k] += v
+        report.counters.update(counts)
 
     def collect(self, fn, dataset, **policy):
         """``fn(partition)`` on every partition of ``dataset``, where it is cached; returns
@@ -408,14 +523,19 @@ class Session:
         config = self._config(policy)
         self.jobs_run += 1
         start = time.perf_counter()
-        if self.executor is None:
+        if self.executor is None and self.client is None:
             values, report = self._collect_here(fn, dataset)
             fps = [fingerprint(v) for v in values]
         else:
             n = len(dataset)
 
             def fetch(policy, ex):
-                return [ex.fetch(policy.results[f"map-{i}"][0]) for i in range(n)]
+                if self.client is None:
+                    return [ex.fetch(policy.results[f"map-{i}"][0]) for i in range(n)]
+                from mergeagg.runtime.dask import MISSING
+
+                out = [ex.fetch(policy.results[f"map-{i}"][0], 0.25) for i in range(n)]
+                return MISSING if any(v is MISSING for v in out) else out
 
             def tasks(parts):
                 return [TaskDef(f"map-{p.index}", "map", split=p, index=p.index)

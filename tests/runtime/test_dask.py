@@ -365,3 +365,97 @@ def test_the_cli_runs_fold_and_keyed_jobs_on_a_scheduler(dask_client, tmp_path, 
         assert doc["report"]["mode"] == "dask"
     assert main(["run", "pagerank", str(text), "--dask", address]) == 2
     assert "--dask runs fold and keyed jobs" in capsys.readouterr().err
+
+
+# -- sessions and cached datasets ------------------------------------------------------------
+
+def number_files(tmp_path, n=6, rows=40):
+    paths = []
+    for f in range(n):
+        p = tmp_path / f"numbers{f}.txt"
+        p.write_text("".join(f"{f * rows + i}\n" for i in range(rows)))
+        paths.append(str(p))
+    return paths
+
+
+def parse_ints(lines):
+    return [int(line) for line in lines]
+
+
+def total():
+    return ma.Aggregator(sum, lambda a, b: a + b)
+
+
+def test_a_dask_session_persists_runs_and_collects_like_the_local_one(dask_client, tmp_path):
+    paths = number_files(tmp_path)
+    with ma.Session(workers=0) as here:
+        ref_ds = here.persist(paths, load=parse_ints)
+        ref = here.run(total(), ref_ds)
+        ref_collect = here.collect(len, here.persist(ref_ds, load=sorted))
+    with ma.Session(backend=dask_client) as session:
+        assert "on Dask" in repr(session)
+        ds = session.persist(paths, load=parse_ints)
+        assert ds.counters["cache_misses"] == 6
+        assert ds.counters["cache_bytes_read"] == sum(os.path.getsize(p) for p in paths)
+        result = session.run(total(), ds)
+        assert result.fingerprint == ref.fingerprint and result.value == ref.value
+        assert result.report.mode == "dask"
+        assert result.report.counters["cache_hits"] == 6
+        assert result.report.counters["cache_bytes_read"] == 0
+        derived = session.persist(ds, load=sorted)
+        assert derived.counters["cache_misses"] == 6
+        assert derived.counters["cache_bytes_read"] == 0  # loaded from the parent, in memory
+        collected = session.collect(len, derived)
+        assert collected.values == ref_collect.values
+        assert collected.fingerprints == ref_collect.fingerprints
+        # A plain source and a keyed job run through the session too.
+        assert session.run(total(), [[1, 2], [3]]).value == 6
+        keyed = session.run(pair_count(), keyed_lines(3), partitions=2)
+        assert keyed.fingerprint == ma.run(pair_count(), keyed_lines(3), workers=0,
+                                           partitions=2).fingerprint
+        session.unpersist(derived)
+        assert derived.futures == []
+    # Closing the session released every partition it held in the cluster.
+    assert ds.futures == []
+
+    def held():  # Dask drops a released key on its event loop, a moment later
+        return [k for k in dask_client.futures if str(k).startswith("mergeagg-ds")]
+
+    deadline = time.monotonic() + 10
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not held()
+
+
+def test_a_killed_worker_s_cached_partitions_are_rebuilt_from_lineage(dask_client, tmp_path):
+    paths = number_files(tmp_path)
+    with ma.Session(backend=dask_client, backups=False) as session:
+        ds = session.persist(paths, load=parse_ints)
+        clean = session.run(total(), ds)
+        # map-1's first attempt SIGKILLs its worker after its partial: the partitions that
+        # worker held are gone, and Dask reloads them from their splits.
+        plan = FaultPlan(only={"map-1": {1: Fault("kill")}})
+        hurt = session.run(total(), ds, faults=plan)
+        assert hurt.fingerprint == clean.fingerprint
+        counters = hurt.report.counters
+        assert hurt.report.workers_lost >= 1
+        assert counters["cache_rebuilds"] >= 1 and counters["cache_bytes_read"] > 0
+        assert counters["cache_hits"] + counters["cache_rebuilds"] == 6
+        dask_client.wait_for_workers(2, timeout=60)
+        again = session.run(total(), ds)  # the rebuilt partitions stay cached
+        assert again.fingerprint == clean.fingerprint
+        assert again.report.counters["cache_hits"] == 6
+
+
+def test_pagerank_runs_on_a_dask_session_with_the_local_bytes(dask_client):
+    nx = pytest.importorskip("networkx")
+    from mergeagg.algorithms.pagerank import pagerank
+
+    g = nx.gnm_random_graph(200, 1200, seed=3, directed=True)
+    with ma.Session(workers=0) as here:
+        ref = pagerank(g, mode="cached", session=here)
+    with ma.Session(backend=dask_client) as session:
+        cached = pagerank(g, mode="cached", session=session)
+        disk = pagerank(g, mode="disk", session=session)
+    assert cached.vector.tobytes() == ref.vector.tobytes() == disk.vector.tobytes()
+    assert cached.iterations == ref.iterations
