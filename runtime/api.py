@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from mergeagg.aggregator import Aggregator
+from mergeagg.aggregator import Aggregator, identity
 from mergeagg.fingerprint import fingerprint
 from mergeagg.inputs import as_source
 from mergeagg.runtime.report import Report
@@ -122,7 +122,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         value, report = run_dask(job, src, client=dask_client, fan_in=fan_in, config=config,
                                  faults=plan, progress=progress)
         fp_start = time.perf_counter()
-        fp = fingerprint(value)
+        fp = _root_fingerprint(job, report) or fingerprint(value)
         report.phases["fingerprint"] = time.perf_counter() - fp_start
         report.wall_seconds = time.perf_counter() - start
         return Result(value, fp, report)
@@ -159,10 +159,19 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     else:
         value, report = run_serial(job, src, fan_in=fan_in)
     fp_start = time.perf_counter()
-    fp = fingerprint(value)
+    fp = _root_fingerprint(job, report) or fingerprint(value)
     report.phases["fingerprint"] = time.perf_counter() - fp_start
     report.wall_seconds = time.perf_counter() - start
     return Result(value, fp, report)
+
+
+def _root_fingerprint(job, report):
+    """The fingerprint the root's worker computed of its output, which is the value when
+    ``finalize`` is the identity (the root is the last task of a fold job's report);
+    ``None`` when there is none to reuse."""
+    if job.finalize is not identity or report.mode == "serial" or not report.tasks:
+        return None
+    return report.tasks[-1].fingerprint
 
 
 def _dask_backend(backend):
