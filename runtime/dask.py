@@ -821,26 +821,6 @@ def _as_message(aid, address, outcome):
 MISSING = object()  # a sink's output has not arrived yet
 
 
-def _dispatch(policy, ev, now):
-    """Feed one executor event to the policy."""
-    tag = ev[0]
-    if tag == "hb":
-        policy.heartbeat(ev[1], now)
-    elif tag == "done":
-        _, aid, ref, fp, stats, slot = ev
-        policy.heartbeat(slot, now)
-        policy.finished(aid, ref, fp, now, stats)
-    elif tag == "fail":
-        _, aid, kind, error, tb, lost, slot = ev
-        if slot is not None:
-            policy.heartbeat(slot, now)
-        policy.failed(aid, error, now, traceback=tb, kind=kind, lost=lost)
-    elif tag == "joined":
-        policy.worker_joined(ev[1], now)
-    else:
-        policy.worker_lost(ev[1], ev[2], now)
-
-
 def _connect(client):
     """``(client, owned)``: a Client as given, or a new one for a scheduler address."""
     distributed = require_dask()
@@ -938,7 +918,7 @@ def drive(policy, payload, fetch, *, client, config, faults=None, progress=None,
     one is not there yet). ``partitions`` maps the ids of the :class:`DaskPartition`
     splits of map tasks over a persisted dataset to their futures. Returns ``(fetched,
     phases, slots, dask workers)``."""
-    from mergeagg.runtime.local import _hint, _Progress, _second_stage
+    from mergeagg.runtime.local import _dispatch, _hint, _Progress, _second_stage
 
     t_start = clock()
     client, owned = _connect(client)

@@ -473,6 +473,8 @@ def _hint(policy):
 
 
 def _dispatch(policy, ev, now):
+    """Feed one executor event to the policy (the local and the Dask executors' events
+    have the same shapes)."""
     tag = ev[0]
     if tag == "hb":
         policy.heartbeat(ev[1], now)
@@ -482,7 +484,8 @@ def _dispatch(policy, ev, now):
         policy.finished(aid, ref, fp, now, stats)
     elif tag == "fail":
         _, aid, kind, err, tb, lost, wid = ev
-        policy.heartbeat(wid, now)
+        if wid is not None:  # a Dask attempt that failed before it was placed has none
+            policy.heartbeat(wid, now)
         policy.failed(aid, err, now, traceback=tb, kind=kind, lost=lost)
     elif tag == "joined":
         policy.worker_joined(ev[1], now)
