@@ -23,6 +23,7 @@ reads the split and applies the dataset's ``load`` function. The task's stats sa
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -460,6 +461,10 @@ class _Worker:
 def serve(wid, conn, heartbeat_interval, workdir):
     """The worker process's main function (the target the executor starts)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's to handle
+    # A forked worker inherits its parent's heap (a benchmark's input lists, a notebook's
+    # data): never traverse it in this process's collections (a keyed reducer ran 3-5x
+    # slower without this, under a parent holding 2 million tuples).
+    gc.freeze()
     os.makedirs(workdir, exist_ok=True)
     w = _Worker(wid, conn, workdir)
     signal.signal(signal.SIGUSR1, w._on_signal)
