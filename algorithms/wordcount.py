@@ -27,10 +27,41 @@ def count_words(shard, lowercase=False):
     text_of = getattr(shard, "text", None)
     if text_of is not None:
         text = text_of()
-        return Counter((text.lower() if lowercase else text).split())
+        return _count_text(text.lower() if lowercase else text)
     counts = Counter()
     for line in shard:
         counts.update((line.lower() if lowercase else line).split())
+    return counts
+
+
+_CHUNK = 4096
+
+
+def _count_text(text):
+    """Counter of the words of ``text``, split a few kilobytes of whole lines at a time.
+
+    One ``text.split()`` of a 16 MB split makes millions of strings before the first is
+    counted, and counting them then misses the CPU cache on every one; cut at line ends
+    every ~4 KiB, each piece's words are counted while they are still in cache (1.45x
+    faster on a quiet machine, 1.05-1.1x when other processes share the cache; see
+    ``benchmarks/bench_wordcount.py``). Words never span a line end, so the
+    count is the same. Cost: O(characters).
+
+    >>> text = "a b" + chr(10) + "b "
+    >>> _count_text(text * 3000) == Counter(text.split() * 3000)
+    True
+    """
+    counts = Counter()
+    update = counts.update
+    find = text.find
+    n = len(text)
+    pos = 0
+    while pos < n:
+        end = find("\n", pos + _CHUNK)
+        if end < 0:
+            end = n
+        update(text[pos:end].split())
+        pos = end + 1
     return counts
 
 
