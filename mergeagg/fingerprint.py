@@ -215,13 +215,14 @@ def _bulk_str(items, tag):
 
 
 def _bulk_number(items, kind, tag):
-    rec = np.empty(len(items), dtype=[("t", "S1"), ("v", kind)])
     try:
-        rec["v"] = items
+        values = np.array(items, dtype=kind)
     except OverflowError:
         raise _NotBulk from None
-    rec["t"] = tag
-    return rec.view(np.uint8), np.full(len(items), 9, dtype=np.int64)
+    out = np.empty((len(items), 9), dtype=np.uint8)
+    out[:, 0] = ord(tag)
+    out[:, 1:] = values.view(np.uint8).reshape(-1, 8)
+    return out.reshape(-1), np.full(len(items), 9, dtype=np.int64)
 
 
 def _bulk_sequence(items, tags):
@@ -288,10 +289,10 @@ def _bulk(items):
     n = len(items)
     if n == 0:
         return _EMPTY, _NO_LENS
-    kinds = list(map(type, items))
-    types = set(kinds)
+    types = set(map(type, items))
     if len(types) == 1:
-        return _bulk_one_type(items, kinds[0])
+        return _bulk_one_type(items, type(items[0]))
+    kinds = list(map(type, items))
     # Mixed types: encode each type's run, then gather the encodings back into order.
     parts, lens = [], np.empty(n, dtype=np.int64)
     where_of = {}
@@ -558,13 +559,13 @@ class Fingerprinter:
         values' encodings built by the bulk encoder and hashed one by one), then scattered
         back into place. Identical to :meth:`_digest_one` item by item.
         """
-        kinds = list(map(type, items))
-        types = set(kinds)
+        types = set(map(type, items))
         if len(types) == 1:
             try:
-                return self._digest_run(items, kinds[0])
+                return self._digest_run(items, type(items[0]))
             except _NotBulk:
                 return self._digest_each(items, range(len(items)))
+        kinds = list(map(type, items))
         out = np.empty((len(items), 2), dtype=np.uint64)
         where_of = {}
         for i, t in enumerate(kinds):

@@ -200,3 +200,19 @@ def test_keyed_index_on_workers_with_a_death_and_part_files(tmp_path, capsys):
     assert cli_main(["run", "invertedindex", str(path), "--workers", "0", "--keyed",
                      "--partitions", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == f"fingerprint {clean.fingerprint}"
+
+
+ANY_ID = st.one_of(st.integers(-(2**70), 2**70), st.text(max_size=3), st.booleans())
+
+
+@given(st.lists(st.tuples(ANY_ID, st.lists(WORDS, max_size=8).map(" ".join)), max_size=25))
+def test_postings_map_equals_the_word_at_a_time_loop(docs):
+    # The shard-at-a-time map must build exactly the dict the plain loop builds: the same
+    # words in first-seen order, each with its documents in record order (repeats kept).
+    expected = {}
+    for doc, text in docs:
+        for word in dict.fromkeys(tokenize(text)):
+            expected.setdefault(word, []).append(doc)
+    got = index_map(docs)
+    assert list(got.items()) == list(expected.items())
+    assert all(type(a) is type(b) for w in got for a, b in zip(got[w], expected[w]))
