@@ -191,12 +191,38 @@ def _parse_chunk(data, where):
     n = len(data)
     buf = np.zeros(n + 9, dtype=np.uint8)  # 8 bytes of padding for the key gather
     buf[:n] = np.frombuffer(data, dtype=np.uint8)
+    bounds = _one_separator_bounds(buf, n)
+    if bounds is not None:
+        return _token_keys(buf, *bounds)
     flags = np.zeros(n + 2, dtype=np.int8)
     np.greater(buf[:n], 32, out=flags[1:-1].view(bool))  # space and controls separate
     bounds = np.flatnonzero(flags[1:] != flags[:-1])
     starts, ends = bounds[0::2].copy(), bounds[1::2].copy()  # contiguous: faster gathers
     _check_lines(buf, starts, ends, where)
     return _token_keys(buf, starts, ends)
+
+
+def _one_separator_bounds(buf, n):
+    """``(starts, ends)`` of the tokens when every line of ``buf[:n]`` is ``src``, one
+    separator byte, ``dst``, a newline (the usual edge list), else ``None``.
+
+    One pass over the bytes finds the separators (bytes <= 32), half as many positions as
+    token bounds; the line check is then on them alone: they alternate between a non-newline
+    and a newline, and no two are adjacent (no empty token, no blank line).
+    """
+    sep = np.flatnonzero(buf[:n] <= 32)
+    m = len(sep)
+    if m == 0 or m % 2 or sep[0] == 0 or sep[-1] != n - 1:
+        return None
+    nl = buf[sep]
+    if (nl[0::2] == 10).any() or not (nl[1::2] == 10).all():
+        return None
+    if m > 1 and (sep[1:] - sep[:-1]).min() < 2:
+        return None
+    starts = np.empty(m, dtype=sep.dtype)
+    starts[0] = 0
+    np.add(sep[:-1], 1, out=starts[1:])
+    return starts, sep
 
 
 def _check_lines(buf, starts, ends, where):
@@ -316,7 +342,7 @@ class TokenTable:
             values = _decimal_values(keys)
             top = int(values.max())
             if top < 16 * self.n + 1024 and len(_unique(values)) == self.n:
-                self.dense = np.full(top + 1, -1, dtype=np.int32)
+                self.dense = np.full(top + 1, -1, dtype=np.int32)  # small: stays in cache
                 self.dense[values.view(np.int64)] = np.arange(self.n, dtype=np.int32)
                 return
         bits = max(4, int(np.ceil(np.log2(max(self.n, 1) * 4))))
@@ -352,13 +378,17 @@ class TokenTable:
                 raise KeyError(f"node {_names(k[~ok][:1])[0]!r} is not in the node table")
             return ids.astype(np.intp)
         if self.dense is not None:
-            values = _decimal_values(k)
-            np.minimum(values, np.uint64(len(self.dense) - 1), out=values)
-            ids = self.dense[values.view(np.int64)]
-            bad = (ids < 0) | (self.keys[ids] != k)
+            ids = np.empty(len(k), dtype=np.intp)
+            top = np.uint64(len(self.dense) - 1)
+            for lo in range(0, len(k), _DECIMAL_CHUNK):  # each chunk's passes in cache
+                values = _decimal_values(k[lo:lo + _DECIMAL_CHUNK])
+                np.minimum(values, top, out=values)
+                ids[lo:lo + _DECIMAL_CHUNK] = self.dense[values.view(np.int64)]
+            bad = self.keys[ids] != k  # an id of -1 reads the last key: checked below
+            bad |= ids < 0
             if bad.any():
                 raise KeyError(f"node {_names(k[bad][:1])[0]!r} is not in the node table")
-            return ids.astype(np.intp)
+            return ids
         pos = self._hash(k)
         ids = self.slot_ids[pos]
         todo = np.flatnonzero((ids < 0) | (self.keys[ids] != k))
@@ -382,7 +412,10 @@ _SWAR = ((np.uint64(8), np.uint64(10), np.uint64(0x00FF00FF00FF00FF)),
          (np.uint64(32), np.uint64(10000), np.uint64(0xFFFFFFFF)))
 
 
-def _decimal_values(k, chunk=8192):
+_DECIMAL_CHUNK = 32768
+
+
+def _decimal_values(k, chunk=_DECIMAL_CHUNK):
     """The number each packed key spells if it is decimal digits (garbage otherwise, which
     the table's check against the keys rejects): SWAR over the 8 bytes of each key, in
     place, ``chunk`` keys at a time (the dozen passes then stay in cache)."""

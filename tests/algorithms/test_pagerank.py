@@ -12,6 +12,8 @@ import networkx as nx
 import numpy as np
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mergeagg as ma
 from mergeagg import Session
@@ -71,6 +73,38 @@ def test_parse_in_chunks_equals_one_piece_and_numbers_lines_across_chunks(monkey
     number = bad.split("\n").index(lines[250] + " extra") + 1
     with pytest.raises(InputError, match=f"line {number} .* 3 token"):
         parse_edges(bad)
+
+
+def reference_parse(text):
+    """Edges of ``text`` by ``str.split`` line by line, or the number of the first line
+    without exactly two tokens."""
+    edges = []
+    for number, line in enumerate(text.split("\n"), 1):
+        tokens = line.split("#", 1)[0].split()
+        if tokens and len(tokens) != 2:
+            return number
+        if tokens:
+            edges.append(tuple(tokens))
+    return edges
+
+
+@given(st.lists(st.tuples(st.sampled_from(["1", "22", "333", "0x", "a_long_token", "", "7 8"]),
+                          st.sampled_from([" ", "\t", "  ", "\v", ""]),
+                          st.sampled_from(["9", "10", "", "b c", "longer_than_8"]),
+                          st.sampled_from(["\n", " \n", "\r\n", "\n\n", " # c\n"])),
+                max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_parse_equals_a_line_by_line_split(parts):
+    # Lines with one separator byte take the fast path, others the general one: both
+    # must give str.split's tokens, and name the same bad line.
+    text = "".join(a + sep + b + end for a, sep, b, end in parts)
+    expected = reference_parse(text)
+    if isinstance(expected, int):
+        with pytest.raises(InputError, match=f"line {expected} "):
+            parse_edges(text)
+        return
+    b = parse_edges(text)
+    assert list(zip(keys_of(b.src), keys_of(b.dst))) == expected
 
 
 def test_parse_of_an_empty_or_comment_only_text_gives_no_edges():
