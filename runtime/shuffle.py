@@ -38,6 +38,9 @@ import os
 import pickle
 import struct
 import zlib
+from collections import Counter
+from itertools import islice
+from operator import itemgetter
 
 import numpy as np
 
@@ -293,13 +296,14 @@ def _sorted_by_partition(keys, values, partitions, salted=None, salt=0):
     h = key_hashes(keys)
     part = h % np.uint64(partitions)
     if salted:
-        mask = np.fromiter((k in salted for k in keys), dtype=bool, count=len(keys))
+        mask = np.fromiter(map(salted.__contains__, keys), dtype=bool, count=len(keys))
         part[mask] = (h[mask] + np.uint64(salt)) % np.uint64(partitions)
     order = np.lexsort((h, part))
     h = h[order]
     part = part[order]
-    keys = [keys[i] for i in order.tolist()]
-    values = [values[i] for i in order.tolist()]
+    order = order.tolist()
+    keys = list(map(keys.__getitem__, order))
+    values = list(map(values.__getitem__, order))
     bounds = np.searchsorted(part, np.arange(partitions + 1, dtype=np.uint64))
     return h, part, keys, values, bounds
 
@@ -375,14 +379,17 @@ def run_map(spec, records, directory, worker, key):
                                        counters))
                 table = None  # from here on, no combining: the fold continues at the merge
                 break
-    for k, v in pairs:
-        n += 1
-        raw_keys.append(k)
-        raw_values.append(v)
-        if limit and len(raw_keys) % _CHECK_EVERY == 0 and \
+    while True:
+        # _CHECK_EVERY pairs at a time, split into keys and values by C loops.
+        block = list(islice(pairs, _CHECK_EVERY))
+        n += len(block)
+        _split_pairs(block, raw_keys, raw_values)
+        if limit and len(raw_keys) % _CHECK_EVERY == 0 and raw_keys and \
                 sizer.estimate(zip(raw_keys, raw_values), len(raw_keys)) > limit:
             runs.append(_write_run(directory, len(runs), raw_keys, raw_values, R, counters))
             raw_keys, raw_values = [], []
+        if len(block) < _CHECK_EVERY:
+            break
     counters["records_in"] = n
     fp = Fingerprinter()
     buckets = []
@@ -394,9 +401,7 @@ def run_map(spec, records, directory, worker, key):
             keys, values = raw_keys, raw_values
         if spec.salt is not None and R > 1 and n:
             if counts is None:
-                counts = {}
-                for k in raw_keys:
-                    counts[k] = counts.get(k, 0) + 1
+                counts = Counter(raw_keys)
             threshold = max(_MIN_HOT, spec.salt * n)
             hot = [k for k, c in counts.items() if c >= threshold]
         index = int(key.rsplit("-", 1)[1]) if "-" in str(key) else 0
@@ -419,6 +424,28 @@ def run_map(spec, records, directory, worker, key):
     if hot:
         fp.update(sorted(key_hashes(hot).tolist()))
     return MapOutput(worker, key, directory, buckets, hot), fp.hexdigest(), counters
+
+
+_first, _second = itemgetter(0), itemgetter(1)
+
+
+def _split_pairs(block, keys, values):
+    """Append the keys and the values of the ``(key, value)`` pairs in ``block``.
+
+    Pairs that are tuples or lists of two go through ``map`` (no Python-level loop); any
+    other item is unpacked as ``for k, v in`` would, raising the same error for an item
+    that is not a pair, so nothing is ever silently cut.
+    """
+    if set(map(type, block)) <= _PAIR_TYPES and set(map(len, block)) <= {2}:
+        keys.extend(map(_first, block))
+        values.extend(map(_second, block))
+        return
+    for k, v in block:
+        keys.append(k)
+        values.append(v)
+
+
+_PAIR_TYPES = {tuple, list}
 
 
 def _write_frames(writer, fp, h, keys, values):

@@ -313,3 +313,23 @@ def test_salting_regroups_float_sums_but_stays_deterministic():
     for k in plain.value:
         assert abs(a.value[k] - plain.value[k]) <= 1e-9 * sum(abs(v) for v in vals)
 
+
+
+@pytest.mark.parametrize("bad", [("b", 2, 3), ("b",), 7, "bc!"])
+@pytest.mark.parametrize("combiner", [True, False])
+def test_a_map_item_that_is_not_a_pair_fails_the_task_and_is_never_cut(bad, combiner):
+    # Pairs are split in bulk; an item of another length or type must still fail the task
+    # as unpacking it would, not lose or invent a value.
+    shard = [("a", 1)] * 600 + [bad] + [("a", 1)]
+    job = ma.KeyedJob(pairs_map, add)
+    with pytest.raises(Exception, match="unpack"):
+        ma.run(job, [shard], workers=0, partitions=2, combiner=combiner)
+
+
+def test_pairs_given_as_lists_or_tuple_subclasses_count_like_tuples():
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "key value")
+    shard = [["a", 1], Pair("b", 2), ("a", 3)] * 400
+    r = ma.run(ma.KeyedJob(pairs_map, add), [shard], workers=0, partitions=2, combiner=False)
+    assert r.value == {"a": 1600, "b": 800}
