@@ -44,9 +44,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 import pickle
+from itertools import compress, repeat
+from operator import itemgetter
 
 from mergeagg import inputs as _inputs
 from mergeagg.aggregator import Aggregator
@@ -214,13 +217,24 @@ def group_map(pairs, spec):
     return groups
 
 
-class Group(list):
-    """One key's ``[left rows, right rows]``: a plain list that fingerprints fast.
+def _group_rows(side, keys, rows, header):
+    """:func:`group_map` for one side's CSV rows, kept as ``(header, fields)``."""
+    groups = {}
+    get = groups.get
+    for key, row in zip(keys, zip(repeat(header), rows)):
+        group = get(key)
+        if group is None:
+            groups[key] = group = Group(([], []))
+        group[side].append(row)
+    return groups
 
-    Its fingerprint stands in the SHA-256 of its canonical JSON when every row is a dict
-    of str keys to JSON scalars (the keyed runtime fingerprints every group it shuffles,
-    and small dicts one by one are slow); otherwise it is the list's own.
-    Cost of the fingerprint: one ``json.dumps`` of the group.
+
+class Group(list):
+    """One key's ``[left rows, right rows]``: a plain list (a CSV row travels as
+    ``(header, fields)`` until the join emits it as a dict; see :func:`finalize_group`).
+
+    It fingerprints as the list of its rows, which the fingerprint encodes in bulk when the
+    runtime fingerprints a run of groups it shuffles. Cost of the fingerprint: O(rows).
 
     >>> Group(([{"k": "1"}], [])) == [[{"k": "1"}], []]
     True
@@ -229,8 +243,6 @@ class Group(list):
     __slots__ = ()
 
     def __mergeagg_fingerprint__(self):
-        if _row_kinds(self[0] + self[1])[0]:
-            return json_digest("JoinGroup", list(self))
         return list(self)
 
 
@@ -261,13 +273,22 @@ def finalize_group(key, group, how):
     """
     left_rows, right_rows = group[0], group[1]
     if key is not None and left_rows and right_rows:
+        left_rows, right_rows = _records(left_rows), _records(right_rows)
         return [(lrow, rrow) for lrow in left_rows for rrow in right_rows]
     out = []
     if how in ("left", "full"):
-        out.extend((lrow, None) for lrow in left_rows)
+        out.extend((lrow, None) for lrow in _records(left_rows))
     if how in ("right", "full"):
-        out.extend((None, rrow) for rrow in right_rows)
+        out.extend((None, rrow) for rrow in _records(right_rows))
     return out
+
+
+def _records(rows):
+    """Rows as records: a CSV row travels as ``(header, fields)`` and becomes its dict here,
+    where it is emitted (a mapping record is itself)."""
+    if all(type(r) is dict for r in rows):
+        return rows
+    return [r if type(r) is dict else dict(zip(r[0], r[1])) for r in rows]
 
 
 # -- the broadcast side ----------------------------------------------------------------------
@@ -312,8 +333,77 @@ class Broadcast:
 
     stream: str
     small: _SmallSide
-    header: tuple | None = None  # a CSV stream split read as raw lines: its file's header
-    skip_first: bool = False  # ... and whether its first line is that header
+
+
+class _CsvPiece:
+    """A split of a CSV file that the join reads and parses itself (``read_split`` hands it
+    over as is: it is the payload of an in-memory split, a descriptor, never data).
+
+    The worker reads the byte range, splits lines and fields in bulk (``str.split`` when
+    the text has no quote or CR, else the ``csv`` module), and the join keeps a row as
+    ``(header, fields)`` until it emits it: a dict per row only where one is output.
+    ``tag`` is the side's name (reduce side) or a :class:`Broadcast` (streamed side).
+    """
+
+    __slots__ = ("split", "tag", "header", "skip_first", "bytes_read")
+
+    def __init__(self, split, tag, header, skip_first):
+        self.split, self.tag, self.header, self.skip_first = split, tag, header, skip_first
+        self.bytes_read = 0
+
+    def __getstate__(self):
+        return (self.split, self.tag, self.header, self.skip_first)
+
+    def __setstate__(self, state):
+        self.split, self.tag, self.header, self.skip_first = state
+        self.bytes_read = 0
+
+    def side(self):
+        return self.tag.stream if isinstance(self.tag, Broadcast) else self.tag
+
+    def rows(self):
+        """The split's rows as lists of fields, the header line skipped; each checked to
+        have the header's width (an :class:`InputError` names the first that has not)."""
+        shard = _inputs.TextShard(self.split)
+        text = shard.text()
+        self.bytes_read = shard.bytes_read
+        if '"' in text or "\r" in text:
+            rows = [r for r in csv.reader(io.StringIO(text)) if r]
+            if self.skip_first and rows:
+                del rows[0]
+        else:
+            lines = text.split("\n")
+            if self.skip_first:
+                del lines[0]
+            if "" in lines:
+                lines = [ln for ln in lines if ln]
+            rows = [ln.split(",") for ln in lines]
+        width = len(self.header)
+        if rows and set(map(len, rows)) != {width}:
+            row = next(r for r in rows if len(r) != width)
+            raise InputError(f"a CSV row of the {self.side()} side has {len(row)} fields, the "
+                             f"header has {width}: {row!r:.80} ({self.split.path}, split "
+                             f"{self.split.id})")
+        return rows
+
+    def keys(self, rows, spec):
+        """Each row's join key (``None`` when null), in row order."""
+        side = self.side()
+        cols = spec.left if side == LEFT else spec.right
+        header = self.header
+        where = [header.index(c) if c in header else None for c in cols]
+        if None in where:
+            return [None] * len(rows)
+        if len(where) == 1:
+            keys = list(map(itemgetter(where[0]), rows))
+            if spec.empty_is_null and "" in keys:
+                keys = [k or None for k in keys]
+            return keys
+        get = itemgetter(*where)
+        keys = list(map(get, rows))
+        if spec.empty_is_null:
+            keys = [None if "" in k else k for k in keys]
+        return keys
 
 
 _TABLE_CACHE = {}
@@ -409,11 +499,10 @@ def _plain_keys(groups):
 
 
 class JoinRows(list):
-    """A join's result: a plain list of ``(left, right)`` pairs, with a fast fingerprint.
+    """A join's result: a plain list of ``(left, right)`` pairs.
 
-    Its fingerprint stands in the SHA-256 of the canonical JSON of the pairs when every row
-    is a dict of str keys to JSON scalars (CSV and JSON-lines rows are), and is the list's
-    own otherwise. Cost of the fingerprint: one ``json.dumps`` of the result.
+    It fingerprints as that list (the fingerprint encodes runs of them in bulk, rows and
+    all, when the runtime fingerprints a keyed join's output). Cost: O(rows).
 
     >>> rows = JoinRows([({"k": "1"}, None)])
     >>> rows == [({"k": "1"}, None)], isinstance(rows, list)
@@ -423,9 +512,6 @@ class JoinRows(list):
     __slots__ = ()
 
     def __mergeagg_fingerprint__(self):
-        rows = list(_pair_rows(self)) if len(self) <= 8 else _pair_rows(self)
-        if _row_kinds(rows)[0]:
-            return json_digest("JoinRows", list(self))
         return list(self)
 
 
@@ -465,18 +551,24 @@ class _Join:
 
     def partial(self, shard):
         acc = _JoinAcc()
+        if type(shard) is _CsvPiece:
+            tag = shard.tag
+            rows = shard.rows()
+            keys = shard.keys(rows, self.spec)
+            if isinstance(tag, Broadcast):
+                acc.small = tag.small
+                self._prober(acc, tag).rows(keys, rows, shard.header)
+            else:
+                acc.groups = _group_rows(_SIDE_INDEX[tag], keys, rows, shard.header)
+            return acc
         reduce_side = []
         probe = None
-        lines = []
         for tag, record in shard:
             if isinstance(tag, Broadcast):
                 if probe is None:
                     acc.small = tag.small
                     probe = self._prober(acc, tag)
-                    csv_tag = tag if tag.header is not None else None
-                if csv_tag is not None:
-                    lines.append(record)
-                elif record is not None:
+                if record is not None:
                     probe(record)
             elif tag in _SIDE_INDEX:
                 reduce_side.append((tag, record))
@@ -485,36 +577,7 @@ class _Join:
                                  f"join_source), got the tag {tag!r}")
         if reduce_side:
             acc.groups = group_map(reduce_side, self.spec)
-        if lines:
-            self._probe_csv_lines(csv_tag, lines, probe)
         return acc
-
-    def _probe_csv_lines(self, tag, lines, probe):
-        """Parse a CSV split's raw lines and probe them, building a row's dict only when
-        the row is emitted (most rows of a selective broadcast join never are)."""
-        header = tag.header
-        width = len(header)
-        cols = self.spec.left if tag.stream == LEFT else self.spec.right
-        where = [header.index(c) if c in header else None for c in cols]
-        empty = self.spec.empty_is_null
-        reader = csv.reader(lines)
-        if tag.skip_first:
-            next(reader, None)
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != width:
-                raise InputError(f"a CSV row of the {tag.stream} side has {len(row)} fields, "
-                                 f"the header has {width}: {row!r:.80}")
-            parts = []
-            for i in where:
-                v = None if i is None else row[i]
-                if v is None or (empty and not v):
-                    parts = None
-                    break
-                parts.append(v)
-            key = None if parts is None else (parts[0] if len(parts) == 1 else tuple(parts))
-            probe.keyed(key, row, header)
 
     def _prober(self, acc, tag):
         """The function that joins one streamed record against the small side's table."""
@@ -525,9 +588,16 @@ class _Join:
         track = self.how in ("full", tag.small.side)
         pairs, matched = acc.pairs, acc.matched
 
-        def keyed(key, fields, header):
-            """Probe a CSV row given as its key and its fields (a dict only if emitted)."""
-            if (key is not None and key in table) or keep_unmatched:
+        def probe_rows(keys, rows, header):
+            """Probe CSV rows given as their keys and fields (a dict only if emitted)."""
+            if keep_unmatched:
+                for key, fields in zip(keys, rows):
+                    emit(key, dict(zip(header, fields)))
+                return
+            # Only rows whose key is in the table are emitted: pick them out in C. A null
+            # key is None, never in the table.
+            hits = compress(zip(keys, rows), map(table.__contains__, keys))
+            for key, fields in hits:
                 emit(key, dict(zip(header, fields)))
 
         def probe(record):
@@ -551,7 +621,7 @@ class _Join:
                     out = pairs[key] = []
                 out.append((record, None) if stream == LEFT else (None, record))
 
-        probe.keyed = keyed
+        probe.rows = probe_rows
         return probe
 
     @staticmethod
@@ -649,6 +719,16 @@ class _KeyedGroups:
         self.spec = state
 
     def __call__(self, shard):
+        if type(shard) is _CsvPiece:
+            if shard.tag not in _SIDE_INDEX:
+                raise ValueError("a keyed join repartitions both sides: build its source with "
+                                 "join_source(..., strategy='reduce')")
+            rows = shard.rows()
+            groups = _group_rows(_SIDE_INDEX[shard.tag], shard.keys(rows, self.spec), rows,
+                                 shard.header)
+            if None in groups:
+                groups[None].append(True)
+            return groups
         tagged = []
         for tag, record in shard:
             if tag in _SIDE_INDEX:
@@ -764,15 +844,13 @@ class _Side:
         return _SmallSide(self.name, paths=self.paths, format=self.format)
 
     def tagged(self, tag):
-        splits = [dataclasses.replace(sp, tag=tag) for sp in self.source.splits()]
-        return _inputs.Source(splits, f"{self.name}: {self.source.description}")
-
-    def streamed(self, tag):
-        """This side's splits tagged to stream past a broadcast table. CSV splits are read
-        as raw lines (their tag carries the header), so that the join parses them itself
-        and builds dicts only for the rows it emits."""
+        """This side's splits, its records tagged with ``tag`` (a side's name or a
+        :class:`Broadcast`). A CSV file's splits become :class:`_CsvPiece` descriptors, so
+        that the join reads and parses them itself and builds a dict only for a row it
+        emits; other records come as ``(tag, record)`` pairs."""
         if self.format != "csv":
-            return self.tagged(tag)
+            splits = [dataclasses.replace(sp, tag=tag) for sp in self.source.splits()]
+            return _inputs.Source(splits, f"{self.name}: {self.source.description}")
         headers = {}
         splits = []
         for sp in self.source.splits():
@@ -782,9 +860,13 @@ class _Side:
             if sp.path not in headers:
                 with open(sp.path, newline="", encoding="utf-8") as f:
                     headers[sp.path] = tuple(next(csv.reader(f), ()))
-            own = dataclasses.replace(tag, header=headers[sp.path], skip_first=sp.start == 0)
-            splits.append(dataclasses.replace(sp, tag=own, format="text"))
+            piece = _CsvPiece(sp, tag, headers[sp.path], sp.start == 0)
+            splits.append(_inputs.Split(index=sp.index, id=sp.id, kind="memory", path=sp.path,
+                                        start=sp.start, end=sp.end, payload=piece,
+                                        format="csv", errors=sp.errors))
         return _inputs.Source(splits, f"{self.name}: {self.source.description}")
+
+    streamed = tagged
 
 
 def _expand(side):

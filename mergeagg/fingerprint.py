@@ -154,7 +154,6 @@ _HEADER = np.dtype([("t", "S1"), ("n", "<u8")])
 _EMPTY = np.zeros(0, dtype=np.uint8)
 _NO_LENS = np.zeros(0, dtype=np.int64)
 _BULK_CHUNK = 4096  # items per bulk-encoded piece of a long sequence
-_CONTAINERS = frozenset((list, tuple))
 _SHA_E = hashlib.sha256(b"e")  # a nested per-entry digest hashes "e" + the encoding
 
 
@@ -245,10 +244,55 @@ def _bulk_hooked(items, t):
     return _splice(np.frombuffer(prefix, dtype=np.uint8)[None, :], data, lens)
 
 
-# Types that _encode handles before it would look for a hook (a subclass of one of them is
-# encoded as that type, never through its hook): the bulk encoder leaves them alone.
-_NOT_HOOKED = (str, int, float, bytes, bytearray, complex, tuple, list, dict, set,
-               frozenset, np.ndarray, np.generic, fractions.Fraction, decimal.Decimal)
+# Types whose subclasses _encode encodes as the type itself, never through a hook (it
+# tests them with isinstance before it looks for one): the bulk encoder leaves them alone.
+_NOT_HOOKED = (str, int, float, tuple, dict, np.ndarray, np.generic, fractions.Fraction,
+               decimal.Decimal)
+
+
+def _lane_sums(d0, d1, counts):
+    """Per-group sums mod 2**64 of two digest lanes, groups given by their sizes."""
+    n = len(counts)
+    s0 = np.zeros(n, dtype=np.uint64)
+    s1 = np.zeros(n, dtype=np.uint64)
+    full = counts > 0
+    if full.any():
+        starts = (np.cumsum(counts) - counts)[full]
+        s0[full] = np.add.reduceat(d0, starts)
+        s1[full] = np.add.reduceat(d1, starts)
+    return s0, s1
+
+
+def _sums_record(tag, counts, s0, s1):
+    rec = np.empty(len(counts), dtype=[("t", "S1"), ("n", "<u8"), ("a", "<u8"), ("b", "<u8")])
+    rec["t"], rec["n"], rec["a"], rec["b"] = tag, counts, s0, s1
+    return rec.view(np.uint8), np.full(len(counts), 25, dtype=np.int64)
+
+
+def _bulk_dict(items):
+    """Encodings of mappings: tag, length, the two lane sums of their entries' digests."""
+    counts = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+    keys = list(chain.from_iterable(items))
+    values = list(chain.from_iterable(x.values() for x in items))
+    if len(keys) != len(values):  # pragma: no cover - a mapping that iterates oddly
+        raise _NotBulk
+    f = Fingerprinter()
+    try:
+        kd, vd = f._digests(keys), f._digests(values)
+    except _Unsupported:
+        raise _NotBulk from None  # the item-by-item path says where
+    e0 = _smix(kd[:, 0] ^ _smix(vd[:, 0] + _ENTRY_K[0]))
+    e1 = _smix(kd[:, 1] ^ _smix(vd[:, 1] + _ENTRY_K[1]))
+    return _sums_record(b"d", counts, *_lane_sums(e0, e1, counts))
+
+
+def _bulk_set(items, tag):
+    counts = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+    try:
+        d = Fingerprinter()._digests(list(chain.from_iterable(items)))
+    except _Unsupported:
+        raise _NotBulk from None
+    return _sums_record(tag, counts, *_lane_sums(d[:, 0], d[:, 1], counts))
 
 
 def _bulk_one_type(items, t):
@@ -270,9 +314,23 @@ def _bulk_one_type(items, t):
                 np.ones(len(items), np.int64))
     if t is bytes:
         return _bulk_str(items, b"b")
+    if issubclass(t, dict):
+        return _bulk_dict(items)
+    if t is set or t is frozenset:
+        return _bulk_set(items, b"S" if t is set else b"Z")
     if not issubclass(t, _NOT_HOOKED) and hasattr(t, "__mergeagg_fingerprint__"):
         return _bulk_hooked(items, t)
     raise _NotBulk
+
+
+def _positions_by_type(items, types):
+    """``(type, positions)`` for each type present among ``items`` (positions ascending)."""
+    code = {t: i for i, t in enumerate(types)}
+    codes = np.fromiter(map(code.__getitem__, map(type, items)), dtype=np.int64,
+                        count=len(items))
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(code) + 1))
+    return [(t, order[bounds[i]:bounds[i + 1]]) for t, i in code.items()]
 
 
 def _bulk(items):
@@ -292,17 +350,12 @@ def _bulk(items):
     types = set(map(type, items))
     if len(types) == 1:
         return _bulk_one_type(items, type(items[0]))
-    kinds = list(map(type, items))
     # Mixed types: encode each type's run, then gather the encodings back into order.
     parts, lens = [], np.empty(n, dtype=np.int64)
-    where_of = {}
-    for i, t in enumerate(kinds):
-        where_of.setdefault(t, []).append(i)
     src_start = np.empty(n, dtype=np.int64)
     offset = 0
-    for t, where in where_of.items():
-        data, tl = _bulk_one_type([items[i] for i in where], t)
-        idx = np.array(where, dtype=np.int64)
+    for t, idx in _positions_by_type(items, types):
+        data, tl = _bulk_one_type(list(map(items.__getitem__, idx.tolist())), t)
         lens[idx] = tl
         starts = np.zeros(len(tl), dtype=np.int64)
         np.cumsum(tl[:-1], out=starts[1:])
@@ -484,7 +537,7 @@ class Fingerprinter:
         n = len(seq)
         buf += _pack_Q(n)
         done = 0
-        if n >= 16 or (n and type(seq[0]) in _CONTAINERS):
+        if n >= 16:
             # Whole runs at a time, byte for byte the item-by-item encoding; a run the bulk
             # encoder declines (an unsupported type somewhere) goes item by item.
             try:
@@ -565,16 +618,13 @@ class Fingerprinter:
                 return self._digest_run(items, type(items[0]))
             except _NotBulk:
                 return self._digest_each(items, range(len(items)))
-        kinds = list(map(type, items))
         out = np.empty((len(items), 2), dtype=np.uint64)
-        where_of = {}
-        for i, t in enumerate(kinds):
-            where_of.setdefault(t, []).append(i)
-        for t, where in where_of.items():
+        for t, idx in _positions_by_type(items, types):
+            where = idx.tolist()
             try:
-                out[where] = self._digest_run([items[i] for i in where], t)
+                out[idx] = self._digest_run(list(map(items.__getitem__, where)), t)
             except _NotBulk:
-                out[where] = self._digest_each(items, where)
+                out[idx] = self._digest_each(items, where)
         return out
 
     def _digest_run(self, items, t):
@@ -590,7 +640,7 @@ class Fingerprinter:
                 return _hash_strs(items, _BYTES_TAG)
         except OverflowError:
             raise _NotBulk from None
-        if len(items) < 4 or issubclass(t, np.generic):
+        if len(items) < 8 or issubclass(t, np.generic):
             raise _NotBulk
         # The first 16 bytes of SHA-256("e" + encoding), one hash per item over one buffer.
         data, lens = _bulk(items)

@@ -119,6 +119,13 @@ class _Stand:
         return self.value
 
 
+class _StandList(list):
+    """A list subclass with the hook: encoded through its hook, not as a list."""
+
+    def __mergeagg_fingerprint__(self):
+        return ("rows", list(self))
+
+
 def _reference(x):
     """The documented encoding, written out independently, one value at a time (the subset
     the bulk encoder handles)."""
@@ -154,7 +161,7 @@ _leaves = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
 _nested = st.recursive(
     _leaves,
     lambda inner: st.one_of(st.lists(inner, max_size=20), st.tuples(inner, inner),
-                            inner.map(_Stand)),
+                            inner.map(_Stand), st.lists(inner, max_size=4).map(_StandList)),
     max_leaves=80,
 )
 
