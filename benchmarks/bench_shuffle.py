@@ -88,14 +88,18 @@ def bench_wordcount(path, repeat, workers, with_dask):
     with contextlib.ExitStack() as stack:
         client = _dask_client(stack) if with_dask else None
         # Interleaved, so that a burst of load from elsewhere hits every side alike.
-        times = {"seq": [], "ma": [], "dask": []}
+        times = {"seq": [], "ma": [], "dask": [], "cpu": []}
         for _ in range(repeat):
+            c0 = time.process_time()
             t_seq, ref = timed(lambda: sequential_counter(path), 1)
+            c1 = time.process_time()
             t_ma, r = timed(lambda: ma.run(job, path, workers=workers, partitions=8,
                                            progress=False), 1)
+            c2 = time.process_time()
             assert r.value == ref, "keyed word count differs from the Counter loop"
             times["seq"].append(t_seq)
             times["ma"].append(t_ma)
+            times["cpu"].append((c1 - c0, c2 - c1))
             if client is not None:
                 t_dask, dv = timed(lambda: _dask_bag_frequencies(client, path), 1)
                 assert dv == dict(ref), "dask.bag differs from the Counter loop"
@@ -106,6 +110,12 @@ def bench_wordcount(path, repeat, workers, with_dask):
     print(f"    mergeagg keyed, {workers} workers, R=8: {t_ma:.2f}s -> "
           f"{t_seq / t_ma:.2f}x the Counter loop (target >= 1.5x); per run "
           + " ".join(f"{a / b:.2f}x" for a, b in zip(times["seq"], times["ma"])))
+    cpu_seq = statistics.median(c[0] for c in times["cpu"])
+    cpu_master = statistics.median(c[1] for c in times["cpu"])
+    task_seconds = sum(t.seconds for t in r.report.tasks)
+    print(f"    CPU seconds: Counter loop {cpu_seq:.2f}, mergeagg's master process "
+          f"{cpu_master:.2f}; its tasks ran {task_seconds:.2f}s on the workers (last run; "
+          f"{cpu_seq / task_seconds:.2f}x the loop's rate per worker)")
     if client is not None:
         t_dask = statistics.median(times["dask"])
         print(f"    dask.bag frequencies on LocalCluster(2x1): {t_dask:.2f}s; mergeagg is "
