@@ -333,3 +333,19 @@ def test_pairs_given_as_lists_or_tuple_subclasses_count_like_tuples():
     shard = [["a", 1], Pair("b", 2), ("a", 3)] * 400
     r = ma.run(ma.KeyedJob(pairs_map, add), [shard], workers=0, partitions=2, combiner=False)
     assert r.value == {"a": 1600, "b": 800}
+
+
+def test_tasks_raise_the_collector_thresholds_and_restore_them():
+    import gc
+
+    seen = []
+
+    def looking_map(shard):
+        seen.append(gc.get_threshold())
+        return iter(shard)
+
+    before = gc.get_threshold()
+    r = ma.run(ma.KeyedJob(looking_map, add), [[("a", 1)], [("a", 2)]], workers=0,
+               partitions=2)
+    assert r.value == {"a": 3} and gc.isenabled() and gc.get_threshold() == before
+    assert all(t[0] >= 100_000 for t in seen) and len(seen) == 2
