@@ -777,11 +777,12 @@ def _iterate(edges, mode, session, run, alpha, personalization, max_iter, tol, n
     names = _names(keys)
     invdeg = np.zeros(n)
     invdeg[deg > 0] = 1.0 / deg[deg > 0]
-    is_dangling = deg == 0
+    dangling_ids = np.flatnonzero(deg == 0)
     x = np.repeat(1.0 / n, n) if nstart is None else _vector(nstart, names, labels, "nstart")
     p = (np.repeat(1.0 / n, n) if personalization is None
          else _vector(personalization, names, labels, "personalization"))
     dw = p if dangling is None else _vector(dangling, names, labels, "dangling")
+    teleport = (1 - alpha) * p
     if mode == "cached":
         ids = session.persist(raw, load=_ToIds(keys))
         setup_bytes += ids.counters["cache_bytes_read"]
@@ -815,9 +816,16 @@ def _iterate(edges, mode, session, run, alpha, personalization, max_iter, tol, n
             side = int(value.pop(_SIDE))
             c = np.concatenate([value[b].array for b in range(blocks)])
         reports.append(res.report)
+        # x = alpha * (c + sum(xlast[dangling]) * dw) + (1 - alpha) * p, the same
+        # operations on the same operands as networkx's update, in place (the driver's
+        # share of a cached iteration).
         xlast = x
-        x = alpha * (c + np.sum(xlast[is_dangling]) * dw) + (1 - alpha) * p
-        err = np.absolute(x - xlast).sum()
+        x = np.multiply(dw, np.sum(xlast[dangling_ids]))
+        x += c
+        x *= alpha
+        x += teleport
+        np.subtract(x, xlast, out=c)
+        err = np.absolute(c, out=c).sum()
         result.iteration_seconds.append(time.perf_counter() - t)
         result.iteration_edge_bytes.append(res.report.bytes_read)
         result.iteration_bytes.append(res.report.bytes_read + side)
