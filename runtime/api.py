@@ -65,7 +65,8 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     hot there, default ``1 / partitions``); see ``docs/shuffle.md``.
 
     Cost: one ``partial`` per split, ``n - 1`` combines, one ``finalize`` and one
-    fingerprint of the value; on workers, also one fingerprint and one pickle per task
+    fingerprint of the value (none on workers when ``finalize`` is the identity: the root's
+    worker fingerprinted it); on workers, also one fingerprint and one pickle per task
     output.
 
     >>> import mergeagg as ma
@@ -221,7 +222,10 @@ def _commit_output(directory, value, fp):
 
     for name in os.listdir(directory):
         if name.startswith(".part-"):
-            os.unlink(os.path.join(directory, name))
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:  # a losing attempt still running removed its own
+                pass
     manifest = {"fingerprint": fp, "keys": len(value),
                 "parts": [os.path.basename(p) for p, _n in value.parts]}
     with open(os.path.join(directory, "_SUCCESS"), "w", encoding="utf-8") as f:

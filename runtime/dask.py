@@ -360,6 +360,12 @@ def _report_outcome(token, attempt, outcome):
     return outcome
 
 
+def _worker_address():
+    from distributed import get_worker
+
+    return get_worker().address
+
+
 def _workdir(token, worker=None):
     """This Dask worker's directory for job ``token``'s spill files."""
     if worker is None:
@@ -388,9 +394,10 @@ def read_bucket(map_outcome, r):
     """Bucket ``r`` of a keyed map output, read from its spill file on this Dask worker
     (the one that ran the map: the task is restricted to it).
 
-    Returns ``("ok", map task, salted keys, file bytes, entries)``, or ``("lost", map task,
-    why)`` when the file is gone; its reducer then fails with ``input_lost`` and the map
-    task runs again. The bytes keep their CRC framing: the reducer checks them.
+    Returns ``("ok", map task, salted keys, file bytes, entries, map fingerprint)``, or
+    ``("lost", map task, why)`` when the file is gone; its reducer then fails with
+    ``input_lost`` and the map task runs again. The bytes keep their CRC framing: the
+    reducer checks them. Cost: one read of the bucket's file.
     """
     out = map_outcome[1]
     path, _nbytes, entries = out.buckets[r]
@@ -399,7 +406,7 @@ def read_bucket(map_outcome, r):
             data = f.read()
     except OSError as exc:
         return ("lost", out.key, f"spill file {path} of {out.key} is unreadable: {exc}")
-    return ("ok", out.key, out.salted, data, entries)
+    return ("ok", out.key, out.salted, data, entries, map_outcome[2])
 
 
 def _run_keyed_attempt(spec, fault, token, key, attempt, kind, split, expected, hint,
@@ -434,6 +441,18 @@ def _run_keyed_attempt(spec, fault, token, key, attempt, kind, split, expected, 
                 return _report_outcome(token, attempt, (
                     "fail", "input_lost", "; ".join(b[2] for b in inputs if b[0] == "lost"),
                     "", lost))
+            for bucket, want in zip(inputs, expected):
+                if bucket[5] != want:
+                    return _report_outcome(token, attempt, (
+                        "fail", "nondeterministic",
+                        f"Dask handed {task_id} a bucket of {bucket[1]} recomputed with "
+                        f"fingerprint {bucket[5]}, but its first completion had {want}",
+                        "", ()))
+            if spec.output is not None and not os.path.isdir(spec.output):
+                raise FileNotFoundError(
+                    f"the output directory {spec.output} does not exist on Dask worker "
+                    f"{_worker_address()}: output= needs a file system that every worker "
+                    "and the driver share (NFS, a cluster file system)")
             r = int(task_id.rsplit("-", 1)[1])
             local = os.path.join(_workdir(token), attempt.replace("#", "_"))
             maps = _copy_buckets(inputs, r, local)
@@ -494,7 +513,7 @@ def _copy_buckets(buckets, r, directory):
     """Write the fetched buckets to local files; MapOutputs that point at them."""
     os.makedirs(directory, exist_ok=True)
     maps = []
-    for i, (_ok, map_task, salted, data, entries) in enumerate(buckets):
+    for i, (_ok, map_task, salted, data, entries, _fp) in enumerate(buckets):
         path = os.path.join(directory, f"in-{i}.spill")
         with open(path, "wb") as f:
             f.write(data)
@@ -529,7 +548,10 @@ class DaskExecutor:
         self.token = uuid.uuid4().hex[:12]
         self.payload = cloudpickle.dumps((payload, faults))
         self.keyed = isinstance(payload, KeyedSpec)
+        self.map_workers = set()  # addresses that ran keyed map attempts (spill files)
         self.buckets = {}  # (map attempt, r) -> Future of read_bucket on the map's worker
+        self._bucket_reads = 0
+        self.cleanup_timeout = 5.0
         self.partitions = partitions or {}  # DaskPartition.id -> Future of its Loaded
         self.digest = hashlib.blake2b(self.payload, digest_size=16).hexdigest()
         self.futures = {}  # attempt id -> Future (running, or its output still held)
@@ -567,11 +589,24 @@ class DaskExecutor:
         self.futures.clear()
         self.buckets.clear()
         _unsubscribe(self.client, self.token)
-        if self.keyed:
-            try:  # the spill files of every map attempt, on every worker
-                self.client.run(remove_workdir, self.token, on_error="ignore")
-            except Exception:  # a closing client or a lost worker: nothing more to do
-                pass
+        if self.map_workers:
+            # The spill files, on the workers that ran map attempts. Waited for a few
+            # seconds only: a hung worker must not hold up a finished job.
+            cleanup = threading.Thread(target=self._remove_spills, daemon=True,
+                                       name="mergeagg-dask-cleanup")
+            cleanup.start()
+            cleanup.join(self.cleanup_timeout)
+
+    def _remove_spills(self):
+        # Only on workers still in the cluster: a lost worker took its files with it, and
+        # the scheduler would spend its connect timeout on the dead address.
+        live = sorted(self.map_workers & set(self.known))
+        if not live:
+            return
+        try:
+            self.client.run(remove_workdir, self.token, workers=live, on_error="ignore")
+        except Exception:  # a closing client or a lost worker: nothing more to do
+            pass
 
     # -- the port --------------------------------------------------------------------------
 
@@ -709,6 +744,8 @@ class DaskExecutor:
         if self.keyed and a.kind == "reduce":
             part = int(a.attempt.rsplit("#", 1)[0].rsplit("-", 1)[1])
             inputs = [self._bucket(ref, part) for ref in a.inputs]
+        elif self.keyed and a.kind == "map":
+            self.map_workers.add(address)
         args = [self.payload, self.digest, self.token, key, a.attempt, a.kind, a.number,
                 a.split, expected, hint, *inputs]
         fut = self.client.submit(run_attempt, *args, key=key, pure=False,
@@ -720,12 +757,19 @@ class DaskExecutor:
         fut.add_done_callback(lambda f, aid=aid: self._queue.put(("future", aid, f)))
 
     def _bucket(self, ref, r):
-        """The future of bucket ``r`` of map output ``ref``, read on the map's worker."""
+        """The future of bucket ``r`` of map output ``ref``, read on the map's worker.
+
+        Kept until a reduce attempt of partition ``r`` completes, so that its backup or
+        retry does not need a thread on the map's worker again (that thread may be the
+        straggler's); then released, and Dask frees the bytes once no attempt needs them.
+        """
         fut = self.buckets.get((ref.key, r))
         if fut is None:
+            self._bucket_reads += 1
             fut = self.client.submit(
-                read_bucket, ref.future, r, key=f"mergeagg-{self.token}-{ref.key}-b{r}",
-                pure=False, workers=[slot_address(ref.worker)], allow_other_workers=False)
+                read_bucket, ref.future, r, pure=False, workers=[slot_address(ref.worker)],
+                allow_other_workers=False,
+                key=f"mergeagg-{self.token}-{ref.key}-b{r}-{self._bucket_reads}")
             self.buckets[(ref.key, r)] = fut
         return fut
 
@@ -735,7 +779,7 @@ class DaskExecutor:
 
     def _forget(self, attempt):
         fut = self.futures.pop(attempt, None)
-        if self.keyed:
+        if self.buckets:
             self._release_buckets(attempt=attempt)
         if fut is not None:
             fut.release()
@@ -762,9 +806,9 @@ class DaskExecutor:
             slot = self._launched_on.get(aid) or slot_name(msg["address"], 0)
             if msg["ok"]:
                 fut = self.futures.get(aid)
-                if self.keyed and aid.startswith("reduce-"):
-                    # Its copies of the buckets are no longer needed (a re-run reads the
-                    # spill files again).
+                if self.buckets and aid.startswith("reduce-"):
+                    # Partition r is done: its buckets' futures are no longer needed here
+                    # (an attempt still running holds its own inputs in Dask).
                     self._release_buckets(r=int(aid.rsplit("#", 1)[0].rsplit("-", 1)[1]))
                 ref = None
                 if fut is not None:
@@ -785,15 +829,21 @@ class DaskExecutor:
         if fut.status == "finished":
             self.unreported.setdefault(aid, time.monotonic())
             return
-        # Dask itself failed the attempt (not the user's code: that is caught inside).
+        # Dask itself failed the attempt (not the user's code, which is caught inside):
+        # an input it could not compute, such as a persisted partition whose load raised.
+        # Read the error before the future is released (it is gone after).
         self.reported.add(aid)
-        self._forget(aid)
+        kind, tb = "raise", ""
         if fut.status == "error":
             exc = fut.exception()
+            tb = "".join(traceback.format_tb(fut.traceback())) if fut.traceback() else ""
             error = f"Dask failed the attempt: {type(exc).__name__}: {exc}"
+            if isinstance(exc, InputError):
+                kind, error = "input", str(exc)
         else:
             error = f"Dask cancelled the attempt ({fut.status})"
-        out.append(("fail", aid, "raise", error, "", (), slot))
+        self._forget(aid)
+        out.append(("fail", aid, kind, error, tb, (), slot))
 
     def _check_unreported(self, out, grace=2.0):
         # A finished future whose event never came (should not happen: the event is sent

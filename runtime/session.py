@@ -148,10 +148,10 @@ class Session:
             raise RuntimeError("this Session is closed; start a new one")
         if self.dask is not None:
             if self.client is None:
-                from mergeagg.runtime.dask import _connect
+                from mergeagg.runtime.dask import _connect, _wait_for_workers
 
                 self.client, self._owns_client = _connect(self.dask)
-                self.client.wait_for_workers(1, timeout=60)
+                _wait_for_workers(self.client, 60)
                 info = self.client.scheduler_info(n_workers=-1)["workers"]
                 self.workers = sum(int(w.get("nthreads", 1)) for w in info.values())
             return self
@@ -232,8 +232,12 @@ class Session:
         if self.client is not None:
             ds.futures = self._submit_loads(ds)
         self.datasets[ds.id] = ds
-        self._run_fold(_LOAD_JOB, ds, fan_in=max(2, len(ds)), config=self._config({}),
-                       faults=None, progress=False)
+        try:
+            self._run_fold(_LOAD_JOB, ds, fan_in=max(2, len(ds)), config=self._config({}),
+                           faults=None, progress=False)
+        except BaseException:
+            self.unpersist(ds)  # a dataset that failed to load is not kept half-loaded
+            raise
         return ds
 
     def unpersist(self, dataset):
@@ -470,11 +474,18 @@ class Session:
         parts = [DaskPartition(ds.id, i, split.id) for i, split in enumerate(ds.splits())]
         futures = {p.id: ds.futures[p.index] for p in parts}
         tasks = make_tasks(parts)
-        # Locality: a map task prefers the worker holding its partition.
+        # Locality: a map task prefers the worker holding its partition, on one of that
+        # worker's slots in turn (a worker of n threads is n slots).
         who = self.client.who_has(ds.futures)
+        threads = {a: max(1, int(w.get("nthreads", 1))) for a, w in
+                   self.client.scheduler_info(n_workers=-1)["workers"].items()}
+        turn = {}
         for t, fut in zip(tasks[:len(parts)], ds.futures):
-            holders = who.get(fut.key) or ()
-            t.prefer = slot_name(sorted(holders)[0], 0) if holders else None
+            holders = [a for a in sorted(who.get(fut.key) or ()) if a in threads]
+            if holders:
+                a = holders[0]
+                turn[a] = turn.get(a, -1) + 1
+                t.prefer = slot_name(a, turn[a] % threads[a])
         policy = Policy(tasks, config)
         fetched, phases, _slots, _n = drive(policy, payload, fetch, client=self.client,
                                             config=config, faults=faults, progress=progress,
@@ -485,7 +496,9 @@ class Session:
         """Cache counters of a job over a dataset on Dask, from the lineage runs each map
         task's partition reported: a partition whose run ids were all seen before was a
         hit; a new run id is a load (a miss the first time, a rebuild by Dask after its
-        holder was lost) and adds the bytes that run read."""
+        holder was lost) and adds the bytes that run read. Dask rebuilds a lost partition
+        as soon as its holder dies (the session holds its future), so a rebuild is counted
+        by the first job that reads the rebuilt partition."""
         counts = dict.fromkeys(CACHE_COUNTERS, 0)
         for i in range(len(ds)):
             stats = policy.tasks[f"map-{i}"].stats or {}
@@ -497,7 +510,9 @@ class Session:
                 counts["cache_rebuilds"] += 1
             else:
                 counts["cache_misses"] += 1
-            counts["cache_bytes_read"] += sum(nbytes for _rid, nbytes in new)
+            nbytes = sum(nbytes for _rid, nbytes in new)
+            counts["cache_bytes_read"] += nbytes
+            report.bytes_read += nbytes
             self._runs_seen.update(rid for rid, _nbytes in new)
             ds.loaded_once.add(i)
         for k, v in counts.items():

@@ -6,7 +6,7 @@ seconds of start-up once. Its HTTP server takes a random loopback port: with
 ``dashboard_address=None`` the scheduler still tries port 8787 and warns (an error under
 our warning filters) when another cluster on the machine holds it. Tests that kill a worker
 leave the nanny to restart it; ``dask_client`` waits until both workers are back before
-handing the client to the next test.
+handing the client to the next test (and starts a new one should the nanny have given up).
 Without dask installed, the tests that ask for it are skipped.
 """
 
@@ -28,6 +28,13 @@ def dask_cluster():
 
 @pytest.fixture
 def dask_client(dask_cluster):
-    _cluster, client = dask_cluster
-    client.wait_for_workers(2, timeout=60)
+    cluster, client = dask_cluster
+    try:
+        client.wait_for_workers(2, timeout=20)
+    except Exception:
+        # A known race in Dask's nanny (dask/distributed#7312): restarting a killed worker
+        # can close the nanny for good. The cluster's spec still has two workers, and
+        # scaling to it starts the missing one.
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=60)
     return client

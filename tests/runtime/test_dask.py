@@ -345,7 +345,7 @@ def test_keyed_output_parts_are_committed_once_despite_a_straggling_reducer(dask
     assert result.value.to_dict() == clean.value
     assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001", "part-00002"]
     assert {t.task: t.attempts for t in result.report.tasks}["reduce-0"] == 2
-    assert result.report.backups_won >= 1
+    assert result.report.backups_won >= 1, (result.report.failures, str(result.report))
 
 
 def test_the_cli_runs_fold_and_keyed_jobs_on_a_scheduler(dask_client, tmp_path, capsys):
