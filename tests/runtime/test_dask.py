@@ -459,3 +459,18 @@ def test_pagerank_runs_on_a_dask_session_with_the_local_bytes(dask_client):
         disk = pagerank(g, mode="disk", session=session)
     assert cached.vector.tobytes() == ref.vector.tobytes() == disk.vector.tobytes()
     assert cached.iterations == ref.iterations
+
+
+def test_a_failing_load_on_dask_names_its_error_and_drops_the_dataset(dask_client, tmp_path):
+    def broken(lines):
+        raise ValueError("load broke")
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\xfe\n")
+    with ma.Session(backend=dask_client, max_attempts=2) as session:
+        with pytest.raises(TaskFailed, match="ValueError: load broke") as info:
+            session.persist([["a"], ["b"]], load=broken)
+        assert "load broke" in info.value.traceback
+        with pytest.raises(ma.errors.InputError, match="bad.txt.*UTF-8"):
+            session.persist([str(bad)], load=list)
+        assert session.datasets == {}
