@@ -367,3 +367,15 @@ def test_csv_files_parsed_by_the_join_equal_the_records(tmp_path_factory, lrows,
     src = join_source(str(d / "l.csv"), paths, strategy="reduce")
     keyed = join("k", how=how, empty_is_null=empty_is_null, keyed=True)
     assert join_rows(ma.run(keyed, src, workers=0, partitions=2).value) == expected
+
+
+def test_a_ragged_csv_row_is_found_even_when_another_row_makes_up_the_commas(tmp_path):
+    # One row short of a field and another with one too many: the comma total is right,
+    # the widths are not; every strategy must refuse the file.
+    (tmp_path / "small.csv").write_text("k,y\n1,z\n")
+    (tmp_path / "big.csv").write_text("k,x\n1,a\n\n2\n3,c,d\n" + "4,e\n" * 10)
+    for strategy in ("broadcast", "reduce"):
+        src = join_source(str(tmp_path / "big.csv"), str(tmp_path / "small.csv"),
+                          strategy=strategy)
+        with pytest.raises(ma.InputError, match="the header has 2"):
+            ma.run(join("k"), src, workers=0)
