@@ -61,7 +61,6 @@ import os
 import pickle
 import queue
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -73,7 +72,7 @@ import cloudpickle
 from mergeagg.errors import CorruptSpillError, InputError, JobFailed, NondeterminismError
 from mergeagg.fingerprint import MappingDigest, fingerprint
 from mergeagg.inputs import read_split
-from mergeagg.runtime.faults import InjectedFault, corrupt_value
+from mergeagg.runtime.faults import strike_after, strike_before
 from mergeagg.runtime.master import Cancel, KillWorker, Launch, Policy, Release, fold_tasks
 from mergeagg.runtime.shuffle import (
     KeyedOutput,
@@ -267,26 +266,10 @@ def _sleep_unless_cancelled(seconds, key):
         time.sleep(min(left, 0.02))
 
 
-def _fault_before(fault, hint):
-    # The same faults as the local worker's, in a Dask worker process.
-    if fault.kind == "raise":
-        raise InjectedFault(f"injected fault: raise (Dask worker pid {os.getpid()})")
-    if fault.kind == "hang":
-        os.kill(os.getpid(), signal.SIGSTOP)
-    elif fault.kind == "kill" and hint > 0:
-        timer = threading.Timer(fault.at * hint, os.kill, (os.getpid(), signal.SIGKILL))
-        timer.daemon = True
-        timer.start()
-
-
-def _fault_after(fault, acc, elapsed, key):
-    if fault.kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif fault.kind == "delay":
-        _sleep_unless_cancelled(max(0.0, fault.factor - 1.0) * max(elapsed, 1e-3), key)
-    elif fault.kind == "corrupt":
-        acc = corrupt_value(acc, int.from_bytes(os.urandom(4), "little") / 2**32)
-    return acc
+def _strike_after(fault, acc, elapsed, key):
+    # A delayed attempt stops sleeping when Dask drops it (a backup's loser).
+    return strike_after(fault, acc, elapsed,
+                        sleep=lambda seconds: _sleep_unless_cancelled(seconds, key))
 
 
 def run_attempt(job, digest, token, key, attempt, kind, number, split, expected, hint,
@@ -314,7 +297,7 @@ def run_attempt(job, digest, token, key, attempt, kind, number, split, expected,
     cache_runs = None
     try:
         if fault is not None:
-            _fault_before(fault, hint)
+            strike_before(fault, hint, f"Dask worker pid {os.getpid()}")
         if kind == "map" and isinstance(split, DaskPartition):
             acc = agg.partial(inputs[0].value)
             cache_runs = [list(r) for r in inputs[0].runs]
@@ -330,7 +313,7 @@ def run_attempt(job, digest, token, key, attempt, kind, number, split, expected,
             for child in inputs[1:]:
                 acc = agg.combine(acc, pickle.loads(child[1]))
         if fault is not None:
-            acc = _fault_after(fault, acc, time.perf_counter() - t0, key)
+            acc = _strike_after(fault, acc, time.perf_counter() - t0, key)
         seconds = time.perf_counter() - t0
         data = dumps(acc)
         fp = fingerprint(acc)
@@ -426,7 +409,7 @@ def _run_keyed_attempt(spec, fault, token, key, attempt, kind, split, expected, 
     local = None
     try:
         if fault is not None:
-            _fault_before(fault, hint)
+            strike_before(fault, hint, f"Dask worker pid {os.getpid()}")
         if kind == "map":
             records = read_split(split)
             directory = os.path.join(_workdir(token), attempt.replace("#", "_"))
@@ -473,7 +456,7 @@ def _run_keyed_attempt(spec, fault, token, key, attempt, kind, split, expected, 
         if kind != "map":
             stats["digest"] = list(digest)
         if fault is not None and fault.kind != "corrupt":
-            _fault_after(fault, None, time.perf_counter() - t0, key)
+            _strike_after(fault, None, time.perf_counter() - t0, key)
     except CorruptSpillError as exc:
         return _report_outcome(token, attempt, (
             "fail", "input_lost", str(exc), "", tuple(getattr(exc, "lost", ()))))

@@ -38,7 +38,7 @@ import cloudpickle
 from mergeagg.errors import CorruptSpillError, InputError
 from mergeagg.fingerprint import MappingDigest, fingerprint
 from mergeagg.inputs import read_split
-from mergeagg.runtime.faults import InjectedFault, corrupt_value
+from mergeagg.runtime.faults import strike_after, strike_before
 from mergeagg.runtime.shuffle import (
     KeyedSpec,
     PartRef,
@@ -293,7 +293,7 @@ class _Worker:
         self.current = aid
         try:
             if fault is not None:
-                self._fault_before(fault, hint)
+                strike_before(fault, hint, f"worker {self.wid}")
             if kind == "map" and isinstance(split, CachedPartition):
                 loaded, cache_stats = self._cached(split)
                 nbytes_read = cache_stats.pop("bytes_read")
@@ -308,7 +308,7 @@ class _Worker:
                 for v in values[1:]:
                     acc = agg.combine(acc, v)
             if fault is not None:
-                acc = self._fault_after(fault, acc, time.perf_counter() - t0)
+                acc = strike_after(fault, acc, time.perf_counter() - t0)
             self.current = None
         except Cancelled:
             self.current = None
@@ -367,7 +367,7 @@ class _Worker:
         self.current = aid
         try:
             if fault is not None:
-                self._fault_before(fault, hint)
+                strike_before(fault, hint, f"worker {self.wid}")
             if kind == "map":
                 records = read_split(split)
                 out_dir = os.path.join(self.workdir, aid.replace("#", "_"))
@@ -394,7 +394,7 @@ class _Worker:
                     ref.side_ref = self._store(aid + "-side", dumps(ref.side))
                     ref.side = None
             if fault is not None:
-                self._fault_after(fault, None, time.perf_counter() - t0)
+                strike_after(fault, None, time.perf_counter() - t0)
             self.current = None
             if kind != "map" and ref is None:
                 ref = self._store(aid, dumps(value))
@@ -425,27 +425,6 @@ class _Worker:
             err = CorruptSpillError(str(exc))
             err.lost = (ref.key.rsplit("#", 1)[0],)
             raise err from None
-
-    def _fault_before(self, fault, hint):
-        if fault.kind == "hang":
-            os.kill(os.getpid(), signal.SIGSTOP)
-        elif fault.kind == "raise":
-            raise InjectedFault(f"injected fault: raise (worker {self.wid})")
-        elif fault.kind == "kill" and hint > 0:
-            delay = fault.at * hint
-            timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL))
-            timer.daemon = True
-            timer.start()
-
-    def _fault_after(self, fault, acc, elapsed):
-        if fault.kind == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(60)  # pragma: no cover - the process is gone
-        if fault.kind == "delay":
-            time.sleep(max(0.0, fault.factor - 1.0) * max(elapsed, 1e-3))
-        if fault.kind == "corrupt" and acc is not None:
-            acc = corrupt_value(acc, int.from_bytes(os.urandom(4), "little") / 2**32)
-        return acc
 
     def _store(self, aid, data):
         if len(data) <= INLINE_LIMIT:
