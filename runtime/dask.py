@@ -80,6 +80,7 @@ from mergeagg.runtime.shuffle import (
     MapOutput,
     PartRef,
     keyed_tasks,
+    reducer_fingerprint,
     run_map,
     run_merge,
     run_reduce,
@@ -470,15 +471,6 @@ def _run_keyed_attempt(spec, fault, token, key, attempt, kind, split, expected, 
             shutil.rmtree(local, ignore_errors=True)
     stats["seconds"] = time.perf_counter() - t0
     return _report_outcome(token, attempt, ("done", data, fp, stats))
-
-
-def reducer_fingerprint(digest, value):
-    """A reducer attempt's fingerprint: its partition's digest, and under salting the
-    unfinalized partials of salted keys it passes on (they are part of its output)."""
-    fp = MappingDigest(*digest).fingerprint()
-    side = value.side if isinstance(value, PartRef) else (
-        side_of(value) if len(value) == 4 else None)
-    return fp if side is None else fingerprint((fp, side))
 
 
 def _corrupt_spill(out):

@@ -46,7 +46,7 @@ from operator import itemgetter
 import numpy as np
 
 from mergeagg.errors import CorruptSpillError
-from mergeagg.fingerprint import Fingerprinter, MappingDigest, key_hashes
+from mergeagg.fingerprint import Fingerprinter, MappingDigest, fingerprint, key_hashes
 from mergeagg.keyed import pairs_of
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "FRAME_ENTRIES",
     "run_merge",
     "side_of",
+    "reducer_fingerprint",
 ]
 
 _FRAME = struct.Struct("<4sB3xIQI")
@@ -698,6 +699,16 @@ def side_of(value):
     if isinstance(value, tuple) and len(value) == 4:
         return value[2], value[3]
     return [], []
+
+
+def reducer_fingerprint(digest, value):
+    """A reducer attempt's fingerprint: its partition's digest, and under salting the
+    unfinalized partials of salted keys it passes on (they are part of its output).
+    Cost: O(1), plus one fingerprint of the salted partials when there are any."""
+    fp = MappingDigest(*digest).fingerprint()
+    side = value.side if isinstance(value, PartRef) else (
+        side_of(value) if len(value) == 4 else None)
+    return fp if side is None else fingerprint((fp, side))
 
 
 @_gc_paused

@@ -42,6 +42,7 @@ from mergeagg.runtime.faults import strike_after, strike_before
 from mergeagg.runtime.shuffle import (
     KeyedSpec,
     PartRef,
+    reducer_fingerprint,
     run_map,
     run_merge,
     run_reduce,
@@ -382,12 +383,7 @@ class _Worker:
             else:
                 r = int(task_id.rsplit("-", 1)[1])
                 value, digest, stats = run_reduce(spec, inputs, r, aid)
-                fp = MappingDigest(*digest).fingerprint()
-                side = value.side if isinstance(value, PartRef) else (
-                    side_of(value) if len(value) == 4 else None)
-                if side is not None:
-                    # The salted partials are part of what this attempt produced.
-                    fp = fingerprint((fp, side))
+                fp = reducer_fingerprint(digest, value)
                 stats["digest"] = digest
                 ref = value if isinstance(value, PartRef) else None
                 if ref is not None and ref.side is not None:
