@@ -877,8 +877,9 @@ class _Run:
     report: object
 
 
-def run_pagerank(job, source, *, workers=None, progress=None, **options):
-    """The CLI's runner: :func:`pagerank` on a session of ``workers`` worker processes.
+def run_pagerank(job, source, *, workers=None, progress=None, backend="local", **options):
+    """The CLI's runner: :func:`pagerank` on a session of ``workers`` worker processes, or
+    on a Dask cluster when ``backend`` is a scheduler address or client.
 
     ``options`` are the CLI's runtime knobs (``max_attempts``, ``backups``, ...); the
     session is looked up through the facade at call time. Returns an object with
@@ -893,7 +894,9 @@ def run_pagerank(job, source, *, workers=None, progress=None, **options):
     if faults is not None or verify:
         raise ValueError("pagerank runs many jobs on one session; --faults and --verify "
                          "are not supported here")
-    with mergeagg.Session(workers=workers, **options) as session:
+    if backend not in ("local", None):
+        workers = None  # a Dask session's workers are the cluster's
+    with mergeagg.Session(workers=workers, backend=backend, **options) as session:
         result = pagerank(source, mode=job.mode, session=session, alpha=job.alpha,
                           tol=job.tol, max_iter=job.max_iter, strict=False)
     return _Run(result, fingerprint(result.ranks), result.reports[-1])

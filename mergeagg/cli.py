@@ -269,9 +269,6 @@ def _cmd_run(name, argv, out):
                          + (" (try --keyed)" if any(f.name == "--keyed" for f in entry.flags)
                             else ""))
     if args.dask is not None:
-        if entry.runner is not None:
-            raise _Usage(f"--dask runs fold and keyed jobs; {entry.name} drives its own "
-                         "jobs on the local runtime")
         options["backend"] = args.dask
     result = runner(job, source, **options)
     print(f"fingerprint {result.fingerprint}", file=out)

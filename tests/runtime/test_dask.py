@@ -348,7 +348,7 @@ def test_keyed_output_parts_are_committed_once_despite_a_straggling_reducer(dask
     assert result.report.backups_won >= 1, (result.report.failures, str(result.report))
 
 
-def test_the_cli_runs_fold_and_keyed_jobs_on_a_scheduler(dask_client, tmp_path, capsys):
+def test_the_cli_runs_fold_keyed_and_pagerank_jobs_on_a_scheduler(dask_client, tmp_path):
     from mergeagg.cli import main
 
     text = tmp_path / "words.txt"
@@ -363,8 +363,12 @@ def test_the_cli_runs_fold_and_keyed_jobs_on_a_scheduler(dask_client, tmp_path, 
                         split_size=300, **({"partitions": 3} if extra else {}))
         assert doc["fingerprint"] == serial.fingerprint
         assert doc["report"]["mode"] == "dask"
-    assert main(["run", "pagerank", str(text), "--dask", address]) == 2
-    assert "--dask runs fold and keyed jobs" in capsys.readouterr().err
+    edges = tmp_path / "edges.txt"
+    edges.write_text("a b\nb c\nc a\nc d\n")
+    out = tmp_path / "ranks.json"
+    assert main(["run", "pagerank", str(edges), "--dask", address, "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["report"]["mode"] == "dask" and set(doc["value"]) == {"a", "b", "c", "d"}
 
 
 # -- sessions and cached datasets ------------------------------------------------------------
