@@ -943,7 +943,7 @@ def drive(policy, payload, fetch, *, client, config, faults=None, progress=None,
     one is not there yet). ``partitions`` maps the ids of the :class:`DaskPartition`
     splits of map tasks over a persisted dataset to their futures. Returns ``(fetched,
     phases, slots, dask workers)``."""
-    from mergeagg.runtime.local import _dispatch, _hint, _Progress, _second_stage
+    from mergeagg.runtime.local import NOT_YET, _dispatch, _Progress, run_policy
 
     t_start = clock()
     client, owned = _connect(client)
@@ -962,37 +962,20 @@ def drive(policy, payload, fetch, *, client, config, faults=None, progress=None,
             slots, n_workers = len(ex.slots()), len(ex.known)
             t_started = clock()
             phases["connect"] = t_started - t_start
-            map_done_at = None
-            while True:
-                now = clock()
-                actions = policy.tick(now)
-                if actions:
-                    ex.apply(actions, hint=_hint(policy))
-                if policy.error is not None:
-                    raise policy.error
-                if map_done_at is None and \
-                        policy._stage_done["map"] == policy._stage_total["map"]:
-                    map_done_at = now
-                if policy.done:
-                    # Are the sinks' workers still there? If not, the policy runs them again.
-                    for ev in ex.membership(force=True):
-                        _dispatch(policy, ev, clock())
-                    if not policy.done:
-                        continue
-                    fetched = fetch(policy, ex)
-                    if fetched is not MISSING:
-                        break
-                    continue
-                show.update(now)
-                timeout = max(0.0, policy.next_deadline(now) - clock())
-                for ev in ex.events(timeout):
+
+            def finish():
+                # Are the sinks' workers still there? If not, the policy runs them again.
+                for ev in ex.membership(force=True):
                     _dispatch(policy, ev, clock())
-            t_end = clock()
-            show.update(t_end, final=True)
-            if map_done_at is None:
-                map_done_at = t_end
-            phases["map"] = map_done_at - t_started
-            phases[_second_stage(policy)] = t_end - map_done_at
+                if not policy.done:
+                    return NOT_YET
+                fetched = fetch(policy, ex)
+                return NOT_YET if fetched is MISSING else fetched
+
+            fetched, loop_phases = run_policy(
+                policy, lambda actions, hint: ex.apply(actions, hint=hint), ex.events,
+                finish, show, t_started, clock)
+            phases.update(loop_phases)
     finally:
         if owned:
             client.close()

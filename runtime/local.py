@@ -423,44 +423,66 @@ def drive(policy, payload, fetch, *, workers, faults=None, progress=None, execut
             policy.worker_joined(w, now)
         t_started = clock()
         phases["start workers"] = t_started - t_start
-        map_done_at = None
-        while True:
-            now = clock()
-            actions = policy.tick(now)
-            if actions:
-                ex.apply(actions, job_id, hint=_hint(policy))
-            if policy.error is not None:
-                raise policy.error
-            if map_done_at is None and policy._stage_done["map"] == policy._stage_total["map"]:
-                map_done_at = now
-            if policy.done:
-                try:
-                    fetched = fetch(policy, ex)
-                    break
-                except InputLost as exc:
-                    # A sink's worker died before we read its output: run it again.
-                    lost = getattr(exc, "worker", None)
-                    if lost is None:
-                        raise
-                    policy.worker_lost(lost, "output unreadable at the end", clock())
-                    ex.kill(lost, "output unreadable at the end")
-                    continue
-            show.update(now)
-            timeout = max(0.0, policy.next_deadline(now) - clock())
-            for ev in ex.events(timeout):
-                _dispatch(policy, ev, clock())
-        t_end = clock()
-        show.update(t_end, final=True)
-        if map_done_at is None:
-            map_done_at = t_end
-        phases["map"] = map_done_at - t_started
-        phases[_second_stage(policy)] = t_end - map_done_at
+
+        def finish():
+            try:
+                return fetch(policy, ex)
+            except InputLost as exc:
+                # A sink's worker died before we read its output: run it again.
+                lost = getattr(exc, "worker", None)
+                if lost is None:
+                    raise
+                policy.worker_lost(lost, "output unreadable at the end", clock())
+                ex.kill(lost, "output unreadable at the end")
+                return NOT_YET
+
+        fetched, loop_phases = run_policy(
+            policy, lambda actions, hint: ex.apply(actions, job_id, hint=hint), ex.events,
+            finish, show, t_started, clock)
+        phases.update(loop_phases)
     finally:
         if own:
             ex.close()
         elif job_id is not None:
             ex.drop_job(job_id)
     return fetched, phases
+
+
+NOT_YET = object()  # what a driver's ``finish`` returns while the sinks' outputs are not in
+
+
+def run_policy(policy, apply, events, finish, show, t_started, clock=time.monotonic):
+    """The loop every executor runs with a policy: tick and carry out its actions
+    (``apply(actions, hint)``), feed it the executor's ``events(timeout)``, and once it is
+    done call ``finish()``, which returns the sinks' outputs or :data:`NOT_YET` (the
+    policy was sent back to work, or an output has not arrived). Raises the policy's error.
+    Returns ``(fetched, phases)`` with the ``map`` and second stage's times since
+    ``t_started``."""
+    map_done_at = None
+    while True:
+        now = clock()
+        actions = policy.tick(now)
+        if actions:
+            apply(actions, _hint(policy))
+        if policy.error is not None:
+            raise policy.error
+        if map_done_at is None and policy._stage_done["map"] == policy._stage_total["map"]:
+            map_done_at = now
+        if policy.done:
+            fetched = finish()
+            if fetched is not NOT_YET:
+                break
+            continue
+        show.update(now)
+        timeout = max(0.0, policy.next_deadline(now) - clock())
+        for ev in events(timeout):
+            _dispatch(policy, ev, clock())
+    t_end = clock()
+    show.update(t_end, final=True)
+    if map_done_at is None:
+        map_done_at = t_end
+    return fetched, {"map": map_done_at - t_started,
+                     _second_stage(policy): t_end - map_done_at}
 
 
 def _second_stage(policy):
