@@ -335,16 +335,19 @@ def test_keyed_output_parts_are_committed_once_despite_a_straggling_reducer(dask
     job = ma.algorithms.wordcount(keyed=True)
     clean = ma.run(job, data, workers=0, partitions=3)
     out = tmp_path / "counts"
-    # reduce-0's first attempt sleeps 2000x its few milliseconds after committing: its
-    # backup also computes the part and finds it committed. (backup_after=0.3: with three
+    # reduce-0's first attempt sleeps 20000x its few milliseconds after committing (it
+    # stops when cancelled): its backup also computes the part and finds it committed. The
+    # factor is large because a reducer on a freshly restarted worker can take a second or
+    # more, and the backup waits for 1.5x the median. (backup_after=0.3: with three
     # reducers on two workers, one may be queued behind the straggler.)
-    plan = FaultPlan(only={"reduce-0": {1: Fault("delay", factor=2000)}})
+    plan = FaultPlan(only={"reduce-0": {1: Fault("delay", factor=20000)}})
     result = run_on(dask_client, job, data, partitions=3, output=out, faults=plan,
                     backup_after=0.3)
     assert result.fingerprint == clean.fingerprint
     assert result.value.to_dict() == clean.value
     assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001", "part-00002"]
-    assert {t.task: t.attempts for t in result.report.tasks}["reduce-0"] == 2
+    assert {t.task: t.attempts for t in result.report.tasks}["reduce-0"] == 2, \
+        str(result.report) + repr(result.report.tasks)
     assert result.report.backups_won >= 1, (result.report.failures, str(result.report))
 
 
