@@ -190,12 +190,6 @@ class DaskPartition:
         self.index = index
         self.id = f"{dataset}/{split_id}"
 
-    def __getstate__(self):
-        return (self.dataset, self.index, self.id)
-
-    def __setstate__(self, state):
-        self.dataset, self.index, self.id = state
-
     def __repr__(self):
         return f"DaskPartition({self.id})"
 
@@ -211,12 +205,6 @@ class Loaded:
     def __init__(self, value, runs):
         self.value = value
         self.runs = runs
-
-    def __getstate__(self):
-        return (self.value, self.runs)
-
-    def __setstate__(self, state):
-        self.value, self.runs = state
 
 
 def load_partition(load, split):
