@@ -794,6 +794,10 @@ def join(on, how="inner", *, left_on=None, right_on=None, empty_is_null=False, k
     return Aggregator(impl.partial, impl.combine, impl.finalize, name=f"join({impl.how})")
 
 
+_NOT_REPARTITIONED = ("a keyed join repartitions both sides: build its source with "
+                      "join_source(..., strategy='reduce')")
+
+
 class _KeyedGroups:
     """The keyed join's map: a shard's groups, the null key's flagged (picklable)."""
 
@@ -802,17 +806,10 @@ class _KeyedGroups:
     def __init__(self, spec):
         self.spec = spec
 
-    def __getstate__(self):
-        return self.spec
-
-    def __setstate__(self, state):
-        self.spec = state
-
     def __call__(self, shard):
         if type(shard) is _CsvPiece:
             if shard.tag not in _SIDE_INDEX:
-                raise ValueError("a keyed join repartitions both sides: build its source with "
-                                 "join_source(..., strategy='reduce')")
+                raise ValueError(_NOT_REPARTITIONED)
             with _gc_paused():
                 rows = shard.rows()
                 groups = _group_rows(_SIDE_INDEX[shard.tag], shard.keys(rows, self.spec), rows,
@@ -825,8 +822,7 @@ class _KeyedGroups:
             if tag in _SIDE_INDEX:
                 tagged.append((tag, record))
             elif isinstance(tag, Broadcast):
-                raise ValueError("a keyed join repartitions both sides: build its source with "
-                                 "join_source(..., strategy='reduce')")
+                raise ValueError(_NOT_REPARTITIONED)
             else:
                 raise ValueError(f"a join record must be tagged 'left' or 'right' (see "
                                  f"join_source), got the tag {tag!r}")
@@ -843,12 +839,6 @@ class _KeyedFinal:
 
     def __init__(self, how):
         self.how = how
-
-    def __getstate__(self):
-        return self.how
-
-    def __setstate__(self, state):
-        self.how = state
 
     def __call__(self, group):
         null = len(group) > 2
