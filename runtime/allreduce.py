@@ -85,6 +85,7 @@ from mergeagg.aggregator import Aggregator
 from mergeagg.errors import JobFailed, WorkerLost
 from mergeagg.fingerprint import fingerprint, key_hashes
 from mergeagg.runtime.api import DEFAULT_FAN_IN  # mergeagg.run's: the same tree by default
+from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.tree import check_fan_in, level_sizes
 
 __all__ = [
@@ -703,7 +704,7 @@ def _member(rank, p, algorithm, blob, ctl, outs, inps, opts):
             nbytes = len(pickle.dumps(acc0 if algorithm == "keyed" else value, protocol=5))
         payload = None
         if rank == 0 and opts["return_value"]:
-            payload = cloudpickle.dumps(aggregator.finalize(value), protocol=5)
+            payload = ship_dumps(aggregator.finalize(value))
         # Every process finalizes and fingerprints its copy: the proof that all hold it.
         fp = fingerprint(aggregator.finalize(value))
         if not opts["return_shares"]:
@@ -832,7 +833,7 @@ def allreduce(aggregator, shards, *, algorithm="tree", view=None, fan_in=DEFAULT
                     if a == rank}
             inps = {a if k is None else (a, k): e[0] for (a, b, k), e in ends.items()
                     if b == rank}
-            blob = cloudpickle.dumps((aggregator, view, shards[rank]), protocol=5)
+            blob = ship_dumps((aggregator, view, shards[rank]))
             proc = ctx.Process(target=_member, name=f"mergeagg-allreduce-{rank}",
                                args=(rank, p, algorithm, blob, child, outs, inps, opts),
                                daemon=True)

@@ -74,6 +74,7 @@ from mergeagg.fingerprint import MappingDigest, fingerprint
 from mergeagg.inputs import read_split
 from mergeagg.runtime.faults import strike_after, strike_before
 from mergeagg.runtime.master import Cancel, KillWorker, Launch, Policy, Release, fold_tasks
+from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.shuffle import (
     KeyedOutput,
     KeyedSpec,
@@ -509,7 +510,7 @@ class DaskExecutor:
         self.heartbeat_timeout = heartbeat_timeout
         self._last_seen = {}  # Dask worker address -> its last heartbeat, scheduler's clock
         self.token = uuid.uuid4().hex[:12]
-        self.payload = cloudpickle.dumps((payload, faults))
+        self.payload = ship_dumps((payload, faults))
         self.keyed = isinstance(payload, KeyedSpec)
         self.map_workers = set()  # addresses that ran keyed map attempts (spill files)
         self.buckets = {}  # (map attempt, r) -> Future of read_bucket on the map's worker

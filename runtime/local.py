@@ -27,11 +27,10 @@ import sys
 import tempfile
 import time
 
-import cloudpickle
-
 from mergeagg.errors import JobFailed, WorkerLost
 from mergeagg.fingerprint import MappingDigest
 from mergeagg.runtime.master import Cancel, KillWorker, Launch, Policy, Release, fold_tasks
+from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.report import FailureRecord, Report, TaskRecord
 from mergeagg.runtime.shuffle import KeyedOutput, MapOutput, keyed_tasks
 from mergeagg.runtime.worker import InputLost, Ref, load_ref, serve
@@ -175,7 +174,7 @@ class LocalExecutor:
     def load_job(self, aggregator, faults=None):
         """Ship a job's functions to every worker once; returns the job id."""
         job_id = next(_job_ids)
-        payload = cloudpickle.dumps(aggregator)
+        payload = ship_dumps(aggregator)
         self._jobs[job_id] = (payload, faults)
         self.current_job = job_id
         for wid in list(self.procs):

@@ -454,16 +454,18 @@ class Session:
         partition), kept in the cluster's memory for as long as this session holds the
         future. Dask recomputes a lost one from this lineage (the task graph)."""
         from mergeagg.runtime.dask import derive_partition, load_partition
+        from mergeagg.runtime.pickling import Shipped
 
+        load = Shipped(ds.load)  # Dask would pickle it without its file name
         token = uuid.uuid4().hex[:8]
         futures = []
         for i, split in enumerate(ds.splits()):
             key = f"mergeagg-{ds.id}-{token}-{i}"
             if ds.parent is not None:
-                futures.append(self.client.submit(derive_partition, ds.load,
+                futures.append(self.client.submit(derive_partition, load,
                                                   ds.parent.futures[i], key=key, pure=False))
             else:
-                futures.append(self.client.submit(load_partition, ds.load, split, key=key,
+                futures.append(self.client.submit(load_partition, load, split, key=key,
                                                   pure=False))
         return futures
 

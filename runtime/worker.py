@@ -39,6 +39,7 @@ from mergeagg.errors import CorruptSpillError, InputError
 from mergeagg.fingerprint import MappingDigest, fingerprint
 from mergeagg.inputs import read_split
 from mergeagg.runtime.faults import strike_after, strike_before
+from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.shuffle import (
     KeyedSpec,
     PartRef,
@@ -142,7 +143,7 @@ def dumps(value):
     try:
         return pickle.dumps(value, protocol=5)
     except (pickle.PicklingError, TypeError, AttributeError):
-        return cloudpickle.dumps(value, protocol=5)
+        return ship_dumps(value)
 
 
 def load_ref(ref):
