@@ -16,6 +16,7 @@ a worker exits when its parent does (it watches its parent's pid and its pipe).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing as mp
 import os
@@ -29,6 +30,7 @@ import time
 
 from mergeagg.errors import JobFailed, WorkerLost
 from mergeagg.fingerprint import MappingDigest
+from mergeagg.runtime.channel import Channel
 from mergeagg.runtime.master import Cancel, KillWorker, Launch, Policy, Release, fold_tasks
 from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.report import FailureRecord, Report, TaskRecord
@@ -58,6 +60,11 @@ def default_start_method():
 class LocalExecutor:
     """A pool of worker processes on this machine; the executor port's local adapter.
 
+    Its loss model: a worker process that dies leaves its committed outputs and spill
+    files on this machine's disk, where they stay valid (read back under CRC and
+    fingerprint checks; only an output that fails them runs again). They are removed with
+    the working directory when the executor closes.
+
     Cost: starting it forks ``workers`` processes (milliseconds each under forkserver once
     the fork server runs, about 0.1-0.3 s each under spawn). Use as a context manager, or
     call :meth:`close`; it kills its workers on close, on error, and when this process exits.
@@ -80,7 +87,8 @@ class LocalExecutor:
         self.max_failed_starts = max_restarts if max_restarts is not None else 5
         self.failed_starts = 0
         self.restarts = 0
-        self.procs = {}  # wid -> (process, conn)
+        self.procs = {}  # wid -> (process, Channel)
+        self._writing = set()  # workers whose sockets are watched for writability
         self.pids = {}
         self.ready = set()
         self.killed = set()
@@ -92,6 +100,8 @@ class LocalExecutor:
         self._selector = selectors.DefaultSelector()
         self._last_os_check = 0.0
         self.current_job = None
+
+    outputs_survive_worker = True  # see the class docstring
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -117,37 +127,42 @@ class LocalExecutor:
                                 name=f"mergeagg-{wid}", daemon=True)
         proc.start()
         child.close()
-        self._selector.register(parent, selectors.EVENT_READ, ("conn", wid))
+        channel = Channel(parent)
+        self._selector.register(channel.fd, selectors.EVENT_READ, ("conn", wid))
         self._selector.register(proc.sentinel, selectors.EVENT_READ, ("sentinel", wid))
-        self.procs[wid] = (proc, parent)
+        self.procs[wid] = (proc, channel)
         self.pids[wid] = proc.pid
         for job_id, (payload, plan) in self._jobs.items():
             self._send(wid, ("job", job_id, payload, plan))
         return wid
 
     def close(self):
-        """Stop every worker (SIGKILL after a short grace) and remove the working directory."""
+        """Stop every worker and remove the working directory. Cost: one SIGKILL and one
+        wait per worker; never a fixed grace period.
+
+        Workers hold nothing a closed executor needs (outputs already fetched, or
+        abandoned with the job), so they are killed at once: a worker stuck writing a
+        losing attempt's output cannot hold up the end of a job.
+        """
         if self._closed:
             return
         self._closed = True
-        for _proc, conn in list(self.procs.values()):
-            try:
-                conn.send_bytes(pickle.dumps(("stop",)))
-            except (OSError, ValueError):
-                pass
-        deadline = time.monotonic() + 1.0
-        for _wid, (proc, conn) in list(self.procs.items()):
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
-                self._hard_kill(proc)
-            conn.close()
+        entries = list(self.procs.values())
         self.procs.clear()
+        for proc, _channel in entries:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, OSError):
+                pass
+        for proc, channel in entries:
+            proc.join(5)
+            channel.close()
         self._selector.close()
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _unregister(self, proc, conn):
-        for obj in (conn, proc.sentinel):
+    def _unregister(self, proc, channel):
+        for obj in (channel.fd, proc.sentinel):
             try:
                 self._selector.unregister(obj)
             except (KeyError, ValueError, OSError):
@@ -210,12 +225,12 @@ class LocalExecutor:
         self.ready.discard(wid)
         if entry is None:
             return
-        proc, conn = entry
+        proc, channel = entry
         self.killed.add(wid)
-        self._unregister(proc, conn)
+        self._unregister(proc, channel)
+        self._writing.discard(wid)
         self._hard_kill(proc)
-        conn.close()
-        shutil.rmtree(os.path.join(self.workdir, wid), ignore_errors=True)
+        channel.close()
         self._replace(wid, cause)
 
     def fetch(self, ref):
@@ -260,12 +275,16 @@ class LocalExecutor:
         out = self._events
         self._events = []
         dead = []
-        for key, _mask in ready:
+        for key, mask in ready:
             what, wid = key.data
             if wid not in self.procs:
                 continue
             if what == "conn":
-                self._drain(wid, key.fileobj, out, dead)
+                channel = self.procs[wid][1]
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(wid, channel)
+                if mask & selectors.EVENT_READ:
+                    self._drain(wid, channel, out, dead)
             else:
                 dead.append(wid)
         for wid in dict.fromkeys(dead):
@@ -276,18 +295,40 @@ class LocalExecutor:
     # -- internals -------------------------------------------------------------------------
 
     def _send(self, wid, msg):
+        """Queue ``msg`` for worker ``wid`` and write what its socket takes now: never
+        blocks (see :mod:`mergeagg.runtime.channel`)."""
         entry = self.procs.get(wid)
         if entry is None:
             return
-        try:
-            entry[1].send_bytes(pickle.dumps(msg, protocol=5))
-        except (OSError, ValueError):
-            pass  # its death will be seen through the sentinel
+        channel = entry[1]
+        was_idle = channel.idle
+        channel.queue(pickle.dumps(msg, protocol=5))
+        if was_idle:
+            self._flush(wid, channel)
 
-    def _drain(self, wid, conn, out, dead):
+    def _flush(self, wid, channel):
+        """Write a worker's queued messages; watch for writability while some remain."""
         try:
-            while conn.poll():
-                msg = pickle.loads(conn.recv_bytes())
+            done = channel.flush()
+        except OSError:
+            done = True  # its death will be seen through the sentinel
+        if done == (wid not in self._writing):
+            return  # already watched as it should be
+        if done:
+            self._writing.discard(wid)
+            events = selectors.EVENT_READ
+        else:
+            self._writing.add(wid)
+            events = selectors.EVENT_READ | selectors.EVENT_WRITE
+        try:
+            self._selector.modify(channel.fd, events, ("conn", wid))
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def _drain(self, wid, channel, out, dead):
+        try:
+            for frame in channel.read():
+                msg = pickle.loads(frame)
                 tag = msg[0]
                 if tag == "batch":
                     for m in msg[1]:
@@ -311,14 +352,15 @@ class LocalExecutor:
         entry = self.procs.pop(wid, None)
         if entry is None:
             return
-        proc, conn = entry
-        self._unregister(proc, conn)
+        proc, channel = entry
+        self._unregister(proc, channel)
+        self._writing.discard(wid)
         proc.join(1)
         code = proc.exitcode
-        conn.close()
+        channel.close()
         was_ready = wid in self.ready
         self.ready.discard(wid)
-        shutil.rmtree(os.path.join(self.workdir, wid), ignore_errors=True)
+        # Its committed outputs stay: they are on this machine's disk (see close()).
         cause = (f"process died with signal {-code}" if code is not None and code < 0
                  else f"process exited with code {code}")
         if was_ready:
@@ -414,6 +456,8 @@ def drive(policy, payload, fetch, *, workers, faults=None, progress=None, execut
     show = _Progress(policy, progress if progress is not None else sys.stderr.isatty())
     job_id = None
     phases = {}
+    policy.config = dataclasses.replace(
+        policy.config, outputs_survive_worker=ex.outputs_survive_worker)
     try:
         ex.start()
         job_id = ex.load_job(payload, faults)
@@ -427,12 +471,10 @@ def drive(policy, payload, fetch, *, workers, faults=None, progress=None, execut
             try:
                 return fetch(policy, ex)
             except InputLost as exc:
-                # A sink's worker died before we read its output: run it again.
-                lost = getattr(exc, "worker", None)
-                if lost is None:
+                # A sink's output is gone or torn: run it again.
+                if exc.task is None:
                     raise
-                policy.worker_lost(lost, "output unreadable at the end", clock())
-                ex.kill(lost, "output unreadable at the end")
+                policy.output_lost(exc.task, f"output unreadable at the end: {exc}", clock())
                 return NOT_YET
 
         fetched, loop_phases = run_policy(

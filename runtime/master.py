@@ -143,7 +143,15 @@ class Release:
 
 @dataclass
 class PolicyConfig:
-    """Every knob of the policy, with MapReduce/Spark-like defaults."""
+    """Every knob of the policy, with MapReduce/Spark-like defaults.
+
+    ``outputs_survive_worker`` is the executor's loss model: ``True`` where a dead worker
+    process's committed outputs stay readable (the local executor: they are files on this
+    machine's disk, checked by CRC and fingerprint when read, and only those that fail the
+    check run again); ``False`` where they die with it (a worker on another host, Dask).
+    ``max_lost`` is how many times one task's running attempt may take its worker down
+    with it before the job fails, naming the task.
+    """
 
     max_attempts: int = 4
     max_lost: int = 10
@@ -157,6 +165,7 @@ class PolicyConfig:
     seed: int = 0
     prefetch: int = 2
     locality_wait: float = 3.0
+    outputs_survive_worker: bool = False
 
     def __post_init__(self):
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -379,12 +388,24 @@ class Policy:
                     return
                 if not task.running:
                     self._requeue(task)
+        if self.config.outputs_survive_worker:
+            return  # its outputs are still on the disk; a torn one is found when read
         # Outputs that lived on the worker are gone; re-run the tasks still needed.
         for task in self.tasks.values():
             if task.ref_worker == worker:
                 task.ref = None
                 task.ref_worker = _GONE
         self._rerun_lost_outputs(worker, cause)
+
+    def output_lost(self, task_id, cause, now):
+        """The output of completed task ``task_id`` could not be read (gone, torn or
+        corrupt): run that task again, and whatever its loss makes needed."""
+        self._now = now
+        task = self.tasks[task_id]
+        if task.state is TaskState.COMPLETED:
+            task.ref = None
+            task.ref_worker = _GONE
+            self._rerun_lost_outputs(None, cause)
 
     def finished(self, attempt_id, ref, fingerprint, now, stats=None):
         """Attempt ``attempt_id`` completed with output ``ref`` whose fingerprint is given."""
@@ -619,9 +640,10 @@ class Policy:
             task.state = TaskState.IDLE
             if task.pending_children == 0:
                 self.ready.appendleft(task.d.id)
+        survive = self.config.outputs_survive_worker
         for cid in task.d.children:
             child = self.tasks[cid]
-            if cid in lost or (child.ref_worker is not None
+            if cid in lost or (not survive and child.ref_worker is not None
                                and child.ref_worker not in self.workers):
                 child.ref = None
                 child.ref_worker = _GONE
@@ -814,6 +836,44 @@ class Policy:
                 if best_load == 0:
                     break
         return best
+
+    # -- invariants ------------------------------------------------------------------------
+
+    def validate(self):
+        """Assert every invariant of the policy's state (tests call it after each event).
+        Cost: O(tasks + attempts)."""
+        queued = {}
+        for w, lst in self.workers.items():
+            for position, aid in enumerate(lst):
+                assert aid not in queued, f"{aid} queued on {queued.get(aid)} and {w}"
+                queued[aid] = w
+                att = self.attempts.get(aid)
+                assert att is not None, f"{w} queues {aid}, which is not an attempt"
+                assert att.worker == w, f"{aid} is on {w} but says {att.worker}"
+                if position == 0:
+                    assert att.started is not None, f"{aid} heads {w}'s queue, not started"
+        assert set(queued) == set(self.attempts), "attempts not on any worker's queue"
+        done = dict.fromkeys(self._stage_total, 0)
+        for tid, t in self.tasks.items():
+            for aid in t.running:
+                att = self.attempts.get(aid)
+                assert att is not None and att.task == tid and not att.audit, \
+                    f"{tid} runs {aid}, which is not its attempt"
+            if self.error is None:
+                assert (t.state is TaskState.IN_PROGRESS) == bool(t.running), \
+                    f"{tid} is {t.state.value} with attempts {t.running}"
+            if t.state is TaskState.COMPLETED:
+                done[t.d.kind] += 1
+                assert t.fingerprint is not None, f"{tid} completed without a fingerprint"
+            else:
+                missing = sum(self.tasks[c].state is not TaskState.COMPLETED
+                              for c in t.d.children)
+                assert t.pending_children == missing, \
+                    f"{tid} waits for {t.pending_children} children, {missing} are not done"
+        assert done == self._stage_done, f"stage counts {self._stage_done} != {done}"
+        for tid in self.results:
+            assert self.tasks[tid].state is TaskState.COMPLETED, f"result of {tid} not done"
+        assert self.audits_running == sum(a.audit for a in self.attempts.values())
 
     # -- reporting -------------------------------------------------------------------------
 

@@ -7,11 +7,13 @@ messages off the pipe (a cancel acts at once), and a heartbeat thread says "aliv
 no orphans.
 
 Outputs: a task's output is pickled once and fingerprinted on the worker. Up to
-``INLINE_LIMIT`` (4 MiB) it rides back to the master inside the completion message (it then
-survives the worker: a kill loses only the attempt that was running); larger ones stay in
-the worker's own directory as a file written
-atomically (temporary name, then rename) with a CRC-32, and die with the worker, like map
-output on a MapReduce worker's local disk. Every combine gets fresh objects (it unpickles
+``INLINE_LIMIT`` (64 KiB) it rides back to the master inside the completion message; a
+larger one is written once, where it is made, to a file in the worker's own directory
+(temporary name, then rename, with a CRC-32), and the master carries only its reference:
+the combine that reads it runs where it is if it can, and the master's memory does not
+grow with the outputs. On one machine a file outlives the process that wrote it, so a
+killed worker's outputs stay valid (checked by size and CRC when read; a torn or missing
+one names its task, which runs again). Every combine gets fresh objects (it unpickles
 its inputs), so a combine that modifies its first argument never touches a stored output.
 
 Worker-resident datasets: a map task whose split is a :class:`CachedPartition` runs its
@@ -52,7 +54,7 @@ from mergeagg.runtime.shuffle import (
 
 __all__ = ["Ref", "serve", "INLINE_LIMIT", "dumps", "load_ref", "InputLost", "CachedPartition"]
 
-INLINE_LIMIT = 4 * 1024 * 1024
+INLINE_LIMIT = 64 * 1024
 
 
 class Ref:
@@ -123,12 +125,13 @@ class CachedPartition:
 class InputLost(Exception):
     """A task's input output reference could not be read (its worker died, or it is torn).
 
-    ``worker`` names the worker that held it.
+    ``worker`` names the worker that held it, ``task`` the task that made it.
     """
 
-    def __init__(self, message, worker=None):
+    def __init__(self, message, worker=None, task=None):
         super().__init__(message)
         self.worker = worker
+        self.task = task
 
 
 class Cancelled(BaseException):
@@ -155,11 +158,11 @@ def load_ref(ref):
             data = f.read()
     except OSError as exc:
         raise InputLost(f"output {ref.key} on worker {ref.worker} is gone ({exc})",
-                        worker=ref.worker) from None
+                        worker=ref.worker, task=ref.key.rsplit("#", 1)[0]) from None
     if len(data) != ref.nbytes or zlib.crc32(data) != ref.crc:
         raise InputLost(f"output {ref.key} on worker {ref.worker} is torn or corrupted "
                         f"({len(data)} of {ref.nbytes} bytes, checksum mismatch)",
-                        worker=ref.worker)
+                        worker=ref.worker, task=ref.key.rsplit("#", 1)[0])
     return pickle.loads(data)
 
 
@@ -168,7 +171,9 @@ class _Worker:
         self.wid = wid
         self.conn = conn
         self.workdir = workdir
-        self.send_lock = threading.Lock()
+        self.out_cv = threading.Condition()
+        self.outbox = []
+        self.writing = False
         self.cv = threading.Condition()
         self.queue = deque()
         self.jobs = {}
@@ -180,12 +185,39 @@ class _Worker:
     # -- threads ---------------------------------------------------------------------------
 
     def send(self, msg):
+        """Queue ``msg`` for the writer thread; never blocks, so no thread of this worker
+        ever waits behind another's write (the reader thread must always be free to take
+        the master's messages off the socket)."""
         data = pickle.dumps(msg, protocol=5)
-        try:
-            with self.send_lock:
-                self.conn.send_bytes(data)
-        except (OSError, ValueError):
-            os._exit(0)  # the master is gone
+        with self.out_cv:
+            self.outbox.append(data)
+            self.out_cv.notify()
+
+    def flush(self):
+        """Wait until every queued message is written: before a task that may take long
+        (or carries a fault), the master hears which attempts finished, so that if this
+        worker dies in it, only that attempt is blamed. Cannot wait forever: the master
+        never stops reading, and the writer exits the process if the master is gone."""
+        with self.out_cv:
+            while self.outbox or self.writing:
+                self.out_cv.wait()
+
+    def writer(self):
+        conn = self.conn
+        while True:
+            with self.out_cv:
+                while not self.outbox:
+                    self.writing = False
+                    self.out_cv.notify_all()
+                    self.out_cv.wait()
+                batch = list(self.outbox)
+                self.outbox.clear()
+                self.writing = True
+            try:
+                for data in batch:
+                    conn.send_bytes(data)
+            except (OSError, ValueError):
+                os._exit(0)  # the master is gone
 
     def reader(self):
         while True:
@@ -265,6 +297,7 @@ class _Worker:
             if pending and (last_seconds > 0.0005 or self._faulty(item)):
                 self.send(("batch", pending))
                 pending = []
+                self.flush()
             if not pending:
                 first = time.perf_counter()
             started = time.perf_counter()
@@ -275,6 +308,7 @@ class _Worker:
             if len(pending) >= 64 or time.perf_counter() - first > 0.002:
                 self.send(("batch", pending))
                 pending = []
+                self.flush()
 
     def _faulty(self, item):
         job = self.jobs.get(item[1])
@@ -317,7 +351,8 @@ class _Worker:
             return ("cancelled", aid)
         except InputLost as exc:
             self.current = None
-            return ("fail", aid, "input_lost", str(exc), "", ())
+            lost = (exc.task,) if exc.task is not None else ()
+            return ("fail", aid, "input_lost", str(exc), "", lost)
         except InputError as exc:
             self.current = None
             return ("fail", aid, "input", str(exc), "", ())
@@ -444,6 +479,7 @@ def serve(wid, conn, heartbeat_interval, workdir):
     os.makedirs(workdir, exist_ok=True)
     w = _Worker(wid, conn, workdir)
     signal.signal(signal.SIGUSR1, w._on_signal)
+    threading.Thread(target=w.writer, daemon=True, name="mergeagg-writer").start()
     threading.Thread(target=w.reader, daemon=True, name="mergeagg-reader").start()
     threading.Thread(target=w.heartbeats, args=(heartbeat_interval,), daemon=True,
                      name="mergeagg-heartbeat").start()

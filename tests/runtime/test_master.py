@@ -61,7 +61,10 @@ class Sim:
 
     def _tick_once(self):
         killed = False
-        for a in self.policy.tick(self.now):
+        self.policy.validate()
+        actions = self.policy.tick(self.now)
+        self.policy.validate()
+        for a in actions:
             if isinstance(a, Launch):
                 assert a.worker in self.alive
                 self.running[a.attempt] = a
@@ -157,6 +160,42 @@ def test_lost_worker_requeues_running_and_completed_outputs():
     drive(sim)
     assert sim.root_value() == 1 + 2 + 3 + 4
     assert task.launched == 2
+
+
+def test_outputs_that_survive_their_worker_are_not_rerun():
+    # The local executor's loss model: the process died, its files did not.
+    sim = Sim(4, 4, 2, prefetch=1, outputs_survive_worker=True)
+    sim.tick()
+    first = sorted(sim.running)[0]
+    w = sim.running[first].worker
+    sim.finish(first)
+    sim.drop_worker(w)
+    task = sim.policy.tasks[first.split("#")[0]]
+    assert task.state is TaskState.COMPLETED
+    drive(sim)
+    assert sim.root_value() == 1 + 2 + 3 + 4
+    assert task.launched == 1
+
+
+def test_an_unreadable_output_reruns_its_task_and_holds_back_its_parent():
+    sim = Sim(2, 2, 1, outputs_survive_worker=True)
+    sim.tick()
+    for aid in sorted(sim.running):
+        sim.finish(aid)
+    sim.tick()
+    (combine,) = [a for a in sim.running if a.startswith("combine")]
+    # The combine found map-1's file torn: it names the task, which runs again.
+    sim.running.pop(combine)
+    sim.policy.failed(combine, "torn", sim.now, kind="input_lost", lost=("map-1",))
+    assert sim.policy.tasks["map-1"].state is TaskState.IDLE
+    assert sim.policy.tasks["map-0"].state is TaskState.COMPLETED
+    drive(sim)
+    assert sim.root_value() == 3 and sim.policy.tasks["map-1"].launched == 2
+    # At the end, an unreadable root is run again too.
+    sim.policy.output_lost(sim.policy.root, "torn", sim.now)
+    assert not sim.policy.done
+    drive(sim)
+    assert sim.policy.done and sim.root_value() == 3
 
 
 def test_output_lost_after_parent_completed_is_not_rerun():
