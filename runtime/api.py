@@ -36,7 +36,8 @@ def _short(value, limit=80):
 
 
 def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
-        split_size=None, format="text", errors="strict", max_attempts=4, backups=True,
+        split_size=None, format="text", errors="strict", max_attempts=4, max_lost=10,
+        backups=True,
         backup_after=0.75, backup_factor=1.5, verify=0.0, faults=None,
         heartbeat_interval=0.2, heartbeat_timeout=10.0, task_timeout=None, progress=None,
         start_method=None, session=None, partitions=None, combiner=None, memory_limit=None,
@@ -55,7 +56,9 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     ``heartbeat_interval``, ``heartbeat_timeout``, ``task_timeout``, ``faults``,
     ``progress``, ``start_method``). ``backend`` is ``"local"`` (worker processes on this
     machine) or a ``dask.distributed.Client`` / scheduler address: the same policy then
-    runs over Dask futures (see ``docs/dask.md``).
+    runs over Dask futures (see ``docs/dask.md``). ``max_lost`` is how many times one
+    task may take its worker process down with it (it died in that task, not beside it)
+    before the job fails naming the task.
 
     Keyed jobs also take ``partitions`` (R, default 8), ``combiner`` (map-side combine,
     default on), ``memory_limit`` (bytes a map or reduce task may hold before it spills or
@@ -95,7 +98,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
     dask_client = _dask_backend(backend)
     plan = FaultPlan.parse(faults) if isinstance(faults, (str, type(None))) else faults
-    config = PolicyConfig(max_attempts=max_attempts, backups=backups,
+    config = PolicyConfig(max_attempts=max_attempts, max_lost=max_lost, backups=backups,
                           backup_after=backup_after, backup_factor=backup_factor,
                           verify=verify, heartbeat_timeout=heartbeat_timeout,
                           task_timeout=task_timeout)

@@ -58,6 +58,8 @@ __all__ = [
     "FailureDetector",
     "PolicyConfig",
     "fold_tasks",
+    "attempt_id",
+    "parse_attempt",
 ]
 
 
@@ -150,7 +152,8 @@ class PolicyConfig:
     machine's disk, checked by CRC and fingerprint when read, and only those that fail the
     check run again); ``False`` where they die with it (a worker on another host, Dask).
     ``max_lost`` is how many times one task's running attempt may take its worker down
-    with it before the job fails, naming the task.
+    with it before the job fails, naming the task. ``stealing`` lets an idle worker take
+    attempts queued behind another worker's slow or stalled one.
     """
 
     max_attempts: int = 4
@@ -166,6 +169,7 @@ class PolicyConfig:
     prefetch: int = 2
     locality_wait: float = 3.0
     outputs_survive_worker: bool = False
+    stealing: bool = True
 
     def __post_init__(self):
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -247,6 +251,28 @@ class _Attempt:
     started: float | None  # None while queued behind another attempt on its worker
     backup: bool = False
     audit: bool = False
+    placement: int = 1
+
+
+def attempt_id(task, number, placement=1):
+    """The id of attempt ``number`` of ``task``: ``map-3#2``; an attempt that was moved
+    before it started (taken by an idle worker) keeps its number and gets a placement:
+    ``map-3#2~2``.
+
+    >>> attempt_id("map-3", 2), attempt_id("map-3", 2, 2)
+    ('map-3#2', 'map-3#2~2')
+    """
+    return f"{task}#{number}" if placement == 1 else f"{task}#{number}~{placement}"
+
+
+def parse_attempt(aid):
+    """``(task, number)`` of an attempt id made by :func:`attempt_id`.
+
+    >>> parse_attempt("combine-1-0#3~2")
+    ('combine-1-0', 3)
+    """
+    task, _, rest = aid.rpartition("#")
+    return task, int(rest.partition("~")[0])
 
 
 def fold_tasks(splits, fan_in):
@@ -333,6 +359,7 @@ class Policy:
         self.failures = []  # (task, attempt number, worker, cause, detail)
         self.backups_launched = 0
         self.backups_won = 0
+        self.steals = 0
         self.verified = 0
         self.workers_lost = 0
         self._now = 0.0
@@ -571,10 +598,9 @@ class Policy:
             ))
 
     def _late_completion(self, attempt_id, ref, fingerprint):
-        task_id = attempt_id.rsplit("#", 1)[0]
+        task_id, number = parse_attempt(attempt_id)
         task = self.tasks.get(task_id)
         if task is not None and task.state is TaskState.COMPLETED and fingerprint is not None:
-            number = int(attempt_id.rsplit("#", 1)[1])
             self._compare(task, fingerprint, _Attempt(attempt_id, task_id, number, "?", 0.0))
         if ref is not None and (task is None or ref is not task.ref):
             self._actions.append(Release((ref,)))
@@ -745,12 +771,15 @@ class Policy:
                 cap = max(cap, 16)
         return cap
 
-    def _launch(self, task, worker, now, backup=False, audit=False):
-        task.launched += 1
-        number = task.launched
-        aid = f"{task.d.id}#{number}"
+    def _launch(self, task, worker, now, backup=False, audit=False, number=None,
+                placement=1):
+        if number is None:
+            task.launched += 1
+            number = task.launched
+        aid = attempt_id(task.d.id, number, placement)
         queued = bool(self.workers[worker])
-        att = _Attempt(aid, task.d.id, number, worker, None if queued else now, backup, audit)
+        att = _Attempt(aid, task.d.id, number, worker, None if queued else now, backup, audit,
+                       placement)
         self.attempts[aid] = att
         self.workers[worker].append(aid)
         inputs = tuple(self.tasks[c].ref for c in task.d.children)
@@ -827,6 +856,49 @@ class Policy:
             task.waiting_since = None
             self._launch(task, worker, now)
         self.ready.extendleft(reversed(waiting))
+        if self.config.stealing:
+            self._steal(now)
+
+    def _steal(self, now):
+        """Idle workers take attempts queued behind another worker's running one.
+
+        An attempt two or more places back is taken at once; the one right behind the
+        head only when the head has run longer than its stage's median (it is slow or
+        stalled), so that tiny tasks are not moved back and forth. The attempt keeps its
+        number (its faults, its place in the report) and gets a new placement; the old
+        placement is cancelled, and should it have started meanwhile, its completion is
+        compared like any duplicate's. Cost: O(workers) per idle worker.
+        """
+        for w, lst in self.workers.items():
+            if lst:
+                continue
+            best = None
+            for v, queue in self.workers.items():
+                if len(queue) < 2:
+                    continue
+                head = self.attempts[queue[0]]
+                elapsed = now - head.started
+                durations = self._durations.get(self.tasks[head.task].d.kind) or ()
+                slow = bool(durations) and elapsed > durations[len(durations) // 2]
+                for position in range(len(queue) - 1, 0, -1):
+                    att = self.attempts[queue[position]]
+                    if att.audit or self.tasks[att.task].d.prefer == v:
+                        continue
+                    if position >= 2 or slow:
+                        if best is None or elapsed > best[0]:
+                            best = (elapsed, v, att)
+                        break
+            if best is None:
+                return
+            _elapsed, victim, att = best
+            task = self.tasks[att.task]
+            del self.attempts[att.id]
+            self.workers[victim].remove(att.id)
+            task.running.remove(att.id)
+            self._actions.append(Cancel(att.id, victim))
+            self.steals += 1
+            self._launch(task, w, now, backup=att.backup, number=att.number,
+                         placement=att.placement + 1)
 
     def _pick(self, ok, cap):
         best, best_load = None, cap

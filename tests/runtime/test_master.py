@@ -416,3 +416,56 @@ def test_policy_state_round_trips_and_the_copy_finishes_the_job():
     sim.policy = pickle.loads(pickle.dumps(sim.policy))
     drive(sim)
     assert sim.policy.done and sim.root_value() == sum(range(1, 10))
+
+
+def finish_where(sim, pred):
+    for aid in sorted(sim.running):
+        if pred(aid):
+            sim.finish(aid)
+            return aid
+    raise AssertionError(f"nothing running matches; running: {sorted(sim.running)}")
+
+
+def test_an_idle_worker_takes_attempts_queued_behind_stalled_ones_and_backups_follow():
+    # 8 maps on 3 workers with queues of 2: map-0 and map-1 stall on their first attempt.
+    sim = Sim(8, 8, 3, prefetch=2)
+    stalled = ("map-0#1", "map-1#1")
+    sim.tick()
+    assert set(stalled) <= set(sim.running)
+    for _ in range(40):
+        sim.now += 1.0
+        for w in list(sim.alive):
+            sim.policy.heartbeat(w, sim.now)
+        movable = [a for a in sim.running
+                   if a not in stalled and sim.policy.attempts[a].started is not None]
+        if movable:
+            sim.finish(sorted(movable)[0])
+        sim.tick()
+        if sim.policy.done:
+            break
+        backups = [a for a in sim.running if a.startswith(("map-0#", "map-1#"))
+                   and a not in stalled]
+        for b in backups:
+            sim.finish(b)
+    p = sim.policy
+    assert p.done and sim.root_value() == sum(range(1, 9))
+    assert p.steals >= 2  # what was queued behind the stalled two ran elsewhere
+    assert p.backups_launched == 2 and p.backups_won == 2  # progress made them fire
+    # A moved attempt keeps its number: no task other than the stalled ones ran twice.
+    assert all(p.tasks[f"map-{i}"].launched == 1 for i in range(2, 8))
+
+
+def test_stealing_off_leaves_queued_attempts_where_they_are():
+    sim = Sim(8, 8, 3, prefetch=2, stealing=False)
+    sim.tick()
+    for _ in range(10):
+        sim.now += 1.0
+        for w in list(sim.alive):
+            sim.policy.heartbeat(w, sim.now)
+        movable = [a for a in sim.running if not a.startswith(("map-0#", "map-1#"))
+                   and sim.policy.attempts[a].started is not None]
+        if movable:
+            sim.finish(sorted(movable)[0])
+        sim.tick()
+    assert sim.policy.steals == 0
+    assert sim.policy.backups_launched == 0  # progress stalls at 4/8 with the two queued
