@@ -39,6 +39,19 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from mergeagg.errors import InputError, JobFailed, NondeterminismError, TaskFailed
+from mergeagg.runtime.port import (
+    AttemptId,
+    Cancel,
+    Cancelled,
+    Failed,
+    Finished,
+    Heartbeat,
+    Joined,
+    KillWorker,
+    Launch,
+    Lost,
+    Release,
+)
 
 
 class _Where(enum.Enum):
@@ -58,8 +71,6 @@ __all__ = [
     "FailureDetector",
     "PolicyConfig",
     "fold_tasks",
-    "attempt_id",
-    "parse_attempt",
 ]
 
 
@@ -101,48 +112,6 @@ class TaskDef:
         return self.parents[0] if self.parents else None
 
 
-@dataclass(frozen=True)
-class Launch:
-    """Run attempt ``attempt`` (number ``number``) of ``task`` on ``worker``.
-
-    ``inputs`` are the output references of the children, in fold order (combine tasks).
-    ``audit`` marks a verification re-run; ``backup`` a speculative copy.
-    """
-
-    attempt: str
-    task: str
-    number: int
-    worker: str
-    kind: str
-    split: object = None
-    inputs: tuple = ()
-    backup: bool = False
-    audit: bool = False
-
-
-@dataclass(frozen=True)
-class Cancel:
-    """Stop attempt ``attempt`` on ``worker`` (a backup's loser); its result is ignored."""
-
-    attempt: str
-    worker: str
-
-
-@dataclass(frozen=True)
-class KillWorker:
-    """Kill and replace ``worker`` (silent past the heartbeat timeout, or a task timed out)."""
-
-    worker: str
-    cause: str
-
-
-@dataclass(frozen=True)
-class Release:
-    """Output references nothing needs any more; the executor may free them."""
-
-    refs: tuple
-
-
 @dataclass
 class PolicyConfig:
     """Every knob of the policy, with MapReduce/Spark-like defaults.
@@ -153,7 +122,10 @@ class PolicyConfig:
     check run again); ``False`` where they die with it (a worker on another host, Dask).
     ``max_lost`` is how many times one task's running attempt may take its worker down
     with it before the job fails, naming the task. ``stealing`` lets an idle worker take
-    attempts queued behind another worker's slow or stalled one.
+    attempts queued behind another worker's slow or stalled one (the one right behind a
+    running attempt only once that has run ``steal_after`` seconds and longer than its
+    stage's median: a shorter wait would mostly race the worker that is about to start
+    it).
     """
 
     max_attempts: int = 4
@@ -170,6 +142,7 @@ class PolicyConfig:
     locality_wait: float = 3.0
     outputs_survive_worker: bool = False
     stealing: bool = True
+    steal_after: float = 0.05
 
     def __post_init__(self):
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -244,35 +217,19 @@ class _Task:
 
 @dataclass
 class _Attempt:
-    id: str
-    task: str
-    number: int
+    id: AttemptId
     worker: str
     started: float | None  # None while queued behind another attempt on its worker
     backup: bool = False
     audit: bool = False
-    placement: int = 1
 
+    @property
+    def task(self):
+        return self.id.task
 
-def attempt_id(task, number, placement=1):
-    """The id of attempt ``number`` of ``task``: ``map-3#2``; an attempt that was moved
-    before it started (taken by an idle worker) keeps its number and gets a placement:
-    ``map-3#2~2``.
-
-    >>> attempt_id("map-3", 2), attempt_id("map-3", 2, 2)
-    ('map-3#2', 'map-3#2~2')
-    """
-    return f"{task}#{number}" if placement == 1 else f"{task}#{number}~{placement}"
-
-
-def parse_attempt(aid):
-    """``(task, number)`` of an attempt id made by :func:`attempt_id`.
-
-    >>> parse_attempt("combine-1-0#3~2")
-    ('combine-1-0', 3)
-    """
-    task, _, rest = aid.rpartition("#")
-    return task, int(rest.partition("~")[0])
+    @property
+    def number(self):
+        return self.id.number
 
 
 def fold_tasks(splits, fan_in):
@@ -359,6 +316,7 @@ class Policy:
         self.failures = []  # (task, attempt number, worker, cause, detail)
         self.backups_launched = 0
         self.backups_won = 0
+        self.bytes_read = 0
         self.steals = 0
         self.verified = 0
         self.workers_lost = 0
@@ -366,6 +324,30 @@ class Policy:
         self._locality_deadline = None  # when a task waiting for its worker gives up
 
     # -- events ----------------------------------------------------------------------------
+
+    def handle(self, event, now):
+        """Feed one typed event (:mod:`mergeagg.runtime.port`) to the policy: the single
+        entry point a driver uses. Actions come from the next :meth:`tick`."""
+        kind = type(event)
+        if kind is Finished:
+            if event.worker is not None:
+                self.heartbeat(event.worker, now)
+            self.finished(event.attempt, event.ref, event.fingerprint, now, event.stats)
+        elif kind is Heartbeat:
+            self.heartbeat(event.worker, now)
+        elif kind is Failed:
+            if event.worker is not None:
+                self.heartbeat(event.worker, now)
+            self.failed(event.attempt, event.error, now, traceback=event.traceback,
+                        kind=event.kind, lost=event.lost)
+        elif kind is Joined:
+            self.worker_joined(event.worker, now)
+        elif kind is Lost:
+            self.worker_lost(event.worker, event.cause, now)
+        elif kind is Cancelled:
+            self.heartbeat(event.worker, now)
+        else:
+            raise TypeError(f"not a policy event: {event!r}")
 
     def worker_joined(self, worker, now):
         """A worker is ready for tasks."""
@@ -468,6 +450,7 @@ class Policy:
         task.duration = measured if measured is not None else (
             now - (att.started if att.started is not None else now))
         task.stats = dict(stats or {})
+        self.bytes_read += task.stats.get("bytes_read", 0)
         kind = task.d.kind
         self._stage_done[kind] += 1
         bisect.insort(self._durations[kind], task.duration)
@@ -505,6 +488,11 @@ class Policy:
         self._now = now
         att = self.attempts.pop(attempt_id, None)
         if att is None:
+            # A cancelled attempt (a backup's loser, a placement moved elsewhere) that
+            # failed anyway: nothing to decide, but the report keeps what happened.
+            if attempt_id.task in self.tasks:
+                self.failures.append((attempt_id.task, attempt_id.number, None,
+                                      f"{kind} (cancelled attempt)", error))
             return
         self._unassign(att, now)
         task = self.tasks[att.task]
@@ -598,10 +586,9 @@ class Policy:
             ))
 
     def _late_completion(self, attempt_id, ref, fingerprint):
-        task_id, number = parse_attempt(attempt_id)
-        task = self.tasks.get(task_id)
+        task = self.tasks.get(attempt_id.task)
         if task is not None and task.state is TaskState.COMPLETED and fingerprint is not None:
-            self._compare(task, fingerprint, _Attempt(attempt_id, task_id, number, "?", 0.0))
+            self._compare(task, fingerprint, _Attempt(attempt_id, "?", 0.0))
         if ref is not None and (task is None or ref is not task.ref):
             self._actions.append(Release((ref,)))
 
@@ -771,23 +758,20 @@ class Policy:
                 cap = max(cap, 16)
         return cap
 
-    def _launch(self, task, worker, now, backup=False, audit=False, number=None,
-                placement=1):
-        if number is None:
+    def _launch(self, task, worker, now, backup=False, audit=False, aid=None):
+        if aid is None:
             task.launched += 1
-            number = task.launched
-        aid = attempt_id(task.d.id, number, placement)
+            aid = AttemptId(task.d.id, task.launched)
         queued = bool(self.workers[worker])
-        att = _Attempt(aid, task.d.id, number, worker, None if queued else now, backup, audit,
-                       placement)
+        att = _Attempt(aid, worker, None if queued else now, backup, audit)
         self.attempts[aid] = att
         self.workers[worker].append(aid)
         inputs = tuple(self.tasks[c].ref for c in task.d.children)
         if not audit:
             task.running.append(aid)
             task.state = TaskState.IN_PROGRESS
-        self._actions.append(Launch(aid, task.d.id, number, worker, task.d.kind,
-                                    task.d.split, inputs, backup, audit))
+        self._actions.append(Launch(aid, worker, task.d.kind, task.d.split, inputs,
+                                    task.d.index, backup, audit))
 
     def _assign(self, now):
         if not self.workers:
@@ -863,8 +847,9 @@ class Policy:
         """Idle workers take attempts queued behind another worker's running one.
 
         An attempt two or more places back is taken at once; the one right behind the
-        head only when the head has run longer than its stage's median (it is slow or
-        stalled), so that tiny tasks are not moved back and forth. The attempt keeps its
+        head only when the head has run longer than its stage's median and
+        ``steal_after`` (it is slow or stalled), so that tiny tasks are not moved back
+        and forth. The attempt keeps its
         number (its faults, its place in the report) and gets a new placement; the old
         placement is cancelled, and should it have started meanwhile, its completion is
         compared like any duplicate's. Cost: O(workers) per idle worker.
@@ -879,7 +864,8 @@ class Policy:
                 head = self.attempts[queue[0]]
                 elapsed = now - head.started
                 durations = self._durations.get(self.tasks[head.task].d.kind) or ()
-                slow = bool(durations) and elapsed > durations[len(durations) // 2]
+                slow = (bool(durations) and elapsed > durations[len(durations) // 2]
+                        and elapsed > self.config.steal_after)
                 for position in range(len(queue) - 1, 0, -1):
                     att = self.attempts[queue[position]]
                     if att.audit or self.tasks[att.task].d.prefer == v:
@@ -897,8 +883,7 @@ class Policy:
             task.running.remove(att.id)
             self._actions.append(Cancel(att.id, victim))
             self.steals += 1
-            self._launch(task, w, now, backup=att.backup, number=att.number,
-                         placement=att.placement + 1)
+            self._launch(task, w, now, backup=att.backup, aid=att.id.moved())
 
     def _pick(self, ok, cap):
         best, best_load = None, cap
@@ -908,6 +893,21 @@ class Policy:
                 if best_load == 0:
                     break
         return best
+
+    # -- what a driver reads --------------------------------------------------------------
+
+    def stage_counts(self):
+        """``(done, total)``: completed and all tasks per kind (live dicts; read only)."""
+        return self._stage_done, self._stage_total
+
+    def durations(self, kind):
+        """The sorted durations of the completed tasks of ``kind`` (read only)."""
+        return self._durations.get(kind, ())
+
+    def input_bytes(self):
+        """The bytes the map tasks' splits cover (0 where a split does not say)."""
+        return sum(getattr(t.d.split, "nbytes", 0) or 0 for t in self.tasks.values()
+                   if t.d.kind == "map")
 
     # -- invariants ------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from mergeagg.fingerprint import fingerprint
 from mergeagg.inputs import as_source
 from mergeagg.runtime.faults import Fault, FaultPlan
 from mergeagg.runtime.master import PolicyConfig
+from mergeagg.runtime.port import AttemptId, Launch
 
 pytest.importorskip("distributed")
 
@@ -238,8 +239,9 @@ def test_a_combine_refuses_an_input_recomputed_with_another_fingerprint(dask_cli
     split = as_source([["a b a"]]).splits()[0]
 
     def attempt(key, kind, expected, *inputs):
-        return dask_client.submit(run_attempt, job, "digest-test", "token-test", key, key + "#1",
-                                  kind, 1, split, expected, 0.0, *inputs, key=key, pure=False)
+        launch = Launch(AttemptId(key, 1), "w", kind, split if kind == "map" else None)
+        return dask_client.submit(run_attempt, job, "digest-test", "token-test", key, launch,
+                                  expected, 0.0, *inputs, key=key, pure=False)
 
     child = attempt("test-map-0", "map", ())
     done, data, fp, stats = child.result()

@@ -6,16 +6,13 @@ from hypothesis import strategies as st
 
 from mergeagg.errors import JobFailed, NondeterminismError, TaskFailed
 from mergeagg.runtime.master import (
-    Cancel,
     FailureDetector,
-    KillWorker,
-    Launch,
     Policy,
     PolicyConfig,
-    Release,
     TaskState,
     fold_tasks,
 )
+from mergeagg.runtime.port import Cancel, KillWorker, Launch, Release
 
 
 class FakeRef:
@@ -32,7 +29,7 @@ class Sim:
         self.tasks = fold_tasks(self.values, fan_in)
         self.policy = Policy(self.tasks, PolicyConfig(**config))
         self.now = 0.0
-        self.running = {}  # attempt -> (Launch, worker)
+        self.running = {}  # str(attempt id) -> Launch: tests name attempts "map-0#1"
         self.finished_msgs = []
         self.cancelled = set()
         self.killed = []
@@ -67,10 +64,10 @@ class Sim:
         for a in actions:
             if isinstance(a, Launch):
                 assert a.worker in self.alive
-                self.running[a.attempt] = a
+                self.running[str(a.attempt)] = a
             elif isinstance(a, Cancel):
-                self.cancelled.add(a.attempt)
-                self.running.pop(a.attempt, None)
+                self.cancelled.add(str(a.attempt))
+                self.running.pop(str(a.attempt), None)
             elif isinstance(a, KillWorker):
                 self.killed.append(a.worker)
                 self.drop_worker(a.worker, notify=False)
@@ -83,12 +80,13 @@ class Sim:
         launch = self.running.pop(attempt)
         v = self.value_of(launch) + (1000 if corrupt else 0)
         ref = FakeRef(v, launch.worker)
-        self.finished_msgs.append((attempt, ref, str(v)))
-        self.policy.finished(attempt, ref, str(v), self.now, {"seconds": 1})
+        self.finished_msgs.append((launch.attempt, ref, str(v)))
+        self.policy.finished(launch.attempt, ref, str(v), self.now, {"seconds": 1})
 
     def fail(self, attempt):
-        self.running.pop(attempt)
-        self.policy.failed(attempt, "ValueError: boom", self.now, traceback="Traceback...")
+        launch = self.running.pop(attempt)
+        self.policy.failed(launch.attempt, "ValueError: boom", self.now,
+                           traceback="Traceback...")
 
     def drop_worker(self, w, notify=True):
         self.alive.discard(w)
@@ -185,8 +183,8 @@ def test_an_unreadable_output_reruns_its_task_and_holds_back_its_parent():
     sim.tick()
     (combine,) = [a for a in sim.running if a.startswith("combine")]
     # The combine found map-1's file torn: it names the task, which runs again.
-    sim.running.pop(combine)
-    sim.policy.failed(combine, "torn", sim.now, kind="input_lost", lost=("map-1",))
+    launch = sim.running.pop(combine)
+    sim.policy.failed(launch.attempt, "torn", sim.now, kind="input_lost", lost=("map-1",))
     assert sim.policy.tasks["map-1"].state is TaskState.IDLE
     assert sim.policy.tasks["map-0"].state is TaskState.COMPLETED
     drive(sim)
@@ -303,7 +301,7 @@ def test_duplicate_completion_with_other_fingerprint_stops_the_job():
     task = b.split("#")[0]
     # The original finishes first, then the backup (not yet cancelled) with other bytes.
     sim.finish(f"{task}#1")
-    sim.policy.finished(b, FakeRef(999, "w1"), "999", sim.now)
+    sim.policy.finished(sim.running[b].attempt, FakeRef(999, "w1"), "999", sim.now)
     err = sim.policy.error
     assert isinstance(err, NondeterminismError)
     assert err.task == task and "999" in err.fingerprints
@@ -437,7 +435,8 @@ def test_an_idle_worker_takes_attempts_queued_behind_stalled_ones_and_backups_fo
         for w in list(sim.alive):
             sim.policy.heartbeat(w, sim.now)
         movable = [a for a in sim.running
-                   if a not in stalled and sim.policy.attempts[a].started is not None]
+                   if a not in stalled and sim.policy.attempts[sim.running[a].attempt].started
+                   is not None]
         if movable:
             sim.finish(sorted(movable)[0])
         sim.tick()
@@ -463,7 +462,7 @@ def test_stealing_off_leaves_queued_attempts_where_they_are():
         for w in list(sim.alive):
             sim.policy.heartbeat(w, sim.now)
         movable = [a for a in sim.running if not a.startswith(("map-0#", "map-1#"))
-                   and sim.policy.attempts[a].started is not None]
+                   and sim.policy.attempts[sim.running[a].attempt].started is not None]
         if movable:
             sim.finish(sorted(movable)[0])
         sim.tick()
