@@ -92,3 +92,29 @@ def test_keyed_flags(text_files, capsys, tmp_path):
 def test_bad_fault_spec_is_a_clear_error(text_files, capsys):
     assert main(["run", "wordcount", *text_files, "--faults", "explode=1"]) == 2
     assert "unknown fault 'explode'" in capsys.readouterr().err
+
+
+def test_verify_and_backup_copies_are_not_retries(text_files, capsys, tmp_path):
+    # --verify 1 runs every map task a second time on another worker: two attempts each,
+    # no failure, so nothing was retried.
+    report = tmp_path / "r.json"
+    assert main(["run", "wordcount", *text_files, "--workers", "2", "--split-size", "1K",
+                 "--verify", "1", "--json", str(report)]) == 0
+    err = capsys.readouterr().err
+    doc = json.loads(report.read_text())["report"]
+    assert doc["verified"] == len(doc["attempts"]) and set(doc["attempts"]) == {2}
+    assert doc["retried"] == doc["retries"] == 0 and doc["failures"] == []
+    assert "retried 0, failures 0" in err
+
+
+def test_retries_are_counted_from_the_failures(text_files, capsys, tmp_path):
+    report = tmp_path / "r.json"
+    assert main(["run", "wordcount", *text_files, "--workers", "2", "--split-size", "1K",
+                 "--faults", "raise=0.3,seed=4", "--no-backups", "--max-attempts", "9",
+                 "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())["report"]
+    failed = {f["task"] for f in doc["failures"]}
+    assert doc["retried"] == len(failed) > 0
+    assert doc["retries"] == len(doc["failures"])
+    assert f"retried {doc['retried']}, failures {len(doc['failures'])}" in \
+        capsys.readouterr().err
