@@ -23,6 +23,8 @@ import traceback
 
 import numpy as np
 
+from mergeagg.runtime.shuffle import OUTPUT_FORMATS
+
 __all__ = ["main", "build_parser", "to_jsonable"]
 
 
@@ -134,6 +136,9 @@ def _add_common(p):
                     help="bytes a task may hold before it spills (K/M/G suffixes)")
     kj.add_argument("--output", default=None, metavar="DIR",
                     help="write a keyed job's result as part files in DIR (new or empty)")
+    kj.add_argument("--output-format", default=None, choices=list(OUTPUT_FORMATS),
+                    help="the part files' format: JSON lines (default), TSV, or framed "
+                         "(Python values, exact; read back with mergeagg)")
     kj.add_argument("--salt", nargs="?", const=True, default=None, type=_share,
                     metavar="SHARE",
                     help="spread hot keys over several partitions (a key is hot in a map "
@@ -201,8 +206,8 @@ def _entry_parser(entry):
 _COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "quiet", "errors", "format",
            "faults",
            "backups", "verify", "max_attempts", "task_timeout", "heartbeat_timeout",
-           "progress", "partitions", "combiner", "memory_limit", "output", "salt",
-           "dask")
+           "progress", "partitions", "combiner", "memory_limit", "output", "output_format",
+           "salt", "dask")
 
 
 class _Usage(Exception):
@@ -338,7 +343,8 @@ def _cmd_run(name, argv, out):
                    task_timeout=args.task_timeout, heartbeat_timeout=args.heartbeat_timeout,
                    progress=False if args.quiet and args.progress is None else args.progress)
     keyed_options = dict(partitions=args.partitions, combiner=args.combiner,
-                         memory_limit=args.memory_limit, output=args.output, salt=args.salt)
+                         memory_limit=args.memory_limit, output=args.output, salt=args.salt,
+                         output_format=args.output_format)
     if isinstance(job, KeyedJob):
         options.update(keyed_options)
     else:
