@@ -977,7 +977,8 @@ def _read_text_part(path, entries, fmt):
             if fmt == "jsonl":
                 try:  # one parse for a megabyte of lines
                     batch = json.loads("[" + ",".join(lines) + "]")
-                    pairs = [(_as_key(e["key"]), e["value"]) for e in batch]
+                    pairs = [(k if type(k) is not list else _as_key(k), e["value"])
+                             for e in batch for k in (e["key"],)]
                 except (ValueError, KeyError, TypeError):
                     pairs = None
             if fmt != "jsonl" or pairs is None:
