@@ -204,8 +204,7 @@ def _entry_parser(entry):
 
 
 _COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "quiet", "errors", "format",
-           "faults",
-           "backups", "verify", "max_attempts", "task_timeout", "heartbeat_timeout",
+           "faults", "backups", "verify", "max_attempts", "task_timeout", "heartbeat_timeout",
            "progress", "partitions", "combiner", "memory_limit", "output", "output_format",
            "salt", "dask")
 
@@ -387,7 +386,6 @@ def _cmd_run(name, argv, out):
     if doc is not None and args.json != "-":
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(doc, f)
-    out.flush()  # a closed pipe is met here, where main reports it, not at exit
     return 0
 
 
@@ -467,25 +465,9 @@ def main(argv=None):
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv and argv[0] == "run":
-            split = _split_run_argv(argv[1:])
-            if split is not None:
-                return _cmd_run(split[0], split[1], sys.stdout)
-        parser = build_parser()
-        args, extra = parser.parse_known_args(argv)
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        if args.command == "catalog":
-            return _cmd_catalog(sys.stdout)
-        if args.command == "demo":
-            from mergeagg.runtime.demo import demo
-
-            return demo(args.inputs or None, workers=args.workers)
-        if args.command == "master":
-            from mergeagg.runtime.protocol import serve
-
-            return serve()
-        parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+        status = _dispatch(argv)
+        sys.stdout.flush()  # a closed pipe is met here, where it is handled, not at exit
+        return status
     except _Usage as exc:
         print(f"mergeagg: error: {exc}", file=sys.stderr)
         return 2
@@ -506,7 +488,29 @@ def main(argv=None):
     except (ValueError, TypeError) as exc:
         print(f"mergeagg: error: {exc}", file=sys.stderr)
         return 2
-    return 2
+
+
+def _dispatch(argv):
+    if argv and argv[0] == "run":
+        split = _split_run_argv(argv[1:])
+        if split is not None:
+            return _cmd_run(split[0], split[1], sys.stdout)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "catalog":
+        return _cmd_catalog(sys.stdout)
+    if args.command == "demo":
+        from mergeagg.runtime.demo import demo
+
+        return demo(args.inputs or None, workers=args.workers)
+    if args.command == "master":
+        from mergeagg.runtime.protocol import serve
+
+        return serve()
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+    return 2  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -933,7 +933,11 @@ class KeyedOutput:
 
     @property
     def format(self):
-        """The parts' format, one of :data:`OUTPUT_FORMATS` (told by their names)."""
+        """The parts' format, one of :data:`OUTPUT_FORMATS`, told by their names' suffix.
+
+        Cost: O(parts). Directories written before JSON lines was the default hold framed
+        parts, with no suffix, and still read back.
+        """
         for fmt, suffix in OUTPUT_FORMATS.items():
             if suffix and self.parts and all(p.endswith(suffix) for p, _n in self.parts):
                 return fmt
