@@ -230,7 +230,10 @@ def _load_user_factory(spec):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise _Usage(f"module {module_name!r} has no {attr!r}") from None
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise _Usage(f"module {module_name!r} has no {attr!r}{hint}") from None
     return obj
 
 

@@ -174,6 +174,9 @@ def test_user_factory_from_the_current_directory(tmp_path, corpus):
     ("mergeagg.algorithms:nothing_here", "module 'mergeagg.algorithms' has no 'nothing_here'"),
     ("mergeagg:__version__", "mergeagg:__version__ is a str, not an Aggregator or a factory"),
     ("nope", "no catalog entry 'nope'; known entries: count, countmin, "),
+    ("mergeagg.algorithms:wordcont",
+     "module 'mergeagg.algorithms' has no 'wordcont'; did you mean 'wordcount' or "
+     "'count'?"),
     ("wordcont", "no catalog entry 'wordcont'; did you mean 'wordcount' or 'count'? "
                  "(`mergeagg catalog` lists them all; or give module.path:factory)"),
     ("heavyhiters", "no catalog entry 'heavyhiters'; did you mean 'heavyhitters'? "),
