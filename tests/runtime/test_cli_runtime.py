@@ -95,14 +95,15 @@ def test_bad_fault_spec_is_a_clear_error(text_files, capsys):
 
 
 def test_verify_and_backup_copies_are_not_retries(text_files, capsys, tmp_path):
-    # --verify 1 runs every map task a second time on another worker: two attempts each,
-    # no failure, so nothing was retried.
+    # --verify 1 runs every map task a second time on another worker: two attempts each
+    # (three with a backup copy of a straggler), no failure, so nothing was retried.
     report = tmp_path / "r.json"
     assert main(["run", "wordcount", *text_files, "--workers", "2", "--split-size", "1K",
                  "--verify", "1", "--json", str(report)]) == 0
     err = capsys.readouterr().err
     doc = json.loads(report.read_text())["report"]
-    assert doc["verified"] == len(doc["attempts"]) and set(doc["attempts"]) == {2}
+    assert doc["verified"] == len(doc["attempts"]) and min(doc["attempts"]) >= 2
+    assert max(doc["attempts"]) <= 2 + doc["backups_launched"]
     assert doc["retried"] == doc["retries"] == 0 and doc["failures"] == []
     assert "retried 0, failures 0" in err
 
