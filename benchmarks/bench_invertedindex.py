@@ -119,7 +119,8 @@ def main(argv=None):
         if keyed:
             result = mergeagg.run(agg, path, workers=args.workers, split_size=split_size,
                                   format="jsonl", partitions=args.partitions,
-                                  output=os.path.join(out_dir, f"index-{rep}"))
+                                  output=os.path.join(out_dir, f"index-{rep}"),
+                                  output_format="framed")
         else:
             result = mergeagg.run(agg, path, workers=args.workers, split_size=split_size,
                                   format="jsonl")

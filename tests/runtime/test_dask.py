@@ -347,7 +347,8 @@ def test_keyed_output_parts_are_committed_once_despite_a_straggling_reducer(dask
                     backup_after=0.3)
     assert result.fingerprint == clean.fingerprint
     assert result.value.to_dict() == clean.value
-    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001", "part-00002"]
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000.jsonl", "part-00001.jsonl",
+                                       "part-00002.jsonl"]
     assert {t.task: t.attempts for t in result.report.tasks}["reduce-0"] == 2, \
         str(result.report) + repr(result.report.tasks)
     assert result.report.backups_won >= 1, (result.report.failures, str(result.report))
