@@ -449,7 +449,8 @@ def main(argv=None):
     """Entry point of the ``mergeagg`` console script. Returns the exit status.
 
     Errors in the input or the job print one line, ``mergeagg: error: ...``, and give a
-    non-zero status (1 for input and job failures, 2 for a mistake on the command line).
+    non-zero status (1 for input and job failures, 2 for a mistake on the command line,
+    130 when interrupted by Ctrl-C, after the job's workers are stopped).
     Cost: that of the job run.
 
     >>> import contextlib, io
@@ -471,6 +472,11 @@ def main(argv=None):
         status = _dispatch(argv)
         sys.stdout.flush()  # a closed pipe is met here, where it is handled, not at exit
         return status
+    except KeyboardInterrupt:
+        # One Ctrl-C: the job's executor has already stopped its workers and removed its
+        # directories on the way out (the driver's finally); say so in one line.
+        print("mergeagg: interrupted", file=sys.stderr)
+        return 130
     except _Usage as exc:
         print(f"mergeagg: error: {exc}", file=sys.stderr)
         return 2

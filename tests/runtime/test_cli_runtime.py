@@ -174,3 +174,63 @@ def test_an_unwritable_output_directory_fails_before_the_job_runs(text_files, ca
     assert main(["run", "wordcount", bad_utf8, "--keyed", "--workers", "0",
                  "--output", str(below_a_file)]) == 1
     assert "Not a directory" in capsys.readouterr().err
+
+
+_INTERRUPTIBLE = '''
+import os, time
+import mergeagg as ma
+
+PIDS = os.environ["PIDS_DIR"]
+
+def _mark():
+    open(os.path.join(PIDS, str(os.getpid())), "w").close()
+
+def busy():
+    def partial(lines):
+        _mark()
+        x = 0
+        while True:  # pure Python, holds the GIL
+            x += 1
+    return ma.Aggregator(partial, lambda a, b: a + b)
+
+def stuck():
+    def partial(lines):
+        _mark()
+        time.sleep(3600)
+    return ma.Aggregator(partial, lambda a, b: a + b)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["busy", "stuck"])
+def test_one_ctrl_c_ends_a_job_with_130_one_line_and_nothing_left(tmp_path, kind):
+    import signal
+    import time
+
+    import psutil
+
+    (tmp_path / "interruptible.py").write_text(_INTERRUPTIBLE)
+    pids, tmp = tmp_path / "pids", tmp_path / "tmp"
+    pids.mkdir()
+    tmp.mkdir()
+    data = tmp_path / "in.txt"
+    data.write_text("a b c\n" * 2000)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), PIDS_DIR=str(pids), TMPDIR=str(tmp))
+    proc = subprocess.Popen(MERGEAGG + ["run", f"interruptible:{kind}", str(data), "--workers",
+                                        "2", "--split-size", "4K"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(os.listdir(pids)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    workers = [int(p) for p in os.listdir(pids)]
+    assert len(workers) == 2, "the workers never started their tasks"
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    start = time.monotonic()
+    _out, err = proc.communicate(timeout=30)  # a hang fails here
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["mergeagg: interrupted"], err
+    assert not [p for p in workers if psutil.pid_exists(p)
+                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE], "orphan workers"
+    assert os.listdir(tmp) == [], f"left behind after {elapsed:.2f}s: {os.listdir(tmp)}"
