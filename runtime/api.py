@@ -14,7 +14,8 @@ from mergeagg.runtime.report import Report
 from mergeagg.runtime.serial import run_serial
 from mergeagg.runtime.tree import check_fan_in
 
-__all__ = ["run", "Result", "DEFAULT_FAN_IN"]
+__all__ = ["run", "run_on", "Result", "DEFAULT_FAN_IN", "resolve_backend", "keyed_spec",
+           "check_job"]
 
 DEFAULT_FAN_IN = 8
 
@@ -80,93 +81,93 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     >>> r.value, r.report.attempts
     (15, [1, 1, 1])
     """
-    from mergeagg.keyed import KeyedJob
     from mergeagg.runtime.faults import FaultPlan
     from mergeagg.runtime.master import PolicyConfig
 
-    keyed = isinstance(job, KeyedJob)
-    if not keyed and not isinstance(job, Aggregator):
-        raise TypeError(f"run needs an Aggregator, got {type(job).__name__} (keyed jobs: "
-                        "pass a mergeagg.KeyedJob)")
-    if not keyed:
-        for name, val in (("partitions", partitions), ("combiner", combiner),
-                          ("memory_limit", memory_limit), ("output", output), ("salt", salt),
-                          ("output_format", output_format)):
-            if val is not None:
-                raise TypeError(f"{name}= applies to keyed jobs (mergeagg.KeyedJob), not to "
-                                "an Aggregator")
+    check_job(job, partitions=partitions, combiner=combiner, memory_limit=memory_limit,
+              output=output, salt=salt, output_format=output_format)
     check_fan_in(fan_in)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 0):
         raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
-    dask_client = _dask_backend(backend)
+    dask_client = resolve_backend(backend)
     plan = FaultPlan.parse(faults) if isinstance(faults, (str, type(None))) else faults
-    config = PolicyConfig(max_attempts=max_attempts, max_lost=max_lost, backups=backups,
-                          backup_after=backup_after, backup_factor=backup_factor,
-                          verify=verify, heartbeat_timeout=heartbeat_timeout,
-                          task_timeout=task_timeout)
+    knobs = dict(max_attempts=max_attempts, max_lost=max_lost, backups=backups,
+                 backup_after=backup_after, backup_factor=backup_factor, verify=verify,
+                 heartbeat_timeout=heartbeat_timeout, task_timeout=task_timeout)
     src = as_source(source, split_size=split_size, format=format, errors=errors)
+    keyed_options = dict(partitions=partitions, combiner=combiner, memory_limit=memory_limit,
+                         output=output, salt=salt, output_format=output_format)
+    if session is not None:
+        if dask_client is not None:
+            raise ValueError("give either session= or a Dask backend=, not both (a session "
+                             "runs on its own workers)")
+        return session.run(job, src, fan_in=fan_in, faults=plan, progress=progress,
+                           **keyed_options, **knobs)
+    config = PolicyConfig(**knobs)
     n = workers if workers is not None else (os.cpu_count() or 1)
-    if n == 0 and plan is not None:
-        raise ValueError("faults are injected into worker processes; workers=0 has none")
-    start = time.perf_counter()
-    if dask_client is not None and session is not None:
-        raise ValueError("give either session= or a Dask backend=, not both (a session "
-                         "runs on its own workers)")
-    if dask_client is not None and keyed:
-        from mergeagg.runtime.dask import run_keyed_dask
-
-        spec = _keyed_spec(job, partitions, combiner, memory_limit, output, salt,
-                           output_format)
-        value, report, fp = run_keyed_dask(spec, src, client=dask_client, config=config,
-                                           faults=plan, progress=progress)
-        if output is not None:
-            _commit_output(output, value, fp)
-        report.wall_seconds = time.perf_counter() - start
-        return Result(value, fp, report)
     if dask_client is not None:
-        from mergeagg.runtime.dask import run_dask
+        from mergeagg.runtime.dask import DaskExecutor
 
-        value, report = run_dask(job, src, client=dask_client, fan_in=fan_in, config=config,
-                                 faults=plan, progress=progress)
-        fp_start = time.perf_counter()
-        fp = _root_fingerprint(job, report) or fingerprint(value)
-        report.phases["fingerprint"] = time.perf_counter() - fp_start
-        report.wall_seconds = time.perf_counter() - start
-        return Result(value, fp, report)
-    if keyed:
-        spec = _keyed_spec(job, partitions, combiner, memory_limit, output, salt,
-                           output_format)
-        if session is not None:
-            value, report, fp = session._run_keyed_spec(spec, src, config=config, faults=plan,
-                                                        progress=progress)
-        elif n > 0:
-            from mergeagg.runtime.local import run_keyed_local
+        executor = DaskExecutor(dask_client)
+    elif n == 0:
+        if plan is not None:
+            raise ValueError("faults are injected into worker processes; workers=0 has "
+                             "none")
+        executor = None  # the serial reference, in this process
+    else:
+        from mergeagg.runtime.local import LocalExecutor
 
-            value, report, fp = run_keyed_local(spec, src, workers=n, config=config,
-                                                faults=plan, progress=progress,
-                                                heartbeat_interval=heartbeat_interval,
-                                                start_method=start_method)
-        else:
+        executor = LocalExecutor(n, heartbeat_interval=heartbeat_interval,
+                                 start_method=start_method)
+    return run_on(job, src, executor, own=True, config=config, fan_in=fan_in, faults=plan,
+                  progress=progress, **keyed_options)
+
+
+def check_job(job, **keyed_options):
+    """Refuse what is not a job, and keyed options given to a fold job."""
+    from mergeagg.keyed import KeyedJob
+
+    if isinstance(job, KeyedJob):
+        return
+    if not isinstance(job, Aggregator):
+        raise TypeError(f"run needs an Aggregator, got {type(job).__name__} (keyed jobs: "
+                        "pass a mergeagg.KeyedJob)")
+    for name, val in keyed_options.items():
+        if val is not None:
+            raise TypeError(f"{name}= applies to keyed jobs (mergeagg.KeyedJob), not to an "
+                            "Aggregator")
+
+
+def run_on(job, src, executor, *, own, config, fan_in=DEFAULT_FAN_IN, faults=None,
+           progress=None, partitions=None, combiner=None, memory_limit=None, output=None,
+           salt=None, output_format=None):
+    """Run ``job`` over Source ``src`` on ``executor`` (``None``: serially in this
+    process) and wrap the outcome in a :class:`Result`: the one place where :func:`run`
+    and :class:`~mergeagg.Session` turn a job into a result, whatever executor they chose.
+    ``own``: start the executor for this job and close it after."""
+    from mergeagg.keyed import KeyedJob
+    from mergeagg.runtime.driver import run_fold, run_keyed
+
+    start = time.perf_counter()
+    if isinstance(job, KeyedJob):
+        spec = keyed_spec(job, partitions, combiner, memory_limit, output, salt, output_format)
+        if executor is None:
             from mergeagg.runtime.serial import run_keyed_serial
 
             value, report, fp = run_keyed_serial(spec, src)
+        else:
+            value, report, fp = run_keyed(spec, src, executor, config=config, faults=faults,
+                                          progress=progress, own=own)
         if output is not None:
             _commit_output(output, value, fp)
         report.wall_seconds = time.perf_counter() - start
         return Result(value, fp, report)
-    if session is not None:
-        value, report = session._run(job, src, fan_in=fan_in, config=config,
-                                     faults=plan, progress=progress)
-    elif n > 0:
-        from mergeagg.runtime.local import run_local
-
-        value, report = run_local(job, src, workers=n, fan_in=fan_in, config=config,
-                                  faults=plan, progress=progress,
-                                  heartbeat_interval=heartbeat_interval,
-                                  start_method=start_method)
-    else:
+    if executor is None:
         value, report = run_serial(job, src, fan_in=fan_in)
+    else:
+        value, report = run_fold(job, src, executor, fan_in=fan_in, config=config,
+                                 faults=faults, progress=progress, own=own)
     fp_start = time.perf_counter()
     fp = _root_fingerprint(job, report) or fingerprint(value)
     report.phases["fingerprint"] = time.perf_counter() - fp_start
@@ -183,7 +184,7 @@ def _root_fingerprint(job, report):
     return report.tasks[-1].fingerprint
 
 
-def _dask_backend(backend):
+def resolve_backend(backend):
     """``None`` for the local backend, else the Dask client or scheduler address to use."""
     if backend == "local" or backend is None:
         return None
@@ -198,7 +199,7 @@ def _dask_backend(backend):
                     f"address, got {type(backend).__name__}")
 
 
-def _keyed_spec(job, partitions, combiner, memory_limit, output, salt=None,
+def keyed_spec(job, partitions, combiner, memory_limit, output, salt=None,
                 output_format=None):
     from mergeagg.inputs import parse_size
     from mergeagg.runtime.shuffle import KeyedSpec

@@ -73,9 +73,8 @@ from mergeagg.errors import InputError, JobFailed, NondeterminismError
 from mergeagg.inputs import read_split
 from mergeagg.runtime.attempt import run_attempt as _attempt
 from mergeagg.runtime.driver import drive as _drive
-from mergeagg.runtime.driver import fetch_root, keyed_fingerprint, report
+from mergeagg.runtime.driver import run_fold, run_keyed
 from mergeagg.runtime.faults import ProcessFaults
-from mergeagg.runtime.master import Policy, fold_tasks
 from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.port import (
     NOT_YET,
@@ -90,11 +89,12 @@ from mergeagg.runtime.port import (
     Release,
 )
 from mergeagg.runtime.refs import ResidentPartition, dumps
-from mergeagg.runtime.shuffle import KeyedSpec, MapOutput, PartRef, keyed_tasks, side_of
+from mergeagg.runtime.shuffle import KeyedSpec, MapOutput, PartRef, side_of
 
 __all__ = ["run_dask", "run_keyed_dask", "drive", "DaskExecutor", "DaskPartition", "Loaded",
            "load_partition", "derive_partition", "DaskRef", "require_dask", "run_attempt",
-           "slot_name", "slot_address", "INSTALL_HINT", "EVENT_TOPIC"]
+           "slot_name", "slot_address", "connect", "await_workers", "INSTALL_HINT",
+           "EVENT_TOPIC"]
 
 INSTALL_HINT = "pip install 'mergeagg[dask]'"
 
@@ -464,6 +464,7 @@ class DaskExecutor:
     """
 
     outputs_survive_worker = False
+    mode = "dask"
 
     def __init__(self, client, *, poll_interval=0.25, heartbeat_timeout=None,
                  partitions=None, wait_for_workers=60.0):
@@ -502,12 +503,12 @@ class DaskExecutor:
         worker. Returns ``self``."""
         if self._started:
             return self
-        self._started = True
-        self.client, self._owns_client = _connect(self.client)
+        self.client, self._owns_client = connect(self.client)
         _subscribe(self.client, self.token, self._queue)
+        self._started = True
         self._pending = self.membership(force=True)
         if not self.known:
-            _wait_for_workers(self.client, self.wait_for_workers)
+            await_workers(self.client, self.wait_for_workers)
             self._pending += self.membership(force=True)
         return self
 
@@ -610,6 +611,15 @@ class DaskExecutor:
         else:
             interval = n_workers / 200 + 1
         return 2 * interval + 2 * self.poll_interval < self.heartbeat_timeout
+
+    @property
+    def size(self):
+        """How many policy slots (worker threads) the cluster has, as last seen."""
+        return sum(self.known.values())
+
+    def report_counters(self):
+        """What a report adds about this cluster: how many Dask workers it had."""
+        return {"dask_workers": len(self.known)}
 
     def slots(self):
         """The policy slots of the workers seen alive, sorted."""
@@ -829,7 +839,7 @@ def _as_message(aid, address, outcome):
             "error": outcome[2], "traceback": outcome[3], "lost": list(outcome[4])}
 
 
-def _connect(client):
+def connect(client):
     """``(client, owned)``: a Client as given, or a new one for a scheduler address."""
     distributed = require_dask()
     if isinstance(client, str):
@@ -841,8 +851,7 @@ def _connect(client):
 
 
 def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progress=None,
-             poll_interval=0.25, wait_for_workers=60.0, watch_heartbeats=False,
-             clock=None):
+             poll_interval=0.25, wait_for_workers=60.0, watch_heartbeats=False):
     """Run a fold job on a Dask cluster. Returns ``(value, report)``.
 
     ``client`` is a ``dask.distributed.Client`` (the caller's: TLS, security and timeouts
@@ -853,68 +862,42 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
     only the root's output travels to this process. ``watch_heartbeats`` turns on the
     detection of hung workers by ``config.heartbeat_timeout`` (see the module docstring).
     """
-    policy = Policy(fold_tasks(source.splits(), fan_in), config)
-    acc, phases, slots, n_workers = drive(
-        policy, aggregator, fetch_root, client=client, config=config, faults=faults,
-        progress=progress, poll_interval=poll_interval, wait_for_workers=wait_for_workers,
-        watch_heartbeats=watch_heartbeats, clock=clock)
-    t = time.perf_counter()
-    value = aggregator.finalize(acc)
-    phases["finalize"] = time.perf_counter() - t
-    rep = report(policy, slots, fan_in, phases, mode="dask")
-    rep.counters["dask_workers"] = n_workers
-    return value, rep
+    ex = DaskExecutor(client, poll_interval=poll_interval, partitions=None,
+                      heartbeat_timeout=config.heartbeat_timeout if watch_heartbeats else None,
+                      wait_for_workers=wait_for_workers)
+    return run_fold(aggregator, source, ex, fan_in=fan_in, config=config, faults=faults,
+                    progress=progress)
 
 
 def run_keyed_dask(spec, source, *, client, config, faults=None, progress=None,
-                   poll_interval=0.25, wait_for_workers=60.0, watch_heartbeats=False,
-                   clock=None):
+                   poll_interval=0.25, wait_for_workers=60.0, watch_heartbeats=False):
     """Run a keyed job (map, shuffle, reduce) on a Dask cluster.
 
-    Returns ``(value, report, fingerprint)`` as
-    :func:`~mergeagg.runtime.local.run_keyed_local` does, with the same fingerprint. Map
-    attempts keep their spill files in their Dask worker's local directory; each reducer
-    fetches its bucket of every map output through a small task on the map's worker, so
-    only bucket ``r`` of each map output travels to reducer ``r``. With ``spec.output``
-    every Dask worker must see that directory (a shared file system): reducers commit their
-    part files there. Spill files are deleted from every worker when the job ends.
+    Returns ``(value, report, fingerprint)`` as the local runtime does, with the same
+    fingerprint. Map attempts keep their spill files in their Dask worker's local
+    directory; each reducer fetches its bucket of every map output through a small task on
+    the map's worker, so only bucket ``r`` of each map output travels to reducer ``r``.
+    With ``spec.output`` every Dask worker must see that directory (a shared file system):
+    reducers commit their part files there. Spill files are deleted from every worker when
+    the job ends.
     """
-    from mergeagg.runtime.local import keyed_fetch
-
-    R = spec.partitions
-    salt = spec.salt is not None
-    policy = Policy(keyed_tasks(source.splits(), R, salt), config)
-    sinks = [f"reduce-{r}" for r in range(R)] + (["merge-salted"] if salt else [])
-    value, phases, slots, n_workers = drive(
-        policy, spec, keyed_fetch(spec, sinks), client=client, config=config, faults=faults,
-        progress=progress, poll_interval=poll_interval, wait_for_workers=wait_for_workers,
-        watch_heartbeats=watch_heartbeats, clock=clock)
-    rep = report(policy, slots, 0, phases, mode="dask")
-    rep.counters["dask_workers"] = n_workers
-    return value, rep, keyed_fingerprint(policy, R, rep)
+    ex = DaskExecutor(client, poll_interval=poll_interval,
+                      heartbeat_timeout=config.heartbeat_timeout if watch_heartbeats else None,
+                      wait_for_workers=wait_for_workers)
+    return run_keyed(spec, source, ex, config=config, faults=faults, progress=progress)
 
 
 def drive(policy, payload, fetch, *, client, config, faults=None, progress=None,
-          poll_interval=0.25, wait_for_workers=60.0, watch_heartbeats=False,
-          clock=None, partitions=None):
+          poll_interval=0.25, partitions=None):
     """The driver (:func:`mergeagg.runtime.driver.drive`) over a :class:`DaskExecutor` on
-    ``client``. ``partitions`` maps the ids of the :class:`DaskPartition` splits of map
-    tasks over a persisted dataset to their futures. Returns ``(fetched, phases, slots,
-    dask workers)``."""
-    t_start = time.perf_counter()
-    ex = DaskExecutor(client, poll_interval=poll_interval,
-                      heartbeat_timeout=config.heartbeat_timeout if watch_heartbeats else None,
-                      partitions=partitions, wait_for_workers=wait_for_workers)
-    with ex:
-        slots, n_workers = len(ex.slots()), len(ex.known)
-        connect = time.perf_counter() - t_start
-        fetched, phases = _drive(policy, ex, payload, fetch, faults=faults, progress=progress,
-                                 clock=clock, own=False)
-    phases = {"connect": connect, **phases}
-    return fetched, phases, slots, n_workers
+    ``client``, for a session's jobs over persisted datasets: ``partitions`` maps the ids
+    of the :class:`DaskPartition` splits of map tasks to their futures. Returns
+    ``(fetched, phases)``."""
+    ex = DaskExecutor(client, poll_interval=poll_interval, partitions=partitions)
+    return _drive(policy, ex, payload, fetch, faults=faults, progress=progress)
 
 
-def _wait_for_workers(client, timeout):
+def await_workers(client, timeout):
     try:
         client.wait_for_workers(1, timeout=timeout)
     except TimeoutError:

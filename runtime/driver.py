@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 
 from mergeagg.errors import JobFailed
 from mergeagg.fingerprint import MappingDigest
@@ -31,8 +32,72 @@ from mergeagg.runtime.port import NOT_YET, MonotonicClock
 from mergeagg.runtime.refs import InputLost
 from mergeagg.runtime.report import FailureRecord, Report, TaskRecord
 
-__all__ = ["drive", "run_policy", "fetch_root", "report", "keyed_fingerprint", "Progress",
-           "NOT_YET"]
+__all__ = ["run_fold", "run_keyed", "drive", "run_policy", "fetch_root", "keyed_fetch",
+           "report", "keyed_fingerprint", "Progress", "NOT_YET"]
+
+
+def run_fold(aggregator, source, executor, *, fan_in, config, faults=None, progress=None,
+             own=True):
+    """Run a fold job on ``executor`` (any executor of the port). Returns ``(value,
+    report)``. ``own``: the executor is started and closed for this job (else it is a
+    session's, already started). Cost: the job's; see :func:`drive`."""
+    from mergeagg.runtime.master import Policy, fold_tasks
+
+    policy = Policy(fold_tasks(source.splits(), fan_in), config)
+    acc, phases = drive(policy, executor, aggregator, fetch_root, faults=faults,
+                        progress=progress, clock=getattr(executor, "clock", None), own=own)
+    t = time.perf_counter()
+    value = aggregator.finalize(acc)
+    phases["finalize"] = time.perf_counter() - t
+    return value, _executor_report(policy, executor, fan_in, phases)
+
+
+def run_keyed(spec, source, executor, *, config, faults=None, progress=None, own=True):
+    """Run a keyed job (map, shuffle, reduce) on ``executor``. Returns ``(value, report,
+    fingerprint)``: the value is a dict, or a
+    :class:`~mergeagg.runtime.shuffle.KeyedOutput` over committed part files when the job
+    writes to ``spec.output``; the fingerprint is composed from the reducers' digests."""
+    from mergeagg.runtime.master import Policy
+    from mergeagg.runtime.shuffle import keyed_tasks
+
+    R = spec.partitions
+    salt = spec.salt is not None
+    policy = Policy(keyed_tasks(source.splits(), R, salt), config)
+    sinks = [f"reduce-{r}" for r in range(R)] + (["merge-salted"] if salt else [])
+    value, phases = drive(policy, executor, spec, keyed_fetch(spec, sinks), faults=faults,
+                          progress=progress, clock=getattr(executor, "clock", None), own=own)
+    rep = _executor_report(policy, executor, 0, phases)
+    return value, rep, keyed_fingerprint(policy, R, rep)
+
+
+def _executor_report(policy, executor, fan_in, phases):
+    rep = report(policy, executor.size, fan_in, phases, mode=executor.mode)
+    rep.counters.update(getattr(executor, "report_counters", dict)())
+    return rep
+
+
+def keyed_fetch(spec, sinks):
+    """A keyed job's ``fetch``: the reducers' partitions as one dict, or a
+    :class:`~mergeagg.runtime.shuffle.KeyedOutput` over their committed part files."""
+    from mergeagg.runtime.shuffle import KeyedOutput, PartRef
+
+    def fetch(policy, ex):
+        outs = []
+        for t in sinks:
+            ref = policy.results[t][0]
+            # A committed part is its own reference (locally); elsewhere it is fetched.
+            out = ref if isinstance(ref, PartRef) else ex.fetch(ref)
+            if out is NOT_YET:
+                return NOT_YET
+            outs.append(out)
+        if spec.output is not None:
+            return KeyedOutput(spec.output, [(out.path, out.entries) for out in outs])
+        value = {}
+        for out in outs:
+            value.update(zip(out[0], out[1]))
+        return value
+
+    return fetch
 
 
 def fetch_root(policy, executor):

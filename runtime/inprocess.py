@@ -158,6 +158,8 @@ class InProcessExecutor:
     attempt itself; no threads, no processes, one temporary directory for spill files.
     """
 
+    mode = "inprocess"
+
     def __init__(self, workers, *, clock=None, task_seconds=0.001, restart_seconds=0.0,
                  outputs_survive_worker=True, seed=0):
         if not isinstance(workers, int) or workers < 1:

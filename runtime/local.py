@@ -29,11 +29,8 @@ import time
 
 from mergeagg.errors import JobFailed, WorkerLost
 from mergeagg.runtime.channel import Channel
-from mergeagg.runtime.driver import drive, fetch_root, keyed_fingerprint, report
-from mergeagg.runtime.master import Policy, fold_tasks
 from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.port import (
-    NOT_YET,
     Cancel,
     Heartbeat,
     Joined,
@@ -43,11 +40,10 @@ from mergeagg.runtime.port import (
     Release,
 )
 from mergeagg.runtime.refs import Ref, load_ref
-from mergeagg.runtime.shuffle import KeyedOutput, MapOutput, PartRef, keyed_tasks
+from mergeagg.runtime.shuffle import MapOutput
 from mergeagg.runtime.worker import serve
 
-__all__ = ["LocalExecutor", "run_local", "run_keyed_local", "keyed_fetch",
-           "default_start_method"]
+__all__ = ["LocalExecutor", "default_start_method"]
 
 _job_ids = itertools.count(1)
 
@@ -112,6 +108,7 @@ class LocalExecutor:
         self.current_job = None
 
     outputs_survive_worker = True  # see the class docstring
+    mode = "local"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -403,64 +400,3 @@ class LocalExecutor:
                 os.unlink(ref.path)
             except OSError:
                 pass
-
-
-def run_local(aggregator, source, *, workers, fan_in, config, faults=None, progress=None,
-              executor=None, heartbeat_interval=0.2, start_method=None, clock=None):
-    """Run a fold job on worker processes. Returns ``(value, report)``.
-
-    ``executor``, when given, is a started :class:`LocalExecutor` to reuse (a session);
-    otherwise one is started for this run and closed at its end, whatever happens.
-    """
-    policy = Policy(fold_tasks(source.splits(), fan_in), config)
-    ex = executor if executor is not None else LocalExecutor(
-        workers, heartbeat_interval=heartbeat_interval, start_method=start_method)
-    acc, phases = drive(policy, ex, aggregator, fetch_root, faults=faults, progress=progress,
-                        clock=clock, own=executor is None)
-    t = time.perf_counter()
-    value = aggregator.finalize(acc)
-    phases["finalize"] = time.perf_counter() - t
-    return value, report(policy, workers, fan_in, phases)
-
-
-def keyed_fetch(spec, sinks):
-    """A keyed job's ``fetch``: the reducers' partitions as one dict, or a
-    :class:`~mergeagg.runtime.shuffle.KeyedOutput` over their committed part files."""
-
-    def fetch(policy, ex):
-        outs = []
-        for t in sinks:
-            ref = policy.results[t][0]
-            # A committed part is its own reference (locally); elsewhere it is fetched.
-            out = ref if isinstance(ref, PartRef) else ex.fetch(ref)
-            if out is NOT_YET:
-                return NOT_YET
-            outs.append(out)
-        if spec.output is not None:
-            return KeyedOutput(spec.output, [(out.path, out.entries) for out in outs])
-        value = {}
-        for out in outs:
-            value.update(zip(out[0], out[1]))
-        return value
-
-    return fetch
-
-
-def run_keyed_local(spec, source, *, workers, config, faults=None, progress=None,
-                    executor=None, heartbeat_interval=0.2, start_method=None, clock=None):
-    """Run a keyed job (map, shuffle, reduce) on worker processes.
-
-    Returns ``(value, report, fingerprint)``: the value is a dict, or a
-    :class:`~mergeagg.runtime.shuffle.KeyedOutput` over committed part files when the job
-    writes to ``spec.output``; the fingerprint is composed from the reducers' digests.
-    """
-    R = spec.partitions
-    salt = spec.salt is not None
-    policy = Policy(keyed_tasks(source.splits(), R, salt), config)
-    sinks = [f"reduce-{r}" for r in range(R)] + (["merge-salted"] if salt else [])
-    ex = executor if executor is not None else LocalExecutor(
-        workers, heartbeat_interval=heartbeat_interval, start_method=start_method)
-    value, phases = drive(policy, ex, spec, keyed_fetch(spec, sinks), faults=faults,
-                          progress=progress, clock=clock, own=executor is None)
-    rep = report(policy, workers, 0, phases)
-    return value, rep, keyed_fingerprint(policy, R, rep)

@@ -119,12 +119,12 @@ class Session:
 
     def __init__(self, workers=None, *, backend="local", heartbeat_interval=0.2,
                  start_method=None, **policy):
-        from mergeagg.runtime.api import _dask_backend
+        from mergeagg.runtime.api import resolve_backend
 
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                     or workers < 0):
             raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
-        self.dask = _dask_backend(backend)
+        self.dask = resolve_backend(backend)
         if self.dask is not None and workers is not None:
             raise ValueError("workers= sets the local backend's processes; a Dask session "
                              "runs on the cluster's workers (leave workers=None)")
@@ -150,10 +150,10 @@ class Session:
             raise RuntimeError("this Session is closed; start a new one")
         if self.dask is not None:
             if self.client is None:
-                from mergeagg.runtime.dask import _connect, _wait_for_workers
+                from mergeagg.runtime.dask import await_workers, connect
 
-                self.client, self._owns_client = _connect(self.dask)
-                _wait_for_workers(self.client, 60)
+                self.client, self._owns_client = connect(self.dask)
+                await_workers(self.client, 60)
                 info = self.client.scheduler_info(n_workers=-1)["workers"]
                 self.workers = sum(int(w.get("nthreads", 1)) for w in info.values())
             return self
@@ -265,10 +265,10 @@ class Session:
 
     def run(self, job, source, *, fan_in=8, split_size=None, format="text", errors="strict",
             faults=None, progress=None, partitions=None, combiner=None, memory_limit=None,
-            **policy):
+            output=None, salt=None, output_format=None, **policy):
         """Run ``job`` (an Aggregator or a KeyedJob) over ``source`` (anything
-        ``mergeagg.run`` accepts, or a :class:`Dataset`) on this session's workers.
-        Returns a :class:`~mergeagg.runtime.api.Result`.
+        ``mergeagg.run`` accepts, or a :class:`Dataset`) on this session's workers, with
+        every option ``mergeagg.run`` takes. Returns a :class:`~mergeagg.runtime.api.Result`.
 
         Over a Dataset, ``partial`` gets each partition's loaded form. Policy knobs
         (``max_attempts``, ``backups``, ``locality_wait``, ...) override the session's.
@@ -279,108 +279,58 @@ class Session:
         ...     s.run(ma.Aggregator(max, max), [[1, 5], [3]]).value
         5
         """
-        from mergeagg.runtime.api import Result
+        from mergeagg.runtime.api import Result, check_job, run_on
         from mergeagg.runtime.faults import FaultPlan
 
+        keyed_options = dict(partitions=partitions, combiner=combiner,
+                             memory_limit=memory_limit, output=output, salt=salt,
+                             output_format=output_format)
+        check_job(job, **keyed_options)
+        check_fan_in(fan_in)
         self.start()
         config = self._config(policy)
         plan = FaultPlan.parse(faults) if isinstance(faults, (str, type(None))) else faults
-        start = time.perf_counter()
-        if isinstance(job, KeyedJob):
-            if isinstance(source, Dataset):
+        if plan is not None and self.executor is None and self.client is None:
+            raise ValueError("faults are injected into worker processes; a Session with "
+                             "workers=0 has none")
+        self.jobs_run += 1
+        if isinstance(source, Dataset):
+            if isinstance(job, KeyedJob):
                 raise TypeError("keyed jobs over a persisted Dataset are not supported; run "
                                 "a fold job (mergeagg.Aggregator) over it")
-            src = as_source(source, split_size=split_size, format=format, errors=errors)
-            value, report, fp = self._run_keyed(job, src, config=config, faults=plan,
-                                                progress=progress, partitions=partitions,
-                                                combiner=combiner, memory_limit=memory_limit)
+            start = time.perf_counter()
+            self._root_fingerprint = None
+            value, report = self._run_fold(job, source, fan_in=fan_in, config=config,
+                                           faults=plan, progress=progress)
+            t = time.perf_counter()
+            # The root's worker already fingerprinted the value when finalize is the
+            # identity.
+            fp = (self._root_fingerprint if job.finalize is identity
+                  and self._root_fingerprint else fingerprint(value))
+            report.phases["fingerprint"] = time.perf_counter() - t
             report.wall_seconds = time.perf_counter() - start
             return Result(value, fp, report)
-        for name, val in (("partitions", partitions), ("combiner", combiner),
-                          ("memory_limit", memory_limit)):
-            if val is not None:
-                raise TypeError(f"{name}= applies to keyed jobs (mergeagg.KeyedJob), not to "
-                                "an Aggregator")
-        src = source if isinstance(source, Dataset) else as_source(
-            source, split_size=split_size, format=format, errors=errors)
-        self._root_fingerprint = None
-        value, report = self._run(job, src, fan_in=fan_in, config=config, faults=plan,
-                                  progress=progress)
-        t = time.perf_counter()
-        # The root's worker already fingerprinted the value when finalize is the identity.
-        fp = (self._root_fingerprint if job.finalize is identity and self._root_fingerprint
-              else fingerprint(value))
-        report.phases["fingerprint"] = time.perf_counter() - t
-        report.wall_seconds = time.perf_counter() - start
-        return Result(value, fp, report)
+        src = as_source(source, split_size=split_size, format=format, errors=errors)
+        executor, own = self._job_executor()
+        try:
+            return run_on(job, src, executor, own=own, config=config, fan_in=fan_in,
+                          faults=plan, progress=progress, **keyed_options)
+        finally:
+            if self.executor is not None:
+                self.executor.settle()
 
     def _config(self, overrides):
         return PolicyConfig(**{**self.policy_defaults, **overrides})
 
-    def _run(self, job, src, *, fan_in, config, faults, progress):
-        """Run fold job ``job`` over a Source or a Dataset; ``(value, report)``. The hook
-        :func:`mergeagg.run` calls with ``session=``."""
-        if not isinstance(job, Aggregator):
-            raise TypeError(f"a Session runs an Aggregator here, got {type(job).__name__}")
-        check_fan_in(fan_in)
-        self.start()
-        if faults is not None and self.executor is None and self.client is None:
-            raise ValueError("faults are injected into worker processes; a Session with "
-                             "workers=0 has none")
-        self.jobs_run += 1
-        if isinstance(src, Dataset):
-            return self._run_fold(job, src, fan_in=fan_in, config=config, faults=faults,
-                                  progress=progress)
+    def _job_executor(self):
+        """The executor for one job and whether the job owns it: this session's worker
+        pool (kept), a Dask executor over the session's client (one per job), or ``None``
+        (``workers=0``: the serial reference in this process)."""
         if self.client is not None:
-            from mergeagg.runtime.dask import run_dask
+            from mergeagg.runtime.dask import DaskExecutor
 
-            return run_dask(job, src, client=self.client, fan_in=fan_in, config=config,
-                            faults=faults, progress=progress)
-        if self.executor is None:
-            from mergeagg.runtime.serial import run_serial
-
-            return run_serial(job, src, fan_in=fan_in)
-        from mergeagg.runtime.local import run_local
-
-        try:
-            return run_local(job, src, workers=self.workers, fan_in=fan_in, config=config,
-                             faults=faults, progress=progress, executor=self.executor)
-        finally:
-            self.executor.settle()
-
-    def _run_keyed(self, job, src, *, config, faults, progress, partitions, combiner,
-                   memory_limit):
-        from mergeagg.runtime.api import _keyed_spec
-
-        spec = _keyed_spec(job, partitions, combiner, memory_limit, None)
-        return self._run_keyed_spec(spec, src, config=config, faults=faults,
-                                    progress=progress)
-
-    def _run_keyed_spec(self, spec, src, *, config, faults, progress):
-        """Run a keyed job's :class:`~mergeagg.runtime.shuffle.KeyedSpec` on this
-        session's workers; ``(value, report, fingerprint)`` as ``run_keyed_local`` returns.
-        The hook for :func:`mergeagg.run` with ``session=`` and a keyed job."""
-        self.start()
-        if faults is not None and self.executor is None and self.client is None:
-            raise ValueError("faults are injected into worker processes; a Session with "
-                             "workers=0 has none")
-        self.jobs_run += 1
-        if self.client is not None:
-            from mergeagg.runtime.dask import run_keyed_dask
-
-            return run_keyed_dask(spec, src, client=self.client, config=config,
-                                  faults=faults, progress=progress)
-        if self.executor is None:
-            from mergeagg.runtime.serial import run_keyed_serial
-
-            return run_keyed_serial(spec, src)
-        from mergeagg.runtime.local import run_keyed_local
-
-        try:
-            return run_keyed_local(spec, src, workers=self.workers, config=config,
-                                   faults=faults, progress=progress, executor=self.executor)
-        finally:
-            self.executor.settle()
+            return DaskExecutor(self.client), True
+        return self.executor, False
 
     # -- jobs over a dataset ---------------------------------------------------------------
 
@@ -485,9 +435,8 @@ class Session:
                 turn[a] = turn.get(a, -1) + 1
                 t.prefer = slot_name(a, turn[a] % threads[a])
         policy = Policy(tasks, config)
-        fetched, phases, _slots, _n = drive(policy, payload, fetch, client=self.client,
-                                            config=config, faults=faults, progress=progress,
-                                            partitions=futures)
+        fetched, phases = drive(policy, payload, fetch, client=self.client, config=config,
+                                faults=faults, progress=progress, partitions=futures)
         return fetched, phases, policy
 
     def _account_dask(self, ds, policy, report):
