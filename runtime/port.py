@@ -60,11 +60,20 @@ class AttemptId(NamedTuple):
         return AttemptId(self.task, self.number, self.placement + 1)
 
 
+def _reduce(self):
+    # Events and launches cross a pipe by the thousand per second: pickled as (class,
+    # field values), they cost a tuple, where the dataclass's own slots state would look
+    # its fields up for every object.
+    return self.__class__, tuple(map(self.__getattribute__, self.__slots__))
+
+
 # -- events: what an executor reports -------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class Joined:
     """``worker`` is ready for tasks."""
+
+    __reduce__ = _reduce
 
     worker: str
 
@@ -73,12 +82,16 @@ class Joined:
 class Heartbeat:
     """``worker`` was heard from (any message counts)."""
 
+    __reduce__ = _reduce
+
     worker: str
 
 
 @dataclass(frozen=True, slots=True)
 class Lost:
     """``worker`` died or was killed; ``cause`` says how (``process died with signal 9``)."""
+
+    __reduce__ = _reduce
 
     worker: str
     cause: str
@@ -89,6 +102,8 @@ class Finished:
     """``attempt`` completed on ``worker`` with output reference ``ref`` (or ``None`` when
     the executor keeps no reference) whose fingerprint is ``fingerprint``; ``stats`` are
     the attempt's own measures (``seconds``, ``bytes_read``, shuffle counters...)."""
+
+    __reduce__ = _reduce
 
     attempt: AttemptId
     ref: object
@@ -104,6 +119,8 @@ class Failed:
     could not be read; ``lost`` names the tasks whose outputs are gone, which run again)
     or ``"nondeterministic"`` (a recomputed input changed)."""
 
+    __reduce__ = _reduce
+
     attempt: AttemptId
     kind: str
     error: str
@@ -115,6 +132,8 @@ class Failed:
 @dataclass(frozen=True, slots=True)
 class Cancelled:
     """``attempt`` stopped on ``worker`` because it was cancelled."""
+
+    __reduce__ = _reduce
 
     attempt: AttemptId
     worker: str
@@ -132,6 +151,8 @@ class Launch:
     output references of the task's children in fold order. ``index`` is the task's index
     (a reducer's partition). ``backup`` marks a speculative copy, ``audit`` a verification
     re-run."""
+
+    __reduce__ = _reduce
 
     attempt: AttemptId
     worker: str
@@ -156,6 +177,8 @@ class Cancel:
     """Stop ``attempt`` on ``worker`` (a backup's loser, or an attempt moved elsewhere);
     whatever it still reports is compared, then ignored."""
 
+    __reduce__ = _reduce
+
     attempt: AttemptId
     worker: str
 
@@ -164,6 +187,8 @@ class Cancel:
 class KillWorker:
     """Kill and replace ``worker`` (silent past the heartbeat timeout, or a task timed out)."""
 
+    __reduce__ = _reduce
+
     worker: str
     cause: str
 
@@ -171,6 +196,8 @@ class KillWorker:
 @dataclass(frozen=True, slots=True)
 class Release:
     """Output references nothing needs any more; the executor may free them."""
+
+    __reduce__ = _reduce
 
     refs: tuple
 
