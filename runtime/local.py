@@ -6,12 +6,12 @@ that die), ships each job's functions once (cloudpickled), carries out the polic
 actions and turns what the workers say (and their deaths, seen through process
 sentinels) into events. :func:`run_local` is the loop between the two.
 
-Start method: ``fork`` on Linux when the calling process runs a single thread (workers
-start in milliseconds), else ``forkserver`` where it exists (a fork server that has already
-imported mergeagg forks each worker in milliseconds, and it is safe in programs with
-threads), else ``spawn``. Under ``spawn`` (Windows) and ``forkserver`` a script that calls
-``run`` must guard its entry point with ``if __name__ == "__main__":``. Whatever the method,
-a worker exits when its parent does (it watches its parent's pid and its pipe).
+Start method: ``forkserver`` where it exists (a fork server that has already imported
+mergeagg forks each worker in milliseconds, and it is safe in programs with threads), else
+``spawn``; one method whatever the program does. Under both a script that calls ``run``
+must guard its entry point with ``if __name__ == "__main__":``, and one that does not gets
+an error saying so. Whatever the method, a worker exits when its parent does (it watches
+its parent's pid and its pipe).
 """
 
 from __future__ import annotations
@@ -49,18 +49,36 @@ _job_ids = itertools.count(1)
 
 
 def default_start_method():
-    """``fork`` when this process runs a single thread on Linux (the fastest start, and
-    safe then), else ``forkserver`` where the platform has it, else ``spawn``.
-
-    Forking a process that runs other threads (a notebook kernel, a web server, Dask) can
-    deadlock the child, so any other live thread means ``forkserver``.
+    """``forkserver`` where the platform has it, else ``spawn``: one start method whatever
+    the calling program does. (``fork`` is faster to start but unsafe as soon as the
+    program runs a second thread, a notebook kernel's or Dask's; a script that worked under
+    ``fork`` and broke once it had a thread was the worst of both.) Under either, worker
+    processes import the main module, so a script that calls ``mergeagg.run`` must guard
+    its entry point with ``if __name__ == "__main__":``; one that does not is told so.
     """
-    import threading
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
-    methods = mp.get_all_start_methods()
-    if sys.platform.startswith("linux") and "fork" in methods and threading.active_count() == 1:
-        return "fork"
-    return "forkserver" if "forkserver" in methods else "spawn"
+
+GUARD_EXIT = 87  # a worker's exit code when it found the main module calling mergeagg.run
+
+GUARD_MESSAGE = (
+    "worker processes import the main module, and this script calls mergeagg.run when it is "
+    "imported: put the call under if __name__ == \"__main__\": (see docs/runtime.md)")
+
+
+def refuse_to_run_in_a_starting_worker():
+    """Called when a job starts: in a worker process that is still importing the main
+    module (the script has no ``if __name__ == "__main__":`` guard), exit at once with
+    :data:`GUARD_EXIT`, which the driver turns into an error that says what to do, instead
+    of starting workers recursively. Cost: a walk up the call stack, in child processes only.
+    """
+    if "__mp_main__" not in sys.modules:  # set while a child process re-runs the script
+        return
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_fixup_main_from_path":
+            os._exit(GUARD_EXIT)  # the driver says why, once
+        frame = frame.f_back
 
 
 class LocalExecutor:
@@ -114,6 +132,7 @@ class LocalExecutor:
 
     def start(self):
         """Start the workers (idempotent). Returns ``self``."""
+        refuse_to_run_in_a_starting_worker()
         if not self._started:
             self._started = True
             for _ in range(self.size):
@@ -375,6 +394,8 @@ class LocalExecutor:
         if was_ready:
             out.append(Lost(wid, cause))
             self.failed_starts = 0
+        elif code == GUARD_EXIT:
+            raise WorkerLost(f"worker {wid} could not start: {GUARD_MESSAGE}")
         else:
             self.failed_starts += 1
         self._replace(wid, cause)

@@ -341,3 +341,23 @@ def test_attempts_queued_behind_stalled_ones_are_taken_and_the_stalls_get_backup
     assert r.value == 3 + sum(10 * i for i in range(2, 8))
     assert r.report.backups_launched == 2 and r.report.backups_won == 2
     assert r.report.attempts[:2] == [2, 2] and r.report.attempts[2:] == [1] * 6
+
+
+_UNGUARDED = """
+import mergeagg as ma
+print("body ran", flush=True)
+ma.run(ma.Aggregator(len, lambda a, b: a + b), [[1], [2], [3]], workers=2)
+"""
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    # One start method (forkserver): worker processes import the main module, and the
+    # script's unguarded run() must end in one clear error, not a storm of tracebacks.
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode != 0
+    assert 'if __name__ == "__main__":' in out.stderr.strip().splitlines()[-1]
+    assert "bootstrapping phase" not in out.stderr
+    assert len(out.stderr.splitlines()) < 40, out.stderr
