@@ -29,7 +29,7 @@ The catalog ships ready-made aggregators:
 2
 """
 
-from mergeagg import algorithms, laws  # noqa: E402  (after the core they build on)
+from mergeagg import laws  # noqa: E402  (after the core they build on)
 from mergeagg._version import __version__
 from mergeagg.aggregator import Aggregator, product
 from mergeagg.errors import (
@@ -68,3 +68,14 @@ __all__ = [
     "NondeterminismError",
     "IncompatibleMergeError",
 ]
+
+
+def __getattr__(name):
+    # The catalog is imported on first use (PEP 562): every worker process imports this
+    # package when it starts, and most jobs need no more than the one catalog module
+    # their aggregator comes from.
+    if name == "algorithms":
+        import importlib
+
+        return importlib.import_module("mergeagg.algorithms")
+    raise AttributeError(f"module 'mergeagg' has no attribute {name!r}")

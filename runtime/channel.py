@@ -43,7 +43,8 @@ class Channel:
     ``flush`` and ``read`` make one system call per 1 MiB moved, and never wait.
     """
 
-    __slots__ = ("conn", "fd", "_out", "_in", "_pos", "_eof", "pending_bytes")
+    __slots__ = ("conn", "fd", "_out", "_in", "_pos", "_eof", "pending_bytes", "bytes_sent",
+                 "bytes_received")
 
     def __init__(self, conn):
         self.conn = conn  # owns the descriptor
@@ -54,10 +55,13 @@ class Channel:
         self._pos = 0
         self._eof = False
         self.pending_bytes = 0
+        self.bytes_sent = 0  # frames queued, headers included
+        self.bytes_received = 0
 
     def queue(self, payload):
         """Queue one frame; :meth:`flush` writes it."""
         n = len(payload)
+        self.bytes_sent += n + 4
         if n > 0x7FFFFFFF:
             self._out.append(struct.pack("!iQ", -1, n))
             self._out.append(memoryview(payload))
@@ -108,6 +112,7 @@ class Channel:
                 break
             buf += chunk
             got += len(chunk)
+            self.bytes_received += len(chunk)
             if len(chunk) < _READ_CHUNK:
                 break
         frames = []
@@ -139,4 +144,5 @@ class Channel:
     def close(self):
         """Close the master's end (the worker sees EOF)."""
         self._out.clear()
+        self._in.clear()
         self.conn.close()

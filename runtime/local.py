@@ -103,7 +103,9 @@ class LocalExecutor:
         self.start_method = start_method or default_start_method()
         self.ctx = mp.get_context(self.start_method)
         if self.start_method == "forkserver":
-            self.ctx.set_forkserver_preload(["mergeagg.runtime.worker"])
+            # The catalog too: a worker (a replacement above all) then loads a catalog
+            # job without importing it first.
+            self.ctx.set_forkserver_preload(["mergeagg.runtime.worker", "mergeagg.algorithms"])
         self._own_dir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="mergeagg-")
         # Deaths mid-task are the policy's to judge (max_lost per task); deaths before a
@@ -112,6 +114,8 @@ class LocalExecutor:
         self.failed_starts = 0
         self.restarts = 0
         self.procs = {}  # wid -> (process, Channel)
+        self._closed_channels = []  # of workers gone, for the byte counts
+        self._bytes_at_job = (0, 0)
         self._writing = set()  # workers whose sockets are watched for writability
         self.pids = {}
         self.ready = set()
@@ -183,6 +187,7 @@ class LocalExecutor:
         for proc, channel in entries:
             proc.join(5)
             channel.close()
+            self._closed_channels.append(channel)
         self._selector.close()
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -208,6 +213,18 @@ class LocalExecutor:
         """Workers that said they are ready and have not been lost."""
         return sorted(self.ready)
 
+    def report_counters(self):
+        """Bytes that passed through the master's sockets in the current job (what it
+        sent: the job's functions and task batches; what it received: completions, inline
+        outputs, heartbeats)."""
+        sent, received = self._bytes_moved()
+        return {"master_bytes_sent": sent - self._bytes_at_job[0],
+                "master_bytes_received": received - self._bytes_at_job[1]}
+
+    def _bytes_moved(self):
+        channels = [entry[1] for entry in self.procs.values()] + self._closed_channels
+        return (sum(c.bytes_sent for c in channels), sum(c.bytes_received for c in channels))
+
     def worker_pids(self):
         """``{worker id: pid}`` of the live worker processes (tests kill them from outside)."""
         return {w: self.pids[w] for w in self.procs}
@@ -215,6 +232,7 @@ class LocalExecutor:
     def load_job(self, aggregator, faults=None):
         """Ship a job's functions to every worker once; returns the job id."""
         job_id = next(_job_ids)
+        self._bytes_at_job = self._bytes_moved()
         payload = ship_dumps(aggregator)
         self._jobs[job_id] = (payload, faults)
         self.current_job = job_id
@@ -261,6 +279,7 @@ class LocalExecutor:
         self._writing.discard(wid)
         self._hard_kill(proc)
         channel.close()
+        self._closed_channels.append(channel)
         self._replace(wid, cause)
 
     def fetch(self, ref):
@@ -386,6 +405,7 @@ class LocalExecutor:
         proc.join(1)
         code = proc.exitcode
         channel.close()
+        self._closed_channels.append(channel)
         was_ready = wid in self.ready
         self.ready.discard(wid)
         # Its committed outputs stay: they are on this machine's disk (see close()).
