@@ -145,10 +145,14 @@ def run_on(job, src, executor, *, own, config, fan_in=DEFAULT_FAN_IN, faults=Non
     """Run ``job`` over Source ``src`` on ``executor`` (``None``: serially in this
     process) and wrap the outcome in a :class:`Result`: the one place where :func:`run`
     and :class:`~mergeagg.Session` turn a job into a result, whatever executor they chose.
-    ``own``: start the executor for this job and close it after."""
+    ``own``: start the executor for this job and close it after. ``faults``: a FaultPlan
+    or its spec string."""
     from mergeagg.keyed import KeyedJob
     from mergeagg.runtime.driver import run_fold, run_keyed
+    from mergeagg.runtime.faults import FaultPlan
 
+    if isinstance(faults, str):
+        faults = FaultPlan.parse(faults)
     start = time.perf_counter()
     if isinstance(job, KeyedJob):
         spec = keyed_spec(job, partitions, combiner, memory_limit, output, salt, output_format)
