@@ -62,9 +62,10 @@ class Host(Protocol):
     * ``store(attempt, data)``: keep a pickled output; returns its reference.
     * ``cached(part)``: ``(loaded, stats)`` of a worker-resident partition.
     * ``side(ref)``: a reducer's salted partials, for the merge.
-    * ``kill_now()``, ``kill_after(seconds)``, ``hang()``, ``sleep(seconds)``: how the
-      ``kill``, ``hang`` and ``delay`` faults reach this worker; ``noise()``: a number in
-      [0, 1) for the ``corrupt`` fault (a non-deterministic task's output).
+    * ``kill_now()``, ``kill_after(seconds)``, ``hang()``, ``delay(factor, elapsed)``: how
+      the ``kill``, ``hang`` and ``delay`` faults reach this worker (``delay`` makes an
+      attempt that took ``elapsed`` seconds take ``factor`` times as long); ``noise()``: a
+      number in [0, 1) for the ``corrupt`` fault (a non-deterministic task's output).
     """
 
     worker: str
@@ -84,7 +85,7 @@ class Host(Protocol):
 
     def hang(self): ...
 
-    def sleep(self, seconds): ...
+    def delay(self, factor, elapsed): ...
 
     def noise(self): ...
 
@@ -205,13 +206,14 @@ def _strike_before(fault, hint, host):
 
 def _strike_after(fault, acc, elapsed, host):
     """The part of ``fault`` that strikes once the attempt computed ``acc`` in
-    ``elapsed`` seconds: ``kill`` kills the worker, ``delay`` sleeps ``factor - 1`` times
-    the attempt's time, ``corrupt`` returns a perturbed ``acc`` (unless it is ``None``).
+    ``elapsed`` seconds: ``kill`` kills the worker, ``delay`` stretches the attempt to
+    ``factor`` times its time, ``corrupt`` returns a perturbed ``acc`` (unless it is
+    ``None``).
     Returns the accumulator to use."""
     if fault.kind == "kill":
         host.kill_now()
     elif fault.kind == "delay":
-        host.sleep(max(0.0, fault.factor - 1.0) * max(elapsed, 1e-3))
+        host.delay(fault.factor, elapsed)
     elif fault.kind == "corrupt" and acc is not None:
         acc = corrupt_value(acc, host.noise())
     return acc

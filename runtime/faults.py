@@ -185,6 +185,11 @@ class ProcessFaults:
     def sleep(seconds):
         time.sleep(seconds)
 
+    def delay(self, factor, elapsed):
+        """Make an attempt that took ``elapsed`` seconds take ``factor`` times as long (a
+        sleep, not CPU: a straggler)."""
+        self.sleep(max(0.0, factor - 1.0) * max(elapsed, 1e-3))
+
     @staticmethod
     def noise():
         return int.from_bytes(os.urandom(4), "little") / 2**32

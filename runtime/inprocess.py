@@ -48,6 +48,7 @@ from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.port import (
     Cancel,
     Cancelled,
+    Finished,
     Heartbeat,
     Joined,
     KillWorker,
@@ -84,7 +85,7 @@ class MemoryHost:
         self.lost = lost or (lambda ref: False)
         self.rng = rng or random.Random(0)
         self.cache = {}
-        self.slept = 0.0
+        self.stretch = 1.0
         self.kill_at = None
 
     def load(self, ref):
@@ -129,8 +130,8 @@ class MemoryHost:
     def hang(self):
         raise _Hung()
 
-    def sleep(self, seconds):
-        self.slept += seconds
+    def delay(self, factor, elapsed):
+        self.stretch *= factor  # of the attempt's virtual time
 
     def noise(self):
         return self.rng.random()
@@ -301,7 +302,7 @@ class InProcessExecutor:
         launch, job, hint = w.queue.popleft()
         payload, plan = self.jobs[job]
         host = w.host
-        host.slept, host.kill_at = 0.0, None
+        host.stretch, host.kill_at = 1.0, None
         try:
             event = run_attempt(payload, plan, launch, hint, host)
         except _Killed:
@@ -312,7 +313,9 @@ class InProcessExecutor:
             w.head = (launch, None)
             w.hung = True
             return
-        duration = self._duration(launch) + host.slept
+        duration = self._duration(launch) * host.stretch
+        if isinstance(event, Finished):
+            event.stats["seconds"] = duration  # the attempt's time is the virtual one
         w.head = (launch, event)
         if host.kill_at is not None and host.kill_at < duration:
             self._at(now + host.kill_at, lambda: self._die(w, "killed (simulated)"))
