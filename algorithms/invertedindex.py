@@ -33,9 +33,12 @@ its name ``"package.module:function"`` (on the command line: ``--tokenize``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import unicodedata
 from collections import defaultdict, deque
+from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import eq
 
@@ -54,10 +57,12 @@ __all__ = [
     "finalize_postings",
     "make_source",
     "load_tokenizer",
+    "natural_key",
 ]
 
 MODES = ("postings", "tf", "positions")
 _WORD = re.compile(r"\w+")
+_DIGITS = re.compile(r"(\d+)")
 _drain = deque(maxlen=0).extend  # runs an iterator to its end, in C
 
 
@@ -243,11 +248,49 @@ def index_map(shard, mode="postings", tokenize=tokenize, id_field="id", text_fie
                 f"before the end of the file; use a split size above the largest file")
         _add_document(index, split.path, tokenize(shard.text()), mode)
         return index
+    records = shard if isinstance(shard, (list, tuple)) else list(shard)
+    if records and _is_file_line(records[0]):
+        # Lines of a file read whole (gzip and other compressed files): one document each.
+        for doc, text in _file_documents(records):
+            _add_document(index, doc, tokenize(text), mode)
+        return index
     if mode == "postings":
-        return _postings_map(shard, tokenize, id_field, text_field)
-    for doc, tokens in _documents(shard, tokenize, id_field, text_field):
+        return _postings_map(records, tokenize, id_field, text_field)
+    for doc, tokens in _documents(records, tokenize, id_field, text_field):
         _add_document(index, doc, tokens, mode)
     return index
+
+
+@dataclass(frozen=True)
+class _WholeFile:
+    """The tag :func:`make_source` puts on the lines of a file that is read whole (a
+    compressed file): its lines are one document, whose id is ``path``."""
+
+    path: str
+
+
+def _is_file_line(record):
+    return type(record) is tuple and len(record) == 2 and type(record[0]) is _WholeFile
+
+
+def _file_documents(records):
+    """``(path, text)`` of each file whose tagged lines are in ``records`` (in order).
+
+    The lines of a file are joined by ``\\n``, so positions count from its first token.
+    """
+    path, lines = None, []
+    for record in records:
+        if not _is_file_line(record):
+            raise TypeError(f"a shard mixes the lines of a whole file with other records "
+                            f"(got a {type(record).__name__} after the lines of {path!r})")
+        tag, line = record
+        if tag.path != path:
+            if lines:
+                yield path, "\n".join(lines)
+            path, lines = tag.path, []
+        lines.append(line)
+    if lines:
+        yield path, "\n".join(lines)
 
 
 def _documents(shard, tokenize, id_field, text_field):
@@ -354,32 +397,79 @@ def invertedindex(mode="postings", tokenize=tokenize, id_field="id", text_field=
 
 
 _RECORD_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+_COMPRESSED = (".gz", ".bz2", ".xz")
+
+
+def _format_of(path):
+    """The document format a file name says, under any compression suffix."""
+    stem, ext = os.path.splitext(os.fspath(path))
+    if ext.lower() in _COMPRESSED:
+        ext = os.path.splitext(stem)[1]
+    return _RECORD_FORMATS.get(ext.lower(), "text")
 
 
 def make_source(inputs, split_size=None, params=None):
     """The source ``mergeagg run invertedindex`` reads: records or whole-file documents.
 
-    Files ending in ``.jsonl``, ``.ndjson``, ``.json`` or ``.csv`` are document records;
-    others are plain-text documents, one per file, kept whole in one split when
-    ``mode="positions"``. Cost: one ``stat`` per file.
+    Files ending in ``.jsonl``, ``.ndjson``, ``.json`` or ``.csv`` (also under ``.gz``,
+    ``.bz2`` or ``.xz``) are document records, unless ``params["_format"]`` (the CLI's
+    ``--format``) says otherwise; others are plain-text documents, one per file, kept whole
+    in one split when ``mode="positions"``. A compressed text file is read whole: its lines
+    come tagged with the file, so that the map sees one document. Cost: one ``stat`` per
+    file.
 
-    >>> import os, tempfile
+    >>> import gzip, os, tempfile
     >>> d = tempfile.mkdtemp(); p = os.path.join(d, "a.txt")
     >>> with open(p, "w") as f:
     ...     _ = f.write("x y\\n" * 100)
     >>> len(make_source([p], 64, {})), len(make_source([p], 64, {"mode": "positions"}))
     (7, 1)
+    >>> with gzip.open(p + ".gz", "wt") as f:
+    ...     _ = f.write("to be\\nor not\\n")
+    >>> src = make_source([p + ".gz"])
+    >>> invertedindex().reduce(src.read(s) for s in src.splits())["or"] == [p + ".gz"]
+    True
     """
     params = params or {}
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    formats = {_RECORD_FORMATS.get(os.path.splitext(os.fspath(p))[1].lower(), "text")
-               for p in paths}
-    if len(formats) > 1:
-        raise ValueError(f"mix of document formats {sorted(formats)}: give one kind of file")
-    fmt = formats.pop()
+    fmt = params.get("_format")
+    if fmt is None:
+        formats = {_format_of(p) for p in paths}
+        if len(formats) > 1:
+            raise ValueError(f"mix of document formats {sorted(formats)}: give one kind of "
+                             f"file (or --format)")
+        fmt = formats.pop()
     if fmt == "text" and params.get("mode") == "positions":
         split_size = 1 << 62  # one split per file
-    return _inputs.files(paths, split_size=split_size, format=fmt)
+    src = _inputs.files(paths, split_size=split_size, format=fmt)
+    if fmt != "text" or all(s.kind == "text" for s in src.splits()):
+        return src
+    # A split that is not a byte range of a plain file (a compressed file, read whole) comes
+    # as a list of lines: tag them with the file, so the map sees one document.
+    splits = [s if s.kind == "text" else dataclasses.replace(s, tag=_WholeFile(s.path))
+              for s in src.splits()]
+    return _inputs.Source(splits, src.description)
+
+
+def _digit_run(run):
+    digits = "".join(str(unicodedata.decimal(c)) for c in run).lstrip("0")
+    return len(digits), digits
+
+
+def natural_key(word):
+    """A sort key that orders the digit runs of a str word as numbers: ``w2`` < ``w10``.
+
+    Words that tie as numbers (``7`` and ``07``) are then ordered as strs, so the order is
+    total and deterministic; a word that is not a str sorts after the strs, by
+    :func:`~mergeagg.algorithms._keyed.order_key`. Cost: O(len(word)).
+
+    >>> sorted(["10", "b", "2", "a10", "a9", "07", "7", "0"], key=natural_key)
+    ['0', '2', '07', '7', '10', 'a9', 'a10', 'b']
+    """
+    if not isinstance(word, str):
+        return (1, (), order_key(word))
+    parts = _DIGITS.split(word)
+    return (0, tuple(_digit_run(p) if i % 2 else p for i, p in enumerate(parts)), word)
 
 
 def _summarize(value, params):
@@ -388,7 +478,7 @@ def _summarize(value, params):
     postings = sum(len(v) for v in value.values())
     lines = [f"{len(value)} words, {postings} postings"]
     top = params.get("_top", 10)
-    biggest = sorted(value.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:top]
+    biggest = sorted(value.items(), key=lambda kv: (-len(kv[1]), natural_key(kv[0])))[:top]
     for word, plist in biggest:
         lines.append(f"{len(plist):>10}  {word}")
     return lines
