@@ -36,11 +36,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import unicodedata
+from array import array
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from itertools import islice, repeat
-from operator import eq
+from operator import eq, ge
+
+import numpy as np
 
 from mergeagg import inputs as _inputs
 from mergeagg.algorithms._keyed import KeyedFold, order_key
@@ -58,12 +62,14 @@ __all__ = [
     "make_source",
     "load_tokenizer",
     "natural_key",
+    "posting_ids",
 ]
 
 MODES = ("postings", "tf", "positions")
 _WORD = re.compile(r"\w+")
 _DIGITS = re.compile(r"(\d+)")
 _drain = deque(maxlen=0).extend  # runs an iterator to its end, in C
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def tokenize(text):
@@ -81,9 +87,50 @@ _default_tokenize = tokenize
 # -- the per-key pieces (what a keyed job needs) ---------------------------------------------
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_NUMPY_FROM = 64  # posting lists at least this long are sorted / checked in numpy
+
+
+def _pack(ids):
+    """Ints (each within int64) as little-endian int64 bytes."""
+    arr = array("q", ids)
+    if _BIG_ENDIAN:
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def posting_ids(acc):
+    """The document ids of a ``"postings"`` accumulator, in order, as a list.
+
+    The accumulator is a list of ids, or their little-endian int64 bytes (what the map
+    makes when every id of its shard is an int in the int64 range). Cost: O(ids).
+
+    >>> packed = (7).to_bytes(8, "little") + (2).to_bytes(8, "little")
+    >>> posting_ids([3, "a"]), posting_ids(packed), index_map([(7, "x")])["x"] == packed[:8]
+    ([3, 'a'], [7, 2], True)
+    """
+    if type(acc) is not bytes:
+        return list(acc)
+    arr = array("q")
+    arr.frombytes(acc)
+    if _BIG_ENDIAN:
+        arr.byteswap()
+    return arr.tolist()
+
+
 def _concat(a, b):
+    if type(a) is bytes:
+        if type(b) is bytes:
+            return a + b
+        a = posting_ids(a)
+    elif type(b) is bytes:
+        b = posting_ids(b)
     a.extend(b)
     return a
+
+
+def _copy_postings(acc):
+    return acc if type(acc) is bytes else list(acc)
 
 
 def _add_tf(a, b):
@@ -122,7 +169,17 @@ def _sorted_ids(ids):
 
 
 def _final_postings(acc):
-    return _sorted_ids(acc)
+    if type(acc) is not bytes:
+        return _sorted_ids(acc)
+    if len(acc) == 8:  # one document: most words of a Zipf vocabulary
+        return [int.from_bytes(acc, "little", signed=True)]
+    if len(acc) < 8 * _NUMPY_FROM:
+        ids = posting_ids(acc)
+        return sorted(set(ids)) if any(map(ge, ids, islice(ids, 1, None))) else ids
+    arr = np.frombuffer(acc, dtype="<i8")
+    if not (arr[1:] > arr[:-1]).all():  # the usual case: ids arrive sorted and distinct
+        arr = np.unique(arr)
+    return arr.tolist()
 
 
 def _final_tf(acc):
@@ -134,7 +191,7 @@ def _final_positions(acc):
 
 
 _PIECES = {
-    "postings": (_concat, list, _final_postings),
+    "postings": (_concat, _copy_postings, _final_postings),
     "tf": (_add_tf, dict, _final_tf),
     "positions": (_add_positions, _copy_positions, _final_positions),
 }
@@ -225,9 +282,12 @@ def _record_document(record, id_field, text_field):
 def index_map(shard, mode="postings", tokenize=tokenize, id_field="id", text_field="text"):
     """One shard's dict word -> per-key accumulator.
 
-    The accumulator is a list of document ids (``"postings"``; an id may repeat if a
-    document spans records — finalize removes repeats; lists because they fingerprint
-    several times faster than sets), or a dict doc -> term frequency or positions.
+    The accumulator is, for ``"postings"``, the word's document ids in record order (an id
+    may repeat if a document spans records; finalize removes repeats): their little-endian
+    int64 bytes when every id of the shard is an int in the int64 range (the common case:
+    bytes pickle, fingerprint and concatenate in C, where lists of ints cost per id), else
+    a list (see :func:`posting_ids`). For ``"tf"`` and ``"positions"`` it is a dict
+    doc -> term frequency or positions.
 
     A plain-text file split is one document (its path); any other shard is records.
     Cost: O(characters of the shard) plus one dict update per token.
@@ -313,12 +373,18 @@ def _postings_map(shard, tokenize, id_field, text_field):
     ``dict.fromkeys`` keeps a document's distinct words in first-seen order; a
     ``defaultdict(list)`` looked up and appended to through ``map`` (no Python loop per
     word) builds exactly the dict of the word-at-a-time loop, same keys in the same order,
-    same lists, in about half its time. Cost: O(tokens).
+    same lists, in about half its time; with int ids each list is then packed as int64
+    bytes. Cost: O(tokens).
     """
     lists = defaultdict(list)
     lookup, append = lists.__getitem__, list.append
+    ints = True
     for doc, tokens in _documents(shard, tokenize, id_field, text_field):
         _drain(map(append, map(lookup, dict.fromkeys(tokens)), repeat(doc)))
+        if ints and not (type(doc) is int and _INT64_MIN <= doc <= _INT64_MAX):
+            ints = False
+    if ints:
+        return {word: _pack(ids) for word, ids in lists.items()}
     return dict(lists)
 
 

@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mergeagg as ma
-from mergeagg.algorithms.invertedindex import index_map, invertedindex, make_source, tokenize
+from mergeagg.algorithms.invertedindex import (
+    index_map,
+    invertedindex,
+    make_source,
+    posting_ids,
+    tokenize,
+)
 from mergeagg.cli import main as cli_main
 
 WORDS = st.sampled_from(["apple", "Bob", "cat", "dog", "eel", "fig", "gnu"])
@@ -214,8 +220,12 @@ def test_postings_map_equals_the_word_at_a_time_loop(docs):
         for word in dict.fromkeys(tokenize(text)):
             expected.setdefault(word, []).append(doc)
     got = index_map(docs)
-    assert list(got.items()) == list(expected.items())
-    assert all(type(a) is type(b) for w in got for a, b in zip(got[w], expected[w]))
+    ids = {w: posting_ids(acc) for w, acc in got.items()}
+    assert list(ids.items()) == list(expected.items())
+    assert all(type(a) is type(b) for w in got for a, b in zip(ids[w], expected[w]))
+    # packed as int64 bytes exactly when every id is a plain int within int64
+    packable = all(type(d) is int and -(2**63) <= d < 2**63 for d, _ in docs)
+    assert all(type(acc) is (bytes if packable else list) for acc in got.values())
 
 
 
@@ -295,3 +305,38 @@ def test_natural_order_is_total_and_numbers_sort_as_numbers(words, rnd):
     assert sorted(shuffled, key=natural_key) == once  # no two distinct words tie
     numbers = [w for w in once if w.isdecimal()]
     assert [int(w) for w in numbers] == sorted(int(w) for w in numbers)
+
+
+MIXED_ID = st.one_of(st.integers(-(2**65), 2**65), st.integers(0, 9), st.text("ab", max_size=2))
+
+
+@given(st.lists(st.lists(st.tuples(MIXED_ID, st.lists(WORDS, max_size=5).map(" ".join)),
+                         max_size=6), min_size=1, max_size=5), st.integers(1, 3))
+def test_packed_and_listed_postings_merge_to_the_reference(shards, partitions):
+    # Shards of int ids travel as int64 bytes, others (big ints, strs) as lists; any mix of
+    # them merges into the same sorted, distinct posting lists, fold or keyed.
+    from mergeagg.algorithms._keyed import order_key
+
+    index = {}
+    for shard in shards:
+        for doc, text in shard:
+            for word in tokenize(text):
+                index.setdefault(word, set()).add(doc)
+    expected = {w: sorted(ids, key=order_key) for w, ids in sorted(index.items())}
+    fold = ma.run(invertedindex(), shards, workers=0)
+    keyed = ma.run(invertedindex(keyed=True), shards, workers=0, partitions=partitions)
+    assert fold.value == expected and keyed.value == expected
+    assert fold.fingerprint == keyed.fingerprint == ma.fingerprint(expected)
+
+
+def test_long_packed_posting_lists_are_sorted_and_distinct_in_numpy():
+    from mergeagg.algorithms.invertedindex import combine_postings, finalize_postings
+
+    combine, finalize = combine_postings("postings"), finalize_postings("postings")
+    first = index_map([(i, "w") for i in range(0, 300, 2)])["w"]
+    second = index_map([(i, "w") for i in range(100, 400, 3)])["w"]
+    assert type(first) is bytes and len(first) == 8 * 150
+    merged = finalize(combine(first, second))
+    assert merged == sorted(set(range(0, 300, 2)) | set(range(100, 400, 3)))
+    assert finalize(index_map([(i, "w") for i in range(200)])["w"]) == list(range(200))
+    assert finalize(combine(index_map([(5, "w")])["w"], [3, "x"])) == [3, 5, "x"]
