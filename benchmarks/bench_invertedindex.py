@@ -159,7 +159,8 @@ def _measure(args, path, agg, keyed, split_size, repeat, out_dir):
         if keyed:
             result = mergeagg.run(agg, path, workers=args.workers, split_size=split_size,
                                   format="jsonl", partitions=args.partitions,
-                                  output=os.path.join(out_dir, f"index-{rep}"))
+                                  output=os.path.join(out_dir, f"index-{rep}"),
+                                  output_format="framed")
         else:
             result = mergeagg.run(agg, path, workers=args.workers, split_size=split_size,
                                   format="jsonl")

@@ -131,7 +131,8 @@ def measure(label, left, right, strategy, workers, split_size, repeat, out_dir, 
         src = join_source(left, right, strategy=strategy, split_size=split_size)
         if keyed:
             result = mergeagg.run(agg, src, workers=workers, partitions=partitions,
-                                  output=os.path.join(out_dir, f"{label}-{rep}"))
+                                  output=os.path.join(out_dir, f"{label}-{rep}"),
+                                  output_format="framed")
         else:
             result = mergeagg.run(agg, src, workers=workers)
             write_rows(result.value, os.path.join(out_dir, f"{label}-{rep}.csv"))

@@ -178,7 +178,7 @@ def bench_memory(n_keys, workers, limit):
         with PeakRSS() as rss:
             t = time.perf_counter()
             r = ma.run(job, shards, workers=workers, partitions=8, memory_limit=mem,
-                       output=out, progress=False)
+                       output=out, output_format="framed", progress=False)
             dt = time.perf_counter() - t
         peak = max(rss.peak.values()) / 2**20
         results[label] = (r.fingerprint, peak, dt, r.report.counters)

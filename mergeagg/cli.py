@@ -2,51 +2,71 @@
 
 ``mergeagg run NAME INPUT... [--workers N] [--split-size BYTES] [--json FILE] [entry flags]``
 runs a catalog entry (or ``module.path:factory``, a user's own aggregator) over input files
-(``-`` for standard input) and prints the fingerprint and a summary of the value.
+(``-`` for standard input) and prints the answer (a summary of the value), then its
+fingerprint on a line of its own; the run's report goes to standard error (``--quiet``
+drops it). ``--json FILE`` writes ``{algorithm, params, fingerprint, value, report}``;
+``--json -`` writes that document to standard output instead of the summary.
+``python -m mergeagg`` is the same command.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import math
 import os
 import re
 import sys
+import traceback
 
 import numpy as np
+
+from mergeagg.runtime.shuffle import OUTPUT_FORMATS
 
 __all__ = ["main", "build_parser", "to_jsonable"]
 
 
-def to_jsonable(value):
+def to_jsonable(value, *, strict=False):
     """A JSON-ready form of a result value.
 
+    Cost: O(size of the value), plus sorting the members of sets and of mappings with
+    non-str keys.
+
     Mappings with str keys become objects; mappings with other keys become lists of
-    ``[key, value]`` pairs (sorted by the key's fingerprint-independent repr for stability);
-    sets become sorted lists; numpy arrays become nested lists; non-finite floats become
-    strings.
+    ``[key, value]`` pairs (sorted by the key's JSON text, for stability); tuples become
+    lists; sets become sorted lists; numpy arrays become nested lists and numpy scalars
+    numbers; non-finite floats become the strings ``"nan"``, ``"inf"``, ``"-inf"``; bytes
+    become hex strings; an object with a ``to_jsonable()`` method becomes what it returns.
+    Anything else becomes its ``repr``, or, with ``strict=True`` (how committed keyed
+    output is written), raises :class:`TypeError` naming its type.
 
     >>> to_jsonable({"a": (1, 2.5), "b": {3, 1}})
     {'a': [1, 2.5], 'b': [1, 3]}
     >>> to_jsonable({(1, 2): 3})
     [[[1, 2], 3]]
+    >>> to_jsonable([object])
+    ["<class 'object'>"]
+    >>> to_jsonable([object], strict=True)
+    Traceback (most recent call last):
+    TypeError: a type has no JSON form
     """
     if isinstance(value, dict):
         if all(isinstance(k, str) for k in value):
-            return {k: to_jsonable(v) for k, v in value.items()}
-        pairs = [[to_jsonable(k), to_jsonable(v)] for k, v in value.items()]
+            return {k: to_jsonable(v, strict=strict) for k, v in value.items()}
+        pairs = [[to_jsonable(k, strict=strict), to_jsonable(v, strict=strict)]
+                 for k, v in value.items()]
         return sorted(pairs, key=lambda kv: json.dumps(kv[0], sort_keys=True))
     if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
+        return [to_jsonable(v, strict=strict) for v in value]
     if isinstance(value, (set, frozenset)):
-        items = [to_jsonable(v) for v in value]
+        items = [to_jsonable(v, strict=strict) for v in value]
         return sorted(items, key=lambda x: json.dumps(x, sort_keys=True))
     if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
+        return to_jsonable(value.tolist(), strict=strict)
     if isinstance(value, np.generic):
-        return to_jsonable(value.item())
+        return to_jsonable(value.item(), strict=strict)
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, bytes):
@@ -55,6 +75,8 @@ def to_jsonable(value):
         return value
     if hasattr(value, "to_jsonable"):
         return value.to_jsonable()
+    if strict:
+        raise TypeError(f"a {type(value).__name__} has no JSON form")
     return repr(value)
 
 
@@ -75,7 +97,11 @@ def _add_common(p):
                    help="bytes per input split, K/M/G suffixes allowed (default 16M)")
     p.add_argument("--fan-in", type=int, default=8, help="children per combine-tree node")
     p.add_argument("--json", metavar="FILE", default=None,
-                   help="write {algorithm, params, fingerprint, value, report} to FILE")
+                   help="write {algorithm, params, fingerprint, value, report} to FILE "
+                        "(- for standard output, in place of the summary)")
+    p.add_argument("--quiet", "-q", action="store_true", default=False,
+                   help="print the answer only: no report on stderr (and no progress "
+                        "unless --progress)")
     p.add_argument("--errors", default="strict",
                    choices=["strict", "replace", "ignore"],
                    help="what to do with invalid UTF-8 (default: stop with an error)")
@@ -110,6 +136,9 @@ def _add_common(p):
                     help="bytes a task may hold before it spills (K/M/G suffixes)")
     kj.add_argument("--output", default=None, metavar="DIR",
                     help="write a keyed job's result as part files in DIR (new or empty)")
+    kj.add_argument("--output-format", default=None, choices=list(OUTPUT_FORMATS),
+                    help="the part files' format: JSON lines (default), TSV, or framed "
+                         "(Python values, exact; read back with mergeagg)")
     kj.add_argument("--salt", nargs="?", const=True, default=None, type=_share,
                     metavar="SHARE",
                     help="spread hot keys over several partitions (a key is hot in a map "
@@ -174,9 +203,10 @@ def _entry_parser(entry):
     return p
 
 
-_COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "errors", "format", "faults",
-           "backups", "verify", "max_attempts", "task_timeout", "heartbeat_timeout",
-           "progress", "partitions", "combiner", "memory_limit", "output", "salt", "dask")
+_COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "quiet", "errors", "format",
+           "faults", "backups", "verify", "max_attempts", "task_timeout", "heartbeat_timeout",
+           "progress", "partitions", "combiner", "memory_limit", "output", "output_format",
+           "salt", "dask")
 
 
 class _Usage(Exception):
@@ -200,7 +230,10 @@ def _load_user_factory(spec):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise _Usage(f"module {module_name!r} has no {attr!r}") from None
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise _Usage(f"module {module_name!r} has no {attr!r}{hint}") from None
     return obj
 
 
@@ -229,9 +262,61 @@ def _resolve_entry(name):
         return Entry(name=name, summary="user aggregator", factory=factory)
     table = entries()
     if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=3, cutoff=0.6)
+        if close:
+            guess = " or ".join(repr(c) for c in close)
+            raise _Usage(f"no catalog entry {name!r}; did you mean {guess}? (`mergeagg "
+                         "catalog` lists them all; or give module.path:factory)")
         raise _Usage(f"no catalog entry {name!r}; known entries: {', '.join(table)} "
                      "(or give module.path:factory)")
     return table[name]
+
+
+class _UserCodeError(Exception):
+    """Code that builds the job (a factory) raised: one line naming what, where and why."""
+
+
+def _build(what, name, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, where ``fn`` builds the job of entry ``name``.
+
+    An exception becomes one line naming what failed, the cause and the line that raised
+    it; a catalog entry's ``ValueError`` or ``TypeError`` (a bad flag value, already worded
+    for the user) and the project's own errors print as they are.
+    """
+    from mergeagg.errors import MergeaggError
+
+    as_is = (_Usage, MergeaggError, OSError)
+    if ":" not in name:
+        as_is += (ValueError, TypeError)
+    try:
+        return fn(*args, **kwargs)
+    except as_is:
+        raise
+    except Exception as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = ""
+        if len(frames) > 1:  # the first frame is this function's own call
+            f = frames[-1]
+            where = f" (at {f.filename}:{f.lineno}, in {f.name})"
+        raise _UserCodeError(f"{what} of {name} raised {type(exc).__name__}: {exc}"
+                             f"{where}") from exc
+
+
+def _json_target(path):
+    """Check, before the job runs, that ``--json PATH`` can be written (``-``: stdout)."""
+    if path is None or path == "-":
+        return
+    if os.path.isdir(path):
+        raise _Usage(f"--json {path}: is a directory; give a file name (or - for standard "
+                     "output)")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise _Usage(f"cannot write the --json file {path!r}: {exc.strerror or exc}") from None
+    if not existed:
+        os.unlink(path)  # a job that fails leaves no empty file behind
 
 
 def _cmd_run(name, argv, out):
@@ -240,25 +325,28 @@ def _cmd_run(name, argv, out):
 
     entry = _resolve_entry(name)
     args = _entry_parser(entry).parse_args(argv)
+    _json_target(args.json)
     params = {k: v for k, v in vars(args).items() if k not in _COMMON}
     factory_params = {k: v for k, v in params.items() if not k.startswith("_")}
     split_size = inputs.parse_size(args.split_size) if args.split_size else None
     if entry.make_source is not None:
-        source = entry.make_source(args.inputs, split_size, {**params, "_format": args.format})
+        source = _build("reading the inputs", entry.name, entry.make_source, args.inputs,
+                        split_size, {**params, "_format": args.format})
     else:
         fmt = args.format or entry.input_format
         source = inputs.as_source(list(args.inputs), split_size=split_size, format=fmt,
                                   errors=args.errors)
-    job = entry.factory(**factory_params)
+    job = _build("the factory", entry.name, entry.factory, **factory_params)
     from mergeagg.keyed import KeyedJob
 
     runner = entry.runner or run
     options = dict(workers=args.workers, fan_in=args.fan_in, faults=args.faults,
                    backups=args.backups, verify=args.verify, max_attempts=args.max_attempts,
                    task_timeout=args.task_timeout, heartbeat_timeout=args.heartbeat_timeout,
-                   progress=args.progress)
+                   progress=False if args.quiet and args.progress is None else args.progress)
     keyed_options = dict(partitions=args.partitions, combiner=args.combiner,
-                         memory_limit=args.memory_limit, output=args.output, salt=args.salt)
+                         memory_limit=args.memory_limit, output=args.output, salt=args.salt,
+                         output_format=args.output_format)
     if isinstance(job, KeyedJob):
         options.update(keyed_options)
     else:
@@ -271,14 +359,7 @@ def _cmd_run(name, argv, out):
     if args.dask is not None:
         options["backend"] = args.dask
     result = runner(job, source, **options)
-    print(f"fingerprint {result.fingerprint}", file=out)
-    if entry.summarize is not None:
-        for line in entry.summarize(result.value, params):
-            print(line, file=out)
-    else:
-        text = repr(result.value)
-        print(text if len(text) < 2000 else text[:1997] + "...", file=out)
-    print(str(result.report), file=sys.stderr)
+    doc = None
     if args.json:
         jsonable = entry.jsonable or to_jsonable
         doc = {
@@ -290,6 +371,22 @@ def _cmd_run(name, argv, out):
             "value": jsonable(result.value),
             "report": result.report.to_dict(),
         }
+    if args.json == "-":
+        # Standard output carries the document alone, for jq and friends.
+        json.dump(doc, out)
+        print(file=out)
+    else:
+        # The answer first; the fingerprint that proves it after it.
+        if entry.summarize is not None:
+            for line in entry.summarize(result.value, params):
+                print(line, file=out)
+        else:
+            text = repr(result.value)
+            print(text if len(text) < 2000 else text[:1997] + "...", file=out)
+        print(f"fingerprint {result.fingerprint}", file=out)
+    if not args.quiet:
+        print(str(result.report), file=sys.stderr)
+    if doc is not None and args.json != "-":
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(doc, f)
     return 0
@@ -337,11 +434,23 @@ def _error_text(exc):
     return str(exc)
 
 
+def _silence_stdout():
+    """Point standard output at /dev/null, so that flushing it at exit cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv=None):
     """Entry point of the ``mergeagg`` console script. Returns the exit status.
 
     Errors in the input or the job print one line, ``mergeagg: error: ...``, and give a
-    non-zero status (1 for input and job failures, 2 for a mistake on the command line).
+    non-zero status (1 for input and job failures, 2 for a mistake on the command line,
+    130 when interrupted by Ctrl-C, after the job's workers are stopped).
     Cost: that of the job run.
 
     >>> import contextlib, io
@@ -360,30 +469,26 @@ def main(argv=None):
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv and argv[0] == "run":
-            split = _split_run_argv(argv[1:])
-            if split is not None:
-                return _cmd_run(split[0], split[1], sys.stdout)
-        parser = build_parser()
-        args, extra = parser.parse_known_args(argv)
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        if args.command == "catalog":
-            return _cmd_catalog(sys.stdout)
-        if args.command == "demo":
-            from mergeagg.runtime.demo import demo
-
-            return demo(args.inputs or None, workers=args.workers)
-        if args.command == "master":
-            from mergeagg.runtime.protocol import serve
-
-            return serve()
-        parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+        status = _dispatch(argv)
+        sys.stdout.flush()  # a closed pipe is met here, where it is handled, not at exit
+        return status
+    except KeyboardInterrupt:
+        # One Ctrl-C: the job's executor has already stopped its workers and removed its
+        # directories on the way out (the driver's finally); say so in one line.
+        print("mergeagg: interrupted", file=sys.stderr)
+        return 130
     except _Usage as exc:
         print(f"mergeagg: error: {exc}", file=sys.stderr)
         return 2
+    except _UserCodeError as exc:
+        print(f"mergeagg: error: {exc}", file=sys.stderr)
+        return 1
     except MergeaggError as exc:
         print(f"mergeagg: error: {_error_text(exc)}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (``mergeagg run ... | head``): stop quietly, as cat does.
+        _silence_stdout()
         return 1
     except OSError as exc:
         print(f"mergeagg: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
@@ -392,7 +497,29 @@ def main(argv=None):
     except (ValueError, TypeError) as exc:
         print(f"mergeagg: error: {exc}", file=sys.stderr)
         return 2
-    return 2
+
+
+def _dispatch(argv):
+    if argv and argv[0] == "run":
+        split = _split_run_argv(argv[1:])
+        if split is not None:
+            return _cmd_run(split[0], split[1], sys.stdout)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "catalog":
+        return _cmd_catalog(sys.stdout)
+    if args.command == "demo":
+        from mergeagg.runtime.demo import demo
+
+        return demo(args.inputs or None, workers=args.workers)
+    if args.command == "master":
+        from mergeagg.runtime.protocol import serve
+
+        return serve()
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+    return 2  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass
@@ -36,11 +37,12 @@ def _short(value, limit=80):
 
 
 def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
-        split_size=None, format="text", errors="strict", max_attempts=4, backups=True,
+        split_size=None, format="text", errors="strict", max_attempts=4, max_lost=10,
+        backups=True,
         backup_after=0.75, backup_factor=1.5, verify=0.0, faults=None,
         heartbeat_interval=0.2, heartbeat_timeout=10.0, task_timeout=None, progress=None,
         start_method=None, session=None, partitions=None, combiner=None, memory_limit=None,
-        output=None, salt=None):
+        output=None, salt=None, output_format=None):
     """Run ``job`` (an :class:`~mergeagg.Aggregator` or a :class:`~mergeagg.KeyedJob`) over
     ``source`` and return a :class:`Result`.
 
@@ -55,12 +57,15 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     ``heartbeat_interval``, ``heartbeat_timeout``, ``task_timeout``, ``faults``,
     ``progress``, ``start_method``). ``backend`` is ``"local"`` (worker processes on this
     machine) or a ``dask.distributed.Client`` / scheduler address: the same policy then
-    runs over Dask futures (see ``docs/dask.md``).
+    runs over Dask futures (see ``docs/dask.md``). ``max_lost`` is how many times one
+    task may take its worker process down with it (it died in that task, not beside it)
+    before the job fails naming the task.
 
     Keyed jobs also take ``partitions`` (R, default 8), ``combiner`` (map-side combine,
     default on), ``memory_limit`` (bytes a map or reduce task may hold before it spills or
     merges externally; ``K``/``M``/``G`` strings allowed) and ``output`` (a directory for
-    committed part files instead of an in-memory dict) and ``salt`` (spread hot keys over
+    committed part files instead of an in-memory dict; ``output_format`` ``"jsonl"``, the
+    default, ``"tsv"`` or ``"framed"``) and ``salt`` (spread hot keys over
     several partitions: ``True``, or the share of a map task's records that makes a key
     hot there, default ``1 / partitions``); see ``docs/shuffle.md``.
 
@@ -85,7 +90,8 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
                         "pass a mergeagg.KeyedJob)")
     if not keyed:
         for name, val in (("partitions", partitions), ("combiner", combiner),
-                          ("memory_limit", memory_limit), ("output", output), ("salt", salt)):
+                          ("memory_limit", memory_limit), ("output", output), ("salt", salt),
+                          ("output_format", output_format)):
             if val is not None:
                 raise TypeError(f"{name}= applies to keyed jobs (mergeagg.KeyedJob), not to "
                                 "an Aggregator")
@@ -95,7 +101,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
     dask_client = _dask_backend(backend)
     plan = FaultPlan.parse(faults) if isinstance(faults, (str, type(None))) else faults
-    config = PolicyConfig(max_attempts=max_attempts, backups=backups,
+    config = PolicyConfig(max_attempts=max_attempts, max_lost=max_lost, backups=backups,
                           backup_after=backup_after, backup_factor=backup_factor,
                           verify=verify, heartbeat_timeout=heartbeat_timeout,
                           task_timeout=task_timeout)
@@ -110,7 +116,8 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     if dask_client is not None and keyed:
         from mergeagg.runtime.dask import run_keyed_dask
 
-        spec = _keyed_spec(job, partitions, combiner, memory_limit, output, salt)
+        spec = _keyed_spec(job, partitions, combiner, memory_limit, output, salt,
+                           output_format)
         value, report, fp = run_keyed_dask(spec, src, client=dask_client, config=config,
                                            faults=plan, progress=progress)
         if output is not None:
@@ -128,7 +135,8 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         report.wall_seconds = time.perf_counter() - start
         return Result(value, fp, report)
     if keyed:
-        spec = _keyed_spec(job, partitions, combiner, memory_limit, output, salt)
+        spec = _keyed_spec(job, partitions, combiner, memory_limit, output, salt,
+                           output_format)
         if session is not None:
             value, report, fp = session._run_keyed_spec(spec, src, config=config, faults=plan,
                                                         progress=progress)
@@ -190,7 +198,8 @@ def _dask_backend(backend):
                     f"address, got {type(backend).__name__}")
 
 
-def _keyed_spec(job, partitions, combiner, memory_limit, output, salt=None):
+def _keyed_spec(job, partitions, combiner, memory_limit, output, salt=None,
+                output_format=None):
     from mergeagg.inputs import parse_size
     from mergeagg.runtime.shuffle import KeyedSpec
 
@@ -204,7 +213,8 @@ def _keyed_spec(job, partitions, combiner, memory_limit, output, salt=None):
         if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
             raise ValueError(f"output directory {out!r} exists and is not empty; give a new "
                              "or empty directory (part files are never overwritten)")
-        os.makedirs(out, exist_ok=True)
+    elif output_format is not None:
+        raise ValueError("output_format= applies to committed output: give output= too")
     if salt is None or salt is False:
         share = None
     elif salt is True:
@@ -213,11 +223,19 @@ def _keyed_spec(job, partitions, combiner, memory_limit, output, salt=None):
         share = float(salt)
     else:
         raise ValueError(f"salt must be True, False or a share in (0, 1], got {salt!r}")
-    return KeyedSpec(job, R, True if combiner is None else bool(combiner), limit, out, share)
+    spec = KeyedSpec(job, R, True if combiner is None else bool(combiner), limit, out, share,
+                     output_format or "jsonl")
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):  # fail now, not when the reducers commit
+            raise PermissionError(errno.EACCES, "cannot write part files in the output "
+                                  "directory", out)
+    return spec
 
 
 def _commit_output(directory, value, fp):
-    """Remove temporary part files of losing attempts; write the _SUCCESS manifest."""
+    """Remove temporary part files of losing attempts; write the _SUCCESS manifest (the
+    fingerprint, the number of keys, the part files, and their format)."""
     import json
 
     for name in os.listdir(directory):
@@ -227,6 +245,7 @@ def _commit_output(directory, value, fp):
             except FileNotFoundError:  # a losing attempt still running removed its own
                 pass
     manifest = {"fingerprint": fp, "keys": len(value),
-                "parts": [os.path.basename(p) for p, _n in value.parts]}
+                "parts": [os.path.basename(p) for p, _n in value.parts],
+                "format": value.format}
     with open(os.path.join(directory, "_SUCCESS"), "w", encoding="utf-8") as f:
         json.dump(manifest, f)

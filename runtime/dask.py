@@ -56,12 +56,12 @@ Dask is optional: this module imports ``distributed`` only inside its functions,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
 import queue
 import shutil
-import sys
 import threading
 import time
 import traceback
@@ -69,29 +69,32 @@ import uuid
 
 import cloudpickle
 
-from mergeagg.errors import CorruptSpillError, InputError, JobFailed, NondeterminismError
-from mergeagg.fingerprint import MappingDigest, fingerprint
+from mergeagg.errors import InputError, JobFailed, NondeterminismError
 from mergeagg.inputs import read_split
-from mergeagg.runtime.faults import strike_after, strike_before
-from mergeagg.runtime.master import Cancel, KillWorker, Launch, Policy, Release, fold_tasks
+from mergeagg.runtime.attempt import run_attempt as _attempt
+from mergeagg.runtime.driver import drive as _drive
+from mergeagg.runtime.driver import fetch_root, keyed_fingerprint, report
+from mergeagg.runtime.faults import ProcessFaults
+from mergeagg.runtime.master import Policy, fold_tasks
 from mergeagg.runtime.pickling import dumps as ship_dumps
-from mergeagg.runtime.shuffle import (
-    KeyedOutput,
-    KeyedSpec,
-    MapOutput,
-    PartRef,
-    keyed_tasks,
-    reducer_fingerprint,
-    run_map,
-    run_merge,
-    run_reduce,
-    side_of,
+from mergeagg.runtime.port import (
+    NOT_YET,
+    Cancel,
+    Failed,
+    Finished,
+    Heartbeat,
+    Joined,
+    KillWorker,
+    Launch,
+    Lost,
+    Release,
 )
-from mergeagg.runtime.worker import dumps
+from mergeagg.runtime.refs import ResidentPartition, dumps
+from mergeagg.runtime.shuffle import KeyedSpec, MapOutput, PartRef, keyed_tasks, side_of
 
 __all__ = ["run_dask", "run_keyed_dask", "drive", "DaskExecutor", "DaskPartition", "Loaded",
-           "load_partition", "derive_partition", "MISSING", "DaskRef", "require_dask",
-           "run_attempt", "slot_name", "slot_address", "INSTALL_HINT", "EVENT_TOPIC"]
+           "load_partition", "derive_partition", "DaskRef", "require_dask", "run_attempt",
+           "slot_name", "slot_address", "INSTALL_HINT", "EVENT_TOPIC"]
 
 INSTALL_HINT = "pip install 'mergeagg[dask]'"
 
@@ -179,7 +182,7 @@ class DaskRef:
         return f"DaskRef({self.key}, on {self.worker}, {self.nbytes} B)"
 
 
-class DaskPartition:
+class DaskPartition(ResidentPartition):
     """The split of a map task over a persisted dataset on Dask: partition ``index`` of
     dataset ``dataset``. The executor hands the attempt the partition's future (a
     :class:`Loaded` in some worker's memory) as its input. ``id`` names it in reports."""
@@ -256,66 +259,117 @@ def _sleep_unless_cancelled(seconds, key):
         time.sleep(min(left, 0.02))
 
 
-def _strike_after(fault, acc, elapsed, key):
-    # A delayed attempt stops sleeping when Dask drops it (a backup's loser).
-    return strike_after(fault, acc, elapsed,
-                        sleep=lambda seconds: _sleep_unless_cancelled(seconds, key))
+class DaskHost(ProcessFaults):
+    """The attempt runner's host on a Dask worker: an output is returned to Dask as its
+    pickled bytes (Dask keeps it in the worker's memory and moves it when a combine runs
+    elsewhere); a keyed map's spill files stay in the worker's local directory; a ``delay``
+    fault stops sleeping when Dask drops the attempt (a backup's loser)."""
+
+    def __init__(self, token, key, resident=None):
+        self.worker = _worker_address()
+        self.workdir = _workdir(token)
+        self.key = key
+        self.resident = resident
+
+    load = staticmethod(pickle.loads)
+
+    @staticmethod
+    def store(aid, data):
+        return data
+
+    def cached(self, part):
+        return self.resident.value, {"bytes_read": 0,
+                                     "cache_runs": [list(r) for r in self.resident.runs]}
+
+    @staticmethod
+    def side(blob):
+        value = pickle.loads(blob)
+        if isinstance(value, PartRef):
+            side = value.side if value.side_ref is None else pickle.loads(value.side_ref)
+            return side or ([], [])
+        return side_of(value)
+
+    def sleep(self, seconds):
+        _sleep_unless_cancelled(seconds, self.key)
 
 
-def run_attempt(job, digest, token, key, attempt, kind, number, split, expected, hint,
-                *inputs):
-    """Run one attempt on a Dask worker (the function each Launch submits).
+def run_attempt(job, digest, token, key, launch, expected, hint, *inputs):
+    """Run one attempt on a Dask worker (the function each Launch submits), through the
+    one attempt runner (:func:`mergeagg.runtime.attempt.run_attempt`).
 
-    ``job`` is the cloudpickled ``(aggregator, fault plan)``, which travels inside every
-    task (not as a Dask dependency: a worker drops the replicas it fetched once its tasks
-    are done, and a replica fetched from a hung or dead worker would stall the job) and is
-    unpickled once per worker and job. ``inputs`` are the children's results, in fold
-    order, whose fingerprints must be ``expected``. Returns ``("done", pickled output,
-    fingerprint, stats)`` or ``("fail", kind, error, traceback)``, and logs the same
-    outcome, without the output, as an event of job ``token`` on the ``"mergeagg"`` topic.
-    Cost: the user's ``partial`` or ``combine``s, one pickle and one fingerprint of the
-    output, one unpickle per input.
+    ``job`` is the shipped ``(payload, fault plan)``, which travels inside every task (not
+    as a Dask dependency: a worker drops the replicas it fetched once its tasks are done,
+    and a replica fetched from a hung or dead worker would stall the job) and is unpickled
+    once per worker and job. ``launch`` is the policy's Launch without its output
+    references; ``inputs`` are what Dask resolved for them: the children's outcomes, in fold
+    order, whose fingerprints must be ``expected``, a reducer's buckets, or a persisted
+    partition. Returns ``("done", output, fingerprint, stats)`` (the output pickled, or a
+    keyed map's :class:`~mergeagg.runtime.shuffle.MapOutput`) or ``("fail", kind, error,
+    traceback, lost)``, and logs the same outcome, without the output, as an event of job
+    ``token`` on the ``"mergeagg"`` topic. Cost: the attempt's, plus one unpickle per input.
     """
-    agg, plan = _job(digest, job)
-    task_id = attempt.rsplit("#", 1)[0]
-    fault = plan.fault_for(task_id, number) if plan is not None else None
-    if isinstance(agg, KeyedSpec):
-        return _run_keyed_attempt(agg, fault, token, key, attempt, kind, split, expected,
-                                  hint, inputs)
-    t0 = time.perf_counter()
-    nbytes_read = 0
-    cache_runs = None
+    payload, plan = _job(digest, job)
+    local = None
     try:
-        if fault is not None:
-            strike_before(fault, hint, f"Dask worker pid {os.getpid()}")
-        if kind == "map" and isinstance(split, DaskPartition):
-            acc = agg.partial(inputs[0].value)
-            cache_runs = [list(r) for r in inputs[0].runs]
-        elif kind == "map":
-            records = read_split(split)
-            acc = agg.partial(records)
-            nbytes_read = getattr(records, "bytes_read", 0)
+        host = DaskHost(token, key)
+        ready = _inputs_ready(payload, launch, expected, inputs, host)
+        if isinstance(ready, Failed):
+            event = ready
         else:
-            for child, want in zip(inputs, expected):
-                if child[2] != want:
-                    return _report_outcome(token, attempt, _recomputed(task_id, child, want))
-            acc = pickle.loads(inputs[0][1])
-            for child in inputs[1:]:
-                acc = agg.combine(acc, pickle.loads(child[1]))
-        if fault is not None:
-            acc = _strike_after(fault, acc, time.perf_counter() - t0, key)
-        seconds = time.perf_counter() - t0
-        data = dumps(acc)
-        fp = fingerprint(acc)
-    except InputError as exc:
-        return _report_outcome(token, attempt, ("fail", "input", str(exc), "", ()))
-    except Exception as exc:
-        return _report_outcome(token, attempt, (
-            "fail", "raise", f"{type(exc).__name__}: {exc}", traceback.format_exc(), ()))
-    stats = {"seconds": seconds, "bytes_read": nbytes_read, "output_bytes": len(data)}
-    if cache_runs is not None:
-        stats["cache_runs"] = cache_runs
-    return _report_outcome(token, attempt, ("done", data, fp, stats))
+            launch, local = ready
+            event = _attempt(payload, plan, launch, hint, host)
+    finally:
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+    if isinstance(event, Finished):
+        out = event.ref
+        if event.attempt.task.startswith(("reduce-", "merge-")) and not isinstance(out, bytes):
+            out = dumps(out)  # a committed part's reference travels pickled
+        stats = dict(event.stats)
+        if "digest" in stats:
+            stats["digest"] = list(stats["digest"])
+        outcome = ("done", out, event.fingerprint, stats)
+    else:
+        outcome = ("fail", event.kind, event.error, event.traceback, event.lost)
+    return _report_outcome(token, str(launch.attempt), outcome)
+
+
+def _inputs_ready(payload, launch, expected, inputs, host):
+    """The Launch with its inputs as the attempt runner takes them, and a directory to
+    remove afterwards; or the Failed event that says why they are not usable."""
+    aid = launch.attempt
+    if isinstance(launch.split, DaskPartition):
+        host.resident = inputs[0]
+        return launch, None
+    if launch.kind == "map":
+        return launch, None
+    if launch.kind == "reduce" and isinstance(payload, KeyedSpec):
+        lost = tuple(b[1] for b in inputs if b[0] == "lost")
+        if lost:
+            return Failed(aid, "input_lost", "; ".join(b[2] for b in inputs if b[0] == "lost"),
+                          "", lost, host.worker)
+        for bucket, want in zip(inputs, expected):
+            if bucket[5] != want:
+                return Failed(aid, "nondeterministic",
+                              f"Dask handed {aid.task} a bucket of {bucket[1]} recomputed "
+                              f"with fingerprint {bucket[5]}, but its first completion had "
+                              f"{want}", "", (), host.worker)
+        if payload.output is not None and not os.path.isdir(payload.output):
+            return Failed(aid, "raise",
+                          f"FileNotFoundError: the output directory {payload.output} does not "
+                          f"exist on Dask worker {host.worker}: output= needs a file system "
+                          "that every worker and the driver share (NFS, a cluster file "
+                          "system)", "", (), host.worker)
+        local = os.path.join(host.workdir, str(aid).replace("#", "_"))
+        maps = _copy_buckets(inputs, launch.index, local)
+        return dataclasses.replace(launch, inputs=tuple(maps)), local
+    for child, want in zip(inputs, expected):
+        if child[2] != want:
+            return Failed(aid, "nondeterministic",
+                          f"Dask handed {aid.task} an input recomputed with fingerprint "
+                          f"{child[2]}, but its first completion had {want}", "", (),
+                          host.worker)
+    return dataclasses.replace(launch, inputs=tuple(child[1] for child in inputs)), None
 
 
 def _report_outcome(token, attempt, outcome):
@@ -382,97 +436,6 @@ def read_bucket(map_outcome, r):
     return ("ok", out.key, out.salted, data, entries, map_outcome[2])
 
 
-def _run_keyed_attempt(spec, fault, token, key, attempt, kind, split, expected, hint,
-                       inputs):
-    """A keyed job's map, reduce or merge attempt on a Dask worker.
-
-    A map writes its R spill files into this worker's directory for the job and returns
-    the :class:`~mergeagg.runtime.shuffle.MapOutput` (paths only: the shuffle data stays on
-    disk until a reducer asks for its bucket through :func:`read_bucket`). A reduce gets
-    bucket ``r`` of every map output in split order, copies them to its own directory (as
-    a MapReduce reducer copies map output to local disk) and runs the same
-    :func:`~mergeagg.runtime.shuffle.run_reduce` as the local runtime, so its output and
-    digest are the local runtime's. A merge folds the reducers' salted partials.
-    """
-    task_id = attempt.rsplit("#", 1)[0]
-    t0 = time.perf_counter()
-    local = None
-    try:
-        if fault is not None:
-            strike_before(fault, hint, f"Dask worker pid {os.getpid()}")
-        if kind == "map":
-            records = read_split(split)
-            directory = os.path.join(_workdir(token), attempt.replace("#", "_"))
-            data, fp, stats = run_map(spec, records, directory, None, task_id)
-            stats["bytes_read"] = getattr(records, "bytes_read", 0)
-            if fault is not None and fault.kind == "corrupt":
-                _corrupt_spill(data)
-                fault = None
-        elif kind == "reduce":
-            lost = tuple(b[1] for b in inputs if b[0] == "lost")
-            if lost:
-                return _report_outcome(token, attempt, (
-                    "fail", "input_lost", "; ".join(b[2] for b in inputs if b[0] == "lost"),
-                    "", lost))
-            for bucket, want in zip(inputs, expected):
-                if bucket[5] != want:
-                    return _report_outcome(token, attempt, (
-                        "fail", "nondeterministic",
-                        f"Dask handed {task_id} a bucket of {bucket[1]} recomputed with "
-                        f"fingerprint {bucket[5]}, but its first completion had {want}",
-                        "", ()))
-            if spec.output is not None and not os.path.isdir(spec.output):
-                raise FileNotFoundError(
-                    f"the output directory {spec.output} does not exist on Dask worker "
-                    f"{_worker_address()}: output= needs a file system that every worker "
-                    "and the driver share (NFS, a cluster file system)")
-            r = int(task_id.rsplit("-", 1)[1])
-            local = os.path.join(_workdir(token), attempt.replace("#", "_"))
-            maps = _copy_buckets(inputs, r, local)
-            value, digest, stats = run_reduce(spec, maps, r, attempt)
-            fp = reducer_fingerprint(digest, value)
-            data = dumps(value)
-        else:  # the merge of salted partials
-            sides = []
-            for child, want in zip(inputs, expected):
-                if child[2] != want:
-                    return _report_outcome(token, attempt, _recomputed(task_id, child, want))
-                value = pickle.loads(child[1])
-                sides.append(value.side or ([], []) if isinstance(value, PartRef)
-                             else side_of(value))
-            value, digest, stats = run_merge(spec, sides, attempt)
-            fp = MappingDigest(*digest).fingerprint()
-            data = dumps(value)
-        if kind != "map":
-            stats["digest"] = list(digest)
-        if fault is not None and fault.kind != "corrupt":
-            _strike_after(fault, None, time.perf_counter() - t0, key)
-    except CorruptSpillError as exc:
-        return _report_outcome(token, attempt, (
-            "fail", "input_lost", str(exc), "", tuple(getattr(exc, "lost", ()))))
-    except InputError as exc:
-        return _report_outcome(token, attempt, ("fail", "input", str(exc), "", ()))
-    except Exception as exc:
-        return _report_outcome(token, attempt, (
-            "fail", "raise", f"{type(exc).__name__}: {exc}", traceback.format_exc(), ()))
-    finally:
-        if local is not None:
-            shutil.rmtree(local, ignore_errors=True)
-    stats["seconds"] = time.perf_counter() - t0
-    return _report_outcome(token, attempt, ("done", data, fp, stats))
-
-
-def _corrupt_spill(out):
-    """The ``corrupt`` fault of a keyed map: flip one byte in the middle of its largest
-    spill file, on disk, after it was written (its reducer's CRC check must catch it)."""
-    path, nbytes, _n = max(out.buckets, key=lambda b: b[1])
-    with open(path, "r+b") as f:
-        f.seek(nbytes // 2)
-        byte = f.read(1)
-        f.seek(nbytes // 2)
-        f.write(bytes([byte[0] ^ 0xFF]))
-
-
 def _copy_buckets(buckets, r, directory):
     """Write the fetched buckets to local files; MapOutputs that point at them."""
     os.makedirs(directory, exist_ok=True)
@@ -486,55 +449,66 @@ def _copy_buckets(buckets, r, directory):
     return maps
 
 
-def _recomputed(task_id, child, want):
-    return ("fail", "nondeterministic",
-            f"Dask handed {task_id} an input recomputed with fingerprint {child[2]}, but "
-            f"its first completion had {want}", "", ())
-
-
 # -- the driver's side ----------------------------------------------------------------------
 
 class DaskExecutor:
-    """The executor port on a ``dask.distributed.Client``: one job at a time.
+    """The executor port on a ``dask.distributed`` cluster: one job at a time.
 
-    Cost: one ``submit`` per attempt (Dask's scheduler handles several hundred to a few
-    thousand tasks per second), one event per completion, one ``scheduler_info`` call per
+    ``client`` is a ``dask.distributed.Client`` (the caller's: it stays open) or a
+    scheduler address (a client is connected on start and closed on close). The loss
+    model: a worker's outputs die with it (it may be on another host). Cost: one
+    ``submit`` per attempt (Dask's scheduler handles several hundred to a few thousand
+    tasks per second), one event per completion, one ``scheduler_info`` call per
     ``poll_interval``. Use as a context manager, or call :meth:`close` (it releases every
-    future of the job; it never closes the client).
+    future of the job).
     """
 
-    def __init__(self, client, payload, faults=None, *, poll_interval=0.25,
-                 heartbeat_timeout=None, partitions=None):
+    outputs_survive_worker = False
+
+    def __init__(self, client, *, poll_interval=0.25, heartbeat_timeout=None,
+                 partitions=None, wait_for_workers=60.0):
         self.client = client
+        self._owns_client = False
         self.poll_interval = poll_interval
         self.heartbeat_timeout = heartbeat_timeout
+        self.wait_for_workers = wait_for_workers
         self._last_seen = {}  # Dask worker address -> its last heartbeat, scheduler's clock
         self.token = uuid.uuid4().hex[:12]
-        self.payload = ship_dumps((payload, faults))
-        self.keyed = isinstance(payload, KeyedSpec)
+        self.payload = None
+        self.digest = None
+        self.keyed = False
         self.map_workers = set()  # addresses that ran keyed map attempts (spill files)
         self.buckets = {}  # (map attempt, r) -> Future of read_bucket on the map's worker
         self._bucket_reads = 0
         self.cleanup_timeout = 5.0
         self.partitions = partitions or {}  # DaskPartition.id -> Future of its Loaded
-        self.digest = hashlib.blake2b(self.payload, digest_size=16).hexdigest()
         self.futures = {}  # attempt id -> Future (running, or its output still held)
         self.where = {}  # attempt id -> Dask worker address
         self.known = {}  # Dask worker address -> nthreads, as last seen alive
         self.banned = set()  # addresses the policy killed: never taken back
         self.reported = set()  # attempts whose outcome event arrived
         self.unreported = {}  # attempt id -> when Dask said finished without an event
-        # The slot each attempt was launched on (events name only the worker's address).
-        self._launched_on = {}
+        self._launched = {}  # str(attempt id) -> its Launch (events name attempts by text)
+        self._pending = []  # membership events seen before the driver asked
         self._queue = queue.Queue()
         self._last_poll = float("-inf")
+        self._started = False
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self):
-        """Subscribe to the job's events. Returns ``self``."""
+        """Connect (for an address), subscribe to the job's events and wait for a first
+        worker. Returns ``self``."""
+        if self._started:
+            return self
+        self._started = True
+        self.client, self._owns_client = _connect(self.client)
         _subscribe(self.client, self.token, self._queue)
+        self._pending = self.membership(force=True)
+        if not self.known:
+            _wait_for_workers(self.client, self.wait_for_workers)
+            self._pending += self.membership(force=True)
         return self
 
     def __enter__(self):
@@ -545,7 +519,8 @@ class DaskExecutor:
 
     def close(self):
         """Release the job's futures and stop listening to its events (idempotent)."""
-        if self._closed:
+        if self._closed or not self._started:
+            self._closed = True
             return
         self._closed = True
         for fut in [*self.futures.values(), *self.buckets.values()]:
@@ -560,6 +535,8 @@ class DaskExecutor:
                                        name="mergeagg-dask-cleanup")
             cleanup.start()
             cleanup.join(self.cleanup_timeout)
+        if self._owns_client:
+            self.client.close()
 
     def _remove_spills(self):
         # Only on workers still in the cluster: a lost worker took its files with it, and
@@ -574,10 +551,24 @@ class DaskExecutor:
 
     # -- the port --------------------------------------------------------------------------
 
+    def load_job(self, payload, faults=None):
+        """Ship the job's payload with every attempt (see :func:`run_attempt`)."""
+        self.payload = ship_dumps((payload, faults))
+        self.digest = hashlib.blake2b(self.payload, digest_size=16).hexdigest()
+        self.keyed = isinstance(payload, KeyedSpec)
+        return self.token
+
+    def drop_job(self, job):
+        """Nothing to do: a Dask executor runs one job."""
+
+    def live_workers(self):
+        """The policy slots of the workers seen alive, sorted."""
+        return self.slots()
+
     def membership(self, force=False):
         """Events for workers that joined or left since the last look, and heartbeats for
-        the live ones: ``("joined", slot)``, ``("lost", slot, cause)``, ``("hb", slot)``.
-        Asks the scheduler at most once per ``poll_interval`` unless ``force``."""
+        the live ones. Asks the scheduler at most once per ``poll_interval`` unless
+        ``force``."""
         now = time.monotonic()
         if not force and now - self._last_poll < self.poll_interval:
             return []
@@ -596,10 +587,10 @@ class DaskExecutor:
             self._last_seen[addr] = seen
             if addr not in self.known:
                 self.known[addr] = n
-                out.extend(("joined", slot_name(addr, i)) for i in range(n))
+                out.extend(Joined(slot_name(addr, i)) for i in range(n))
             elif not fresh:
                 continue  # no heartbeat since the last look: silent, maybe hung
-            out.extend(("hb", slot_name(addr, i)) for i in range(self.known[addr]))
+            out.extend(Heartbeat(slot_name(addr, i)) for i in range(self.known[addr]))
         return out
 
     def _watch_heartbeats(self, n_workers):
@@ -624,13 +615,13 @@ class DaskExecutor:
         """The policy slots of the workers seen alive, sorted."""
         return sorted(slot_name(a, i) for a, n in self.known.items() for i in range(n))
 
-    def apply(self, actions, hint=0.0):
+    def apply(self, actions, job=None, hint=0.0):
         """Carry out the policy's actions."""
         for a in actions:
             if isinstance(a, Launch):
                 self._submit(a, hint)
             elif isinstance(a, Cancel):
-                self._forget(a.attempt)
+                self._forget(str(a.attempt))
             elif isinstance(a, Release):
                 for ref in a.refs:
                     if ref is not None:
@@ -654,9 +645,10 @@ class DaskExecutor:
         threading.Thread(target=restart, name="mergeagg-dask-restart", daemon=True).start()
 
     def events(self, timeout):
-        """Wait up to ``timeout`` seconds; the events that arrived, as :func:`run_local`'s
-        driver reads them, plus membership changes."""
-        out = self.membership()
+        """Wait up to ``timeout`` seconds; the typed events that arrived, membership
+        changes included."""
+        out, self._pending = self._pending, []
+        out += self.membership()
         deadline = time.monotonic() + max(0.0, timeout)
         while not out:
             left = min(deadline - time.monotonic(), self.poll_interval)
@@ -676,48 +668,51 @@ class DaskExecutor:
         self._check_unreported(out)
         return out
 
-    def fetch(self, ref, timeout, transfer_timeout=300.0):
-        """The root's accumulator, or ``MISSING`` if its future was not done within
-        ``timeout`` seconds or its transfer within ``transfer_timeout`` (the caller looks
-        at membership and tries again)."""
-        deadline = time.monotonic() + timeout
+    def fetch(self, ref, transfer_timeout=300.0):
+        """A sink's output, or :data:`~mergeagg.runtime.port.NOT_YET` if its future was
+        not done within ``poll_interval`` or its transfer within ``transfer_timeout``
+        (the driver looks at membership and tries again)."""
+        self._pending += self.membership(force=True)
+        if any(isinstance(ev, Lost) for ev in self._pending):
+            return NOT_YET  # the policy hears of it first: the output may have gone too
+        deadline = time.monotonic() + self.poll_interval
         while not ref.future.done():
             if time.monotonic() >= deadline:
-                return MISSING
+                return NOT_YET
             time.sleep(0.002)
         try:
             outcome = ref.future.result(timeout=transfer_timeout)
         except TimeoutError:
-            return MISSING
+            return NOT_YET
         if outcome[2] != ref.fingerprint:
             raise NondeterminismError(
-                f"Dask returned the root output with fingerprint {outcome[2]}, but the "
-                f"policy recorded {ref.fingerprint}: it was recomputed and came out different",
-                task=ref.key.rsplit("#", 1)[0], fingerprints=(ref.fingerprint, outcome[2]))
+                f"Dask returned the output of {ref.key} with fingerprint {outcome[2]}, but "
+                f"the policy recorded {ref.fingerprint}: it was recomputed and came out "
+                "different", task=self._launched[ref.key].attempt.task,
+                fingerprints=(ref.fingerprint, outcome[2]))
         return pickle.loads(outcome[1])
 
     # -- internals -------------------------------------------------------------------------
 
     def _submit(self, a, hint):
         address = slot_address(a.worker)
-        key = f"mergeagg-{self.token}-{a.attempt}"
+        aid = str(a.attempt)
+        key = f"mergeagg-{self.token}-{aid}"
         expected = tuple(r.fingerprint for r in a.inputs)
         inputs = [r.future for r in a.inputs]
         if isinstance(a.split, DaskPartition):
             inputs = [self.partitions[a.split.id]]
         if self.keyed and a.kind == "reduce":
-            part = int(a.attempt.rsplit("#", 1)[0].rsplit("-", 1)[1])
-            inputs = [self._bucket(ref, part) for ref in a.inputs]
+            inputs = [self._bucket(ref, a.index) for ref in a.inputs]
         elif self.keyed and a.kind == "map":
             self.map_workers.add(address)
-        args = [self.payload, self.digest, self.token, key, a.attempt, a.kind, a.number,
-                a.split, expected, hint, *inputs]
-        fut = self.client.submit(run_attempt, *args, key=key, pure=False,
+        bare = dataclasses.replace(a, inputs=())  # its references travel as `inputs`
+        fut = self.client.submit(run_attempt, self.payload, self.digest, self.token, key,
+                                 bare, expected, hint, *inputs, key=key, pure=False,
                                  workers=[address], allow_other_workers=False)
-        self.futures[a.attempt] = fut
-        self.where[a.attempt] = address
-        self._launched_on[a.attempt] = a.worker
-        aid = a.attempt
+        self.futures[aid] = fut
+        self.where[aid] = address
+        self._launched[aid] = a
         fut.add_done_callback(lambda f, aid=aid: self._queue.put(("future", aid, f)))
 
     def _bucket(self, ref, r):
@@ -741,14 +736,14 @@ class DaskExecutor:
         for k in [k for k in self.buckets if k[1] == r or k[0] == attempt]:
             self.buckets.pop(k).release()
 
-    def _forget(self, attempt):
-        fut = self.futures.pop(attempt, None)
+    def _forget(self, aid):
+        fut = self.futures.pop(aid, None)
         if self.buckets:
-            self._release_buckets(attempt=attempt)
+            self._release_buckets(attempt=aid)
         if fut is not None:
             fut.release()
-        self.where.pop(attempt, None)
-        self.unreported.pop(attempt, None)
+        self.where.pop(aid, None)
+        self.unreported.pop(aid, None)
 
     def _drop_worker(self, address):
         for aid in [a for a, w in self.where.items() if w == address]:
@@ -757,39 +752,41 @@ class DaskExecutor:
     def _lost(self, address, cause):
         n = self.known.pop(address)
         self._drop_worker(address)
-        return [("lost", slot_name(address, i), cause) for i in range(n)]
+        return [Lost(slot_name(address, i), cause) for i in range(n)]
 
     def _take(self, item, out):
         if item[0] == "event":
             msg = item[1]
             aid = msg["attempt"]
-            if aid in self.reported:
+            launch = self._launched.get(aid)
+            if aid in self.reported or launch is None:
                 return
             self.reported.add(aid)
             self.unreported.pop(aid, None)
-            slot = self._launched_on.get(aid) or slot_name(msg["address"], 0)
+            slot = launch.worker
             if msg["ok"]:
                 fut = self.futures.get(aid)
-                if self.buckets and aid.startswith("reduce-"):
+                if self.buckets and launch.kind == "reduce":
                     # Partition r is done: its buckets' futures are no longer needed here
                     # (an attempt still running holds its own inputs in Dask).
-                    self._release_buckets(r=int(aid.rsplit("#", 1)[0].rsplit("-", 1)[1]))
+                    self._release_buckets(r=launch.index)
                 ref = None
                 if fut is not None:
                     ref = DaskRef(slot, aid, fut, msg["fingerprint"],
                                   msg["stats"].get("output_bytes", 0))
-                out.append(("done", aid, ref, msg["fingerprint"], msg["stats"], slot))
+                out.append(Finished(launch.attempt, ref, msg["fingerprint"], msg["stats"],
+                                    slot))
             elif msg["kind"] == "nondeterministic":
-                raise NondeterminismError(msg["error"], task=aid.rsplit("#", 1)[0])
+                raise NondeterminismError(msg["error"], task=launch.attempt.task)
             else:
                 self._forget(aid)
-                out.append(("fail", aid, msg["kind"], msg["error"], msg["traceback"],
-                            tuple(msg.get("lost", ())), slot))
+                out.append(Failed(launch.attempt, msg["kind"], msg["error"],
+                                  msg["traceback"], tuple(msg.get("lost", ())), slot))
             return
         _, aid, fut = item
         if self.futures.get(aid) is not fut or aid in self.reported:
             return  # released by us, or its event already told the outcome
-        slot = self._launched_on.get(aid)
+        launch = self._launched[aid]
         if fut.status == "finished":
             self.unreported.setdefault(aid, time.monotonic())
             return
@@ -807,7 +804,7 @@ class DaskExecutor:
         else:
             error = f"Dask cancelled the attempt ({fut.status})"
         self._forget(aid)
-        out.append(("fail", aid, kind, error, tb, (), slot))
+        out.append(Failed(launch.attempt, kind, error, tb, (), launch.worker))
 
     def _check_unreported(self, out, grace=2.0):
         # A finished future whose event never came (should not happen: the event is sent
@@ -832,9 +829,6 @@ def _as_message(aid, address, outcome):
             "error": outcome[2], "traceback": outcome[3], "lost": list(outcome[4])}
 
 
-MISSING = object()  # a sink's output has not arrived yet
-
-
 def _connect(client):
     """``(client, owned)``: a Client as given, or a new one for a scheduler address."""
     distributed = require_dask()
@@ -848,7 +842,7 @@ def _connect(client):
 
 def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progress=None,
              poll_interval=0.25, wait_for_workers=60.0, watch_heartbeats=False,
-             clock=time.monotonic):
+             clock=None):
     """Run a fold job on a Dask cluster. Returns ``(value, report)``.
 
     ``client`` is a ``dask.distributed.Client`` (the caller's: TLS, security and timeouts
@@ -859,30 +853,22 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
     only the root's output travels to this process. ``watch_heartbeats`` turns on the
     detection of hung workers by ``config.heartbeat_timeout`` (see the module docstring).
     """
-    from mergeagg.runtime.local import _report
-
     policy = Policy(fold_tasks(source.splits(), fan_in), config)
-
-    def fetch(policy, ex):
-        ref, _fp = policy.result
-        return ex.fetch(ref, poll_interval)
-
     acc, phases, slots, n_workers = drive(
-        policy, aggregator, fetch, client=client, config=config, faults=faults,
+        policy, aggregator, fetch_root, client=client, config=config, faults=faults,
         progress=progress, poll_interval=poll_interval, wait_for_workers=wait_for_workers,
         watch_heartbeats=watch_heartbeats, clock=clock)
-    t = clock()
+    t = time.perf_counter()
     value = aggregator.finalize(acc)
-    phases["finalize"] = clock() - t
-    report = _report(policy, slots, fan_in, phases)
-    report.mode = "dask"
-    report.counters["dask_workers"] = n_workers
-    return value, report
+    phases["finalize"] = time.perf_counter() - t
+    rep = report(policy, slots, fan_in, phases, mode="dask")
+    rep.counters["dask_workers"] = n_workers
+    return value, rep
 
 
 def run_keyed_dask(spec, source, *, client, config, faults=None, progress=None,
                    poll_interval=0.25, wait_for_workers=60.0, watch_heartbeats=False,
-                   clock=time.monotonic):
+                   clock=None):
     """Run a keyed job (map, shuffle, reduce) on a Dask cluster.
 
     Returns ``(value, report, fingerprint)`` as
@@ -893,81 +879,38 @@ def run_keyed_dask(spec, source, *, client, config, faults=None, progress=None,
     every Dask worker must see that directory (a shared file system): reducers commit their
     part files there. Spill files are deleted from every worker when the job ends.
     """
-    from mergeagg.runtime.local import _report, keyed_fingerprint
+    from mergeagg.runtime.local import keyed_fetch
 
     R = spec.partitions
     salt = spec.salt is not None
     policy = Policy(keyed_tasks(source.splits(), R, salt), config)
     sinks = [f"reduce-{r}" for r in range(R)] + (["merge-salted"] if salt else [])
-
-    def fetch(policy, ex):
-        values = []
-        for t in sinks:
-            v = ex.fetch(policy.results[t][0], poll_interval)
-            if v is MISSING:
-                return MISSING
-            values.append(v)
-        if spec.output is not None:
-            return KeyedOutput(spec.output, [(v.path, v.entries) for v in values])
-        value = {}
-        for v in values:
-            value.update(zip(v[0], v[1]))
-        return value
-
     value, phases, slots, n_workers = drive(
-        policy, spec, fetch, client=client, config=config, faults=faults,
+        policy, spec, keyed_fetch(spec, sinks), client=client, config=config, faults=faults,
         progress=progress, poll_interval=poll_interval, wait_for_workers=wait_for_workers,
         watch_heartbeats=watch_heartbeats, clock=clock)
-    report = _report(policy, slots, 0, phases)
-    report.mode = "dask"
-    report.counters["dask_workers"] = n_workers
-    return value, report, keyed_fingerprint(policy, R, report)
+    rep = report(policy, slots, 0, phases, mode="dask")
+    rep.counters["dask_workers"] = n_workers
+    return value, rep, keyed_fingerprint(policy, R, rep)
 
 
 def drive(policy, payload, fetch, *, client, config, faults=None, progress=None,
           poll_interval=0.25, wait_for_workers=60.0, watch_heartbeats=False,
-          clock=time.monotonic, partitions=None):
-    """The loop between a policy and a :class:`DaskExecutor`, until the policy is done
-    and ``fetch(policy, executor)`` read the sinks' outputs (it returns ``MISSING`` while
-    one is not there yet). ``partitions`` maps the ids of the :class:`DaskPartition`
-    splits of map tasks over a persisted dataset to their futures. Returns ``(fetched,
-    phases, slots, dask workers)``."""
-    from mergeagg.runtime.local import NOT_YET, _dispatch, _Progress, run_policy
-
-    t_start = clock()
-    client, owned = _connect(client)
-    phases = {}
-    try:
-        show = _Progress(policy, progress if progress is not None else sys.stderr.isatty())
-        with DaskExecutor(client, payload, faults, poll_interval=poll_interval,
-                          heartbeat_timeout=config.heartbeat_timeout
-                          if watch_heartbeats else None, partitions=partitions) as ex:
-            events = ex.membership(force=True)
-            if not ex.known:
-                _wait_for_workers(client, wait_for_workers)
-                events = ex.membership(force=True)
-            for ev in events:
-                _dispatch(policy, ev, clock())
-            slots, n_workers = len(ex.slots()), len(ex.known)
-            t_started = clock()
-            phases["connect"] = t_started - t_start
-
-            def finish():
-                # Are the sinks' workers still there? If not, the policy runs them again.
-                for ev in ex.membership(force=True):
-                    _dispatch(policy, ev, clock())
-                if not policy.done:
-                    return NOT_YET
-                fetched = fetch(policy, ex)
-                return NOT_YET if fetched is MISSING else fetched
-
-            fetched, loop_phases = run_policy(
-                policy, lambda actions, hint: ex.apply(actions, hint=hint), ex.events,
-                finish, show, t_started, clock)
-            phases.update(loop_phases)
-    finally:
-        if owned:
-            client.close()
+          clock=None, partitions=None):
+    """The driver (:func:`mergeagg.runtime.driver.drive`) over a :class:`DaskExecutor` on
+    ``client``. ``partitions`` maps the ids of the :class:`DaskPartition` splits of map
+    tasks over a persisted dataset to their futures. Returns ``(fetched, phases, slots,
+    dask workers)``."""
+    t_start = time.perf_counter()
+    ex = DaskExecutor(client, poll_interval=poll_interval,
+                      heartbeat_timeout=config.heartbeat_timeout if watch_heartbeats else None,
+                      partitions=partitions, wait_for_workers=wait_for_workers)
+    with ex:
+        slots, n_workers = len(ex.slots()), len(ex.known)
+        connect = time.perf_counter() - t_start
+        fetched, phases = _drive(policy, ex, payload, fetch, faults=faults, progress=progress,
+                                 clock=clock, own=False)
+    phases = {"connect": connect, **phases}
     return fetched, phases, slots, n_workers
 
 

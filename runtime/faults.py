@@ -32,8 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["FaultPlan", "Fault", "InjectedFault", "corrupt_value", "strike_before",
-           "strike_after"]
+__all__ = ["FaultPlan", "Fault", "InjectedFault", "corrupt_value", "ProcessFaults"]
 
 _KINDS = ("kill", "hang", "delay", "raise", "corrupt")
 
@@ -162,31 +161,30 @@ def corrupt_value(value, salt):
     return ("corrupt", salt, value)
 
 
-def strike_before(fault, hint, where):
-    """The part of ``fault`` that strikes as a task starts, in the worker process running
-    it: ``raise`` raises :class:`InjectedFault` (naming ``where``), ``hang`` stops the
-    process (SIGSTOP), ``kill`` arms a timer that SIGKILLs it ``fault.at`` of the way
-    through a task of ``hint`` seconds (the median so far; none yet: it dies at the end)."""
-    if fault.kind == "raise":
-        raise InjectedFault(f"injected fault: raise ({where})")
-    if fault.kind == "hang":
-        os.kill(os.getpid(), signal.SIGSTOP)
-    elif fault.kind == "kill" and hint > 0:
-        timer = threading.Timer(fault.at * hint, os.kill, (os.getpid(), signal.SIGKILL))
+class ProcessFaults:
+    """How faults reach a worker that is an OS process (a local worker, a Dask worker):
+    ``kill`` is a real SIGKILL of this process, ``hang`` a real SIGSTOP, ``delay`` a real
+    sleep. The attempt runner (:mod:`mergeagg.runtime.attempt`) decides when they strike."""
+
+    @staticmethod
+    def kill_now():
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(60)  # pragma: no cover - the process is gone
+
+    @staticmethod
+    def kill_after(seconds):
+        timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGKILL))
         timer.daemon = True
         timer.start()
 
+    @staticmethod
+    def hang():
+        os.kill(os.getpid(), signal.SIGSTOP)
 
-def strike_after(fault, acc, elapsed, sleep=time.sleep):
-    """The part of ``fault`` that strikes once the task computed ``acc`` in ``elapsed``
-    seconds: ``kill`` SIGKILLs the process, ``delay`` sleeps ``factor - 1`` times the
-    task's time (through ``sleep``, which may stop early on a cancel), ``corrupt`` returns
-    a perturbed ``acc`` (unless it is ``None``). Returns the accumulator to use."""
-    if fault.kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(60)  # pragma: no cover - the process is gone
-    elif fault.kind == "delay":
-        sleep(max(0.0, fault.factor - 1.0) * max(elapsed, 1e-3))
-    elif fault.kind == "corrupt" and acc is not None:
-        acc = corrupt_value(acc, int.from_bytes(os.urandom(4), "little") / 2**32)
-    return acc
+    @staticmethod
+    def sleep(seconds):
+        time.sleep(seconds)
+
+    @staticmethod
+    def noise():
+        return int.from_bytes(os.urandom(4), "little") / 2**32

@@ -28,14 +28,26 @@ import tempfile
 import time
 
 from mergeagg.errors import JobFailed, WorkerLost
-from mergeagg.fingerprint import MappingDigest
-from mergeagg.runtime.master import Cancel, KillWorker, Launch, Policy, Release, fold_tasks
+from mergeagg.runtime.channel import Channel
+from mergeagg.runtime.driver import drive, fetch_root, keyed_fingerprint, report
+from mergeagg.runtime.master import Policy, fold_tasks
 from mergeagg.runtime.pickling import dumps as ship_dumps
-from mergeagg.runtime.report import FailureRecord, Report, TaskRecord
-from mergeagg.runtime.shuffle import KeyedOutput, MapOutput, keyed_tasks
-from mergeagg.runtime.worker import InputLost, Ref, load_ref, serve
+from mergeagg.runtime.port import (
+    NOT_YET,
+    Cancel,
+    Heartbeat,
+    Joined,
+    KillWorker,
+    Launch,
+    Lost,
+    Release,
+)
+from mergeagg.runtime.refs import Ref, load_ref
+from mergeagg.runtime.shuffle import KeyedOutput, MapOutput, PartRef, keyed_tasks
+from mergeagg.runtime.worker import serve
 
-__all__ = ["LocalExecutor", "run_local", "run_keyed_local", "drive", "default_start_method"]
+__all__ = ["LocalExecutor", "run_local", "run_keyed_local", "keyed_fetch",
+           "default_start_method"]
 
 _job_ids = itertools.count(1)
 
@@ -57,6 +69,11 @@ def default_start_method():
 
 class LocalExecutor:
     """A pool of worker processes on this machine; the executor port's local adapter.
+
+    Its loss model: a worker process that dies leaves its committed outputs and spill
+    files on this machine's disk, where they stay valid (read back under CRC and
+    fingerprint checks; only an output that fails them runs again). They are removed with
+    the working directory when the executor closes.
 
     Cost: starting it forks ``workers`` processes (milliseconds each under forkserver once
     the fork server runs, about 0.1-0.3 s each under spawn). Use as a context manager, or
@@ -80,7 +97,8 @@ class LocalExecutor:
         self.max_failed_starts = max_restarts if max_restarts is not None else 5
         self.failed_starts = 0
         self.restarts = 0
-        self.procs = {}  # wid -> (process, conn)
+        self.procs = {}  # wid -> (process, Channel)
+        self._writing = set()  # workers whose sockets are watched for writability
         self.pids = {}
         self.ready = set()
         self.killed = set()
@@ -92,6 +110,8 @@ class LocalExecutor:
         self._selector = selectors.DefaultSelector()
         self._last_os_check = 0.0
         self.current_job = None
+
+    outputs_survive_worker = True  # see the class docstring
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -117,37 +137,42 @@ class LocalExecutor:
                                 name=f"mergeagg-{wid}", daemon=True)
         proc.start()
         child.close()
-        self._selector.register(parent, selectors.EVENT_READ, ("conn", wid))
+        channel = Channel(parent)
+        self._selector.register(channel.fd, selectors.EVENT_READ, ("conn", wid))
         self._selector.register(proc.sentinel, selectors.EVENT_READ, ("sentinel", wid))
-        self.procs[wid] = (proc, parent)
+        self.procs[wid] = (proc, channel)
         self.pids[wid] = proc.pid
         for job_id, (payload, plan) in self._jobs.items():
             self._send(wid, ("job", job_id, payload, plan))
         return wid
 
     def close(self):
-        """Stop every worker (SIGKILL after a short grace) and remove the working directory."""
+        """Stop every worker and remove the working directory. Cost: one SIGKILL and one
+        wait per worker; never a fixed grace period.
+
+        Workers hold nothing a closed executor needs (outputs already fetched, or
+        abandoned with the job), so they are killed at once: a worker stuck writing a
+        losing attempt's output cannot hold up the end of a job.
+        """
         if self._closed:
             return
         self._closed = True
-        for _proc, conn in list(self.procs.values()):
-            try:
-                conn.send_bytes(pickle.dumps(("stop",)))
-            except (OSError, ValueError):
-                pass
-        deadline = time.monotonic() + 1.0
-        for _wid, (proc, conn) in list(self.procs.items()):
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
-                self._hard_kill(proc)
-            conn.close()
+        entries = list(self.procs.values())
         self.procs.clear()
+        for proc, _channel in entries:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, OSError):
+                pass
+        for proc, channel in entries:
+            proc.join(5)
+            channel.close()
         self._selector.close()
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _unregister(self, proc, conn):
-        for obj in (conn, proc.sentinel):
+    def _unregister(self, proc, channel):
+        for obj in (channel.fd, proc.sentinel):
             try:
                 self._selector.unregister(obj)
             except (KeyError, ValueError, OSError):
@@ -181,6 +206,11 @@ class LocalExecutor:
             self._send(wid, ("job", job_id, payload, faults))
         return job_id
 
+    def uncache(self, dataset):
+        """Drop a persisted dataset's partitions from every worker's memory."""
+        for wid in list(self.procs):
+            self._send(wid, ("uncache", dataset))
+
     def drop_job(self, job_id):
         """Forget a job's functions on every worker."""
         self._jobs.pop(job_id, None)
@@ -192,8 +222,7 @@ class LocalExecutor:
         batches = {}
         for a in actions:
             if isinstance(a, Launch):
-                batches.setdefault(a.worker, []).append(
-                    (a.attempt, job_id, a.kind, a.number, a.split, a.inputs, hint))
+                batches.setdefault(a.worker, []).append((a, job_id, hint))
             elif isinstance(a, Cancel):
                 self._send(a.worker, ("cancel", a.attempt))
             elif isinstance(a, KillWorker):
@@ -210,12 +239,12 @@ class LocalExecutor:
         self.ready.discard(wid)
         if entry is None:
             return
-        proc, conn = entry
+        proc, channel = entry
         self.killed.add(wid)
-        self._unregister(proc, conn)
+        self._unregister(proc, channel)
+        self._writing.discard(wid)
         self._hard_kill(proc)
-        conn.close()
-        shutil.rmtree(os.path.join(self.workdir, wid), ignore_errors=True)
+        channel.close()
         self._replace(wid, cause)
 
     def fetch(self, ref):
@@ -243,13 +272,11 @@ class LocalExecutor:
             except (OSError, IndexError):
                 continue
             if state in (b"R", b"D"):
-                out.append(("hb", wid))
+                out.append(Heartbeat(wid))
 
     def events(self, timeout):
-        """Wait up to ``timeout`` seconds; return the events that arrived, as tuples:
-        ``("joined", w)``, ``("lost", w, cause)``, ``("hb", w)``,
-        ``("done", attempt, ref, fingerprint, stats, w)``,
-        ``("fail", attempt, kind, error, traceback, w)``, ``("cancelled", attempt, w)``."""
+        """Wait up to ``timeout`` seconds; return the typed events that arrived
+        (:mod:`mergeagg.runtime.port`)."""
         if self._events:
             out, self._events = self._events, []
             return out
@@ -260,12 +287,16 @@ class LocalExecutor:
         out = self._events
         self._events = []
         dead = []
-        for key, _mask in ready:
+        for key, mask in ready:
             what, wid = key.data
             if wid not in self.procs:
                 continue
             if what == "conn":
-                self._drain(wid, key.fileobj, out, dead)
+                channel = self.procs[wid][1]
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(wid, channel)
+                if mask & selectors.EVENT_READ:
+                    self._drain(wid, channel, out, dead)
             else:
                 dead.append(wid)
         for wid in dict.fromkeys(dead):
@@ -276,34 +307,56 @@ class LocalExecutor:
     # -- internals -------------------------------------------------------------------------
 
     def _send(self, wid, msg):
+        """Queue ``msg`` for worker ``wid`` and write what its socket takes now: never
+        blocks (see :mod:`mergeagg.runtime.channel`)."""
         entry = self.procs.get(wid)
         if entry is None:
             return
-        try:
-            entry[1].send_bytes(pickle.dumps(msg, protocol=5))
-        except (OSError, ValueError):
-            pass  # its death will be seen through the sentinel
+        channel = entry[1]
+        was_idle = channel.idle
+        channel.queue(pickle.dumps(msg, protocol=5))
+        if was_idle:
+            self._flush(wid, channel)
 
-    def _drain(self, wid, conn, out, dead):
+    def _flush(self, wid, channel):
+        """Write a worker's queued messages; watch for writability while some remain."""
         try:
-            while conn.poll():
-                msg = pickle.loads(conn.recv_bytes())
+            done = channel.flush()
+        except OSError:
+            done = True  # its death will be seen through the sentinel
+        if done == (wid not in self._writing):
+            return  # already watched as it should be
+        if done:
+            self._writing.discard(wid)
+            events = selectors.EVENT_READ
+        else:
+            self._writing.add(wid)
+            events = selectors.EVENT_READ | selectors.EVENT_WRITE
+        try:
+            self._selector.modify(channel.fd, events, ("conn", wid))
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def _drain(self, wid, channel, out, dead):
+        try:
+            for frame in channel.read():
+                msg = pickle.loads(frame)
                 tag = msg[0]
                 if tag == "batch":
-                    for m in msg[1]:
-                        if m[-1] == self.current_job:  # else: a late answer of an old job
-                            out.append((*m[:-1], wid))
-                    out.append(("hb", wid))
+                    for event, job in msg[1]:
+                        if job == self.current_job:  # else: a late answer of an old job
+                            out.append(event)
+                    out.append(Heartbeat(wid))
                 elif tag == "cancelled":
-                    if msg[-1] == self.current_job:
-                        out.append((*msg[:-1], wid))
+                    if msg[2] == self.current_job:
+                        out.append(msg[1])
                 elif tag == "hb":
-                    out.append(("hb", wid))
+                    out.append(Heartbeat(wid))
                 elif tag == "ready":
                     self.ready.add(wid)
-                    out.append(("joined", wid))
-                else:
-                    out.append((*msg, wid))
+                    out.append(Joined(wid))
+                else:  # pragma: no cover - a protocol error is a bug
+                    raise JobFailed(f"unknown message from worker {wid}: {msg!r}")
         except (EOFError, OSError):
             dead.append(wid)
 
@@ -311,18 +364,19 @@ class LocalExecutor:
         entry = self.procs.pop(wid, None)
         if entry is None:
             return
-        proc, conn = entry
-        self._unregister(proc, conn)
+        proc, channel = entry
+        self._unregister(proc, channel)
+        self._writing.discard(wid)
         proc.join(1)
         code = proc.exitcode
-        conn.close()
+        channel.close()
         was_ready = wid in self.ready
         self.ready.discard(wid)
-        shutil.rmtree(os.path.join(self.workdir, wid), ignore_errors=True)
+        # Its committed outputs stay: they are on this machine's disk (see close()).
         cause = (f"process died with signal {-code}" if code is not None and code < 0
                  else f"process exited with code {code}")
         if was_ready:
-            out.append(("lost", wid, cause))
+            out.append(Lost(wid, cause))
             self.failed_starts = 0
         else:
             self.failed_starts += 1
@@ -351,193 +405,49 @@ class LocalExecutor:
                 pass
 
 
-class _Progress:
-    """A one-line progress display on stderr (only on a terminal, or when asked)."""
-
-    def __init__(self, policy, enabled, stream=None):
-        self.policy = policy
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.last = 0.0
-
-    def update(self, now, final=False):
-        if not self.enabled or (not final and now - self.last < 0.2):
-            return
-        self.last = now
-        p = self.policy
-        done = {k: p._stage_done[k] for k in ("map", "combine")}
-        total = p._stage_total
-        running = len(p.attempts)
-        retried = sum(1 for t in p.tasks.values() if t.launched > 1)
-        line = (f"\r[mergeagg] map {done['map']}/{total['map']}  combine "
-                f"{done['combine']}/{total['combine']}  running {running}  retried {retried}"
-                f"  backups {p.backups_launched}")
-        self.stream.write(line + ("\n" if final else ""))
-        self.stream.flush()
-
-
 def run_local(aggregator, source, *, workers, fan_in, config, faults=None, progress=None,
-              executor=None, heartbeat_interval=0.2, start_method=None, clock=time.monotonic):
+              executor=None, heartbeat_interval=0.2, start_method=None, clock=None):
     """Run a fold job on worker processes. Returns ``(value, report)``.
 
     ``executor``, when given, is a started :class:`LocalExecutor` to reuse (a session);
     otherwise one is started for this run and closed at its end, whatever happens.
     """
     policy = Policy(fold_tasks(source.splits(), fan_in), config)
-
-    def fetch(policy, ex):
-        ref, _fp = policy.result
-        return ex.fetch(ref)
-
-    acc, phases = drive(policy, aggregator, fetch, workers=workers, faults=faults,
-                        progress=progress, executor=executor,
-                        heartbeat_interval=heartbeat_interval, start_method=start_method,
-                        clock=clock)
-    t = clock()
-    value = aggregator.finalize(acc)
-    phases["finalize"] = clock() - t
-    return value, _report(policy, workers, fan_in, phases)
-
-
-def drive(policy, payload, fetch, *, workers, faults=None, progress=None, executor=None,
-          heartbeat_interval=0.2, start_method=None, clock=time.monotonic):
-    """The loop between a policy and a local executor, until the policy is done.
-
-    ``payload`` is what workers run (an Aggregator, or a keyed job's spec); ``fetch(policy,
-    executor)`` reads the sinks' outputs once the policy is done (an unreadable output whose
-    worker died sends the policy back to work). Returns ``(fetched, phases)``.
-    """
-    t_start = clock()
-    own = executor is None
     ex = executor if executor is not None else LocalExecutor(
         workers, heartbeat_interval=heartbeat_interval, start_method=start_method)
-    show = _Progress(policy, progress if progress is not None else sys.stderr.isatty())
-    job_id = None
-    phases = {}
-    try:
-        ex.start()
-        job_id = ex.load_job(payload, faults)
-        now = clock()
-        for w in ex.live_workers():
-            policy.worker_joined(w, now)
-        t_started = clock()
-        phases["start workers"] = t_started - t_start
+    acc, phases = drive(policy, ex, aggregator, fetch_root, faults=faults, progress=progress,
+                        clock=clock, own=executor is None)
+    t = time.perf_counter()
+    value = aggregator.finalize(acc)
+    phases["finalize"] = time.perf_counter() - t
+    return value, report(policy, workers, fan_in, phases)
 
-        def finish():
-            try:
-                return fetch(policy, ex)
-            except InputLost as exc:
-                # A sink's worker died before we read its output: run it again.
-                lost = getattr(exc, "worker", None)
-                if lost is None:
-                    raise
-                policy.worker_lost(lost, "output unreadable at the end", clock())
-                ex.kill(lost, "output unreadable at the end")
+
+def keyed_fetch(spec, sinks):
+    """A keyed job's ``fetch``: the reducers' partitions as one dict, or a
+    :class:`~mergeagg.runtime.shuffle.KeyedOutput` over their committed part files."""
+
+    def fetch(policy, ex):
+        outs = []
+        for t in sinks:
+            ref = policy.results[t][0]
+            # A committed part is its own reference (locally); elsewhere it is fetched.
+            out = ref if isinstance(ref, PartRef) else ex.fetch(ref)
+            if out is NOT_YET:
                 return NOT_YET
+            outs.append(out)
+        if spec.output is not None:
+            return KeyedOutput(spec.output, [(out.path, out.entries) for out in outs])
+        value = {}
+        for out in outs:
+            value.update(zip(out[0], out[1]))
+        return value
 
-        fetched, loop_phases = run_policy(
-            policy, lambda actions, hint: ex.apply(actions, job_id, hint=hint), ex.events,
-            finish, show, t_started, clock)
-        phases.update(loop_phases)
-    finally:
-        if own:
-            ex.close()
-        elif job_id is not None:
-            ex.drop_job(job_id)
-    return fetched, phases
-
-
-NOT_YET = object()  # what a driver's ``finish`` returns while the sinks' outputs are not in
-
-
-def run_policy(policy, apply, events, finish, show, t_started, clock=time.monotonic):
-    """The loop every executor runs with a policy: tick and carry out its actions
-    (``apply(actions, hint)``), feed it the executor's ``events(timeout)``, and once it is
-    done call ``finish()``, which returns the sinks' outputs or :data:`NOT_YET` (the
-    policy was sent back to work, or an output has not arrived). Raises the policy's error.
-    Returns ``(fetched, phases)`` with the ``map`` and second stage's times since
-    ``t_started``."""
-    map_done_at = None
-    while True:
-        now = clock()
-        actions = policy.tick(now)
-        if actions:
-            apply(actions, _hint(policy))
-        if policy.error is not None:
-            raise policy.error
-        if map_done_at is None and policy._stage_done["map"] == policy._stage_total["map"]:
-            map_done_at = now
-        if policy.done:
-            fetched = finish()
-            if fetched is not NOT_YET:
-                break
-            continue
-        show.update(now)
-        timeout = max(0.0, policy.next_deadline(now) - clock())
-        for ev in events(timeout):
-            _dispatch(policy, ev, clock())
-    t_end = clock()
-    show.update(t_end, final=True)
-    if map_done_at is None:
-        map_done_at = t_end
-    return fetched, {"map": map_done_at - t_started,
-                     _second_stage(policy): t_end - map_done_at}
-
-
-def _second_stage(policy):
-    return "reduce" if policy._stage_total.get("reduce") else "combine"
-
-
-def _hint(policy):
-    d = policy._durations["map"]
-    return d[len(d) // 2] if d else 0.0
-
-
-def _dispatch(policy, ev, now):
-    """Feed one executor event to the policy (the local and the Dask executors' events
-    have the same shapes)."""
-    tag = ev[0]
-    if tag == "hb":
-        policy.heartbeat(ev[1], now)
-    elif tag == "done":
-        _, aid, ref, fp, stats, wid = ev
-        policy.heartbeat(wid, now)
-        policy.finished(aid, ref, fp, now, stats)
-    elif tag == "fail":
-        _, aid, kind, err, tb, lost, wid = ev
-        if wid is not None:  # a Dask attempt that failed before it was placed has none
-            policy.heartbeat(wid, now)
-        policy.failed(aid, err, now, traceback=tb, kind=kind, lost=lost)
-    elif tag == "joined":
-        policy.worker_joined(ev[1], now)
-    elif tag == "lost":
-        policy.worker_lost(ev[1], ev[2], now)
-    elif tag == "cancelled":
-        policy.heartbeat(ev[2], now)
-    else:  # pragma: no cover - a protocol error is a bug
-        raise JobFailed(f"unknown worker event {ev!r}")
-
-
-def _report(policy, workers, fan_in, phases):
-    report = Report(mode="local", workers=workers, fan_in=fan_in)
-    for tid, kind, split, attempts, seconds, worker, stats, fp in policy.task_rows():
-        nbytes = stats.get("bytes_read", 0) if stats else 0
-        report.tasks.append(TaskRecord(tid, kind, split, attempts=attempts, seconds=seconds,
-                                       worker=worker, bytes_read=nbytes, fingerprint=fp))
-        report.bytes_read += nbytes
-    for task, attempt, worker, cause, detail in policy.failures:
-        report.failures.append(FailureRecord(task, attempt, worker, cause, str(detail)[:2000]))
-    report.backups_launched = policy.backups_launched
-    report.backups_won = policy.backups_won
-    report.verified = policy.verified
-    report.workers_lost = policy.workers_lost
-    report.phases = phases
-    return report
+    return fetch
 
 
 def run_keyed_local(spec, source, *, workers, config, faults=None, progress=None,
-                    executor=None, heartbeat_interval=0.2, start_method=None,
-                    clock=time.monotonic):
+                    executor=None, heartbeat_interval=0.2, start_method=None, clock=None):
     """Run a keyed job (map, shuffle, reduce) on worker processes.
 
     Returns ``(value, report, fingerprint)``: the value is a dict, or a
@@ -548,42 +458,9 @@ def run_keyed_local(spec, source, *, workers, config, faults=None, progress=None
     salt = spec.salt is not None
     policy = Policy(keyed_tasks(source.splits(), R, salt), config)
     sinks = [f"reduce-{r}" for r in range(R)] + (["merge-salted"] if salt else [])
-
-    def fetch(policy, ex):
-        refs = [policy.results[t][0] for t in sinks]
-        if spec.output is not None:
-            return KeyedOutput(spec.output, [(ref.path, ref.entries) for ref in refs])
-        value = {}
-        for ref in refs:
-            out = ex.fetch(ref)
-            value.update(zip(out[0], out[1]))
-        return value
-
-    value, phases = drive(policy, spec, fetch, workers=workers, faults=faults,
-                          progress=progress, executor=executor,
-                          heartbeat_interval=heartbeat_interval, start_method=start_method,
-                          clock=clock)
-    report = _report(policy, workers, 0, phases)
-    return value, report, keyed_fingerprint(policy, R, report)
-
-
-def keyed_fingerprint(policy, partitions, report):
-    """The output's fingerprint from the reducers' digests; fills the shuffle counters."""
-    digest = MappingDigest()
-    totals = {}
-    for tid in policy.order:
-        stats = policy.tasks[tid].stats or {}
-        for k, v in stats.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seconds":
-                totals[k] = totals.get(k, 0) + v
-    if "merge-salted" in policy.tasks:
-        digest.merge(MappingDigest(*policy.tasks["merge-salted"].stats["digest"]))
-    for r in range(partitions):
-        task = policy.tasks[f"reduce-{r}"]
-        digest.merge(MappingDigest(*task.stats["digest"]))
-        report.reducers.append({"partition": r, "records_in": task.stats["reduce_records_in"],
-                                "records_out": task.stats["reduce_records_out"],
-                                "bytes_in": task.stats["shuffle_bytes_read"],
-                                "seconds": task.stats.get("seconds", 0.0)})
-    report.counters.update(totals)
-    return digest.fingerprint()
+    ex = executor if executor is not None else LocalExecutor(
+        workers, heartbeat_interval=heartbeat_interval, start_method=start_method)
+    value, phases = drive(policy, ex, spec, keyed_fetch(spec, sinks), faults=faults,
+                          progress=progress, clock=clock, own=executor is None)
+    rep = report(policy, workers, 0, phases)
+    return value, rep, keyed_fingerprint(policy, R, rep)

@@ -39,6 +39,19 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from mergeagg.errors import InputError, JobFailed, NondeterminismError, TaskFailed
+from mergeagg.runtime.port import (
+    AttemptId,
+    Cancel,
+    Cancelled,
+    Failed,
+    Finished,
+    Heartbeat,
+    Joined,
+    KillWorker,
+    Launch,
+    Lost,
+    Release,
+)
 
 
 class _Where(enum.Enum):
@@ -99,51 +112,21 @@ class TaskDef:
         return self.parents[0] if self.parents else None
 
 
-@dataclass(frozen=True)
-class Launch:
-    """Run attempt ``attempt`` (number ``number``) of ``task`` on ``worker``.
-
-    ``inputs`` are the output references of the children, in fold order (combine tasks).
-    ``audit`` marks a verification re-run; ``backup`` a speculative copy.
-    """
-
-    attempt: str
-    task: str
-    number: int
-    worker: str
-    kind: str
-    split: object = None
-    inputs: tuple = ()
-    backup: bool = False
-    audit: bool = False
-
-
-@dataclass(frozen=True)
-class Cancel:
-    """Stop attempt ``attempt`` on ``worker`` (a backup's loser); its result is ignored."""
-
-    attempt: str
-    worker: str
-
-
-@dataclass(frozen=True)
-class KillWorker:
-    """Kill and replace ``worker`` (silent past the heartbeat timeout, or a task timed out)."""
-
-    worker: str
-    cause: str
-
-
-@dataclass(frozen=True)
-class Release:
-    """Output references nothing needs any more; the executor may free them."""
-
-    refs: tuple
-
-
 @dataclass
 class PolicyConfig:
-    """Every knob of the policy, with MapReduce/Spark-like defaults."""
+    """Every knob of the policy, with MapReduce/Spark-like defaults.
+
+    ``outputs_survive_worker`` is the executor's loss model: ``True`` where a dead worker
+    process's committed outputs stay readable (the local executor: they are files on this
+    machine's disk, checked by CRC and fingerprint when read, and only those that fail the
+    check run again); ``False`` where they die with it (a worker on another host, Dask).
+    ``max_lost`` is how many times one task's running attempt may take its worker down
+    with it before the job fails, naming the task. ``stealing`` lets an idle worker take
+    attempts queued behind another worker's slow or stalled one (the one right behind a
+    running attempt only once that has run ``steal_after`` seconds and longer than its
+    stage's median: a shorter wait would mostly race the worker that is about to start
+    it).
+    """
 
     max_attempts: int = 4
     max_lost: int = 10
@@ -157,6 +140,9 @@ class PolicyConfig:
     seed: int = 0
     prefetch: int = 2
     locality_wait: float = 3.0
+    outputs_survive_worker: bool = False
+    stealing: bool = True
+    steal_after: float = 0.05
 
     def __post_init__(self):
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -231,13 +217,19 @@ class _Task:
 
 @dataclass
 class _Attempt:
-    id: str
-    task: str
-    number: int
+    id: AttemptId
     worker: str
     started: float | None  # None while queued behind another attempt on its worker
     backup: bool = False
     audit: bool = False
+
+    @property
+    def task(self):
+        return self.id.task
+
+    @property
+    def number(self):
+        return self.id.number
 
 
 def fold_tasks(splits, fan_in):
@@ -324,12 +316,38 @@ class Policy:
         self.failures = []  # (task, attempt number, worker, cause, detail)
         self.backups_launched = 0
         self.backups_won = 0
+        self.bytes_read = 0
+        self.steals = 0
         self.verified = 0
         self.workers_lost = 0
         self._now = 0.0
         self._locality_deadline = None  # when a task waiting for its worker gives up
 
     # -- events ----------------------------------------------------------------------------
+
+    def handle(self, event, now):
+        """Feed one typed event (:mod:`mergeagg.runtime.port`) to the policy: the single
+        entry point a driver uses. Actions come from the next :meth:`tick`."""
+        kind = type(event)
+        if kind is Finished:
+            if event.worker is not None:
+                self.heartbeat(event.worker, now)
+            self.finished(event.attempt, event.ref, event.fingerprint, now, event.stats)
+        elif kind is Heartbeat:
+            self.heartbeat(event.worker, now)
+        elif kind is Failed:
+            if event.worker is not None:
+                self.heartbeat(event.worker, now)
+            self.failed(event.attempt, event.error, now, traceback=event.traceback,
+                        kind=event.kind, lost=event.lost)
+        elif kind is Joined:
+            self.worker_joined(event.worker, now)
+        elif kind is Lost:
+            self.worker_lost(event.worker, event.cause, now)
+        elif kind is Cancelled:
+            self.heartbeat(event.worker, now)
+        else:
+            raise TypeError(f"not a policy event: {event!r}")
 
     def worker_joined(self, worker, now):
         """A worker is ready for tasks."""
@@ -379,12 +397,24 @@ class Policy:
                     return
                 if not task.running:
                     self._requeue(task)
+        if self.config.outputs_survive_worker:
+            return  # its outputs are still on the disk; a torn one is found when read
         # Outputs that lived on the worker are gone; re-run the tasks still needed.
         for task in self.tasks.values():
             if task.ref_worker == worker:
                 task.ref = None
                 task.ref_worker = _GONE
         self._rerun_lost_outputs(worker, cause)
+
+    def output_lost(self, task_id, cause, now):
+        """The output of completed task ``task_id`` could not be read (gone, torn or
+        corrupt): run that task again, and whatever its loss makes needed."""
+        self._now = now
+        task = self.tasks[task_id]
+        if task.state is TaskState.COMPLETED:
+            task.ref = None
+            task.ref_worker = _GONE
+            self._rerun_lost_outputs(None, cause)
 
     def finished(self, attempt_id, ref, fingerprint, now, stats=None):
         """Attempt ``attempt_id`` completed with output ``ref`` whose fingerprint is given."""
@@ -420,6 +450,7 @@ class Policy:
         task.duration = measured if measured is not None else (
             now - (att.started if att.started is not None else now))
         task.stats = dict(stats or {})
+        self.bytes_read += task.stats.get("bytes_read", 0)
         kind = task.d.kind
         self._stage_done[kind] += 1
         bisect.insort(self._durations[kind], task.duration)
@@ -457,6 +488,11 @@ class Policy:
         self._now = now
         att = self.attempts.pop(attempt_id, None)
         if att is None:
+            # A cancelled attempt (a backup's loser, a placement moved elsewhere) that
+            # failed anyway: nothing to decide, but the report keeps what happened.
+            if attempt_id.task in self.tasks:
+                self.failures.append((attempt_id.task, attempt_id.number, None,
+                                      f"{kind} (cancelled attempt)", error))
             return
         self._unassign(att, now)
         task = self.tasks[att.task]
@@ -550,11 +586,9 @@ class Policy:
             ))
 
     def _late_completion(self, attempt_id, ref, fingerprint):
-        task_id = attempt_id.rsplit("#", 1)[0]
-        task = self.tasks.get(task_id)
+        task = self.tasks.get(attempt_id.task)
         if task is not None and task.state is TaskState.COMPLETED and fingerprint is not None:
-            number = int(attempt_id.rsplit("#", 1)[1])
-            self._compare(task, fingerprint, _Attempt(attempt_id, task_id, number, "?", 0.0))
+            self._compare(task, fingerprint, _Attempt(attempt_id, "?", 0.0))
         if ref is not None and (task is None or ref is not task.ref):
             self._actions.append(Release((ref,)))
 
@@ -619,9 +653,10 @@ class Policy:
             task.state = TaskState.IDLE
             if task.pending_children == 0:
                 self.ready.appendleft(task.d.id)
+        survive = self.config.outputs_survive_worker
         for cid in task.d.children:
             child = self.tasks[cid]
-            if cid in lost or (child.ref_worker is not None
+            if cid in lost or (not survive and child.ref_worker is not None
                                and child.ref_worker not in self.workers):
                 child.ref = None
                 child.ref_worker = _GONE
@@ -723,20 +758,20 @@ class Policy:
                 cap = max(cap, 16)
         return cap
 
-    def _launch(self, task, worker, now, backup=False, audit=False):
-        task.launched += 1
-        number = task.launched
-        aid = f"{task.d.id}#{number}"
+    def _launch(self, task, worker, now, backup=False, audit=False, aid=None):
+        if aid is None:
+            task.launched += 1
+            aid = AttemptId(task.d.id, task.launched)
         queued = bool(self.workers[worker])
-        att = _Attempt(aid, task.d.id, number, worker, None if queued else now, backup, audit)
+        att = _Attempt(aid, worker, None if queued else now, backup, audit)
         self.attempts[aid] = att
         self.workers[worker].append(aid)
         inputs = tuple(self.tasks[c].ref for c in task.d.children)
         if not audit:
             task.running.append(aid)
             task.state = TaskState.IN_PROGRESS
-        self._actions.append(Launch(aid, task.d.id, number, worker, task.d.kind,
-                                    task.d.split, inputs, backup, audit))
+        self._actions.append(Launch(aid, worker, task.d.kind, task.d.split, inputs,
+                                    task.d.index, backup, audit))
 
     def _assign(self, now):
         if not self.workers:
@@ -805,6 +840,50 @@ class Policy:
             task.waiting_since = None
             self._launch(task, worker, now)
         self.ready.extendleft(reversed(waiting))
+        if self.config.stealing:
+            self._steal(now)
+
+    def _steal(self, now):
+        """Idle workers take attempts queued behind another worker's running one.
+
+        An attempt two or more places back is taken at once; the one right behind the
+        head only when the head has run longer than its stage's median and
+        ``steal_after`` (it is slow or stalled), so that tiny tasks are not moved back
+        and forth. The attempt keeps its
+        number (its faults, its place in the report) and gets a new placement; the old
+        placement is cancelled, and should it have started meanwhile, its completion is
+        compared like any duplicate's. Cost: O(workers) per idle worker.
+        """
+        for w, lst in self.workers.items():
+            if lst:
+                continue
+            best = None
+            for v, queue in self.workers.items():
+                if len(queue) < 2:
+                    continue
+                head = self.attempts[queue[0]]
+                elapsed = now - head.started
+                durations = self._durations.get(self.tasks[head.task].d.kind) or ()
+                slow = (bool(durations) and elapsed > durations[len(durations) // 2]
+                        and elapsed > self.config.steal_after)
+                for position in range(len(queue) - 1, 0, -1):
+                    att = self.attempts[queue[position]]
+                    if att.audit or self.tasks[att.task].d.prefer == v:
+                        continue
+                    if position >= 2 or slow:
+                        if best is None or elapsed > best[0]:
+                            best = (elapsed, v, att)
+                        break
+            if best is None:
+                return
+            _elapsed, victim, att = best
+            task = self.tasks[att.task]
+            del self.attempts[att.id]
+            self.workers[victim].remove(att.id)
+            task.running.remove(att.id)
+            self._actions.append(Cancel(att.id, victim))
+            self.steals += 1
+            self._launch(task, w, now, backup=att.backup, aid=att.id.moved())
 
     def _pick(self, ok, cap):
         best, best_load = None, cap
@@ -814,6 +893,59 @@ class Policy:
                 if best_load == 0:
                     break
         return best
+
+    # -- what a driver reads --------------------------------------------------------------
+
+    def stage_counts(self):
+        """``(done, total)``: completed and all tasks per kind (live dicts; read only)."""
+        return self._stage_done, self._stage_total
+
+    def durations(self, kind):
+        """The sorted durations of the completed tasks of ``kind`` (read only)."""
+        return self._durations.get(kind, ())
+
+    def input_bytes(self):
+        """The bytes the map tasks' splits cover (0 where a split does not say)."""
+        return sum(getattr(t.d.split, "nbytes", 0) or 0 for t in self.tasks.values()
+                   if t.d.kind == "map")
+
+    # -- invariants ------------------------------------------------------------------------
+
+    def validate(self):
+        """Assert every invariant of the policy's state (tests call it after each event).
+        Cost: O(tasks + attempts)."""
+        queued = {}
+        for w, lst in self.workers.items():
+            for position, aid in enumerate(lst):
+                assert aid not in queued, f"{aid} queued on {queued.get(aid)} and {w}"
+                queued[aid] = w
+                att = self.attempts.get(aid)
+                assert att is not None, f"{w} queues {aid}, which is not an attempt"
+                assert att.worker == w, f"{aid} is on {w} but says {att.worker}"
+                if position == 0:
+                    assert att.started is not None, f"{aid} heads {w}'s queue, not started"
+        assert set(queued) == set(self.attempts), "attempts not on any worker's queue"
+        done = dict.fromkeys(self._stage_total, 0)
+        for tid, t in self.tasks.items():
+            for aid in t.running:
+                att = self.attempts.get(aid)
+                assert att is not None and att.task == tid and not att.audit, \
+                    f"{tid} runs {aid}, which is not its attempt"
+            if self.error is None:
+                assert (t.state is TaskState.IN_PROGRESS) == bool(t.running), \
+                    f"{tid} is {t.state.value} with attempts {t.running}"
+            if t.state is TaskState.COMPLETED:
+                done[t.d.kind] += 1
+                assert t.fingerprint is not None, f"{tid} completed without a fingerprint"
+            else:
+                missing = sum(self.tasks[c].state is not TaskState.COMPLETED
+                              for c in t.d.children)
+                assert t.pending_children == missing, \
+                    f"{tid} waits for {t.pending_children} children, {missing} are not done"
+        assert done == self._stage_done, f"stage counts {self._stage_done} != {done}"
+        for tid in self.results:
+            assert self.tasks[tid].state is TaskState.COMPLETED, f"result of {tid} not done"
+        assert self.audits_running == sum(a.audit for a in self.attempts.values())
 
     # -- reporting -------------------------------------------------------------------------
 

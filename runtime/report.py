@@ -38,7 +38,10 @@ class Report:
     """Per-task attempts, failures with causes, backups, bytes read and phase timings.
 
     ``attempts`` lists the map tasks' attempt counts in split order (``[1, 1, 2, 1]`` when
-    the third task's first attempt died). Printable with ``str()``; ``to_dict()`` is JSON.
+    the third task's first attempt died, or got a backup copy, or was verified): every
+    attempt launched. Kept apart: :attr:`retried` counts tasks run again after a failure,
+    ``backups_launched`` the backup copies of stragglers, ``verified`` the verify re-runs.
+    Printable with ``str()``; ``to_dict()`` is JSON.
     """
 
     mode: str = "serial"
@@ -63,13 +66,57 @@ class Report:
 
     @property
     def retried(self):
-        """How many tasks needed more than one attempt."""
-        return sum(1 for t in self.tasks if t.attempts > 1)
+        """How many tasks ran again because an attempt of theirs failed.
+
+        Cost: O(tasks + failures). An attempt failed when its code raised, it timed out,
+        its worker was lost, it could not read its input, or its finished output was lost
+        with its worker (the failure records say which); the task was retried when a later
+        attempt of it exists. Backup copies of stragglers (``backups_launched``) and verify
+        re-runs (``verified``) are extra attempts too, but not retries: a task whose only
+        extra attempt was a backup is not counted.
+
+        >>> r = Report(tasks=[TaskRecord("map-0", "map", "s0", attempts=2),
+        ...                   TaskRecord("map-1", "map", "s1", attempts=2)],
+        ...            failures=[FailureRecord("map-1", 1, "w1", "worker lost")],
+        ...            backups_launched=1)
+        >>> r.retried, r.retries, r.attempts
+        (1, 1, [2, 2])
+        """
+        return len({f.task for f in self._retried_failures()})
+
+    @property
+    def retries(self):
+        """How many failed attempts were followed by another attempt of their task.
+
+        Cost: O(tasks + failures). At least :attr:`retried`; more when one task failed
+        several times.
+        """
+        return sum(1 for _ in self._retried_failures())
+
+    def _retried_failures(self):
+        launched = {t.task: t.attempts for t in self.tasks}
+        for f in self.failures:
+            # A failed audit (a verify re-run) is not a retry of its task, and an attempt
+            # that was the task's last one (a backup that failed while the original won,
+            # or the failure that stopped the job) was not followed by another.
+            if not f.cause.startswith("audit") and f.attempt < launched.get(f.task, 0):
+                yield f
 
     def to_dict(self):
-        """A JSON-serialisable dict of everything in the report."""
+        """A JSON-serialisable dict of everything in the report.
+
+        Cost: O(size of the report). The dataclass's fields, plus ``attempts`` (per map
+        task), ``retried`` (tasks run again after a failure) and ``retries`` (failed
+        attempts that were run again); backup copies are ``backups_launched``.
+
+        >>> d = Report().to_dict()
+        >>> d["retried"], d["retries"], d["backups_launched"], d["attempts"]
+        (0, 0, 0, [])
+        """
         d = asdict(self)
         d["attempts"] = self.attempts
+        d["retried"] = self.retried
+        d["retries"] = self.retries
         return d
 
     def to_json(self):

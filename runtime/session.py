@@ -39,7 +39,9 @@ from mergeagg.aggregator import Aggregator, identity
 from mergeagg.fingerprint import fingerprint
 from mergeagg.inputs import Source, as_source, read_split
 from mergeagg.keyed import KeyedJob
+from mergeagg.runtime.driver import fetch_root
 from mergeagg.runtime.master import Policy, PolicyConfig, TaskDef, fold_tasks
+from mergeagg.runtime.port import NOT_YET
 from mergeagg.runtime.report import Report, TaskRecord
 from mergeagg.runtime.tree import check_fan_in, fold_fixed
 
@@ -257,9 +259,7 @@ class Session:
         dataset.futures.clear()
         if self.executor is not None and dataset.load_job is not None:
             self.executor.drop_job(dataset.load_job)
-            # LocalExecutor has no public broadcast yet; its _send is the message channel.
-            for wid in list(self.executor.procs):
-                self.executor._send(wid, ("uncache", dataset.id))
+            self.executor.uncache(dataset.id)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -393,7 +393,7 @@ class Session:
             d = d.parent
 
     def _partition(self, ds, split):
-        from mergeagg.runtime.worker import CachedPartition
+        from mergeagg.runtime.refs import CachedPartition
 
         parent = None if ds.parent is None else self._partition(ds.parent, split)
         return CachedPartition(ds.id, split, ds.load_job, parent)
@@ -403,12 +403,8 @@ class Session:
         if self.executor is None and self.client is None:
             return self._run_fold_here(job, ds, fan_in)
 
-        def fetch(policy, ex):
-            ref, _fp = policy.result
-            return ex.fetch(ref) if self.client is None else ex.fetch(ref, 0.25)
-
         acc, phases, policy = self._drive_dataset(
-            job, ds, lambda parts: fold_tasks(parts, fan_in), fetch, config=config,
+            job, ds, lambda parts: fold_tasks(parts, fan_in), fetch_root, config=config,
             faults=faults, progress=progress)
         t = time.perf_counter()
         value = job.finalize(acc)
@@ -420,7 +416,7 @@ class Session:
         if self.client is not None:
             return self._drive_dataset_dask(payload, ds, make_tasks, fetch, config=config,
                                             faults=faults, progress=progress)
-        from mergeagg.runtime.local import drive
+        from mergeagg.runtime.driver import drive
 
         parts = [self._partition(ds, split) for split in ds.splits()]
         tasks = make_tasks(parts)
@@ -429,16 +425,16 @@ class Session:
             t.prefer = _holder(ds, t.index, live)
         policy = Policy(tasks, config)
         try:
-            fetched, phases = drive(policy, payload, fetch, workers=self.workers,
-                                    faults=faults, progress=progress, executor=self.executor)
+            fetched, phases = drive(policy, self.executor, payload, fetch, faults=faults,
+                                    progress=progress, own=False)
         finally:
             self.executor.settle()
         return fetched, phases, policy
 
     def _dataset_report(self, ds, policy, fan_in, phases):
-        from mergeagg.runtime.local import _report
+        from mergeagg.runtime.driver import report as make_report
 
-        report = _report(policy, self.workers, fan_in, phases)
+        report = make_report(policy, self.workers, fan_in, phases)
         if self.client is not None:
             report.mode = "dask"
             self._account_dask(ds, policy, report)
@@ -547,12 +543,8 @@ class Session:
             n = len(dataset)
 
             def fetch(policy, ex):
-                if self.client is None:
-                    return [ex.fetch(policy.results[f"map-{i}"][0]) for i in range(n)]
-                from mergeagg.runtime.dask import MISSING
-
-                out = [ex.fetch(policy.results[f"map-{i}"][0], 0.25) for i in range(n)]
-                return MISSING if any(v is MISSING for v in out) else out
+                out = [ex.fetch(policy.results[f"map-{i}"][0]) for i in range(n)]
+                return NOT_YET if any(v is NOT_YET for v in out) else out
 
             def tasks(parts):
                 return [TaskDef(f"map-{p.index}", "map", split=p, index=p.index)
@@ -684,7 +676,7 @@ def _session_executor(workers, **kw):
     events until each has answered (done, failed or cancelled) or its worker is gone.
     """
     from mergeagg.runtime.local import LocalExecutor
-    from mergeagg.runtime.master import Cancel
+    from mergeagg.runtime.port import Cancel, Cancelled, Failed, Finished, Lost
 
     class _SessionExecutor(LocalExecutor):
         def __init__(self, workers, **kw):
@@ -701,10 +693,10 @@ def _session_executor(workers, **kw):
             evs = super().events(timeout)
             if self.unsettled:
                 for ev in evs:
-                    if ev[0] in ("done", "fail", "cancelled"):
-                        self.unsettled.pop(ev[1], None)
-                    elif ev[0] == "lost":
-                        for aid in [a for a, w in self.unsettled.items() if w == ev[1]]:
+                    if isinstance(ev, (Finished, Failed, Cancelled)):
+                        self.unsettled.pop(ev.attempt, None)
+                    elif isinstance(ev, Lost):
+                        for aid in [a for a, w in self.unsettled.items() if w == ev.worker]:
                             del self.unsettled[aid]
             return evs
 
@@ -721,8 +713,8 @@ def _session_executor(workers, **kw):
             deadline = time.monotonic() + timeout
             while self.unsettled and time.monotonic() < deadline:
                 for ev in self.events(0.05):
-                    if ev[0] == "done" and ev[2] is not None:
-                        self._release(ev[2])
+                    if isinstance(ev, Finished) and ev.ref is not None:
+                        self._release(ev.ref)
             for aid, wid in list(self.unsettled.items()):
                 if wid not in self.procs:
                     del self.unsettled[aid]

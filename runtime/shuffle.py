@@ -27,6 +27,11 @@ Spill file format, version 1: a sequence of frames, then a trailer.
 Files are written to a temporary name and renamed when complete; a reader checks every
 frame's CRC and the trailer, and treats a torn or corrupted file as lost map output
 (:class:`~mergeagg.errors.CorruptSpillError`), so its map task runs again.
+
+Committed output (a job with ``output=DIR``) is for other tools: part files in JSON lines
+(``part-RRRRR.jsonl``, the default) or TSV (``.tsv``), or, on request, in the framed format
+above (``framed``, Python values exactly); see :data:`OUTPUT_FORMATS` and
+``docs/shuffle.md``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import functools
 import gc
 import heapq
+import json
 import os
 import pickle
 import struct
@@ -41,6 +47,7 @@ import threading
 import zlib
 from collections import Counter
 from itertools import islice
+from json.encoder import encode_basestring
 from operator import itemgetter
 
 import numpy as np
@@ -63,6 +70,7 @@ __all__ = [
     "run_merge",
     "side_of",
     "reducer_fingerprint",
+    "OUTPUT_FORMATS",
 ]
 
 _FRAME = struct.Struct("<4sB3xIQI")
@@ -72,31 +80,42 @@ FRAME_ENTRIES = 32768
 _CHECK_EVERY = 512
 _MIN_HOT = 64  # a key needs at least this many records in a map task to be salted
 
+#: The formats of committed part files, by the suffix of their names: JSON lines (the
+#: default), TSV, and the framed spill format (pickled Python values, exact).
+OUTPUT_FORMATS = {"jsonl": ".jsonl", "tsv": ".tsv", "framed": ""}
+
 
 class KeyedSpec:
     """What a worker needs to run a keyed job's tasks: the job and the shuffle settings.
 
     ``salt`` is ``None`` (no salting) or the share of a map task's records above which a
-    key is hot there and gets salted across partitions.
+    key is hot there and gets salted across partitions. ``output_format`` is one of
+    :data:`OUTPUT_FORMATS`, for part files in ``output``.
     """
 
-    __slots__ = ("job", "partitions", "combiner", "memory_limit", "output", "salt")
+    __slots__ = ("job", "partitions", "combiner", "memory_limit", "output", "salt",
+                 "output_format")
 
-    def __init__(self, job, partitions, combiner, memory_limit, output, salt=None):
+    def __init__(self, job, partitions, combiner, memory_limit, output, salt=None,
+                 output_format="jsonl"):
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown output format {output_format!r}; choose one of "
+                             f"{', '.join(OUTPUT_FORMATS)}")
         self.job = job
         self.partitions = partitions
         self.combiner = combiner
         self.memory_limit = memory_limit
         self.output = output
         self.salt = salt
+        self.output_format = output_format
 
     def __getstate__(self):
         return (self.job, self.partitions, self.combiner, self.memory_limit, self.output,
-                self.salt)
+                self.salt, self.output_format)
 
     def __setstate__(self, state):
         (self.job, self.partitions, self.combiner, self.memory_limit, self.output,
-         self.salt) = state
+         self.salt, self.output_format) = state
 
 
 class MapOutput:
@@ -653,17 +672,21 @@ def _emit(spec, chunks, r, attempt, counters, side=None, name=None):
         counters["reduce_records_out"] = len(all_k)
         value = (all_k, all_v) if side is None else (all_k, all_v, side[0], side[1])
         return value, digest.state(), counters
-    name = name or f"part-{r:05d}"
+    name = (name or f"part-{r:05d}") + OUTPUT_FORMATS[spec.output_format]
     final = os.path.join(spec.output, name)
-    w = SpillWriter(os.path.join(spec.output, f".{name}.{attempt.replace('#', '_')}"))
-    try:
-        for keys, values, h in chunks:
-            digest.update(dict(zip(keys, values)))
-            w.write(h, keys, values)
-        tmp_final, _nbytes, entries = w.close()
-    except BaseException:
-        w.abort()
-        raise
+    tmp_final = os.path.join(spec.output, f".{name}.{attempt.replace('#', '_')}")
+    if spec.output_format == "framed":
+        w = SpillWriter(tmp_final)
+        try:
+            for keys, values, h in chunks:
+                digest.update(dict(zip(keys, values)))
+                w.write(h, keys, values)
+            tmp_final, _nbytes, entries = w.close()
+        except BaseException:
+            w.abort()
+            raise
+    else:
+        entries = _write_text_part(tmp_final, chunks, spec.output_format, digest, name)
     try:
         os.link(tmp_final, final)  # exclusive: only one attempt can commit a part
     except FileExistsError:
@@ -672,6 +695,130 @@ def _emit(spec, chunks, r, attempt, counters, side=None, name=None):
         os.unlink(tmp_final)
     counters["reduce_records_out"] = entries
     return PartRef(attempt, final, entries, digest.state(), side), digest.state(), counters
+
+
+def _write_text_part(path, chunks, fmt, digest, name):
+    """Write the entries of ``chunks`` to ``path`` as lines of ``fmt``; the entry count."""
+    line = _jsonl_line if fmt == "jsonl" else _tsv_line
+    n = 0
+    try:
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            for keys, values, _h in chunks:
+                digest.update(dict(zip(keys, values)))
+                try:
+                    f.write("".join(map(line, keys, values)))
+                except TypeError:
+                    _raise_no_json_form(keys, values, name)
+                n += len(keys)
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+    return n
+
+
+def _raise_no_json_form(keys, values, name):
+    """Find the entry that has no JSON form and say which key it is, and what to do."""
+    for k, v in zip(keys, values):
+        for what, x in (("key", k), ("value", v)):
+            try:
+                _json_text(x)
+            except TypeError as exc:
+                text = repr(k)
+                text = text if len(text) <= 60 else text[:57] + "..."
+                raise TypeError(
+                    f"cannot write part file {name}: the {what} of the {type(k).__name__} "
+                    f"key {text}: {exc}. Give that type a to_jsonable() method, or pass "
+                    "output_format='framed' (CLI --output-format framed) to keep the "
+                    "Python values as they are") from None
+    raise AssertionError("unreachable: an entry failed to encode")  # pragma: no cover
+
+
+_json_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+                                allow_nan=False).encode
+
+
+def _json_text(x):
+    """The JSON text of a key or value: plain str, int, float, bool and None directly,
+    anything else through :func:`mergeagg.cli.to_jsonable` (``strict``: no ``repr``)."""
+    t = type(x)
+    if t is str:
+        return encode_basestring(x)
+    if t is int:
+        return int.__repr__(x)
+    if t is float and x - x == 0.0:  # finite
+        return float.__repr__(x)
+    if x is None or t is bool:
+        return "null" if x is None else ("true" if x else "false")
+    from mergeagg.cli import to_jsonable
+
+    return _json_encode(to_jsonable(x, strict=True))
+
+
+def _jsonl_line(key, value):
+    return f'{{"key":{_json_text(key)},"value":{_json_text(value)}}}\n'
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_JSON_WORDS = frozenset(("true", "false", "null", "NaN", "Infinity", "-Infinity"))
+
+
+def _may_be_json(text):
+    """False when ``text`` certainly does not parse as JSON (checked without parsing)."""
+    s = text.strip(" ")
+    return bool(s) and (s[0] in '"[{-0123456789' or s in _JSON_WORDS)
+
+
+def _tsv_field(x):
+    """A TSV field: a str as its text (tab, newline, CR and backslash escaped), unless that
+    text would read back as another JSON value (``3``, ``true``, ``"a"``), and anything else
+    as its JSON text."""
+    if type(x) is str:
+        text = x.translate(_TSV_ESCAPES) if ("\\" in x or "\t" in x or "\n" in x
+                                             or "\r" in x) else x
+        if not _may_be_json(text):
+            return text
+        try:
+            json.loads(text)
+        except ValueError:
+            return text
+        return encode_basestring(x)
+    return _json_text(x)
+
+
+def _tsv_line(key, value):
+    return f"{_tsv_field(key)}\t{_tsv_field(value)}\n"
+
+
+_TSV_UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def _tsv_value(field):
+    if _may_be_json(field):
+        try:
+            return json.loads(field)
+        except ValueError:
+            pass
+    if "\\" not in field:
+        return field
+    out = []
+    it = iter(field)
+    for ch in it:
+        if ch == "\\":
+            nxt = next(it, "")
+            out.append(_TSV_UNESCAPE.get(nxt, "\\" + nxt))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _as_key(x):
+    """A key read back from JSON: arrays become tuples, so that it can key a dict."""
+    if type(x) is list:
+        return tuple(_as_key(v) for v in x)
+    return x
 
 
 class _SideFinalize:
@@ -760,7 +907,21 @@ class KeyedOutput:
 
     Iterating gives ``(key, value)`` pairs part by part (``part-00000`` first); inside a
     part, keys are in the order of their stable 64-bit hash. ``len()`` is the number of
-    keys; :meth:`to_dict` loads everything.
+    keys; :meth:`to_dict` loads everything. ``parts`` lists ``(path, entries)``; each part's
+    format (:data:`OUTPUT_FORMATS`) is told by its name's suffix. JSON lines and TSV give
+    the JSON form of what was written (keys that were tuples come back as tuples, other
+    arrays as lists); ``framed`` parts give the Python values themselves.
+
+    Cost: reading one part at a time; O(1) memory beyond one frame or line.
+
+    >>> import mergeagg as ma, tempfile, os
+    >>> job = ma.KeyedJob(lambda lines: ((w, 1) for l in lines for w in l.split()),
+    ...                   lambda a, b: a + b)
+    >>> out = os.path.join(tempfile.mkdtemp(), "counts")
+    >>> r = ma.run(job, [["to be or not"], ["to be"]], workers=0, partitions=2, output=out)
+    >>> sorted(r.value.items()), len(r.value)
+    ([('be', 2), ('not', 1), ('or', 1), ('to', 2)], 4)
+    >>> import shutil; shutil.rmtree(os.path.dirname(out))
     """
 
     def __init__(self, directory, parts):
@@ -770,10 +931,27 @@ class KeyedOutput:
     def __len__(self):
         return sum(n for _p, n in self.parts)
 
+    @property
+    def format(self):
+        """The parts' format, one of :data:`OUTPUT_FORMATS`, told by their names' suffix.
+
+        Cost: O(parts). Directories written before JSON lines was the default hold framed
+        parts, with no suffix, and still read back.
+        """
+        for fmt, suffix in OUTPUT_FORMATS.items():
+            if suffix and self.parts and all(p.endswith(suffix) for p, _n in self.parts):
+                return fmt
+        return "framed"
+
     def __iter__(self):
-        for path, _n in self.parts:
-            for _h, keys, values in iter_spill(path):
-                yield from zip(keys, values)
+        for path, n in self.parts:
+            if path.endswith(OUTPUT_FORMATS["jsonl"]):
+                yield from _read_text_part(path, n, "jsonl")
+            elif path.endswith(OUTPUT_FORMATS["tsv"]):
+                yield from _read_text_part(path, n, "tsv")
+            else:
+                for _h, keys, values in iter_spill(path):
+                    yield from zip(keys, values)
 
     def items(self):
         """``(key, value)`` pairs, lazily, in part then hash order."""
@@ -789,3 +967,44 @@ class KeyedOutput:
     def to_jsonable(self):
         return {"output": self.directory, "parts": [p for p, _n in self.parts],
                 "keys": len(self)}
+
+
+def _read_text_part(path, entries, fmt):
+    """``(key, value)`` pairs of a JSON-lines or TSV part; a line that does not parse, or a
+    part holding another number of entries than its task wrote, is an error naming it."""
+    n = 0
+    with open(path, encoding="utf-8", newline="\n") as f:
+        while True:
+            lines = f.readlines(1 << 20)
+            if not lines:
+                break
+            if fmt == "jsonl":
+                try:  # one parse for a megabyte of lines
+                    batch = json.loads("[" + ",".join(lines) + "]")
+                    pairs = [(k if type(k) is not list else _as_key(k), e["value"])
+                             for e in batch for k in (e["key"],)]
+                except (ValueError, KeyError, TypeError):
+                    pairs = None
+            if fmt != "jsonl" or pairs is None:
+                pairs = []
+                for i, line in enumerate(lines, n + 1):
+                    try:
+                        pairs.append(_text_entry(line, fmt))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise ValueError(f"part file {path}, line {i}: not an entry of a "
+                                         f"keyed output ({type(exc).__name__}: {exc})") from None
+            n += len(lines)
+            yield from pairs
+    if n != entries:
+        raise ValueError(f"part file {path} holds {n} entries; its reduce task wrote "
+                         f"{entries}: the file was changed after the job")
+
+
+def _text_entry(line, fmt):
+    if not line.endswith("\n"):
+        raise ValueError("the line is cut short")
+    if fmt == "jsonl":
+        entry = json.loads(line)
+        return _as_key(entry["key"]), entry["value"]
+    key, value = line[:-1].split("\t")
+    return _as_key(_tsv_value(key)), _tsv_value(value)

@@ -25,6 +25,8 @@ def run_cli(capsys, *argv):
 
 def fingerprint_line(out):
     (fp,) = re.findall(r"^fingerprint ([0-9a-f]{64})$", out, re.M)
+    # The answer comes first; the fingerprint that proves it is the last line.
+    assert out.splitlines()[-1] == f"fingerprint {fp}", out
     return fp
 
 
@@ -85,10 +87,11 @@ def test_summary_and_entry_flags_in_any_position(capsys, corpus):
     assert status == 0
     counts = expected_counts()
     lines = out.splitlines()
-    assert lines[1] == f"{sum(counts.values())} words, {len(counts)} distinct"
+    assert lines[0] == f"{sum(counts.values())} words, {len(counts)} distinct"
     top2 = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
     assert top2 == [("the", 90), ("fox", 44)]  # lowercase: no "The" in this text anyway
-    assert [line.split() for line in lines[2:]] == [["90", "the"], ["44", "fox"]]
+    assert [line.split() for line in lines[1:3]] == [["90", "the"], ["44", "fox"]]
+    assert lines[3] == f"fingerprint {mergeagg.fingerprint(counts)}" and len(lines) == 4
 
 
 def test_common_options_may_come_before_the_name(capsys, corpus):
@@ -96,7 +99,7 @@ def test_common_options_may_come_before_the_name(capsys, corpus):
                                *corpus, "--top", "1")
     assert status == 0, err
     assert fingerprint_line(out) == mergeagg.fingerprint(expected_counts())
-    assert len(out.splitlines()) == 3  # fingerprint, totals, the one top word
+    assert len(out.splitlines()) == 3  # totals, the one top word, fingerprint
 
 
 def test_json_output(capsys, corpus, tmp_path):
@@ -170,7 +173,13 @@ def test_user_factory_from_the_current_directory(tmp_path, corpus):
     ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
     ("mergeagg.algorithms:nothing_here", "module 'mergeagg.algorithms' has no 'nothing_here'"),
     ("mergeagg:__version__", "mergeagg:__version__ is a str, not an Aggregator or a factory"),
-    ("nope", "no catalog entry 'nope'; known entries: "),
+    ("nope", "no catalog entry 'nope'; known entries: count, countmin, "),
+    ("mergeagg.algorithms:wordcont",
+     "module 'mergeagg.algorithms' has no 'wordcont'; did you mean 'wordcount' or "
+     "'count'?"),
+    ("wordcont", "no catalog entry 'wordcont'; did you mean 'wordcount' or 'count'? "
+                 "(`mergeagg catalog` lists them all; or give module.path:factory)"),
+    ("heavyhiters", "no catalog entry 'heavyhiters'; did you mean 'heavyhitters'? "),
 ])
 def test_bad_names_give_one_clear_line(capsys, corpus, spec, message):
     status, out, err = run_cli(capsys, "run", spec, *corpus)
@@ -223,3 +232,122 @@ def test_to_jsonable():
     assert cli.to_jsonable({2: "x", 1: "y"}) == [[1, "y"], [2, "x"]]
     assert cli.to_jsonable(b"\x01\xff") == "01ff"
     assert cli.to_jsonable(np.int64(4)) == 4
+
+
+def test_the_answer_comes_first_and_quiet_drops_the_report(capsys, corpus):
+    counts = expected_counts()
+    status, out, err = run_cli(capsys, "run", "wordcount", *corpus, "--workers", "0",
+                               "--top", "1")
+    assert status == 0
+    assert out.splitlines() == [f"{sum(counts.values())} words, {len(counts)} distinct",
+                                "        90  the",
+                                f"fingerprint {mergeagg.fingerprint(counts)}"]
+    assert err.startswith("mode serial") and "retried 0" in err
+    status, quiet, err = run_cli(capsys, "run", "wordcount", *corpus, "--workers", "0",
+                                 "--top", "1", "--quiet")
+    assert status == 0 and quiet == out and err == ""
+    status, _, err = run_cli(capsys, "run", "wordcount", *corpus, "--workers", "0", "-q")
+    assert status == 0 and err == ""
+
+
+def test_json_dash_writes_the_document_to_standard_output(capsys, corpus, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_cli(capsys, "run", "wordcount", *corpus, "--workers", "0",
+                               "--json", "-")
+    assert status == 0 and not os.path.exists("-")
+    doc = json.loads(out)  # standard output holds the document alone
+    assert set(doc) == {"algorithm", "params", "fingerprint", "value", "report"}
+    assert doc["fingerprint"] == mergeagg.fingerprint(expected_counts())
+    assert doc["value"] == dict(expected_counts())
+    assert "bytes read" in err
+    status, out, err = run_cli(capsys, "run", "wordcount", *corpus, "--workers", "0",
+                               "--json", "-", "-q")
+    assert status == 0 and json.loads(out) == doc | {"report": json.loads(out)["report"]}
+    assert err == ""
+
+
+@pytest.mark.parametrize("target, message", [
+    ("{tmp}/no/such/dir/out.json", "cannot write the --json file '{tmp}/no/such/dir/out.json': "
+                                   "No such file or directory"),
+    ("{tmp}", "--json {tmp}: is a directory; give a file name (or - for standard output)"),
+])
+def test_an_unwritable_json_path_fails_before_the_job_runs(capsys, tmp_path, target,
+                                                           message):
+    # The input does not exist: had the job run first, that would be the error.
+    target = target.format(tmp=tmp_path)
+    status, out, err = run_cli(capsys, "run", "wordcount", str(tmp_path / "missing.txt"),
+                               "--workers", "0", "--json", target)
+    assert status == 2 and out == ""
+    assert err == f"mergeagg: error: {message.format(tmp=tmp_path)}\n"
+
+
+def test_a_failed_job_leaves_no_json_file(capsys, tmp_path):
+    target = tmp_path / "out.json"
+    status, _, err = run_cli(capsys, "run", "wordcount", str(tmp_path / "missing.txt"),
+                             "--workers", "0", "--json", str(target))
+    assert status == 1 and "no such file" in err
+    assert not target.exists()
+
+
+def test_python_dash_m_mergeagg(corpus):
+    # Two worker processes: they re-import the main module, which must not run again.
+    out = subprocess.run([sys.executable, "-m", "mergeagg", "run", "wordcount", *corpus,
+                          "--workers", "2", "--split-size", "100", "-q"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    assert fingerprint_line(out.stdout) == mergeagg.fingerprint(expected_counts())
+    out = subprocess.run([sys.executable, "-m", "mergeagg", "--version"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"mergeagg {mergeagg.__version__}"
+
+
+def test_a_closed_pipe_is_not_an_error():
+    proc = subprocess.Popen([MERGEAGG, "catalog"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything was written (`| head -0`)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 1
+    assert err == b""
+
+
+FAILING_FACTORIES = '''
+import mergeagg
+
+def lookup(table="default"):
+    return {"other": 1}[table]
+
+def needs_a_value(size=None):
+    return mergeagg.Aggregator(len, lambda a, b: a + b) if size > 0 else None
+'''
+
+
+def test_a_factory_that_raises_gives_one_line_with_its_cause(capsys, corpus, tmp_path,
+                                                              monkeypatch):
+    path = tmp_path / "bad_factories_cli.py"
+    path.write_text(FAILING_FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "bad_factories_cli", raising=False)
+    try:
+        for name, cause, line in [
+            ("lookup", "KeyError: 'default'", 5),
+            # A TypeError in a user's factory is a bug there, not a bad flag: it gets the
+            # line that raised too.
+            ("needs_a_value",
+             "TypeError: '>' not supported between instances of 'NoneType' and 'int'", 8),
+        ]:
+            spec = f"bad_factories_cli:{name}"
+            status, out, err = run_cli(capsys, "run", spec, *corpus, "--workers", "0")
+            assert status == 1 and out == ""
+            assert err == (f"mergeagg: error: the factory of {spec} raised {cause} (at "
+                           f"{path}:{line}, in {name})\n")
+    finally:
+        sys.modules.pop("bad_factories_cli", None)
+
+
+def test_a_catalog_factory_refusing_a_flag_value_says_so_on_one_line(capsys, corpus):
+    status, out, err = run_cli(capsys, "run", "topk", *corpus, "--workers", "0", "--k", "0")
+    assert status == 2 and out == ""
+    assert err.startswith("mergeagg: error: ") and err.count("\n") == 1 and "k" in err

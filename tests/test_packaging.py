@@ -71,7 +71,7 @@ def test_pip_install_builds_a_working_wheel(tmp_path):
     text.write_text("b a b\n")
     out = _run([str(venv / "bin" / "mergeagg"), "run", "wordcount", str(text), "--workers", "0"],
                env=env, cwd=tmp_path)
-    assert out.splitlines()[1] == "3 words, 2 distinct"
+    assert out.splitlines()[0] == "3 words, 2 distinct"
 
     top_level = {p.name for p in purelib.iterdir()}
     assert "mergeagg" in top_level

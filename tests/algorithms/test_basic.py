@@ -206,18 +206,18 @@ def test_cli_runs_each_entry(tmp_path, capsys):
     for name, shown in expected.items():
         assert cli_main(["run", name, str(data), "--workers", "0", "--split-size", "4"]) == 0
         out = capsys.readouterr().out.splitlines()
-        assert out[0].startswith("fingerprint ") and out[1] == shown
+        assert out[-1].startswith("fingerprint ") and out[0] == shown
     assert cli_main(["run", "sum", str(data), "--workers", "0", "--exact"]) == 0
-    assert capsys.readouterr().out.splitlines()[1] == "10.5"
+    assert capsys.readouterr().out.splitlines()[0] == "10.5"
     assert cli_main(["run", "variance", str(data), "--workers", "0", "--ddof", "0",
                      "--stddev"]) == 0
-    shown = float(capsys.readouterr().out.splitlines()[1])
+    shown = float(capsys.readouterr().out.splitlines()[0])
     assert math.isclose(shown, statistics.pstdev([1, 2, 3.5, 4]))
     table = tmp_path / "t.csv"
     table.write_text("name,x\na,1\nb,\nc,5\n")
     assert cli_main(["run", "sum", str(table), "--workers", "0", "--format", "csv",
                      "--field", "x"]) == 0
-    assert capsys.readouterr().out.splitlines()[1] == "6"
+    assert capsys.readouterr().out.splitlines()[0] == "6"
 
 
 @pytest.mark.slow

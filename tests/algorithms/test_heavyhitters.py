@@ -138,8 +138,8 @@ def test_cli_counts_words(tmp_path, capsys):
     assert cli_main(["run", "heavyhitters", str(path), "--workers", "0", "--words",
                      "--k", "5", "--split-size", "1K", "--json", str(tmp_path / "o.json")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[1].startswith("2000 items, k=5 counters")
-    assert out[2].split()[-1] == "w0"
+    assert out[0].startswith("2000 items, k=5 counters")
+    assert out[1].split()[-1] == "w0"
     import json
 
     doc = json.loads((tmp_path / "o.json").read_text())

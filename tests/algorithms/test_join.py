@@ -207,13 +207,13 @@ def test_cli_join(tmp_path, capsys):
                          "--on", "k", "--how", "full", "--workers", "0", "--strategy",
                          strategy, "--json", str(out_json)]) == 0
         lines = capsys.readouterr().out.splitlines()
-        assert lines[1] == "3 rows"
+        assert lines[0] == "3 rows"
         value = json.loads(out_json.read_text())["value"]
         assert value == [[None, {"k": "", "b": "w"}], [{"k": "", "a": "y"}, None],
                          [{"k": "1", "a": "x"}, {"k": "1", "b": "z"}]]
     assert cli_main(["run", "join", str(tmp_path / "l.csv"), str(tmp_path / "r.csv"),
                      "--on", "k", "--keep-empty", "--workers", "0"]) == 0
-    assert capsys.readouterr().out.splitlines()[1] == "2 rows"
+    assert capsys.readouterr().out.splitlines()[0] == "2 rows"
     assert cli_main(["run", "join", str(tmp_path / "l.csv"), "--on", "k",
                      "--workers", "0"]) == 2
     assert "exactly two inputs" in capsys.readouterr().err
@@ -302,14 +302,14 @@ def test_keyed_join_on_workers_with_a_death_and_part_files(tmp_path, capsys):
     fold = ma.run(join("k", how="full", empty_is_null=True), src, workers=0)
     out = tmp_path / "joined"
     keyed = ma.run(join("k", how="full", empty_is_null=True, keyed=True), src, workers=2,
-                   partitions=3, output=str(out),
+                   partitions=3, output=str(out), output_format="framed",
                    faults=FaultPlan(only={"map-1": {1: Fault("kill")}}))
     assert keyed.report.attempts[1] == 2
     assert join_rows(keyed.value) == fold.value
     assert cli_main(["run", "join", str(tmp_path / "l.csv"), str(tmp_path / "r.csv"),
                      "--on", "k", "--how", "full", "--keyed", "--partitions", "2",
                      "--workers", "0"]) == 0
-    assert capsys.readouterr().out.splitlines()[1] == f"{len(fold.value)} rows"
+    assert capsys.readouterr().out.splitlines()[0] == f"{len(fold.value)} rows"
 
 
 def test_broadcast_csv_lines_parsed_by_the_join(tmp_path):

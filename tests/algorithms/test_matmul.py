@@ -163,7 +163,7 @@ def test_cli_matmul(tmp_path, capsys):
                      "--block", "5", "--k-split", "1", "--workers", "0", "--out",
                      str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1] == "C: 20x9 float64"
+    assert lines[0] == "C: 20x9 float64"
     assert np.load(out).tobytes() == blocked_reference(a, b, 5).tobytes()
 
 
@@ -202,8 +202,8 @@ def test_keyed_matmul_on_workers_with_part_files(tmp_path, capsys):
     np.save(tmp_path / "B.npy", b)
     src = matmul_source(str(tmp_path / "A.npy"), str(tmp_path / "B.npy"), block=8, k_split=1)
     keyed = ma.run(matmul(keyed=True), src, workers=2, partitions=3,
-                   output=str(tmp_path / "C"))
+                   output=str(tmp_path / "C"), output_format="framed")
     assert assemble_tiles(keyed.value).tobytes() == blocked_reference(a, b, 8).tobytes()
     assert cli_main(["run", "matmul", str(tmp_path / "A.npy"), str(tmp_path / "B.npy"),
                      "--block", "8", "--keyed", "--workers", "0"]) == 0
-    assert capsys.readouterr().out.splitlines()[1] == "C: 40x20 float64"
+    assert capsys.readouterr().out.splitlines()[0] == "C: 40x20 float64"

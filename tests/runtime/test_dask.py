@@ -22,6 +22,7 @@ from mergeagg.fingerprint import fingerprint
 from mergeagg.inputs import as_source
 from mergeagg.runtime.faults import Fault, FaultPlan
 from mergeagg.runtime.master import PolicyConfig
+from mergeagg.runtime.port import AttemptId, Launch
 
 pytest.importorskip("distributed")
 
@@ -238,8 +239,9 @@ def test_a_combine_refuses_an_input_recomputed_with_another_fingerprint(dask_cli
     split = as_source([["a b a"]]).splits()[0]
 
     def attempt(key, kind, expected, *inputs):
-        return dask_client.submit(run_attempt, job, "digest-test", "token-test", key, key + "#1",
-                                  kind, 1, split, expected, 0.0, *inputs, key=key, pure=False)
+        launch = Launch(AttemptId(key, 1), "w", kind, split if kind == "map" else None)
+        return dask_client.submit(run_attempt, job, "digest-test", "token-test", key, launch,
+                                  expected, 0.0, *inputs, key=key, pure=False)
 
     child = attempt("test-map-0", "map", ())
     done, data, fp, stats = child.result()
@@ -345,7 +347,8 @@ def test_keyed_output_parts_are_committed_once_despite_a_straggling_reducer(dask
                     backup_after=0.3)
     assert result.fingerprint == clean.fingerprint
     assert result.value.to_dict() == clean.value
-    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001", "part-00002"]
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000.jsonl", "part-00001.jsonl",
+                                       "part-00002.jsonl"]
     assert {t.task: t.attempts for t in result.report.tasks}["reduce-0"] == 2, \
         str(result.report) + repr(result.report.tasks)
     assert result.report.backups_won >= 1, (result.report.failures, str(result.report))

@@ -134,7 +134,8 @@ def test_sigkill_during_combine(tmp_path):
 
     t = threading.Thread(target=killer)
     t.start()
-    r = ma.run(agg, paths, workers=2, split_size=3000, fan_in=2)
+    # No backups: a backup of the sleeping combine would win before the kill lands.
+    r = ma.run(agg, paths, workers=2, split_size=3000, fan_in=2, backups=False)
     t.join()
     assert killed and r.fingerprint == clean.fingerprint
     assert r.report.workers_lost >= 1
@@ -314,3 +315,29 @@ def test_a_worker_busy_in_one_long_call_is_not_declared_lost():
     assert time.monotonic() - start > 0.4  # the call outlived the heartbeat timeout
     assert r.value == n * (n - 1) // 2 + 45
     assert r.report.workers_lost == 0 and r.report.attempts == [1, 1]
+
+
+def stall_first_attempt(marker_dir):
+    """A partial whose shards named 'slow' sleep 4 s the first time they run anywhere."""
+
+    def partial(shard):
+        name, n = shard[0]
+        marker = os.path.join(marker_dir, name)
+        if name.startswith("slow") and not os.path.exists(marker):
+            open(marker, "w").close()
+            time.sleep(4.0)
+        return n
+
+    return ma.Aggregator(partial, lambda a, b: a + b)
+
+
+def test_attempts_queued_behind_stalled_ones_are_taken_and_the_stalls_get_backups(tmp_path):
+    # The issue's case: 8 shards on 3 workers, 2 of them stall on their first attempt.
+    # Without stealing, what is queued behind the stalls never counts as progress and no
+    # backup fires (the job took the whole 4 s); with it, both stalls are raced and lose.
+    shards = [[("slow0", 1)], [("slow1", 2)]] + [[(f"s{i}", 10 * i)] for i in range(2, 8)]
+    agg = stall_first_attempt(str(tmp_path))
+    r = ma.run(agg, shards, workers=3, backup_factor=1.5)
+    assert r.value == 3 + sum(10 * i for i in range(2, 8))
+    assert r.report.backups_launched == 2 and r.report.backups_won == 2
+    assert r.report.attempts[:2] == [2, 2] and r.report.attempts[2:] == [1] * 6

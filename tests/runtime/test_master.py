@@ -6,16 +6,13 @@ from hypothesis import strategies as st
 
 from mergeagg.errors import JobFailed, NondeterminismError, TaskFailed
 from mergeagg.runtime.master import (
-    Cancel,
     FailureDetector,
-    KillWorker,
-    Launch,
     Policy,
     PolicyConfig,
-    Release,
     TaskState,
     fold_tasks,
 )
+from mergeagg.runtime.port import Cancel, KillWorker, Launch, Release
 
 
 class FakeRef:
@@ -32,7 +29,7 @@ class Sim:
         self.tasks = fold_tasks(self.values, fan_in)
         self.policy = Policy(self.tasks, PolicyConfig(**config))
         self.now = 0.0
-        self.running = {}  # attempt -> (Launch, worker)
+        self.running = {}  # str(attempt id) -> Launch: tests name attempts "map-0#1"
         self.finished_msgs = []
         self.cancelled = set()
         self.killed = []
@@ -61,13 +58,16 @@ class Sim:
 
     def _tick_once(self):
         killed = False
-        for a in self.policy.tick(self.now):
+        self.policy.validate()
+        actions = self.policy.tick(self.now)
+        self.policy.validate()
+        for a in actions:
             if isinstance(a, Launch):
                 assert a.worker in self.alive
-                self.running[a.attempt] = a
+                self.running[str(a.attempt)] = a
             elif isinstance(a, Cancel):
-                self.cancelled.add(a.attempt)
-                self.running.pop(a.attempt, None)
+                self.cancelled.add(str(a.attempt))
+                self.running.pop(str(a.attempt), None)
             elif isinstance(a, KillWorker):
                 self.killed.append(a.worker)
                 self.drop_worker(a.worker, notify=False)
@@ -80,12 +80,13 @@ class Sim:
         launch = self.running.pop(attempt)
         v = self.value_of(launch) + (1000 if corrupt else 0)
         ref = FakeRef(v, launch.worker)
-        self.finished_msgs.append((attempt, ref, str(v)))
-        self.policy.finished(attempt, ref, str(v), self.now, {"seconds": 1})
+        self.finished_msgs.append((launch.attempt, ref, str(v)))
+        self.policy.finished(launch.attempt, ref, str(v), self.now, {"seconds": 1})
 
     def fail(self, attempt):
-        self.running.pop(attempt)
-        self.policy.failed(attempt, "ValueError: boom", self.now, traceback="Traceback...")
+        launch = self.running.pop(attempt)
+        self.policy.failed(launch.attempt, "ValueError: boom", self.now,
+                           traceback="Traceback...")
 
     def drop_worker(self, w, notify=True):
         self.alive.discard(w)
@@ -157,6 +158,42 @@ def test_lost_worker_requeues_running_and_completed_outputs():
     drive(sim)
     assert sim.root_value() == 1 + 2 + 3 + 4
     assert task.launched == 2
+
+
+def test_outputs_that_survive_their_worker_are_not_rerun():
+    # The local executor's loss model: the process died, its files did not.
+    sim = Sim(4, 4, 2, prefetch=1, outputs_survive_worker=True)
+    sim.tick()
+    first = sorted(sim.running)[0]
+    w = sim.running[first].worker
+    sim.finish(first)
+    sim.drop_worker(w)
+    task = sim.policy.tasks[first.split("#")[0]]
+    assert task.state is TaskState.COMPLETED
+    drive(sim)
+    assert sim.root_value() == 1 + 2 + 3 + 4
+    assert task.launched == 1
+
+
+def test_an_unreadable_output_reruns_its_task_and_holds_back_its_parent():
+    sim = Sim(2, 2, 1, outputs_survive_worker=True)
+    sim.tick()
+    for aid in sorted(sim.running):
+        sim.finish(aid)
+    sim.tick()
+    (combine,) = [a for a in sim.running if a.startswith("combine")]
+    # The combine found map-1's file torn: it names the task, which runs again.
+    launch = sim.running.pop(combine)
+    sim.policy.failed(launch.attempt, "torn", sim.now, kind="input_lost", lost=("map-1",))
+    assert sim.policy.tasks["map-1"].state is TaskState.IDLE
+    assert sim.policy.tasks["map-0"].state is TaskState.COMPLETED
+    drive(sim)
+    assert sim.root_value() == 3 and sim.policy.tasks["map-1"].launched == 2
+    # At the end, an unreadable root is run again too.
+    sim.policy.output_lost(sim.policy.root, "torn", sim.now)
+    assert not sim.policy.done
+    drive(sim)
+    assert sim.policy.done and sim.root_value() == 3
 
 
 def test_output_lost_after_parent_completed_is_not_rerun():
@@ -264,7 +301,7 @@ def test_duplicate_completion_with_other_fingerprint_stops_the_job():
     task = b.split("#")[0]
     # The original finishes first, then the backup (not yet cancelled) with other bytes.
     sim.finish(f"{task}#1")
-    sim.policy.finished(b, FakeRef(999, "w1"), "999", sim.now)
+    sim.policy.finished(sim.running[b].attempt, FakeRef(999, "w1"), "999", sim.now)
     err = sim.policy.error
     assert isinstance(err, NondeterminismError)
     assert err.task == task and "999" in err.fingerprints
@@ -377,3 +414,57 @@ def test_policy_state_round_trips_and_the_copy_finishes_the_job():
     sim.policy = pickle.loads(pickle.dumps(sim.policy))
     drive(sim)
     assert sim.policy.done and sim.root_value() == sum(range(1, 10))
+
+
+def finish_where(sim, pred):
+    for aid in sorted(sim.running):
+        if pred(aid):
+            sim.finish(aid)
+            return aid
+    raise AssertionError(f"nothing running matches; running: {sorted(sim.running)}")
+
+
+def test_an_idle_worker_takes_attempts_queued_behind_stalled_ones_and_backups_follow():
+    # 8 maps on 3 workers with queues of 2: map-0 and map-1 stall on their first attempt.
+    sim = Sim(8, 8, 3, prefetch=2)
+    stalled = ("map-0#1", "map-1#1")
+    sim.tick()
+    assert set(stalled) <= set(sim.running)
+    for _ in range(40):
+        sim.now += 1.0
+        for w in list(sim.alive):
+            sim.policy.heartbeat(w, sim.now)
+        movable = [a for a in sim.running
+                   if a not in stalled and sim.policy.attempts[sim.running[a].attempt].started
+                   is not None]
+        if movable:
+            sim.finish(sorted(movable)[0])
+        sim.tick()
+        if sim.policy.done:
+            break
+        backups = [a for a in sim.running if a.startswith(("map-0#", "map-1#"))
+                   and a not in stalled]
+        for b in backups:
+            sim.finish(b)
+    p = sim.policy
+    assert p.done and sim.root_value() == sum(range(1, 9))
+    assert p.steals >= 2  # what was queued behind the stalled two ran elsewhere
+    assert p.backups_launched == 2 and p.backups_won == 2  # progress made them fire
+    # A moved attempt keeps its number: no task other than the stalled ones ran twice.
+    assert all(p.tasks[f"map-{i}"].launched == 1 for i in range(2, 8))
+
+
+def test_stealing_off_leaves_queued_attempts_where_they_are():
+    sim = Sim(8, 8, 3, prefetch=2, stealing=False)
+    sim.tick()
+    for _ in range(10):
+        sim.now += 1.0
+        for w in list(sim.alive):
+            sim.policy.heartbeat(w, sim.now)
+        movable = [a for a in sim.running if not a.startswith(("map-0#", "map-1#"))
+                   and sim.policy.attempts[sim.running[a].attempt].started is not None]
+        if movable:
+            sim.finish(sorted(movable)[0])
+        sim.tick()
+    assert sim.policy.steals == 0
+    assert sim.policy.backups_launched == 0  # progress stalls at 4/8 with the two queued

@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 import mergeagg as ma
-from mergeagg.runtime.master import Launch, Policy, PolicyConfig, TaskDef, fold_tasks
+from mergeagg.runtime.master import Policy, PolicyConfig, TaskDef, fold_tasks
+from mergeagg.runtime.port import AttemptId, Launch
 from mergeagg.runtime.session import Dataset, Session
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -47,7 +48,7 @@ def test_a_task_waits_for_its_busy_preferred_worker_then_gives_up():
     assert _launches(p.tick(1.0)) == {}
     later = _launches(p.tick(2.5))  # past locality_wait: run anywhere free
     assert later == {"map-1": "w2"}
-    p.finished("map-0#1", "ref0", "fp0", 3.0)
+    p.finished(AttemptId("map-0", 1), "ref0", "fp0", 3.0)
     assert _launches(p.tick(3.0)) == {"map-2": "w1"}
 
 

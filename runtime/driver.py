@@ -1,0 +1,237 @@
+"""The driver: the one loop between the policy and an executor, its progress line and the
+report.
+
+:func:`drive` runs a job: it starts the executor (or reuses a session's), ships the job,
+then ticks the policy, carries out its actions through the executor, feeds the policy the
+executor's typed events, and, once the policy is done, fetches the sinks' outputs. It reads
+time only from the clock it is given (the monotonic clock in production, a
+:class:`~mergeagg.runtime.port.VirtualClock` with the in-process executor), so the same loop
+drives real processes, Dask, and simulated workers.
+
+>>> import mergeagg as ma
+>>> from mergeagg.runtime.inprocess import InProcessExecutor
+>>> from mergeagg.runtime.master import Policy, PolicyConfig, fold_tasks
+>>> from mergeagg.inputs import shards
+>>> agg = ma.Aggregator(sum, lambda a, b: a + b)
+>>> policy = Policy(fold_tasks(shards([[1, 2], [3], [4]]).splits(), 2), PolicyConfig())
+>>> ex = InProcessExecutor(2)
+>>> acc, phases = drive(policy, ex, agg, fetch_root, clock=ex.clock)
+>>> acc, sorted(phases)
+(10, ['combine', 'map', 'start workers'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from mergeagg.errors import JobFailed
+from mergeagg.fingerprint import MappingDigest
+from mergeagg.runtime.port import NOT_YET, MonotonicClock
+from mergeagg.runtime.refs import InputLost
+from mergeagg.runtime.report import FailureRecord, Report, TaskRecord
+
+__all__ = ["drive", "run_policy", "fetch_root", "report", "keyed_fingerprint", "Progress",
+           "NOT_YET"]
+
+
+def fetch_root(policy, executor):
+    """A fold job's ``fetch``: the root's accumulator."""
+    ref, _fp = policy.result
+    return executor.fetch(ref)
+
+
+def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
+          clock=None, own=True):
+    """Run ``policy`` over ``executor`` until the job is done; returns ``(fetched, phases)``.
+
+    ``payload`` is what workers run (an Aggregator, or a keyed job's spec);
+    ``fetch(policy, executor)`` reads the sinks' outputs once the policy is done (an output
+    that turns out unreadable sends its task back to the policy). ``own``: start the
+    executor here and close it at the end, whatever happens; otherwise (a session's) it
+    is only given this job, which is dropped at the end. Cost: the job's, plus O(1) per
+    event and O(workers) per tick in this process.
+    """
+    clock = clock if clock is not None else MonotonicClock()
+    t_start = clock()
+    policy.config = dataclasses.replace(
+        policy.config, outputs_survive_worker=executor.outputs_survive_worker)
+    show = Progress(policy, progress if progress is not None else sys.stderr.isatty(),
+                    clock=clock)
+    job = None
+    phases = {}
+    try:
+        if own:
+            executor.start()
+        job = executor.load_job(payload, faults)
+        now = clock()
+        for w in executor.live_workers():
+            policy.worker_joined(w, now)
+        t_started = clock()
+        phases["start workers"] = t_started - t_start
+
+        def finish():
+            try:
+                return fetch(policy, executor)
+            except InputLost as exc:
+                # A sink's output is gone or torn: run its task again.
+                if exc.task is None:
+                    raise
+                policy.output_lost(exc.task, f"output unreadable at the end: {exc}", clock())
+                return NOT_YET
+
+        fetched, loop_phases = run_policy(
+            policy, lambda actions, hint: executor.apply(actions, job, hint), executor.events,
+            finish, show, t_started, clock)
+        phases.update(loop_phases)
+    finally:
+        if own:
+            executor.close()
+        elif job is not None:
+            executor.drop_job(job)
+    return fetched, phases
+
+
+def run_policy(policy, apply, events, finish, show, t_started, clock):
+    """The loop every executor runs with a policy: tick and carry out its actions
+    (``apply(actions, hint)``), feed it the executor's ``events(timeout)``, and once it is
+    done call ``finish()``, which returns the sinks' outputs or :data:`NOT_YET` (the
+    policy was sent back to work, or an output has not arrived). Raises the policy's error.
+    Returns ``(fetched, phases)`` with the ``map`` and second stage's times since
+    ``t_started``."""
+    map_done_at = None
+    stage_done, stage_total = policy.stage_counts()
+    handle = policy.handle
+    while True:
+        now = clock()
+        actions = policy.tick(now)
+        if actions:
+            apply(actions, median_map_seconds(policy))
+        if policy.error is not None:
+            raise policy.error
+        if map_done_at is None and stage_done["map"] == stage_total["map"]:
+            map_done_at = now
+        if policy.done:
+            fetched = finish()
+            if fetched is not NOT_YET:
+                break
+            continue
+        show.update(now)
+        timeout = max(0.0, policy.next_deadline(now) - clock())
+        for ev in events(timeout):
+            handle(ev, clock())
+    t_end = clock()
+    show.update(t_end, final=True)
+    if map_done_at is None:
+        map_done_at = t_end
+    second = "reduce" if stage_total.get("reduce") else "combine"
+    return fetched, {"map": map_done_at - t_started, second: t_end - map_done_at}
+
+
+def median_map_seconds(policy):
+    """The median seconds of the map attempts completed so far (0 before the first): the
+    ``hint`` that faults striking part-way through a task use."""
+    d = policy.durations("map")
+    return d[len(d) // 2] if d else 0.0
+
+
+class Progress:
+    """A one-line progress display on stderr: tasks done of all, the map stage, bytes
+    read, the read rate and an estimate of the time left (from the bytes still to read).
+    Shown only on a terminal unless asked (``progress=True``); at most five times a second.
+    Cost: O(1) per update."""
+
+    def __init__(self, policy, enabled, stream=None, clock=None):
+        self.policy = policy
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.clock = clock if clock is not None else MonotonicClock()
+        self.last = float("-inf")
+        self.started = self.clock()
+        self.total_bytes = policy.input_bytes()
+
+    def line(self, now):
+        """The text of the progress line at ``now``."""
+        p = self.policy
+        done, total = p.stage_counts()
+        n_done, n_total = sum(done.values()), sum(total.values())
+        nbytes = p.bytes_read
+        elapsed = max(now - self.started, 1e-9)
+        rate = nbytes / elapsed
+        text = (f"[mergeagg] {n_done}/{n_total} tasks  map {done['map']}/{total['map']}  "
+                f"{_size(nbytes)}")
+        if self.total_bytes:
+            text += f" of {_size(self.total_bytes)}"
+        text += f"  {_size(rate)}/s"
+        if self.total_bytes and rate > 0 and nbytes < self.total_bytes:
+            text += f"  ETA {_duration((self.total_bytes - nbytes) / rate)}"
+        if p.backups_launched:
+            text += f"  backups {p.backups_launched}"
+        return text
+
+    def update(self, now, final=False):
+        if not self.enabled or (not final and now - self.last < 0.2):
+            return
+        self.last = now
+        self.stream.write("\r" + self.line(now) + ("\n" if final else ""))
+        self.stream.flush()
+
+
+def _size(n):
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def _duration(seconds):
+    seconds = int(seconds + 0.5)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def report(policy, workers, fan_in, phases, mode="local"):
+    """The job's :class:`~mergeagg.runtime.report.Report` from the policy's task table."""
+    rep = Report(mode=mode, workers=workers, fan_in=fan_in)
+    for tid, kind, split, attempts, seconds, worker, stats, fp in policy.task_rows():
+        nbytes = stats.get("bytes_read", 0) if stats else 0
+        rep.tasks.append(TaskRecord(tid, kind, split, attempts=attempts, seconds=seconds,
+                                    worker=worker, bytes_read=nbytes, fingerprint=fp))
+        rep.bytes_read += nbytes
+    for task, attempt, worker, cause, detail in policy.failures:
+        rep.failures.append(FailureRecord(task, attempt, worker, cause, str(detail)[:2000]))
+    rep.backups_launched = policy.backups_launched
+    rep.backups_won = policy.backups_won
+    rep.verified = policy.verified
+    rep.workers_lost = policy.workers_lost
+    if policy.steals:
+        rep.counters["attempts_moved"] = policy.steals
+    rep.phases = phases
+    return rep
+
+
+def keyed_fingerprint(policy, partitions, rep):
+    """A keyed job's fingerprint from its reducers' digests; fills ``rep``'s shuffle
+    counters and per-reducer rows."""
+    digest = MappingDigest()
+    totals = {}
+    for tid in policy.order:
+        stats = policy.tasks[tid].stats or {}
+        for k, v in stats.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seconds":
+                totals[k] = totals.get(k, 0) + v
+    if "merge-salted" in policy.tasks:
+        digest.merge(MappingDigest(*policy.tasks["merge-salted"].stats["digest"]))
+    for r in range(partitions):
+        task = policy.tasks[f"reduce-{r}"]
+        if "digest" not in task.stats:
+            raise JobFailed(f"reducer {r} completed without its digest")
+        digest.merge(MappingDigest(*task.stats["digest"]))
+        rep.reducers.append({"partition": r, "records_in": task.stats["reduce_records_in"],
+                             "records_out": task.stats["reduce_records_out"],
+                             "bytes_in": task.stats["shuffle_bytes_read"],
+                             "seconds": task.stats.get("seconds", 0.0)})
+    rep.counters.update(totals)
+    return digest.fingerprint()

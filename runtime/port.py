@@ -1,0 +1,270 @@
+"""The executor port: the typed ids, events and actions between the policy and an executor,
+the protocol every executor implements, and the clocks the driver runs on.
+
+The policy (:mod:`mergeagg.runtime.master`) decides; an executor (worker processes on this
+machine, Dask, or workers simulated in this process) carries the decisions out and reports
+what happened; the driver (:mod:`mergeagg.runtime.driver`) is the loop between the two and
+the only code that talks to an executor. Everything that crosses the port is plain, typed
+data: no parsed strings, no tuples whose meaning depends on their position.
+
+>>> aid = AttemptId("map-3", 2)
+>>> str(aid), aid.task, aid.number, str(aid.moved())
+('map-3#2', 'map-3', 2, 'map-3#2~2')
+>>> clock = VirtualClock()
+>>> clock.advance(1.5); clock()
+1.5
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, runtime_checkable
+
+__all__ = [
+    "AttemptId",
+    "Event",
+    "Joined",
+    "Heartbeat",
+    "Lost",
+    "Finished",
+    "Failed",
+    "Cancelled",
+    "Launch",
+    "Cancel",
+    "KillWorker",
+    "Release",
+    "Executor",
+    "Clock",
+    "MonotonicClock",
+    "VirtualClock",
+    "NOT_YET",
+]
+
+
+class AttemptId(NamedTuple):
+    """Attempt ``number`` of task ``task``, in its ``placement``-th place: an attempt that
+    an idle worker took before it started keeps its number (its faults, its row in the
+    report) and gets the next placement. Cost: a tuple; hashable, cheap to pickle."""
+
+    task: str
+    number: int
+    placement: int = 1
+
+    def __str__(self):
+        base = f"{self.task}#{self.number}"
+        return base if self.placement == 1 else f"{base}~{self.placement}"
+
+    def moved(self):
+        """The id of the same attempt in its next place."""
+        return AttemptId(self.task, self.number, self.placement + 1)
+
+
+# -- events: what an executor reports -------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """``worker`` is ready for tasks."""
+
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """``worker`` was heard from (any message counts)."""
+
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """``worker`` died or was killed; ``cause`` says how (``process died with signal 9``)."""
+
+    worker: str
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """``attempt`` completed on ``worker`` with output reference ``ref`` (or ``None`` when
+    the executor keeps no reference) whose fingerprint is ``fingerprint``; ``stats`` are
+    the attempt's own measures (``seconds``, ``bytes_read``, shuffle counters...)."""
+
+    attempt: AttemptId
+    ref: object
+    fingerprint: str
+    stats: dict
+    worker: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """``attempt`` failed on ``worker``: ``kind`` is ``"raise"`` (user code raised; it is
+    retried), ``"input"`` (bad input: the job stops at once), ``"input_lost"`` (an input
+    could not be read; ``lost`` names the tasks whose outputs are gone, which run again)
+    or ``"nondeterministic"`` (a recomputed input changed)."""
+
+    attempt: AttemptId
+    kind: str
+    error: str
+    traceback: str = ""
+    lost: tuple = ()
+    worker: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """``attempt`` stopped on ``worker`` because it was cancelled."""
+
+    attempt: AttemptId
+    worker: str
+
+
+Event = Joined | Heartbeat | Lost | Finished | Failed | Cancelled
+
+
+# -- actions: what the policy decides -------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Run ``attempt`` of a task of kind ``kind`` (``map``, ``combine``, ``reduce``,
+    ``merge``) on ``worker``. A map reads ``split``; the others fold ``inputs``, the
+    output references of the task's children in fold order. ``index`` is the task's index
+    (a reducer's partition). ``backup`` marks a speculative copy, ``audit`` a verification
+    re-run."""
+
+    attempt: AttemptId
+    worker: str
+    kind: str
+    split: object = None
+    inputs: tuple = ()
+    index: int = 0
+    backup: bool = False
+    audit: bool = False
+
+    @property
+    def task(self):
+        return self.attempt.task
+
+    @property
+    def number(self):
+        return self.attempt.number
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop ``attempt`` on ``worker`` (a backup's loser, or an attempt moved elsewhere);
+    whatever it still reports is compared, then ignored."""
+
+    attempt: AttemptId
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class KillWorker:
+    """Kill and replace ``worker`` (silent past the heartbeat timeout, or a task timed out)."""
+
+    worker: str
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Output references nothing needs any more; the executor may free them."""
+
+    refs: tuple
+
+
+NOT_YET = object()  # what a driver's ``finish`` returns while the sinks' outputs are not in
+
+
+# -- the executor protocol -------------------------------------------------------------------
+
+@runtime_checkable
+class Executor(Protocol):
+    """What the driver needs of an executor. The local processes, Dask and the in-process
+    executor implement it; ``tests/runtime/test_executors.py`` is the contract suite a new
+    executor must pass.
+
+    * ``outputs_survive_worker``: the loss model. ``True`` if a dead worker's committed
+      outputs stay readable (one machine's disk); ``False`` if they die with it.
+    * ``start()`` / ``close()``: own and release every process, thread and directory.
+    * ``load_job(payload, faults) -> job``: ship a job's functions (an Aggregator or a
+      keyed job's spec) and fault plan to the workers once; ``drop_job(job)``.
+    * ``live_workers()``: workers ready for tasks now.
+    * ``apply(actions, job, hint)``: carry out :class:`Launch`, :class:`Cancel`,
+      :class:`KillWorker` and :class:`Release` actions (``hint``: the median map
+      attempt's seconds, for faults that strike part-way).
+    * ``events(timeout) -> list[Event]``: what happened, waiting at most ``timeout``
+      seconds of the executor's clock for something to happen.
+    * ``fetch(ref)``: the value behind a sink's output reference; raises
+      :class:`~mergeagg.runtime.worker.InputLost` naming the task if it is gone, or returns
+      :data:`NOT_YET` if it has not arrived.
+    """
+
+    outputs_survive_worker: bool
+
+    def start(self): ...
+
+    def close(self): ...
+
+    def load_job(self, payload, faults=None): ...
+
+    def drop_job(self, job): ...
+
+    def live_workers(self): ...
+
+    def apply(self, actions, job, hint=0.0): ...
+
+    def events(self, timeout): ...
+
+    def fetch(self, ref): ...
+
+
+# -- clocks ---------------------------------------------------------------------------------
+
+class Clock(Protocol):
+    """A clock is a callable that returns seconds; the driver and the policy read time
+    only through the one they are given."""
+
+    def __call__(self) -> float: ...
+
+
+class MonotonicClock:
+    """The production clock: :func:`time.monotonic`. ``sleep`` sleeps for real."""
+
+    __slots__ = ()
+
+    def __call__(self):
+        return time.monotonic()
+
+    @staticmethod
+    def sleep(seconds):
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+class VirtualClock:
+    """A clock that moves only when told: the in-process executor advances it by the
+    simulated duration of what runs, so timing logic (heartbeat timeouts, backups) is
+    tested without sleeping and every run is deterministic. Cost: O(1)."""
+
+    __slots__ = ("t",)
+
+    def __init__(self, start=0.0):
+        self.t = float(start)
+
+    def __call__(self):
+        return self.t
+
+    def advance(self, seconds):
+        """Move the clock ``seconds`` forward (never back)."""
+        if seconds > 0:
+            self.t += seconds
+
+    def advance_to(self, when):
+        """Move the clock to ``when`` if that is later than now."""
+        if when > self.t:
+            self.t = when
+
+    sleep = advance
