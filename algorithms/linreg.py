@@ -72,7 +72,7 @@ def rows_of(shard, intercept=True):
         records = shard if isinstance(shard, np.ndarray) else list(shard)
         if len(records) and isinstance(records[0], dict):
             keys = _dict_columns(records[0])
-            records = [_dict_row(r, keys) for r in records]
+            records = [_dict_row(r, keys, i) for i, r in enumerate(records)]
         data = np.asarray(records, dtype=np.float64)
         if data.ndim != 2 or data.shape[1] < 2:
             raise ValueError(f"a linreg shard needs rows of at least two numbers (features, "
@@ -90,13 +90,15 @@ def _dict_columns(rec):
     return [k for k in rec if k != "y"] + (["y"] if "y" in rec else [])
 
 
-def _dict_row(rec, keys=None):
+def _dict_row(rec, keys=None, index=None):
     keys = _dict_columns(rec) if keys is None else keys
     try:
         return [float(rec[k]) for k in keys]
     except ValueError:
         bad = next(k for k in keys if not _is_number(rec[k]))
-        raise ValueError(f"linreg needs numbers: column {bad!r} holds {rec[bad]!r}") from None
+        where = "" if index is None else f" (record {index + 1} of this shard)"
+        raise ValueError(f"linreg needs numbers: column {bad!r} holds {rec[bad]!r}"
+                         f"{where}") from None
     except KeyError as exc:
         raise ValueError(f"linreg: a record lacks the column {exc.args[0]!r} "
                          f"(its columns are {list(rec)})") from None
