@@ -507,7 +507,8 @@ class _FitResult:
 
 def run_linreg(job, source, **run_options):
     """The CLI's runner for ``linreg``: one ``mergeagg.run`` of :func:`normal_equations`,
-    or :func:`fit` with ``mergeagg.run`` as its runner (one run per step).
+    or :func:`fit` with the jobs of a ``mergeagg.Session`` as its runner (one job per step,
+    the workers started once; with injected ``faults``, one ``mergeagg.run`` per step).
 
     The facade's ``run`` is looked up at call time (this module imports no runtime);
     ``run_options`` are ``mergeagg.run``'s. Returns what ``run`` returns, with the
@@ -526,13 +527,31 @@ def run_linreg(job, source, **run_options):
     if job.method == "normal":
         return mergeagg.run(normal_equations(job.intercept, job.exact), source, **run_options)
     runs = []
-
-    def runner(aggregator, shards):
-        runs.append(mergeagg.run(aggregator, shards, **run_options))
-        return runs[-1].value
-
     start = time.perf_counter()
-    model = fit(source, runner, steps=job.steps, tol=job.tol, intercept=job.intercept)
+    if run_options.get("faults") is not None:
+        # Injected faults kill workers: every step gets a fresh pool, as mergeagg.run does.
+        def runner(aggregator, shards):
+            runs.append(mergeagg.run(aggregator, shards, **run_options))
+            return runs[-1].value
+
+        model = fit(source, runner, steps=job.steps, tol=job.tol, intercept=job.intercept)
+    else:
+        # One session for every step: the workers start once, not once per step.
+        options = dict(run_options)
+        per_job = {k: options.pop(k) for k in ("fan_in", "progress") if k in options}
+        options.pop("faults", None)
+        workers = options.pop("workers", None)
+        backend = options.pop("backend", "local")
+        if backend not in ("local", None):
+            workers = None  # a Dask session's workers are the cluster's
+        with mergeagg.Session(workers=workers, backend=backend or "local",
+                              **options) as session:
+            def runner(aggregator, shards):
+                runs.append(session.run(aggregator, shards, **per_job))
+                return runs[-1].value
+
+            model = fit(source, runner, steps=job.steps, tol=job.tol,
+                        intercept=job.intercept)
     return _FitResult(model, mergeagg.fingerprint(model),
                       _whole_job(runs, time.perf_counter() - start))
 

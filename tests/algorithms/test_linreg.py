@@ -258,3 +258,13 @@ def test_normal_equations_edge_cases():
     assert ma.fingerprint(pickle.loads(pickle.dumps(part))) == ma.fingerprint(part)
     assert ma.fingerprint(solve_normal(back.partial(rows))) == ma.fingerprint(
         agg.reduce([rows]))
+
+
+@pytest.mark.slow
+def test_gradient_descent_from_the_cli_runner_runs_every_step_on_one_session():
+    # <= fan_in shards: the session's fold is the serial loop's order, so bitwise equal.
+    shards, _ref = problem(parts=3)
+    serial = fit(shards, steps=4, tol=0.0)
+    out = run_linreg(linreg(method="gd", steps=4, tol=0.0), shards, workers=2)
+    assert ma.fingerprint(out.value) == ma.fingerprint(serial)
+    assert out.report.counters["runs"] == 5 and out.report.workers == 2
