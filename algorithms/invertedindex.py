@@ -33,11 +33,18 @@ its name ``"package.module:function"`` (on the command line: ``--tokenize``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import sys
+import unicodedata
+from array import array
 from collections import defaultdict, deque
+from dataclasses import dataclass
 from itertools import islice, repeat
-from operator import eq
+from operator import eq, ge
+
+import numpy as np
 
 from mergeagg import inputs as _inputs
 from mergeagg.algorithms._keyed import KeyedFold, order_key
@@ -54,11 +61,15 @@ __all__ = [
     "finalize_postings",
     "make_source",
     "load_tokenizer",
+    "natural_key",
+    "posting_ids",
 ]
 
 MODES = ("postings", "tf", "positions")
 _WORD = re.compile(r"\w+")
+_DIGITS = re.compile(r"(\d+)")
 _drain = deque(maxlen=0).extend  # runs an iterator to its end, in C
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def tokenize(text):
@@ -76,9 +87,50 @@ _default_tokenize = tokenize
 # -- the per-key pieces (what a keyed job needs) ---------------------------------------------
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_NUMPY_FROM = 64  # posting lists at least this long are sorted / checked in numpy
+
+
+def _pack(ids):
+    """Ints (each within int64) as little-endian int64 bytes."""
+    arr = array("q", ids)
+    if _BIG_ENDIAN:
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def posting_ids(acc):
+    """The document ids of a ``"postings"`` accumulator, in order, as a list.
+
+    The accumulator is a list of ids, or their little-endian int64 bytes (what the map
+    makes when every id of its shard is an int in the int64 range). Cost: O(ids).
+
+    >>> packed = (7).to_bytes(8, "little") + (2).to_bytes(8, "little")
+    >>> posting_ids([3, "a"]), posting_ids(packed), index_map([(7, "x")])["x"] == packed[:8]
+    ([3, 'a'], [7, 2], True)
+    """
+    if type(acc) is not bytes:
+        return list(acc)
+    arr = array("q")
+    arr.frombytes(acc)
+    if _BIG_ENDIAN:
+        arr.byteswap()
+    return arr.tolist()
+
+
 def _concat(a, b):
+    if type(a) is bytes:
+        if type(b) is bytes:
+            return a + b
+        a = posting_ids(a)
+    elif type(b) is bytes:
+        b = posting_ids(b)
     a.extend(b)
     return a
+
+
+def _copy_postings(acc):
+    return acc if type(acc) is bytes else list(acc)
 
 
 def _add_tf(a, b):
@@ -117,7 +169,17 @@ def _sorted_ids(ids):
 
 
 def _final_postings(acc):
-    return _sorted_ids(acc)
+    if type(acc) is not bytes:
+        return _sorted_ids(acc)
+    if len(acc) == 8:  # one document: most words of a Zipf vocabulary
+        return [int.from_bytes(acc, "little", signed=True)]
+    if len(acc) < 8 * _NUMPY_FROM:
+        ids = posting_ids(acc)
+        return sorted(set(ids)) if any(map(ge, ids, islice(ids, 1, None))) else ids
+    arr = np.frombuffer(acc, dtype="<i8")
+    if not (arr[1:] > arr[:-1]).all():  # the usual case: ids arrive sorted and distinct
+        arr = np.unique(arr)
+    return arr.tolist()
 
 
 def _final_tf(acc):
@@ -129,7 +191,7 @@ def _final_positions(acc):
 
 
 _PIECES = {
-    "postings": (_concat, list, _final_postings),
+    "postings": (_concat, _copy_postings, _final_postings),
     "tf": (_add_tf, dict, _final_tf),
     "positions": (_add_positions, _copy_positions, _final_positions),
 }
@@ -220,9 +282,12 @@ def _record_document(record, id_field, text_field):
 def index_map(shard, mode="postings", tokenize=tokenize, id_field="id", text_field="text"):
     """One shard's dict word -> per-key accumulator.
 
-    The accumulator is a list of document ids (``"postings"``; an id may repeat if a
-    document spans records — finalize removes repeats; lists because they fingerprint
-    several times faster than sets), or a dict doc -> term frequency or positions.
+    The accumulator is, for ``"postings"``, the word's document ids in record order (an id
+    may repeat if a document spans records; finalize removes repeats): their little-endian
+    int64 bytes when every id of the shard is an int in the int64 range (the common case:
+    bytes pickle, fingerprint and concatenate in C, where lists of ints cost per id), else
+    a list (see :func:`posting_ids`). For ``"tf"`` and ``"positions"`` it is a dict
+    doc -> term frequency or positions.
 
     A plain-text file split is one document (its path); any other shard is records.
     Cost: O(characters of the shard) plus one dict update per token.
@@ -243,11 +308,49 @@ def index_map(shard, mode="postings", tokenize=tokenize, id_field="id", text_fie
                 f"before the end of the file; use a split size above the largest file")
         _add_document(index, split.path, tokenize(shard.text()), mode)
         return index
+    records = shard if isinstance(shard, (list, tuple)) else list(shard)
+    if records and _is_file_line(records[0]):
+        # Lines of a file read whole (gzip and other compressed files): one document each.
+        for doc, text in _file_documents(records):
+            _add_document(index, doc, tokenize(text), mode)
+        return index
     if mode == "postings":
-        return _postings_map(shard, tokenize, id_field, text_field)
-    for doc, tokens in _documents(shard, tokenize, id_field, text_field):
+        return _postings_map(records, tokenize, id_field, text_field)
+    for doc, tokens in _documents(records, tokenize, id_field, text_field):
         _add_document(index, doc, tokens, mode)
     return index
+
+
+@dataclass(frozen=True)
+class _WholeFile:
+    """The tag :func:`make_source` puts on the lines of a file that is read whole (a
+    compressed file): its lines are one document, whose id is ``path``."""
+
+    path: str
+
+
+def _is_file_line(record):
+    return type(record) is tuple and len(record) == 2 and type(record[0]) is _WholeFile
+
+
+def _file_documents(records):
+    """``(path, text)`` of each file whose tagged lines are in ``records`` (in order).
+
+    The lines of a file are joined by ``\\n``, so positions count from its first token.
+    """
+    path, lines = None, []
+    for record in records:
+        if not _is_file_line(record):
+            raise TypeError(f"a shard mixes the lines of a whole file with other records "
+                            f"(got a {type(record).__name__} after the lines of {path!r})")
+        tag, line = record
+        if tag.path != path:
+            if lines:
+                yield path, "\n".join(lines)
+            path, lines = tag.path, []
+        lines.append(line)
+    if lines:
+        yield path, "\n".join(lines)
 
 
 def _documents(shard, tokenize, id_field, text_field):
@@ -270,12 +373,18 @@ def _postings_map(shard, tokenize, id_field, text_field):
     ``dict.fromkeys`` keeps a document's distinct words in first-seen order; a
     ``defaultdict(list)`` looked up and appended to through ``map`` (no Python loop per
     word) builds exactly the dict of the word-at-a-time loop, same keys in the same order,
-    same lists, in about half its time. Cost: O(tokens).
+    same lists, in about half its time; with int ids each list is then packed as int64
+    bytes. Cost: O(tokens).
     """
     lists = defaultdict(list)
     lookup, append = lists.__getitem__, list.append
+    ints = True
     for doc, tokens in _documents(shard, tokenize, id_field, text_field):
         _drain(map(append, map(lookup, dict.fromkeys(tokens)), repeat(doc)))
+        if ints and not (type(doc) is int and _INT64_MIN <= doc <= _INT64_MAX):
+            ints = False
+    if ints:
+        return {word: _pack(ids) for word, ids in lists.items()}
     return dict(lists)
 
 
@@ -354,32 +463,79 @@ def invertedindex(mode="postings", tokenize=tokenize, id_field="id", text_field=
 
 
 _RECORD_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+_COMPRESSED = (".gz", ".bz2", ".xz")
+
+
+def _format_of(path):
+    """The document format a file name says, under any compression suffix."""
+    stem, ext = os.path.splitext(os.fspath(path))
+    if ext.lower() in _COMPRESSED:
+        ext = os.path.splitext(stem)[1]
+    return _RECORD_FORMATS.get(ext.lower(), "text")
 
 
 def make_source(inputs, split_size=None, params=None):
     """The source ``mergeagg run invertedindex`` reads: records or whole-file documents.
 
-    Files ending in ``.jsonl``, ``.ndjson``, ``.json`` or ``.csv`` are document records;
-    others are plain-text documents, one per file, kept whole in one split when
-    ``mode="positions"``. Cost: one ``stat`` per file.
+    Files ending in ``.jsonl``, ``.ndjson``, ``.json`` or ``.csv`` (also under ``.gz``,
+    ``.bz2`` or ``.xz``) are document records, unless ``params["_format"]`` (the CLI's
+    ``--format``) says otherwise; others are plain-text documents, one per file, kept whole
+    in one split when ``mode="positions"``. A compressed text file is read whole: its lines
+    come tagged with the file, so that the map sees one document. Cost: one ``stat`` per
+    file.
 
-    >>> import os, tempfile
+    >>> import gzip, os, tempfile
     >>> d = tempfile.mkdtemp(); p = os.path.join(d, "a.txt")
     >>> with open(p, "w") as f:
     ...     _ = f.write("x y\\n" * 100)
     >>> len(make_source([p], 64, {})), len(make_source([p], 64, {"mode": "positions"}))
     (7, 1)
+    >>> with gzip.open(p + ".gz", "wt") as f:
+    ...     _ = f.write("to be\\nor not\\n")
+    >>> src = make_source([p + ".gz"])
+    >>> invertedindex().reduce(src.read(s) for s in src.splits())["or"] == [p + ".gz"]
+    True
     """
     params = params or {}
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    formats = {_RECORD_FORMATS.get(os.path.splitext(os.fspath(p))[1].lower(), "text")
-               for p in paths}
-    if len(formats) > 1:
-        raise ValueError(f"mix of document formats {sorted(formats)}: give one kind of file")
-    fmt = formats.pop()
+    fmt = params.get("_format")
+    if fmt is None:
+        formats = {_format_of(p) for p in paths}
+        if len(formats) > 1:
+            raise ValueError(f"mix of document formats {sorted(formats)}: give one kind of "
+                             f"file (or --format)")
+        fmt = formats.pop()
     if fmt == "text" and params.get("mode") == "positions":
         split_size = 1 << 62  # one split per file
-    return _inputs.files(paths, split_size=split_size, format=fmt)
+    src = _inputs.files(paths, split_size=split_size, format=fmt)
+    if fmt != "text" or all(s.kind == "text" for s in src.splits()):
+        return src
+    # A split that is not a byte range of a plain file (a compressed file, read whole) comes
+    # as a list of lines: tag them with the file, so the map sees one document.
+    splits = [s if s.kind == "text" else dataclasses.replace(s, tag=_WholeFile(s.path))
+              for s in src.splits()]
+    return _inputs.Source(splits, src.description)
+
+
+def _digit_run(run):
+    digits = "".join(str(unicodedata.decimal(c)) for c in run).lstrip("0")
+    return len(digits), digits
+
+
+def natural_key(word):
+    """A sort key that orders the digit runs of a str word as numbers: ``w2`` < ``w10``.
+
+    Words that tie as numbers (``7`` and ``07``) are then ordered as strs, so the order is
+    total and deterministic; a word that is not a str sorts after the strs, by
+    :func:`~mergeagg.algorithms._keyed.order_key`. Cost: O(len(word)).
+
+    >>> sorted(["10", "b", "2", "a10", "a9", "07", "7", "0"], key=natural_key)
+    ['0', '2', '07', '7', '10', 'a9', 'a10', 'b']
+    """
+    if not isinstance(word, str):
+        return (1, (), order_key(word))
+    parts = _DIGITS.split(word)
+    return (0, tuple(_digit_run(p) if i % 2 else p for i, p in enumerate(parts)), word)
 
 
 def _summarize(value, params):
@@ -388,7 +544,7 @@ def _summarize(value, params):
     postings = sum(len(v) for v in value.values())
     lines = [f"{len(value)} words, {postings} postings"]
     top = params.get("_top", 10)
-    biggest = sorted(value.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:top]
+    biggest = sorted(value.items(), key=lambda kv: (-len(kv[1]), natural_key(kv[0])))[:top]
     for word, plist in biggest:
         lines.append(f"{len(plist):>10}  {word}")
     return lines

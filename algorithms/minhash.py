@@ -25,13 +25,18 @@ True
 from __future__ import annotations
 
 import base64
+import dataclasses
+import enum
 import functools
 import itertools
+import json
 import math
+import os
 import struct
 
 import numpy as np
 
+from mergeagg import inputs as _inputs
 from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._sketch import (
     HASH_ID,
@@ -47,7 +52,8 @@ from mergeagg.algorithms._sketch import (
 )
 from mergeagg.algorithms.registry import Entry, Flag
 
-__all__ = ["MinHash", "LSHIndex", "signatures", "optimal_bands", "s_curve", "minhash"]
+__all__ = ["MinHash", "LSHIndex", "signatures", "optimal_bands", "s_curve", "minhash",
+           "similarity", "similarity_source", "Similarity"]
 
 _EMPTY = np.uint64((1 << 64) - 1)
 _BLOCK = 1 << 12  # hashes per (num_perm x block) step: about 4 MiB at 128 permutations
@@ -500,7 +506,7 @@ class LSHIndex:
                 f"bands={self.bands}, rows={self.rows}, keys={len(self.keys())})")
 
 
-# -- the catalog entry ----------------------------------------------------------------------
+# -- comparing inputs: the catalog entry ---------------------------------------------------
 
 
 def _mh_partial(num_perm, seed, shard):
@@ -510,8 +516,9 @@ def _mh_partial(num_perm, seed, shard):
 def minhash(num_perm=128, seed=0):
     """An Aggregator whose value is the :class:`MinHash` of the set of records (lines).
 
-    Compare the results of two runs with ``a.value.jaccard(b.value)``. Cost: one bulk update
-    per shard, O(num_perm) per combine.
+    Every record of every shard goes into one signature (the union of the inputs); to
+    compare inputs, see :func:`similarity`. Cost: one bulk update per shard, O(num_perm)
+    per combine.
 
     >>> agg = minhash(num_perm=64)
     >>> x = agg.reduce([["a", "b"], ["c"]])
@@ -524,21 +531,279 @@ def minhash(num_perm=128, seed=0):
                       name="minhash")
 
 
+class _Announce(enum.Enum):
+    """The record of the extra split that names every input (so an input that gives no
+    record at all is still in the result)."""
+
+    INPUT = "input"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Input:
+    """The tag on each record of input ``index`` of a comparison; ``names`` names them all
+    (so the result knows every input, even one that gives no record)."""
+
+    index: int
+    names: tuple
+
+
+def similarity_source(inputs, *, split_size=None, format="text", errors="strict"):
+    """The source of :func:`similarity`: each input's records tagged with that input.
+
+    ``inputs`` is a list; each item is one set: a path, glob or directory (all its files'
+    lines), ``"-"`` for standard input, or an in-memory list of records (one shard). Each
+    is split as :func:`mergeagg.inputs.as_source` would split it; one more in-memory split
+    announces every input (so an empty one is still compared). Cost: one ``stat`` per
+    file.
+
+    >>> src = similarity_source([["x", "y"], ["y"]])
+    >>> [len(list(src.read(s))) for s in src.splits()]
+    [2, 1, 2]
+    """
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        raise TypeError("similarity_source takes a list of inputs (each one set), not a "
+                        "single path")
+    items = list(inputs)
+    if not items:
+        raise ValueError("similarity_source needs at least one input")
+    names = tuple(os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"input {i}"
+                  for i, x in enumerate(items))
+    sources = []
+    for i, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):
+            one = _inputs.as_source(item, split_size=split_size, format=format, errors=errors)
+        else:
+            one = _inputs.shards([item])
+        tag = _Input(i, names)
+        sources.append(_inputs.Source([dataclasses.replace(sp, tag=tag) for sp in one.splits()],
+                                      f"{names[i]!r}: {one.description}"))
+    announce = _inputs.shards([[(_Input(i, names), _Announce.INPUT) for i in range(len(names))]])
+    return _inputs.concat(*sources, announce)
+
+
+@dataclasses.dataclass(frozen=True)
+class Similarity:
+    """The value of :func:`similarity`: a MinHash per input and, if asked, exact counts.
+
+    ``names[i]`` names input ``i`` and ``signatures[i]`` is the MinHash of its set of
+    records; ``distinct[i]`` is its exact number of distinct records and ``exact`` holds
+    ``(i, j, |A & B|, |A | B|)`` for every pair ``i < j`` (both ``None`` unless
+    ``exact=True``). Cost: O(inputs x num_perm) memory, plus O(inputs**2) pairs.
+
+    >>> src = similarity_source([["a", "b", "c"], ["b", "c", "d"]])
+    >>> sim = similarity(num_perm=256, exact=True).reduce(src.read(s) for s in src.splits())
+    >>> sim.exact_jaccard(0, 1), abs(sim.jaccard(0, 1) - 0.5) < 3 * (0.25 / 256) ** 0.5
+    (0.5, True)
+    """
+
+    names: tuple
+    signatures: tuple
+    distinct: tuple | None = None
+    exact: tuple | None = None
+
+    def jaccard(self, i, j):
+        """The MinHash estimate of the Jaccard similarity of inputs ``i`` and ``j``.
+
+        Standard error ``sqrt(J (1 - J) / num_perm)``; two empty inputs compare as 1.0.
+        Cost: O(num_perm).
+        """
+        return self.signatures[i].jaccard(self.signatures[j])
+
+    def standard_error(self, i, j):
+        """The standard error of :meth:`jaccard` at its own estimate. Cost: O(num_perm).
+
+        >>> same = tuple(MinHash(16).update([1]) for _ in "ab")
+        >>> Similarity(("a", "b"), same).standard_error(0, 1)
+        0.0
+        """
+        jac = self.jaccard(i, j)
+        return math.sqrt(jac * (1.0 - jac) / self.signatures[i].num_perm)
+
+    def exact_jaccard(self, i, j):
+        """The exact Jaccard similarity ``|A & B| / |A | B|`` (1.0 for two empty sets).
+
+        Raises ``ValueError`` unless the comparison was run with ``exact=True``. Cost: O(pairs).
+        """
+        if self.exact is None:
+            raise ValueError("the exact Jaccard similarity needs similarity(exact=True) "
+                             "(--exact on the command line)")
+        a, b = min(i, j), max(i, j)
+        if a == b:
+            return 1.0
+        for x, y, inter, union in self.exact:
+            if (x, y) == (a, b):
+                return inter / union if union else 1.0
+        raise IndexError(f"no inputs {i} and {j} in a comparison of {len(self.names)}")
+
+    def pairs(self):
+        """Every pair ``(i, j)``, ``i < j``, in order. Cost: O(inputs**2).
+
+        >>> Similarity(("a", "b", "c"), ()).pairs()
+        [(0, 1), (0, 2), (1, 2)]
+        """
+        n = len(self.names)
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+    def to_jsonable(self):
+        """A JSON-ready summary: the inputs, their signatures and every pair's figures."""
+        out = {"inputs": [{"name": name, "signature": sig.to_jsonable(),
+                           **({"distinct": self.distinct[i]} if self.distinct else {})}
+                          for i, (name, sig) in enumerate(zip(self.names, self.signatures))],
+               "pairs": []}
+        for i, j in self.pairs():
+            pair = {"a": self.names[i], "b": self.names[j], "estimate": self.jaccard(i, j),
+                    "standard_error": self.standard_error(i, j)}
+            if self.exact is not None:
+                pair["exact"] = self.exact_jaccard(i, j)
+            out["pairs"].append(pair)
+        return out
+
+
+@dataclasses.dataclass(slots=True)
+class _Sets:
+    """The accumulator of :func:`similarity`: per input index, its MinHash and (exact mode)
+    its set of records; ``names`` comes from the records' tags."""
+
+    names: tuple
+    parts: dict
+
+
+def _record_key(record):
+    # Lines (text input) are keys as they are; a CSV / JSON record is its canonical JSON.
+    if isinstance(record, (str, bytes)):
+        return record
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _similarity_partial(num_perm, seed, exact, shard):
+    groups = {}
+    names = ()
+    for record in shard:
+        if not (type(record) is tuple and len(record) == 2 and type(record[0]) is _Input):
+            raise TypeError(
+                f"similarity() needs records tagged with their input, as similarity_source() "
+                f"makes them; got a {type(record).__name__}")
+        tag, value = record
+        names = tag.names
+        lines = groups.get(tag.index)
+        if lines is None:
+            groups[tag.index] = lines = []
+        if value is not _Announce.INPUT:
+            lines.append(value)
+    parts = {}
+    for index, lines in groups.items():
+        if lines and not isinstance(lines[0], str):
+            lines = [_record_key(r) for r in lines]
+        parts[index] = [MinHash(num_perm, seed).update(lines), set(lines) if exact else None]
+    return _Sets(names, parts)
+
+
+def _similarity_combine(a, b):
+    if a.names and b.names and a.names != b.names:
+        raise ValueError(f"records of two different comparisons meet: inputs {a.names} and "
+                         f"{b.names}")
+    a.names = a.names or b.names
+    for index, (sig, lines) in b.parts.items():
+        mine = a.parts.get(index)
+        if mine is None:
+            a.parts[index] = [sig.copy(), None if lines is None else set(lines)]
+        else:
+            mine[0].merge(sig)
+            if lines is not None:
+                mine[1] |= lines
+    return a
+
+
+def _similarity_finalize(num_perm, seed, exact, acc):
+    n = len(acc.names)
+    empty = [MinHash(num_perm, seed), set()]
+    parts = [acc.parts.get(i, empty) for i in range(n)]
+    sigs = tuple(p[0] for p in parts)
+    if not exact:
+        return Similarity(acc.names, sigs)
+    sets = [p[1] for p in parts]
+    pairs = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            small, big = sorted((sets[i], sets[j]), key=len)
+            inter = sum(1 for x in small if x in big)
+            pairs.append((i, j, inter, len(sets[i]) + len(sets[j]) - inter))
+    return Similarity(acc.names, sigs, tuple(map(len, sets)), tuple(pairs))
+
+
+def similarity(num_perm=128, seed=0, exact=False):
+    """An Aggregator comparing inputs: one MinHash per input, their Jaccard similarities.
+
+    It reads the records of :func:`similarity_source` (each tagged with its input); its
+    value is a :class:`Similarity`. With ``exact=True`` each input's set of records is kept
+    as well, for the exact Jaccard similarity of every pair: O(distinct records) memory.
+    Lines are keys as they are; CSV or JSON records by their canonical JSON. Cost: as
+    :func:`minhash` per record (plus a set insert when exact); a combine is O(num_perm) per
+    input (plus the smaller set, when exact).
+
+    >>> src = similarity_source([["to", "be"], ["to", "be", "or"], []])
+    >>> sim = similarity(num_perm=64, exact=True).reduce(src.read(s) for s in src.splits())
+    >>> sim.names, sim.distinct, [round(sim.exact_jaccard(*p), 3) for p in sim.pairs()]
+    (('input 0', 'input 1', 'input 2'), (2, 3, 0), [0.667, 0.0, 0.0])
+    """
+    check_int("num_perm", num_perm, 1, _MAX_PERM)
+    check_seed(seed)
+    if not isinstance(exact, bool):
+        raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
+    return Aggregator(functools.partial(_similarity_partial, num_perm, seed, exact),
+                      _similarity_combine,
+                      functools.partial(_similarity_finalize, num_perm, seed, exact),
+                      name="minhash-similarity")
+
+
+def _make_source(inputs, split_size, params):
+    return similarity_source(list(inputs), split_size=split_size,
+                             format=params.get("_format") or "text")
+
+
 def _summarize(value, params):
-    head = " ".join(f"{int(v):016x}" for v in value.hashvalues[:4])
-    return [f"MinHash of the set of lines: num_perm={value.num_perm}, seed={value.seed}, "
-            f"~{value.count():,.0f} distinct lines",
-            f"signature begins {head} ...",
-            f"bytes (base64): {value.to_jsonable()['bytes_base64'][:60]}..."]
+    if not value.names:
+        return ["no records in any input"]
+    num_perm = value.signatures[0].num_perm
+    lines = []
+    if len(value.names) == 1:
+        sig = value.signatures[0]
+        head = " ".join(f"{int(v):016x}" for v in sig.hashvalues[:4])
+        lines += [f"MinHash of the set of lines: num_perm={num_perm}, seed={sig.seed}, "
+                  f"~{sig.count():,.0f} distinct lines",
+                  f"signature begins {head} ...",
+                  f"bytes (base64): {sig.to_jsonable()['bytes_base64'][:60]}..."]
+        if value.distinct is not None:
+            lines.append(f"exact: {value.distinct[0]:,} distinct lines")
+        lines.append("(give two or more inputs to compare them)")
+        return lines
+    for k, (i, j) in enumerate(value.pairs()):
+        line = (f"Jaccard({value.names[i]}, {value.names[j]}) ~ {value.jaccard(i, j):.4f} "
+                f"(MinHash estimate, standard error {value.standard_error(i, j):.4f})")
+        if value.exact is not None:
+            inter, union = value.exact[k][2:]
+            line += f"; exact {value.exact_jaccard(i, j):.4f} ({inter:,} of {union:,} lines)"
+        lines.append(line)
+    for i, name in enumerate(value.names):
+        sig = value.signatures[i]
+        exact = f" (exact {value.distinct[i]:,})" if value.distinct is not None else ""
+        lines.append(f"{name}: ~{sig.count():,.0f} distinct lines{exact}")
+    lines.append(f"num_perm={num_perm}, seed={value.signatures[0].seed}")
+    return lines
 
 
 ENTRY = Entry(
     name="minhash",
-    summary="MinHash signature of the set of lines (compare two inputs' Jaccard similarity)",
-    factory=minhash,
+    summary="compare inputs' sets of lines: Jaccard similarity by MinHash (--exact also "
+            "computes it exactly)",
+    factory=similarity,
     flags=(
         Flag("--num-perm", type=int, default=128, help="permutations (default 128)"),
         Flag("--seed", type=int, default=0, help="hash seed (0..2**32-1)"),
+        Flag("--exact", action="store_true", default=False,
+             help="also keep each input's set of lines for the exact Jaccard similarity"),
     ),
+    make_source=_make_source,
     summarize=_summarize,
+    jsonable=Similarity.to_jsonable,
 )

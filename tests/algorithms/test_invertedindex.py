@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mergeagg as ma
-from mergeagg.algorithms.invertedindex import index_map, invertedindex, make_source, tokenize
+from mergeagg.algorithms.invertedindex import (
+    index_map,
+    invertedindex,
+    make_source,
+    posting_ids,
+    tokenize,
+)
 from mergeagg.cli import main as cli_main
 
 WORDS = st.sampled_from(["apple", "Bob", "cat", "dog", "eel", "fig", "gnu"])
@@ -215,5 +221,123 @@ def test_postings_map_equals_the_word_at_a_time_loop(docs):
         for word in dict.fromkeys(tokenize(text)):
             expected.setdefault(word, []).append(doc)
     got = index_map(docs)
-    assert list(got.items()) == list(expected.items())
-    assert all(type(a) is type(b) for w in got for a, b in zip(got[w], expected[w]))
+    ids = {w: posting_ids(acc) for w, acc in got.items()}
+    assert list(ids.items()) == list(expected.items())
+    assert all(type(a) is type(b) for w in got for a, b in zip(ids[w], expected[w]))
+    # packed as int64 bytes exactly when every id is a plain int within int64
+    packable = all(type(d) is int and -(2**63) <= d < 2**63 for d, _ in docs)
+    assert all(type(acc) is (bytes if packable else list) for acc in got.values())
+
+
+
+def summary(capsys):
+    """The lines the CLI printed about the index (whatever comes before or after them)."""
+    out = capsys.readouterr().out.splitlines()
+    first = next(i for i, line in enumerate(out) if " words, " in line)
+    return [out[first]] + [ln for ln in out[first + 1:] if ln.startswith("   ")]
+
+
+@pytest.mark.parametrize("mode", ["postings", "tf", "positions"])
+def test_a_gzip_text_file_is_one_document_like_the_plain_file(tmp_path, mode):
+    import gzip
+
+    text = "Red fish\nblue fish\r\n\nold fish new FISH\n" * 30
+    plain, packed = tmp_path / "a.txt", tmp_path / "b.txt.gz"
+    plain.write_text(text)
+    with gzip.open(packed, "wt", newline="") as f:
+        f.write(text)
+    agg = invertedindex(mode=mode)
+    got_plain = ma.run(agg, make_source([str(plain)], 64, {"mode": mode}), workers=0).value
+    got_gz = ma.run(agg, make_source([str(packed)], 64, {"mode": mode}), workers=0).value
+    relabel = {str(packed): str(plain)}
+    if mode == "postings":
+        moved = {w: [relabel[d] for d in ds] for w, ds in got_gz.items()}
+    else:
+        moved = {w: [(relabel[d], v) for d, v in ds] for w, ds in got_gz.items()}
+    assert moved == got_plain
+    expected = {"postings": [str(plain)], "tf": [(str(plain), 120)],
+                "positions": [(str(plain), [p for i in range(30) for p in (8 * i + 1, 8 * i + 3,
+                                                                        8 * i + 5, 8 * i + 7)])]}
+    assert got_plain["fish"] == expected[mode]
+
+
+def test_compressed_records_and_text_files_on_the_command_line(tmp_path, capsys):
+    import gzip
+
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.write('{"id": 1, "text": "to be or not"}\n{"id": 2, "text": "to be"}\n')
+    assert cli_main(["run", "invertedindex", str(tmp_path / "d.jsonl.gz"), "--workers",
+                     "0"]) == 0
+    assert "4 words, 6 postings" in summary(capsys)
+    for i in range(3):
+        with gzip.open(tmp_path / f"t{i}.txt.gz", "wt") as f:
+            f.write(f"common line\nword{i}\n")
+    paths = sorted(str(p) for p in tmp_path.glob("t*.txt.gz"))
+    assert cli_main(["run", "invertedindex", *paths, "--workers", "0", "--mode",
+                     "positions"]) == 0
+    assert summary(capsys)[:3] == ["5 words, 9 postings", "         3  common",
+                                   "         3  line"]
+    # --format overrides the extension: the same .gz read as records
+    assert cli_main(["run", "invertedindex", paths[0], "--workers", "0", "--format",
+                     "jsonl"]) == 1
+    assert "invalid JSON" in capsys.readouterr().err
+
+
+def test_top_orders_ties_naturally(tmp_path, capsys):
+    from mergeagg.algorithms.invertedindex import natural_key
+
+    for i in range(12):
+        (tmp_path / f"d{i}.txt").write_text(f"n{i} {i} all\n")
+    assert cli_main(["run", "invertedindex", str(tmp_path), "--workers", "0", "--top",
+                     "14"]) == 0
+    words = [line.split()[1] for line in summary(capsys)[1:]]
+    assert words == ["all", *map(str, range(12)), "n0"]
+    assert sorted(["x10", "x9", "X1", "07", "7", 3, None], key=natural_key) == [
+        "07", "7", "X1", "x9", "x10", None, 3]
+
+
+@given(st.lists(st.text("ab0129\u0663", max_size=6), max_size=12), st.randoms())
+def test_natural_order_is_total_and_numbers_sort_as_numbers(words, rnd):
+    from mergeagg.algorithms.invertedindex import natural_key
+
+    once = sorted(words, key=natural_key)
+    shuffled = list(words)
+    rnd.shuffle(shuffled)
+    assert sorted(shuffled, key=natural_key) == once  # no two distinct words tie
+    numbers = [w for w in once if w.isdecimal()]
+    assert [int(w) for w in numbers] == sorted(int(w) for w in numbers)
+
+
+MIXED_ID = st.one_of(st.integers(-(2**65), 2**65), st.integers(0, 9), st.text("ab", max_size=2))
+
+
+@given(st.lists(st.lists(st.tuples(MIXED_ID, st.lists(WORDS, max_size=5).map(" ".join)),
+                         max_size=6), min_size=1, max_size=5), st.integers(1, 3))
+def test_packed_and_listed_postings_merge_to_the_reference(shards, partitions):
+    # Shards of int ids travel as int64 bytes, others (big ints, strs) as lists; any mix of
+    # them merges into the same sorted, distinct posting lists, fold or keyed.
+    from mergeagg.algorithms._keyed import order_key
+
+    index = {}
+    for shard in shards:
+        for doc, text in shard:
+            for word in tokenize(text):
+                index.setdefault(word, set()).add(doc)
+    expected = {w: sorted(ids, key=order_key) for w, ids in sorted(index.items())}
+    fold = ma.run(invertedindex(), shards, workers=0)
+    keyed = ma.run(invertedindex(keyed=True), shards, workers=0, partitions=partitions)
+    assert fold.value == expected and keyed.value == expected
+    assert fold.fingerprint == keyed.fingerprint == ma.fingerprint(expected)
+
+
+def test_long_packed_posting_lists_are_sorted_and_distinct_in_numpy():
+    from mergeagg.algorithms.invertedindex import combine_postings, finalize_postings
+
+    combine, finalize = combine_postings("postings"), finalize_postings("postings")
+    first = index_map([(i, "w") for i in range(0, 300, 2)])["w"]
+    second = index_map([(i, "w") for i in range(100, 400, 3)])["w"]
+    assert type(first) is bytes and len(first) == 8 * 150
+    merged = finalize(combine(first, second))
+    assert merged == sorted(set(range(0, 300, 2)) | set(range(100, 400, 3)))
+    assert finalize(index_map([(i, "w") for i in range(200)])["w"]) == list(range(200))
+    assert finalize(combine(index_map([(5, "w")])["w"], [3, "x"])) == [3, 5, "x"]

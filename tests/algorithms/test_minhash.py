@@ -18,6 +18,8 @@ from mergeagg.algorithms.minhash import (
     optimal_bands,
     s_curve,
     signatures,
+    similarity,
+    similarity_source,
 )
 from mergeagg.errors import IncompatibleMergeError
 
@@ -212,11 +214,92 @@ def test_garbage_bytes_are_rejected():
             MinHash.from_bytes(data)
 
 
-def test_cli_minhash(tmp_path, capsys):
+def test_cli_minhash_of_one_input(tmp_path, capsys):
     from mergeagg.cli import main
 
     path = tmp_path / "x.txt"
     path.write_text("a\nb\nc\n")
     assert main(["run", "minhash", str(path), "--workers", "0", "--num-perm", "64"]) == 0
-    assert "num_perm=64" in capsys.readouterr().out
-    assert mergeagg.algorithms.minhash is minhash
+    out = capsys.readouterr().out
+    assert "num_perm=64" in out and "give two or more inputs" in out
+    assert mergeagg.algorithms.minhash is similarity
+
+
+def _set_jaccard(a, b):
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+@given(st.lists(st.lists(st.sampled_from("abcdefghij"), max_size=15), min_size=1, max_size=4),
+       st.data())
+def test_similarity_is_each_inputs_minhash_whatever_the_sharding(sets, data):
+    # Each input cut into shards at random points (several splits per input, as files are):
+    # the signatures are those of each whole set, the exact figures those of Python's sets,
+    # and the fingerprint does not depend on the cuts.
+    src = similarity_source(sets)
+    tagged = [list(src.read(sp)) for sp in src.splits()]  # one list of records per input
+    shards = []
+    for records in tagged:
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(records)), max_size=3)))
+        bounds = [0, *cuts, len(records)]
+        shards += [records[a:b] for a, b in zip(bounds, bounds[1:])]
+    order = data.draw(st.permutations(range(len(shards))))
+    agg = similarity(num_perm=32, seed=5, exact=True)
+    got = mergeagg.run(agg, [shards[k] for k in order], workers=0, fan_in=2)
+    whole = similarity(num_perm=32, seed=5, exact=True).reduce(tagged)
+    names = tuple(f"input {i}" for i in range(len(sets)))
+    assert got.fingerprint == mergeagg.fingerprint(whole)
+    value = got.value
+    assert value.names == names
+    assert value.distinct == tuple(len(set(lines)) for lines in sets)
+    for i, lines in enumerate(sets):
+        assert value.signatures[i] == MinHash(32, seed=5).update(lines)
+    for i, j in value.pairs():
+        assert value.exact_jaccard(i, j) == _set_jaccard(set(sets[i]), set(sets[j]))
+        assert value.jaccard(i, j) == value.signatures[i].jaccard(value.signatures[j])
+
+
+def test_similarity_on_files_with_workers_and_its_errors(tmp_path):
+    rng = np.random.default_rng(3)
+    a = [f"line {x}" for x in rng.integers(0, 400, 300)]
+    b = [f"line {x}" for x in rng.integers(200, 600, 300)]
+    (tmp_path / "a.txt").write_text("\n".join(a) + "\n")
+    (tmp_path / "b.txt").write_text("\n".join(b) + "\n")
+    (tmp_path / "empty.txt").write_text("")
+    paths = [str(tmp_path / n) for n in ("a.txt", "b.txt", "empty.txt")]
+    src = similarity_source(paths, split_size=256)
+    assert len(src) > 6
+    serial = mergeagg.run(similarity(exact=True), src, workers=0)
+    parallel = mergeagg.run(similarity(exact=True), src, workers=2)
+    assert parallel.fingerprint == serial.fingerprint
+    sim = serial.value
+    assert sim.names == tuple(paths) and sim.distinct == (len(set(a)), len(set(b)), 0)
+    assert sim.exact_jaccard(0, 1) == _set_jaccard(set(a), set(b))
+    assert sim.signatures[2].is_empty() and sim.exact_jaccard(0, 2) == 0.0
+    assert abs(sim.jaccard(0, 1) - sim.exact_jaccard(0, 1)) < 4 * math.sqrt(0.25 / 128)
+    assert pickle.loads(pickle.dumps(sim)) == sim
+    with pytest.raises(ValueError, match="exact=True"):
+        mergeagg.run(similarity(), src, workers=0).value.exact_jaccard(0, 1)
+    with pytest.raises(TypeError, match="tagged with their input"):
+        similarity().reduce([["a line"]])
+    with pytest.raises(TypeError, match="list of inputs"):
+        similarity_source(paths[0])
+
+
+def test_cli_compares_two_inputs(tmp_path, capsys):
+    import json
+
+    from mergeagg.cli import main
+
+    (tmp_path / "a.txt").write_text("".join(f"{i}\n" for i in range(0, 60)))
+    (tmp_path / "b.txt").write_text("".join(f"{i}\n" for i in range(30, 90)))
+    out = tmp_path / "sim.json"
+    argv = ["run", "minhash", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "--workers",
+            "0", "--split-size", "64"]
+    assert main(argv + ["--exact", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "exact 0.3333 (30 of 90 lines)" in text and "MinHash estimate" in text
+    pair = json.loads(out.read_text())["value"]["pairs"][0]
+    assert pair["exact"] == 1 / 3 and abs(pair["estimate"] - 1 / 3) < 4 * math.sqrt(2 / 9 / 128)
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"~ {pair['estimate']:.4f}" in text and "exact" not in text
