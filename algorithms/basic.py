@@ -3,7 +3,11 @@
 Records are numbers: Python ints and floats, numpy arrays (every element counts), or text
 (a line, a CSV cell, a JSON string) that parses as an int or else as a float. With
 ``field=NAME`` each record is a mapping (a CSV row, a JSON object) and the number is its
-``NAME`` entry. A *null* — ``None``, a missing field, an empty or blank string — is skipped,
+``NAME`` entry; a CSV file whose header has no ``NAME`` column is an error that lists the
+header (never a count of nothing), and a record that is not a mapping is a
+:class:`~mergeagg.errors.RecordShapeError` that says to read the input as records
+(``--format csv``). A *null* — ``None``, a key missing from a JSON object, an empty or blank
+string — is skipped,
 as SQL's aggregates skip NULL (``count`` without a field counts every record, as
 ``COUNT(*)``; with a field it counts the non-null values, as ``COUNT(col)``). Booleans are
 refused (``TypeError``): they are not numbers to aggregate.
@@ -33,12 +37,15 @@ refused (``TypeError``): they are not numbers to aggregate.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
 from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._exact import ExactSum
 from mergeagg.algorithms.registry import Entry, Flag
+from mergeagg.errors import RecordShapeError
+from mergeagg.inputs import require_column
 
 __all__ = [
     "count",
@@ -49,6 +56,7 @@ __all__ = [
     "variance",
     "to_number",
     "numbers",
+    "field_of",
     "merge_moments",
     "moments",
 ]
@@ -91,6 +99,10 @@ def to_number(value):
             return float(text)
         except ValueError:
             raise ValueError(f"not a number: {value!r} (expected an int or a float)") from None
+    if isinstance(value, Mapping):
+        raise RecordShapeError(
+            f"not a number: a mapping record ({value!r:.60}); name the column or key that "
+            "holds the number with --field NAME (field= in Python)")
     raise TypeError(f"not a number: a {type(value).__name__} ({value!r:.60})")
 
 
@@ -111,10 +123,12 @@ def numbers(shard, field=None):
             return [], shard.ravel().astype(np.float64, copy=False)
         if shard.dtype.kind == "b":
             raise TypeError("a bool array holds no numbers to aggregate")
+    if field is not None:
+        require_column(shard, field)
     ints, floats = [], []
     for record in shard:
         if field is not None:
-            record = _field_of(record, field)
+            record = field_of(record, field)
         x = to_number(record)
         if x is None:
             continue
@@ -125,12 +139,27 @@ def numbers(shard, field=None):
     return ints, floats
 
 
-def _field_of(record, field):
+def field_of(record, field):
+    """The ``field`` entry of a mapping record, ``None`` if it has none. Cost: O(1).
+
+    A record that is not a mapping (a line of a CSV file read as text) is a
+    :class:`~mergeagg.errors.RecordShapeError` (an ``InputError`` and a ``TypeError``: the
+    job stops at once, with no retries) that says how to read the input as records.
+
+    >>> field_of({"size": "10"}, "size"), field_of({}, "size")
+    ('10', None)
+    >>> field_of("foo,10", "size")
+    Traceback (most recent call last):
+    ...
+    mergeagg.errors.RecordShapeError: field='size' needs mapping records ... --format csv ...
+    """
     try:
         return record.get(field)
     except AttributeError:
-        raise TypeError(f"field={field!r} needs mapping records (CSV rows, JSON objects), "
-                        f"got a {type(record).__name__}") from None
+        raise RecordShapeError(
+            f"field={field!r} needs mapping records (CSV rows, JSON objects), got a "
+            f"{type(record).__name__}: {record!r:.60}; read the input as records with "
+            "--format csv (or tsv, jsonl; format= in Python)") from None
 
 
 def _check_field(field):

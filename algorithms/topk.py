@@ -31,8 +31,10 @@ from collections import Counter
 
 from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._keyed import order_key
-from mergeagg.algorithms.basic import to_number
+from mergeagg.algorithms.basic import field_of, to_number
 from mergeagg.algorithms.registry import Entry, Flag
+from mergeagg.errors import RecordShapeError
+from mergeagg.inputs import require_column
 
 __all__ = ["topk", "items_of", "count_items", "top_of_counts", "merge_top", "value_rank"]
 
@@ -40,7 +42,9 @@ __all__ = ["topk", "items_of", "count_items", "top_of_counts", "merge_top", "val
 def items_of(shard, field=None, words=False):
     """The items of a shard: its records, their ``field``, or the words of its lines.
 
-    Nulls (``None``, a missing field) are skipped. Cost: O(size of the shard).
+    Nulls (``None``, a missing field) are skipped; a ``field`` that a CSV file's header
+    lacks, or a record that is not a mapping, is an error at once. Cost: O(size of the
+    shard).
 
     >>> list(items_of(["x y", "x"], words=True))
     ['x', 'y', 'x']
@@ -56,13 +60,10 @@ def items_of(shard, field=None, words=False):
         return [w for line in shard for w in line.split()]
     if field is None:
         return shard
+    require_column(shard, field)
     out = []
     for record in shard:
-        try:
-            value = record.get(field)
-        except AttributeError:
-            raise TypeError(f"field={field!r} needs mapping records (CSV rows, JSON "
-                            f"objects), got a {type(record).__name__}") from None
+        value = field_of(record, field)
         if value is not None:
             out.append(value)
     return out
@@ -73,8 +74,28 @@ def count_items(shard, field=None, words=False):
 
     >>> count_items(["a", "b", "a"])
     Counter({'a': 2, 'b': 1})
+    >>> count_items([{"k": "a"}])
+    Traceback (most recent call last):
+    ...
+    mergeagg.errors.RecordShapeError: cannot count a dict record ... --field NAME ...
     """
-    return Counter(items_of(shard, field, words))
+    items = items_of(shard, field, words)
+    try:
+        return Counter(items)
+    except TypeError:
+        bad = next((x for x in items if not _hashable(x)), None)
+        raise RecordShapeError(
+            f"cannot count a {type(bad).__name__} record ({bad!r:.60}): items to count must "
+            "be hashable; count a column or key with --field NAME (field= in Python), or "
+            "read the file as text lines with --format text") from None
+
+
+def _hashable(x):
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True
 
 
 def _count_rank(kv):
@@ -147,13 +168,10 @@ class _TopValues:
                     continue
                 candidates.append(x)
         else:
+            require_column(shard, self.field)
             candidates = []
-            for record in items_of(shard, None):
-                try:
-                    x = to_number(record.get(self.field))
-                except AttributeError:
-                    raise TypeError(f"field={self.field!r} needs mapping records, got a "
-                                    f"{type(record).__name__}") from None
+            for record in shard:
+                x = to_number(field_of(record, self.field))
                 if x is None or (isinstance(x, float) and math.isnan(x)):
                     continue
                 candidates.append(record)

@@ -246,7 +246,7 @@ def _cmd_run(name, argv, out):
     if entry.make_source is not None:
         source = entry.make_source(args.inputs, split_size, {**params, "_format": args.format})
     else:
-        fmt = args.format or entry.input_format
+        fmt = args.format or (None if entry.input_format == "text" else entry.input_format)
         source = inputs.as_source(list(args.inputs), split_size=split_size, format=fmt,
                                   errors=args.errors)
     job = entry.factory(**factory_params)

@@ -565,9 +565,11 @@ def as_source(obj, *, split_size=None, format=None, errors="strict"):
 
 
 def _check_paths_exist(paths):
-    """A str that names no file and is no pattern: say how in-memory text is passed."""
+    """A str that names no file, is no pattern and reads like text (it has white space and
+    no path separator): say how in-memory text is passed."""
     for p in paths:
-        if isinstance(p, str) and not os.path.exists(p) and not any(c in p for c in "*?["):
+        if (isinstance(p, str) and any(c.isspace() for c in p) and os.sep not in p
+                and not os.path.exists(p) and not any(c in p for c in "*?[")):
             raise InputError(
                 f"no such file or directory: {p!r}; a str (or a list of str) passed as input "
                 "names files. To aggregate in-memory text, pass a list of shards, each a "

@@ -233,3 +233,58 @@ def test_a_worker_death_leaves_every_basic_aggregate_unchanged():
     faulty = ma.run(job, shards, workers=2, faults=plan)
     assert faulty.report.attempts[1] == 2 and faulty.report.workers_lost == 1
     assert faulty.fingerprint == clean.fingerprint
+
+
+# -- the shape of records: a missing column, a line where a row was needed -----------------
+
+def _field_entries():
+    from mergeagg.algorithms.registry import entries
+
+    return [e for e in entries().values() if any(f.name == "--field" for f in e.flags)]
+
+
+@pytest.mark.parametrize("entry", _field_entries(), ids=lambda e: e.name)
+def test_every_field_entry_names_a_missing_column_and_lists_the_header(entry, tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("k,a\n1,x\n2,y\n")
+    job = entry.factory(field="nosuch")
+    for split_size in (None, 5):
+        with pytest.raises(ma.InputError, match=r"t\.csv: the CSV file has no column "
+                                                r"'nosuch'; its header has 2: 'k', 'a'"):
+            ma.run(job, str(table), workers=0, split_size=split_size, format="csv")
+    # A column that is there is read; a key missing from some JSON objects is a null.
+    ma.run(entry.factory(field="k"), str(table), workers=0, split_size=5, format="csv")
+    entry.factory(field="k").reduce([[{"k": "1"}, {"j": "2"}]])
+
+
+def test_a_header_without_rows_still_names_the_missing_column(tmp_path):
+    table = tmp_path / "empty.csv"
+    table.write_text("k,a\n")
+    with pytest.raises(ma.InputError, match="no column 'kk'"):
+        ma.run(basic.total(field="kk"), [str(table)], workers=0, format="csv")
+
+
+def test_a_csv_read_as_text_fails_at_once_and_says_to_read_it_as_csv(tmp_path):
+    from mergeagg.errors import RecordShapeError
+
+    table = tmp_path / "pkgs.csv"
+    table.write_text("name,size\nfoo,10\nbar,20\n")
+    # On worker processes: the first attempt's error stops the job, no retries.
+    with pytest.raises(ma.InputError, match=r"needs mapping records .* got a str: "
+                                            r"'name,size'; .*--format csv") as info:
+        ma.run(basic.total(field="size"), str(table), workers=1, format="text")
+    assert "failed 4 time" not in str(info.value)
+    with pytest.raises(RecordShapeError) as info:
+        basic.total(field="size").reduce([["foo,10"]])
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ma.InputError)
+    with pytest.raises(RecordShapeError, match="--field NAME"):
+        basic.total().reduce([[{"size": "10"}]])
+
+
+def test_the_cli_infers_csv_from_the_name_and_skips_a_bom(tmp_path, capsys):
+    table = tmp_path / "bl.csv"
+    table.write_bytes(b"\xef\xbb\xbfk,a\r\n1,x\r\n2,y\r\n")
+    assert cli_main(["run", "sum", str(table), "--workers", "0", "--field", "k"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "3"
+    assert cli_main(["run", "sum", str(table), "--workers", "0", "--field", "nosuch"]) != 0
+    assert "no column 'nosuch'; its header has 2: 'k', 'a'" in capsys.readouterr().err
