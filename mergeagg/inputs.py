@@ -365,7 +365,9 @@ class _CsvLayout:
     they are: UTF-8 never puts these ASCII bytes inside a multi-byte character.
     """
 
-    window = 16384  # bytes before a boundary tried first; grows 4x while ambiguous
+    window = 1024  # bytes before a boundary tried first; grows 4x while ambiguous ...
+    max_window = 1 << 14  # ... up to this, then quote parity, then the exact scan
+    parity_chunk = 1 << 24  # bytes of the file in memory at a time for the parity
 
     def __init__(self, buf, delimiter, first):
         self.buf, self.n, self.first = buf, len(buf), first
@@ -413,20 +415,56 @@ class _CsvLayout:
 
     def state_at(self, line, lo):
         """Whether line start ``line`` is inside a quoted field; ``lo <= line`` is a known
-        record start. Runs both hypotheses (inside, outside) from a line start a window
-        before ``line``; where they agree that is the answer, else the window grows, at
-        worst back to ``lo`` (where the state is known). Cost: typically a few kilobytes."""
+        record start. Cost: typically a few kilobytes scanned; see ``docs/inputs.md``.
+
+        1. Both hypotheses (inside, outside) run from a line start a window before ``line``;
+           where they agree that is the answer, else the window grows, up to
+           ``max_window`` or back to ``lo``.
+        2. Quote parity from ``lo`` (vectorised), valid when every quote is where a
+           well-formed file has it (:meth:`parity_state`).
+        3. Else the exact scan from ``lo``.
+        """
         window = self.window
-        while True:
+        while window <= self.max_window:
             start = line - window
             if start <= lo:
-                return self.inside_at(lo, False, line)
+                break
             p = self.line_start(start)
             if p < line:
                 outside_guess = self.inside_at(p, False, line)
                 if outside_guess == self.inside_at(p, True, line):
                     return outside_guess
             window *= 4
+        by_parity = self.parity_state(lo, line)
+        if by_parity is not None:
+            return by_parity
+        return self.inside_at(lo, False, line)
+
+    def parity_state(self, lo, line):
+        """Whether ``line`` is inside a quoted field by the parity of the quotes since
+        record start ``lo``, or ``None`` where parity does not decide it.
+
+        Parity is exact while every quote that parity calls opening is at a field start:
+        after the delimiter, a line break or ``lo`` — or right after a closing quote, which
+        is csv's doubled quote. Then csv's reading and the toggling agree quote by quote (a
+        closing quote followed by other text leaves csv mid-field, where the next quote of
+        the field fails this test). A quote elsewhere (``a"b``, ``"ab"c"``) is csv's literal,
+        and parity gives up (``None``). Cost: O(line - lo) in numpy, a chunk at a time.
+        """
+        buf, count, chunk = self.buf, 0, self.parity_chunk
+        starts = np.array([self.delim, _CR, _LF, ord('"')], dtype=np.uint8)
+        for a in range(lo, line, chunk):
+            b = min(a + chunk, line)
+            a0 = a - 1 if a > lo else a  # one byte of context before
+            seg = np.frombuffer(buf[a0:b], dtype=np.uint8)
+            pos = np.flatnonzero(seg[a - a0:] == ord('"')) + (a - a0)
+            opens = pos[(np.arange(pos.size) + count) % 2 == 0]
+            if a == lo and opens.size and opens[0] == 0:
+                opens = opens[1:]  # a quote at lo opens: lo is a field start
+            if not np.isin(seg[opens - 1], starts).all():
+                return None
+            count += pos.size
+        return count % 2 == 1
 
     def next_record_start(self, s, lo):
         """The first record start at or after ``s`` (``n`` if none); ``lo <= s`` is a

@@ -82,13 +82,17 @@ def csv_file(text):
 
 
 @contextlib.contextmanager
-def ambiguity_window(size):
-    saved = inputs._CsvLayout.window
-    inputs._CsvLayout.window = size
+def ambiguity_window(size, largest=1 << 14, chunk=1 << 24):
+    """Shrink the windows tried before a boundary (and the largest, after which quote
+    parity and then the exact scan decide; and parity's chunks), so that small files
+    exercise every path."""
+    layout = inputs._CsvLayout
+    saved = layout.window, layout.max_window, layout.parity_chunk
+    layout.window, layout.max_window, layout.parity_chunk = size, largest, chunk
     try:
         yield
     finally:
-        inputs._CsvLayout.window = saved
+        layout.window, layout.max_window, layout.parity_chunk = saved
 
 
 def reference_rows(path, delimiter):
@@ -108,7 +112,9 @@ def check_tiling(src, path):
 
 
 split_sizes = st.lists(st.integers(1, 90), min_size=1, max_size=4)
-windows = st.sampled_from([1, 2, 5, 16384])
+# (first window, largest window): windows only; windows then parity; parity straight away.
+windows = st.sampled_from([(1, 1 << 14), (2, 1 << 14), (5, 1 << 14), (1024, 1 << 14),
+                           (1, 4), (2, 8, 3), (1, 0), (1, 0, 1), (1, 0, 2), (1, 0, 7)])
 
 
 @pytest.mark.parametrize("fmt, delimiter", [("csv", ","), ("tsv", "\t")])
@@ -120,7 +126,7 @@ def test_each_split_parses_to_the_rows_csv_gives_the_whole_file(fmt, delimiter, 
     with csv_file(data) as path:
         want = reference_rows(path, delimiter)
         for size in sizes:
-            with ambiguity_window(window):
+            with ambiguity_window(*window):
                 src = inputs.files(path, split_size=size, format=fmt)
             check_tiling(src, path)
             got = []
@@ -147,7 +153,7 @@ def test_csv_records_are_the_rows_of_the_csv_module_or_a_named_error(data, sizes
     with csv_file(data) as path:
         want = expected_records(reference_rows(path, ","))
         for size in sizes:
-            with ambiguity_window(window):
+            with ambiguity_window(*window):
                 src = inputs.files(path, split_size=size)  # .csv: inferred
             if want is None:
                 with pytest.raises(InputError, match=r"data\.csv: the CSV row at byte offset "
@@ -184,8 +190,8 @@ def test_ambiguous_boundaries_fall_back_to_the_known_state(tmp_path):
     path = tmp_path / "amb.csv"
     path.write_text("h,i\n" + body, newline="")
     want = expected_records(reference_rows(path, ","))
-    for window in (1, 3, 16384):
-        with ambiguity_window(window):
+    for window in ((1, 1 << 14), (3, 1 << 14), (1024, 1 << 14), (1, 0), (1, 0, 5)):
+        with ambiguity_window(*window):
             for size in (7, 64, 301):
                 src = inputs.files(path, split_size=size)
                 assert [r for s in src.splits() for r in src.read(s)] == want
@@ -209,3 +215,32 @@ def test_csv_module_errors_are_input_errors_with_an_offset(tmp_path):
     with pytest.raises(InputError, match=r"big\.csv: unreadable CSV on the line at byte "
                                          r"offset 4: field larger than field limit"):
         [r for s in src.splits() for r in src.read(s)]
+
+
+def test_a_well_formed_file_is_decided_by_windows_or_parity_not_the_slow_scan(tmp_path):
+    # Doubled quotes, empty quoted fields, quoted line breaks: csv.writer's output. No
+    # boundary needs the exact scan from the previous record start (the slow path).
+    path = tmp_path / "w.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)
+        writer.writerow(["a", "b"])
+        for i in range(300):
+            writer.writerow(["" if i % 3 else 'say "hi"\nbye', i])
+    slow = []
+    exact = inputs._CsvLayout.inside_at
+
+    def spy(self, p, inside, stop):
+        if stop - p > 64:
+            slow.append((p, stop))
+        return exact(self, p, inside, stop)
+
+    inputs._CsvLayout.inside_at = spy
+    try:
+        for window in ((1, 0), (1, 0, 13), (2, 32)):
+            with ambiguity_window(*window):
+                src = inputs.files(path, split_size=97)
+            assert [r for s in src.splits() for r in src.read(s)] == expected_records(
+                reference_rows(path, ","))
+    finally:
+        inputs._CsvLayout.inside_at = exact
+    assert slow == []
