@@ -65,6 +65,7 @@ __all__ = [
     "read_split",
     "infer_format",
     "require_column",
+    "csv_header",
 ]
 
 DEFAULT_SPLIT_SIZE = 16 * 1024 * 1024
@@ -815,12 +816,30 @@ def _csv_record_offset(text, delimiter, index, base):
     return _csv_line_offset(lines, consumed, base)
 
 
-def _csv_header(path, errors, delimiter):
-    """The first non-blank row of a CSV file (it may span lines inside quotes)."""
-    with open(path, "rb") as raw:
+def csv_header(path, *, format="csv", errors="strict"):
+    """The header of a CSV (``format="tsv"``: TSV) file: its first non-blank row, read as
+    :func:`files` reads it (a byte-order mark skipped, quoted fields may span lines).
+
+    Cost: reads the file up to the end of that row (a few kilobytes).
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
+    >>> with open(path, "wb") as f:
+    ...     _ = f.write(b'\\xef\\xbb\\xbf\\r\\nk,"a\\nb"\\r\\n1,2\\r\\n')
+    >>> csv_header(path)
+    ['k', 'a\\nb']
+    """
+    if format not in _DELIMITERS:
+        raise ValueError(f"format must be 'csv' or 'tsv', got {format!r}")
+    path = os.fspath(path)
+    try:
+        raw = open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"no such file: {path!r}") from None
+    with raw:
         f = io.TextIOWrapper(raw, encoding="utf-8-sig", errors=errors, newline="")
         try:
-            for row in csv.reader(f, delimiter=delimiter):
+            for row in csv.reader(f, delimiter=_DELIMITERS[format]):
                 if row:
                     return row
         except UnicodeDecodeError as exc:
@@ -840,7 +859,7 @@ def _parse_csv(text, delimiter, path, split, base, holds_header):
         header = rows[first] if first < len(rows) else []
         first += 1
     else:
-        header = _csv_header(path, split.errors, delimiter)
+        header = csv_header(path, format=split.format, errors=split.errors)
     width = len(header)
     out = RecordList()
     out.columns = tuple(header)
