@@ -289,3 +289,40 @@ def test_the_cli_infers_csv_from_the_name_and_skips_a_bom(tmp_path, capsys):
     assert [ln for ln in out if not ln.startswith("fingerprint")] == ["3"]
     assert cli_main(["run", "sum", str(table), "--workers", "0", "--field", "nosuch"]) != 0
     assert "no column 'nosuch'; its header has 2: 'k', 'a'" in capsys.readouterr().err
+
+
+ALL_BASIC = [basic.count, basic.total, basic.minimum, basic.maximum, basic.mean,
+             basic.variance, lambda field: basic.total(field=field, exact=True)]
+
+
+@pytest.mark.parametrize("factory", ALL_BASIC)
+@given(records=st.lists(st.sampled_from([{"a": "1"}, {"a": None}, {"b": "2"}, {}, {"a": ""},
+                                         {"a": "2.5", "b": "x"}]), max_size=12),
+       cuts=st.lists(st.integers(0, 12), max_size=4), fan_in=FAN_IN)
+def test_a_key_no_record_has_is_an_error_for_every_sharding(factory, records, cuts, fan_in):
+    bounds = [0, *sorted(min(c, len(records)) for c in cuts), len(records)]
+    shards = [records[i:j] for i, j in zip(bounds, bounds[1:])]
+    for field in ("a", "zz"):
+        has_key = any(field in r for r in records)
+        agg = factory(field=field)
+        if has_key or not records:
+            whole = agg.reduce([records])
+            assert ma.fingerprint(agg.reduce(shards)) == ma.fingerprint(whole)
+            assert ma.run(agg, shards, workers=0, fan_in=fan_in).fingerprint == \
+                ma.fingerprint(whole)
+        else:
+            keys = sorted({k for r in records for k in r})
+            shown = (f"their keys include {', '.join(map(repr, keys))}" if keys
+                     else "the records have no keys")
+            with pytest.raises(ma.InputError, match=rf"^no record has the field '{field}'; "
+                                                    rf"{shown}$"):
+                agg.reduce(shards)
+
+
+def test_a_jsonl_key_that_no_record_has_is_named_with_the_keys_seen(tmp_path, capsys):
+    data = tmp_path / "r.jsonl"
+    data.write_text('{"size": 1}\n{"name": "x"}\n')
+    assert cli_main(["run", "sum", str(data), "--workers", "0", "--field", "sise"]) != 0
+    assert "no record has the field 'sise'; their keys include 'name', 'size'" in \
+        capsys.readouterr().err
+    assert cli_main(["run", "sum", str(data), "--workers", "0", "--field", "size"]) == 0
