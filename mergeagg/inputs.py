@@ -624,7 +624,8 @@ class TextShard:
     ``text()`` returns the split's text, whole lines (a fast path for partials that
     tokenise, such as word count; a byte-order mark at the file's start is left out);
     ``bytes_read`` counts what was read from disk (the compressed bytes of a compressed
-    file); ``columns`` is the header of a CSV or TSV file (``None`` for other formats).
+    file); ``columns`` is the header of a CSV or TSV file (``None`` for other formats, and
+    for an empty file).
     Cost: the split's bytes, read and decoded once, on first use; the records are kept.
 
     >>> import tempfile
@@ -862,7 +863,7 @@ def _parse_csv(text, delimiter, path, split, base, holds_header):
         header = csv_header(path, format=split.format, errors=split.errors)
     width = len(header)
     out = RecordList()
-    out.columns = tuple(header)
+    out.columns = tuple(header) if header else None  # an empty file has no header
     append = out.append
     for i in range(first, len(rows)):
         row = rows[i]

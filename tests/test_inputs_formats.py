@@ -108,3 +108,11 @@ def test_one_long_line_is_one_task_with_the_same_answer(tmp_path):
     assert [s.id.rsplit(":", 1)[1] for s in src.splits()] == ["0-64", "9984-10005"]
     assert len(cut.report.tasks) == 2
     assert cut.value == whole.value and cut.fingerprint == whole.fingerprint
+
+
+def test_an_empty_csv_has_no_header_to_check(tmp_path):
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "full.csv").write_bytes(b"k\n1\n")
+    src = inputs.files([tmp_path / "empty.csv", tmp_path / "full.csv"])
+    assert [src.read(s).columns for s in src.splits()] == [None, ("k",)]
+    assert ma.run(ma.algorithms.sum(field="k"), src, workers=0).value == 1
