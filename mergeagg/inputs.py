@@ -17,7 +17,7 @@ descriptors, never file contents). Every record lands in exactly one split.
   blocks of rows.
 
 >>> import tempfile, os
->>> d = tempfile.mkdtemp()
+>>> tmp = tempfile.TemporaryDirectory(); d = tmp.name
 >>> with open(os.path.join(d, "a.txt"), "w") as f:
 ...     _ = f.write("one\\ntwo\\nthree\\n")
 >>> src = files(d, split_size=5)
@@ -25,6 +25,7 @@ descriptors, never file contents). Every record lands in exactly one split.
 [['one', 'two'], ['three']]
 >>> [s.id for s in src.splits()][0].endswith("a.txt:0-5")
 True
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ def files(paths, *, split_size=None, format=None, errors="strict", tag=None):
     are read when a split is.
 
     >>> import tempfile
-    >>> d = tempfile.mkdtemp()
+    >>> tmp = tempfile.TemporaryDirectory(); d = tmp.name
     >>> with open(os.path.join(d, "long.txt"), "w") as f:
     ...     _ = f.write("a line longer than a split\\nshort\\n")
     >>> src = files(os.path.join(d, "*.txt"), split_size=10)
@@ -282,6 +283,7 @@ def files(paths, *, split_size=None, format=None, errors="strict", tag=None):
     [['a line longer than a split'], ['short']]
     >>> [s.id.rsplit(":", 1)[1] for s in src.splits()], [(s.start, s.end) for s in src.splits()]
     (['0-10', '20-30'], [(0, 27), (27, 33)])
+    >>> tmp.cleanup()
     """
     if format is not None and format not in _FORMATS:
         raise ValueError(f"format must be one of {_FORMATS} (or None: by extension), "
@@ -629,12 +631,13 @@ class TextShard:
     Cost: the split's bytes, read and decoded once, on first use; the records are kept.
 
     >>> import tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "t.txt")
+    >>> tmp = tempfile.TemporaryDirectory(); path = os.path.join(tmp.name, "t.txt")
     >>> with open(path, "wb") as f:
     ...     _ = f.write(b"one two\\r\\nthree\\n")
     >>> shard = read_split(files(path).splits()[0])
     >>> list(shard), shard.text().split(), shard.bytes_read, shard.columns
     (['one two', 'three'], ['one', 'two', 'three'], 15, None)
+    >>> tmp.cleanup()
     """
 
     __slots__ = ("split", "_records", "_text", "_base", "bytes_read")
@@ -824,11 +827,12 @@ def csv_header(path, *, format="csv", errors="strict"):
     Cost: reads the file up to the end of that row (a few kilobytes).
 
     >>> import tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
+    >>> tmp = tempfile.TemporaryDirectory(); path = os.path.join(tmp.name, "t.csv")
     >>> with open(path, "wb") as f:
     ...     _ = f.write(b'\\xef\\xbb\\xbf\\r\\nk,"a\\nb"\\r\\n1,2\\r\\n')
     >>> csv_header(path)
     ['k', 'a\\nb']
+    >>> tmp.cleanup()
     """
     if format not in _DELIMITERS:
         raise ValueError(f"format must be 'csv' or 'tsv', got {format!r}")
