@@ -3,7 +3,12 @@
 Records are numbers: Python ints and floats, numpy arrays (every element counts), or text
 (a line, a CSV cell, a JSON string) that parses as an int or else as a float. With
 ``field=NAME`` each record is a mapping (a CSV row, a JSON object) and the number is its
-``NAME`` entry. A *null* — ``None``, a missing field, an empty or blank string — is skipped,
+``NAME`` entry; a CSV file whose header has no ``NAME`` column is an error that lists the
+header, and so is a ``NAME`` that no record has as a key (never a count of nothing; a key
+that only some JSON objects lack is a null); a record that is not a mapping is a
+:class:`~mergeagg.errors.RecordShapeError` that says to read the input as records
+(``--format csv``). A *null* — ``None``, a key missing from a JSON object, an empty or blank
+string — is skipped,
 as SQL's aggregates skip NULL (``count`` without a field counts every record, as
 ``COUNT(*)``; with a field it counts the non-null values, as ``COUNT(col)``). Booleans are
 refused (``TypeError``): they are not numbers to aggregate.
@@ -33,12 +38,15 @@ refused (``TypeError``): they are not numbers to aggregate.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
 from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._exact import ExactSum
 from mergeagg.algorithms.registry import Entry, Flag
+from mergeagg.errors import InputError, RecordShapeError
+from mergeagg.inputs import require_column
 
 __all__ = [
     "count",
@@ -49,6 +57,10 @@ __all__ = [
     "variance",
     "to_number",
     "numbers",
+    "field_of",
+    "field_seen",
+    "merge_seen",
+    "require_seen",
     "merge_moments",
     "moments",
 ]
@@ -91,6 +103,10 @@ def to_number(value):
             return float(text)
         except ValueError:
             raise ValueError(f"not a number: {value!r} (expected an int or a float)") from None
+    if isinstance(value, Mapping):
+        raise RecordShapeError(
+            f"not a number: a mapping record ({value!r:.60}); name the column or key that "
+            "holds the number with --field NAME (field= in Python)")
     raise TypeError(f"not a number: a {type(value).__name__} ({value!r:.60})")
 
 
@@ -111,10 +127,24 @@ def numbers(shard, field=None):
             return [], shard.ravel().astype(np.float64, copy=False)
         if shard.dtype.kind == "b":
             raise TypeError("a bool array holds no numbers to aggregate")
-    ints, floats = [], []
+    return _numbers_seen(shard, field)[:2]
+
+
+def _numbers_seen(shard, field):
+    """``(ints, floats, seen)``; ``seen`` as :func:`field_seen` (``True`` without a field)."""
+    if field is not None:
+        require_column(shard, field)
+    ints, floats, missing = [], [], []
     for record in shard:
         if field is not None:
-            record = _field_of(record, field)
+            value = field_of(record, field)
+            if value is None:
+                if ints or floats or missing is None:
+                    continue
+                missing.append(record)
+                continue
+            missing = None  # a value: the field is there
+            record = value
         x = to_number(record)
         if x is None:
             continue
@@ -122,15 +152,91 @@ def numbers(shard, field=None):
             floats.append(x)
         else:
             ints.append(x)
-    return ints, floats
+    if field is None or missing is None:
+        return ints, floats, True
+    return ints, floats, field_seen(missing, field)
 
 
-def _field_of(record, field):
+_KEYS_SHOWN = 20
+
+
+def field_seen(missing, field):
+    """Whether ``field`` is a key of the records at all, from the records that gave no
+    value (``missing``): ``True`` if one has it as a null, ``None`` if there are none, else
+    the smallest keys they have (a tuple, at most 20). Merged by :func:`merge_seen` and
+    checked by :func:`require_seen`, it tells a key missing from *every* record (a misspelt
+    ``--field``: an error) from a key missing from some (nulls), for any sharding.
+    Cost: O(keys of the records).
+
+    >>> field_seen([{"x": None}], "x"), field_seen([{"b": 1}, {"a": 2}], "x")
+    (True, ('a', 'b'))
+    >>> field_seen([], "x"), field_seen([{}], "x")
+    (None, ())
+    """
+    if not missing:
+        return None
+    keys = set()
+    for record in missing:
+        if field in record:
+            return True
+        keys.update(record)
+    return tuple(sorted(keys, key=repr)[:_KEYS_SHOWN])
+
+
+def merge_seen(a, b):
+    """Combine two :func:`field_seen` results (associative, commutative; ``None`` is the
+    identity, ``True`` absorbs). Cost: O(20).
+
+    >>> merge_seen(("b",), ("a", "c")), merge_seen(("b",), True), merge_seen(None, ())
+    (('a', 'b', 'c'), True, ())
+    """
+    if a is True or b is True:
+        return True
+    if a is None or b is None:
+        return b if a is None else a
+    return tuple(sorted(set(a) | set(b), key=repr)[:_KEYS_SHOWN])
+
+
+def require_seen(seen, field):
+    """Raise :class:`~mergeagg.errors.InputError` when records were read and none had
+    ``field`` as a key (``seen`` from :func:`field_seen` / :func:`merge_seen`).
+
+    Cost: O(20).
+
+    >>> require_seen(True, "x"); require_seen(None, "x")
+    >>> require_seen(("id", "size"), "sise")
+    Traceback (most recent call last):
+    ...
+    mergeagg.errors.InputError: no record has the field 'sise'; their keys include 'id', 'size'
+    """
+    if seen is True or seen is None:
+        return
+    keys = ", ".join(repr(k) for k in seen)
+    raise InputError(f"no record has the field {field!r}; "
+                     + (f"their keys include {keys}" if keys else "the records have no keys"))
+
+
+def field_of(record, field):
+    """The ``field`` entry of a mapping record, ``None`` if it has none. Cost: O(1).
+
+    A record that is not a mapping (a line of a CSV file read as text) is a
+    :class:`~mergeagg.errors.RecordShapeError` (an ``InputError`` and a ``TypeError``: the
+    job stops at once, with no retries) that says how to read the input as records.
+
+    >>> field_of({"size": "10"}, "size"), field_of({}, "size")
+    ('10', None)
+    >>> field_of("foo,10", "size")
+    Traceback (most recent call last):
+    ...
+    mergeagg.errors.RecordShapeError: field='size' needs mapping records ... --format csv ...
+    """
     try:
         return record.get(field)
     except AttributeError:
-        raise TypeError(f"field={field!r} needs mapping records (CSV rows, JSON objects), "
-                        f"got a {type(record).__name__}") from None
+        raise RecordShapeError(
+            f"field={field!r} needs mapping records (CSV rows, JSON objects), got a "
+            f"{type(record).__name__}: {record!r:.60}; read the input as records with "
+            "--format csv (or tsv, jsonl; format= in Python)") from None
 
 
 def _check_field(field):
@@ -156,13 +262,22 @@ class _Basic:
 
     # -- partial -------------------------------------------------------------------------
 
+    # With a field the accumulator is ``(acc, seen)``: ``seen`` (see field_seen) tells, at
+    # finalize, a field no record has from one some records lack.
+
     def partial(self, shard):
         kind = self.kind
-        if kind == "count" and self.field is None:
-            if isinstance(shard, np.ndarray):
-                return int(shard.size)
-            return sum(1 for _ in shard)
-        ints, floats = numbers(shard, self.field)
+        if self.field is None:
+            if kind == "count":
+                if isinstance(shard, np.ndarray):
+                    return int(shard.size)
+                return sum(1 for _ in shard)
+            return self._of_numbers(*numbers(shard))
+        ints, floats, seen = _numbers_seen(shard, self.field)
+        return (self._of_numbers(ints, floats), seen)
+
+    def _of_numbers(self, ints, floats):
+        kind = self.kind
         if kind == "count":
             return len(ints) + len(floats)
         if kind == "sum":
@@ -187,6 +302,11 @@ class _Basic:
     # -- combine -------------------------------------------------------------------------
 
     def combine(self, a, b):
+        if self.field is None:
+            return self._combine(a, b)
+        return (self._combine(a[0], b[0]), merge_seen(a[1], b[1]))
+
+    def _combine(self, a, b):
         kind = self.kind
         if kind in ("count",):
             return a + b
@@ -202,6 +322,12 @@ class _Basic:
     # -- finalize ------------------------------------------------------------------------
 
     def finalize(self, acc):
+        if self.field is None:
+            return self._finalize(acc)
+        require_seen(acc[1], self.field)
+        return self._finalize(acc[0])
+
+    def _finalize(self, acc):
         kind = self.kind
         if kind == "sum":
             return acc.value() if self.exact else acc

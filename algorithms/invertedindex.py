@@ -275,8 +275,9 @@ def _record_document(record, id_field, text_field):
                              f"its fields are {sorted(record)}") from None
     if isinstance(record, (tuple, list)) and len(record) == 2:
         return record[0], record[1]
-    raise TypeError(f"a document must be a mapping with {id_field!r} and {text_field!r} or "
-                    f"an (id, text) pair, got a {type(record).__name__}")
+    raise _inputs.RecordShapeError(
+        f"a document must be a mapping with {id_field!r} and {text_field!r} or "
+        f"an (id, text) pair, got a {type(record).__name__}")
 
 
 def index_map(shard, mode="postings", tokenize=tokenize, id_field="id", text_field="text"):

@@ -3,7 +3,9 @@
 ``by="value"`` ranks numbers (records parsed as in :mod:`~mergeagg.algorithms.basic`), or,
 with ``field=NAME``, whole mapping records by their ``NAME`` number. The accumulator is the
 best K seen so far, in rank order; ``combine`` merges two such lists and keeps K (a
-mergeable bounded heap). NaN and nulls are skipped.
+mergeable bounded heap). NaN and nulls are skipped. As in ``basic``, a ``field`` that a CSV
+header lacks, or that no record has as a key, is an error (with a field the accumulator
+carries that evidence beside the heap or the counts), not an empty answer.
 
 ``by="count"`` counts items — records (lines), the ``field`` of mapping records, or, with
 ``words=True``, the whitespace-separated words of text lines — with a keyed count
@@ -31,8 +33,10 @@ from collections import Counter
 
 from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._keyed import order_key
-from mergeagg.algorithms.basic import to_number
+from mergeagg.algorithms.basic import field_of, field_seen, merge_seen, require_seen, to_number
 from mergeagg.algorithms.registry import Entry, Flag
+from mergeagg.errors import RecordShapeError
+from mergeagg.inputs import require_column
 
 __all__ = ["topk", "items_of", "count_items", "top_of_counts", "merge_top", "value_rank"]
 
@@ -40,7 +44,9 @@ __all__ = ["topk", "items_of", "count_items", "top_of_counts", "merge_top", "val
 def items_of(shard, field=None, words=False):
     """The items of a shard: its records, their ``field``, or the words of its lines.
 
-    Nulls (``None``, a missing field) are skipped. Cost: O(size of the shard).
+    Nulls (``None``, a missing field) are skipped; a ``field`` that a CSV file's header
+    lacks, or a record that is not a mapping, is an error at once. Cost: O(size of the
+    shard).
 
     >>> list(items_of(["x y", "x"], words=True))
     ['x', 'y', 'x']
@@ -56,16 +62,20 @@ def items_of(shard, field=None, words=False):
         return [w for line in shard for w in line.split()]
     if field is None:
         return shard
-    out = []
+    return _values_seen(shard, field)[0]
+
+
+def _values_seen(shard, field):
+    """``(non-null values of field, seen)``, ``seen`` as ``basic.field_seen``."""
+    require_column(shard, field)
+    values, missing = [], []
     for record in shard:
-        try:
-            value = record.get(field)
-        except AttributeError:
-            raise TypeError(f"field={field!r} needs mapping records (CSV rows, JSON "
-                            f"objects), got a {type(record).__name__}") from None
+        value = field_of(record, field)
         if value is not None:
-            out.append(value)
-    return out
+            values.append(value)
+        elif not values:
+            missing.append(record)
+    return values, (True if values else field_seen(missing, field))
 
 
 def count_items(shard, field=None, words=False):
@@ -73,8 +83,28 @@ def count_items(shard, field=None, words=False):
 
     >>> count_items(["a", "b", "a"])
     Counter({'a': 2, 'b': 1})
+    >>> count_items([{"k": "a"}])
+    Traceback (most recent call last):
+    ...
+    mergeagg.errors.RecordShapeError: cannot count a dict record ... --field NAME ...
     """
-    return Counter(items_of(shard, field, words))
+    items = items_of(shard, field, words)
+    try:
+        return Counter(items)
+    except TypeError:
+        bad = next((x for x in items if not _hashable(x)), None)
+        raise RecordShapeError(
+            f"cannot count a {type(bad).__name__} record ({bad!r:.60}): items to count must "
+            "be hashable; count a column or key with --field NAME (field= in Python), or "
+            "read the file as text lines with --format text") from None
+
+
+def _hashable(x):
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True
 
 
 def _count_rank(kv):
@@ -146,21 +176,34 @@ class _TopValues:
                 if x is None or (isinstance(x, float) and math.isnan(x)):
                     continue
                 candidates.append(x)
-        else:
-            candidates = []
-            for record in items_of(shard, None):
-                try:
-                    x = to_number(record.get(self.field))
-                except AttributeError:
-                    raise TypeError(f"field={self.field!r} needs mapping records, got a "
-                                    f"{type(record).__name__}") from None
-                if x is None or (isinstance(x, float) and math.isnan(x)):
-                    continue
-                candidates.append(record)
-        return heapq.nsmallest(self.k, candidates, key=self._key)
+            return heapq.nsmallest(self.k, candidates, key=self._key)
+        # With a field the accumulator is (top records, seen): see basic.field_seen.
+        field = self.field
+        require_column(shard, field)
+        candidates, missing, present = [], [], False
+        for record in shard:
+            value = field_of(record, field)
+            if value is None:
+                if not present:
+                    missing.append(record)
+                continue
+            present = True
+            x = to_number(value)
+            if x is None or (isinstance(x, float) and math.isnan(x)):
+                continue
+            candidates.append(record)
+        seen = True if present else field_seen(missing, field)
+        return (heapq.nsmallest(self.k, candidates, key=self._key), seen)
 
     def combine(self, a, b):
-        return heapq.nsmallest(self.k, [*a, *b], key=self._key)
+        if self.field is None:
+            return heapq.nsmallest(self.k, [*a, *b], key=self._key)
+        return (heapq.nsmallest(self.k, [*a[0], *b[0]], key=self._key), merge_seen(a[1], b[1]))
+
+    def finalize(self, acc):
+        top, seen = acc
+        require_seen(seen, self.field)
+        return top
 
 
 class _TopCounts:
@@ -177,15 +220,25 @@ class _TopCounts:
     def __setstate__(self, state):
         self.k, self.field, self.words = state
 
-    def partial(self, shard):
-        return count_items(shard, self.field, self.words)
+    # With a field the accumulator is (counts, seen): see basic.field_seen.
 
-    @staticmethod
-    def combine(a, b):
-        a.update(b)
-        return a
+    def partial(self, shard):
+        if self.field is None:
+            return count_items(shard, None, self.words)
+        values, seen = _values_seen(shard, self.field)
+        return (count_items(values), seen)
+
+    def combine(self, a, b):
+        if self.field is None:
+            a.update(b)
+            return a
+        a[0].update(b[0])
+        return (a[0], merge_seen(a[1], b[1]))
 
     def finalize(self, counts):
+        if self.field is not None:
+            counts, seen = counts
+            require_seen(seen, self.field)
         return top_of_counts(counts, self.k)
 
 
@@ -213,7 +266,9 @@ def topk(k=10, by="value", field=None, smallest=False, words=False):
         if words:
             raise ValueError("words=True counts words; use it with by='count'")
         impl = _TopValues(k, field, smallest)
-        return Aggregator(impl.partial, impl.combine, name=f"top{k}")
+        if field is None:
+            return Aggregator(impl.partial, impl.combine, name=f"top{k}")
+        return Aggregator(impl.partial, impl.combine, impl.finalize, name=f"top{k}")
     if smallest:
         raise ValueError("smallest=True ranks values; with by='count' the most frequent win")
     impl = _TopCounts(k, field, words)

@@ -333,7 +333,7 @@ def _cmd_run(name, argv, out):
         source = _build("reading the inputs", entry.name, entry.make_source, args.inputs,
                         split_size, {**params, "_format": args.format})
     else:
-        fmt = args.format or entry.input_format
+        fmt = args.format or (None if entry.input_format == "text" else entry.input_format)
         source = inputs.as_source(list(args.inputs), split_size=split_size, format=fmt,
                                   errors=args.errors)
     job = _build("the factory", entry.name, entry.factory, **factory_params)

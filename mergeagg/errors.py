@@ -7,6 +7,8 @@ there is one, what to do.
 
 >>> issubclass(InputError, ValueError), issubclass(JobFailed, MergeaggError)
 (True, True)
+>>> issubclass(RecordShapeError, InputError), issubclass(RecordShapeError, TypeError)
+(True, True)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 __all__ = [
     "MergeaggError",
     "InputError",
+    "RecordShapeError",
     "JobFailed",
     "TaskFailed",
     "NondeterminismError",
@@ -31,6 +34,16 @@ class InputError(MergeaggError, ValueError):
     """The input cannot be read as asked: a missing file, an empty source, invalid UTF-8.
 
     The message names the file and, where it applies, the byte offset.
+    """
+
+
+class RecordShapeError(InputError, TypeError):
+    """A record is not of the shape the aggregator needs: a line of text where it needs a
+    mapping (``field=``), a mapping where it needs a number, an unhashable item to count.
+
+    The input gives the same record on every attempt, so the job stops at once (an
+    :class:`InputError`); as a wrong type it is also a :class:`TypeError`. The message names
+    what was expected, what came, and how to read the input instead (``--format csv``).
     """
 
 

@@ -67,12 +67,21 @@ def test_every_line_lands_in_exactly_one_split(contents, split_size):
         got = [line for split_lines in read_all(src) for line in split_lines]
         want = [line for data in contents for line in reference_lines(data)]
         assert got == want
-        # The splits tile each file: consecutive byte ranges of at most split_size bytes.
+        # The splits tile each file with consecutive, non-empty byte ranges, each starting on
+        # a line start inside its nominal range (the one its id names); a nominal range in
+        # which no line starts is no split.
         for path, data in zip(paths, contents):
-            ranges = [(s.start, s.end) for s in src.splits() if s.path == os.path.abspath(path)]
+            mine = [s for s in src.splits() if s.path == os.path.abspath(path)]
+            ranges = [(s.start, s.end) for s in mine]
             assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
             assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
-            assert all(0 <= e - s <= split_size for s, e in ranges)
+            assert all(s < e for s, e in ranges) or data == b""
+            line_starts = {0} | {i + 1 for i, b in enumerate(data) if b == 10}
+            for s in mine:
+                lo, hi = map(int, s.id.rsplit(":", 1)[1].split("-"))
+                assert s.start in line_starts and (lo <= s.start < hi or s.start == 0)
+            nominal_with_a_line = {i // split_size for i in line_starts if i < len(data)}
+            assert len(mine) == max(1, len(nominal_with_a_line))
         # text() is the fast path of the same lines (CRs kept); each byte is read once.
         total = 0
         for s in src.splits():
@@ -164,7 +173,8 @@ def test_bad_records_name_the_file(tmp_path):
     with pytest.raises(InputError, match=r"bad\.jsonl: invalid JSON on line 2"):
         read_all(inputs.files(bad_json, format="jsonl"))
     bad_csv = write(tmp_path, "bad.csv", b"a,b\n1,2\n1,2,3\n")
-    with pytest.raises(InputError, match=r"bad\.csv: CSV row 2 .* has 3 fields, the header has 2"):
+    with pytest.raises(InputError, match=r"bad\.csv: the CSV row at byte offset 8 .* has 3 "
+                                         r"field\(s\), the header has 2"):
         read_all(inputs.files(bad_csv, format="csv"))
 
 
@@ -180,7 +190,9 @@ def test_gzip_is_one_split_with_the_same_lines(data):
         src = inputs.files(path, split_size=3)
         assert len(src) == 1 and src.splits()[0].kind == "gzip"
         assert read_all(src) == [reference_lines(data)]
-        assert src.read(src.splits()[0]).bytes_read == os.path.getsize(path)
+        shard = src.read(src.splits()[0])
+        assert list(shard) == reference_lines(data)
+        assert shard.bytes_read == os.path.getsize(path)  # the compressed bytes
 
 
 def test_gzip_csv_and_jsonl(tmp_path):

@@ -233,3 +233,96 @@ def test_a_worker_death_leaves_every_basic_aggregate_unchanged():
     faulty = ma.run(job, shards, workers=2, faults=plan)
     assert faulty.report.attempts[1] == 2 and faulty.report.workers_lost == 1
     assert faulty.fingerprint == clean.fingerprint
+
+
+# -- the shape of records: a missing column, a line where a row was needed -----------------
+
+def _field_entries():
+    from mergeagg.algorithms.registry import entries
+
+    return [e for e in entries().values() if any(f.name == "--field" for f in e.flags)]
+
+
+@pytest.mark.parametrize("entry", _field_entries(), ids=lambda e: e.name)
+def test_every_field_entry_names_a_missing_column_and_lists_the_header(entry, tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("k,a\n1,x\n2,y\n")
+    job = entry.factory(field="nosuch")
+    for split_size in (None, 5):
+        with pytest.raises(ma.InputError, match=r"t\.csv: the CSV file has no column "
+                                                r"'nosuch'; its header has 2: 'k', 'a'"):
+            ma.run(job, str(table), workers=0, split_size=split_size, format="csv")
+    # A column that is there is read; a key missing from some JSON objects is a null.
+    ma.run(entry.factory(field="k"), str(table), workers=0, split_size=5, format="csv")
+    entry.factory(field="k").reduce([[{"k": "1"}, {"j": "2"}]])
+
+
+def test_a_header_without_rows_still_names_the_missing_column(tmp_path):
+    table = tmp_path / "empty.csv"
+    table.write_text("k,a\n")
+    with pytest.raises(ma.InputError, match="no column 'kk'"):
+        ma.run(basic.total(field="kk"), [str(table)], workers=0, format="csv")
+
+
+def test_a_csv_read_as_text_fails_at_once_and_says_to_read_it_as_csv(tmp_path):
+    from mergeagg.errors import RecordShapeError
+
+    table = tmp_path / "pkgs.csv"
+    table.write_text("name,size\nfoo,10\nbar,20\n")
+    # On worker processes: the first attempt's error stops the job, no retries.
+    with pytest.raises(ma.InputError, match=r"needs mapping records .* got a str: "
+                                            r"'name,size'; .*--format csv") as info:
+        ma.run(basic.total(field="size"), str(table), workers=1, format="text")
+    assert "failed 4 time" not in str(info.value)
+    with pytest.raises(RecordShapeError) as info:
+        basic.total(field="size").reduce([["foo,10"]])
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ma.InputError)
+    with pytest.raises(RecordShapeError, match="--field NAME"):
+        basic.total().reduce([[{"size": "10"}]])
+
+
+def test_the_cli_infers_csv_from_the_name_and_skips_a_bom(tmp_path, capsys):
+    table = tmp_path / "bl.csv"
+    table.write_bytes(b"\xef\xbb\xbfk,a\r\n1,x\r\n2,y\r\n")
+    assert cli_main(["run", "sum", str(table), "--workers", "0", "--field", "k"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [ln for ln in out if not ln.startswith("fingerprint")] == ["3"]
+    assert cli_main(["run", "sum", str(table), "--workers", "0", "--field", "nosuch"]) != 0
+    assert "no column 'nosuch'; its header has 2: 'k', 'a'" in capsys.readouterr().err
+
+
+ALL_BASIC = [basic.count, basic.total, basic.minimum, basic.maximum, basic.mean,
+             basic.variance, lambda field: basic.total(field=field, exact=True)]
+
+
+@pytest.mark.parametrize("factory", ALL_BASIC)
+@given(records=st.lists(st.sampled_from([{"a": "1"}, {"a": None}, {"b": "2"}, {}, {"a": ""},
+                                         {"a": "2.5", "b": "x"}]), max_size=12),
+       cuts=st.lists(st.integers(0, 12), max_size=4), fan_in=FAN_IN)
+def test_a_key_no_record_has_is_an_error_for_every_sharding(factory, records, cuts, fan_in):
+    bounds = [0, *sorted(min(c, len(records)) for c in cuts), len(records)]
+    shards = [records[i:j] for i, j in zip(bounds, bounds[1:])]
+    for field in ("a", "zz"):
+        has_key = any(field in r for r in records)
+        agg = factory(field=field)
+        if has_key or not records:
+            whole = agg.reduce([records])
+            assert ma.fingerprint(agg.reduce(shards)) == ma.fingerprint(whole)
+            assert ma.run(agg, shards, workers=0, fan_in=fan_in).fingerprint == \
+                ma.fingerprint(whole)
+        else:
+            keys = sorted({k for r in records for k in r})
+            shown = (f"their keys include {', '.join(map(repr, keys))}" if keys
+                     else "the records have no keys")
+            with pytest.raises(ma.InputError, match=rf"^no record has the field '{field}'; "
+                                                    rf"{shown}$"):
+                agg.reduce(shards)
+
+
+def test_a_jsonl_key_that_no_record_has_is_named_with_the_keys_seen(tmp_path, capsys):
+    data = tmp_path / "r.jsonl"
+    data.write_text('{"size": 1}\n{"name": "x"}\n')
+    assert cli_main(["run", "sum", str(data), "--workers", "0", "--field", "sise"]) != 0
+    assert "no record has the field 'sise'; their keys include 'name', 'size'" in \
+        capsys.readouterr().err
+    assert cli_main(["run", "sum", str(data), "--workers", "0", "--field", "size"]) == 0

@@ -122,3 +122,32 @@ def test_a_worker_death_leaves_the_top_k_unchanged():
                     faults=FaultPlan(only={"map-2": {1: Fault("kill")}}))
     assert faulty.report.attempts[2] == 2
     assert faulty.fingerprint == clean.fingerprint
+
+
+def test_record_shape_errors_stop_at_once_and_say_what_to_do(tmp_path):
+    from mergeagg.errors import RecordShapeError
+
+    table = tmp_path / "t.csv"
+    table.write_text("k,a\n1,x\n1,y\n")
+    with pytest.raises(ma.InputError, match=r"no column 'kk'; its header has 2: 'k', 'a'"):
+        ma.run(topk(field="kk"), str(table), workers=0, format="csv")
+    with pytest.raises(ma.InputError, match=r"no column 'kk'"):
+        ma.run(topk(by="count", field="kk"), str(table), workers=0, format="csv")
+    assert ma.run(topk(by="count", field="k"), [table], workers=0, format=None).value == [("1", 2)]
+    # Rows counted whole: a dict cannot be counted; the error says to name a column.
+    with pytest.raises(RecordShapeError, match=r"cannot count a dict record .*--field NAME"):
+        ma.run(topk(by="count"), str(table), workers=0, format="csv")
+    with pytest.raises(ma.InputError, match=r"needs mapping records .*--format csv"):
+        ma.run(topk(field="k"), str(table), workers=1, format="text")
+
+
+@pytest.mark.parametrize("by", ["value", "count"])
+def test_a_key_no_json_record_has_is_an_error_and_a_sparse_one_is_not(by):
+    shards = [[{"a": "3"}, {"b": "1"}], [{"b": "2"}]]
+    with pytest.raises(ma.InputError, match=r"no record has the field 'zz'; their keys "
+                                            r"include 'a', 'b'"):
+        topk(2, by=by, field="zz").reduce(shards)
+    assert len(topk(2, by=by, field="a").reduce(shards)) == 1
+    assert topk(2, by=by, field="a").reduce([[]]) == []
+    got = ma.run(topk(2, by=by, field="b"), shards, workers=0, fan_in=2)
+    assert got.fingerprint == ma.fingerprint(topk(2, by=by, field="b").reduce([sum(shards, [])]))
