@@ -170,7 +170,7 @@ def build_parser(entries=None):
     run.add_argument("name", help="catalog entry (see `mergeagg catalog`) or module:factory")
     run.add_argument("inputs", nargs="+", help="files, globs, directories, or - for stdin")
     _add_common(run)
-    run.add_argument("--format", default=None, choices=["text", "jsonl", "csv"],
+    run.add_argument("--format", default=None, choices=["text", "jsonl", "csv", "tsv"],
                      help="how to read the input files (default: the entry's choice)")
     return parser
 
@@ -185,7 +185,7 @@ def _entry_parser(entry):
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="files, globs, directories, or - for stdin")
     _add_common(p)
-    p.add_argument("--format", default=None, choices=["text", "jsonl", "csv"],
+    p.add_argument("--format", default=None, choices=["text", "jsonl", "csv", "tsv"],
                    help="how to read the input files (default: the entry's choice)")
     group = p.add_argument_group(f"options of {entry.name}") if entry.flags else p
     for flag in entry.flags:

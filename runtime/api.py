@@ -38,7 +38,7 @@ def _short(value, limit=80):
 
 
 def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
-        split_size=None, format="text", errors="strict", max_attempts=4, max_lost=10,
+        split_size=None, format=None, errors="strict", max_attempts=4, max_lost=10,
         backups=True,
         backup_after=0.75, backup_factor=1.5, verify=0.0, faults=None,
         heartbeat_interval=0.2, heartbeat_timeout=10.0, task_timeout=None, progress=None,

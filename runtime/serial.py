@@ -54,6 +54,8 @@ def run_serial(aggregator, source, *, fan_in, clock=time.perf_counter):
         combine_count[0] += 1
         try:
             return aggregator.combine(a, b)
+        except InputError:
+            raise  # bad input says what is wrong itself, as on workers
         except Exception as exc:
             raise TaskFailed(
                 f"combine raised (combine #{combine_count[0]} in serial mode): "
@@ -65,6 +67,8 @@ def run_serial(aggregator, source, *, fan_in, clock=time.perf_counter):
     t1 = clock()
     try:
         value = aggregator.finalize(root)
+    except InputError:
+        raise
     except Exception as exc:
         raise TaskFailed(
             f"finalize raised: {type(exc).__name__}: {exc}", task="finalize", attempts=1,

@@ -198,7 +198,7 @@ class Session:
 
     # -- datasets --------------------------------------------------------------------------
 
-    def persist(self, source, load, *, split_size=None, format="text", errors="strict"):
+    def persist(self, source, load, *, split_size=None, format=None, errors="strict"):
         """Load every split of ``source`` once, ``load(records)`` on some worker, and keep
         the loaded form in that worker's memory. Returns a :class:`Dataset` to give to
         :meth:`run` in place of a source.
@@ -263,7 +263,7 @@ class Session:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def run(self, job, source, *, fan_in=8, split_size=None, format="text", errors="strict",
+    def run(self, job, source, *, fan_in=8, split_size=None, format=None, errors="strict",
             faults=None, progress=None, partitions=None, combiner=None, memory_limit=None,
             output=None, salt=None, output_format=None, **policy):
         """Run ``job`` (an Aggregator or a KeyedJob) over ``source`` (anything

@@ -116,3 +116,12 @@ def test_an_empty_csv_has_no_header_to_check(tmp_path):
     src = inputs.files([tmp_path / "empty.csv", tmp_path / "full.csv"])
     assert [src.read(s).columns for s in src.splits()] == [None, ("k",)]
     assert ma.run(ma.algorithms.sum(field="k"), src, workers=0).value == 1
+
+
+def test_run_and_a_session_infer_the_format_from_the_name_too(tmp_path):
+    (tmp_path / "prices.csv").write_text("item,price\ntea,2\njam,3\n")
+    path = str(tmp_path / "prices.csv")
+    assert ma.run(ma.algorithms.sum(field="price"), path, workers=0).value == 5
+    with ma.Session(workers=0) as s:
+        assert s.run(ma.algorithms.sum(field="price"), path).value == 5
+        assert s.run(ma.algorithms.sum(field="price"), path, format="csv").value == 5
