@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import traceback
 
@@ -450,7 +451,8 @@ def main(argv=None):
 
     Errors in the input or the job print one line, ``mergeagg: error: ...``, and give a
     non-zero status (1 for input and job failures, 2 for a mistake on the command line,
-    130 when interrupted by Ctrl-C, after the job's workers are stopped).
+    130 when interrupted by Ctrl-C and 143 by SIGTERM, after the job's workers are stopped
+    and its directories removed).
     Cost: that of the job run.
 
     >>> import contextlib, io
@@ -468,6 +470,7 @@ def main(argv=None):
     from mergeagg.errors import MergeaggError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    previous = _on_sigterm_raise()
     try:
         status = _dispatch(argv)
         sys.stdout.flush()  # a closed pipe is met here, where it is handled, not at exit
@@ -477,6 +480,9 @@ def main(argv=None):
         # directories on the way out (the driver's finally); say so in one line.
         print("mergeagg: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("mergeagg: terminated", file=sys.stderr)
+        return 143
     except _Usage as exc:
         print(f"mergeagg: error: {exc}", file=sys.stderr)
         return 2
@@ -497,6 +503,28 @@ def main(argv=None):
     except (ValueError, TypeError) as exc:
         print(f"mergeagg: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the job's executor cleans up on the way
+    out as it does for Ctrl-C (Python's default for SIGTERM skips every ``finally``)."""
+
+
+def _on_sigterm_raise():
+    """Make SIGTERM raise :class:`_Terminated` while the command runs; the handler it
+    replaced, or ``None`` when this is not the main thread (signals cannot be set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _dispatch(argv):

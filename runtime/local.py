@@ -107,7 +107,7 @@ class LocalExecutor:
             # job without importing it first.
             self.ctx.set_forkserver_preload(["mergeagg.runtime.worker", "mergeagg.algorithms"])
         self._own_dir = workdir is None
-        self.workdir = workdir or tempfile.mkdtemp(prefix="mergeagg-")
+        self.workdir = workdir  # made by start(), so an executor never started leaves none
         # Deaths mid-task are the policy's to judge (max_lost per task); deaths before a
         # worker is even ready mean workers cannot start at all.
         self.max_failed_starts = max_restarts if max_restarts is not None else 5
@@ -139,6 +139,8 @@ class LocalExecutor:
         refuse_to_run_in_a_starting_worker()
         if not self._started:
             self._started = True
+            if self.workdir is None:
+                self.workdir = tempfile.mkdtemp(prefix="mergeagg-")
             for _ in range(self.size):
                 self._spawn()
         return self
@@ -189,7 +191,7 @@ class LocalExecutor:
             channel.close()
             self._closed_channels.append(channel)
         self._selector.close()
-        if self._own_dir:
+        if self._own_dir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _unregister(self, proc, channel):

@@ -202,8 +202,9 @@ def stuck():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("kind", ["busy", "stuck"])
-def test_one_ctrl_c_ends_a_job_with_130_one_line_and_nothing_left(tmp_path, kind):
+def test_one_ctrl_c_ends_a_job_with_130_one_line_and_nothing_left(tmp_path, kind, how):
     import signal
     import time
 
@@ -225,12 +226,16 @@ def test_one_ctrl_c_ends_a_job_with_130_one_line_and_nothing_left(tmp_path, kind
         time.sleep(0.02)
     workers = [int(p) for p in os.listdir(pids)]
     assert len(workers) == 2, "the workers never started their tasks"
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    else:
+        os.kill(proc.pid, signal.SIGTERM)  # what `kill PID` does
     start = time.monotonic()
     _out, err = proc.communicate(timeout=30)  # a hang fails here
     elapsed = time.monotonic() - start
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines() == ["mergeagg: interrupted"], err
+    status, line = (130, "interrupted") if how == "ctrl-c" else (143, "terminated")
+    assert proc.returncode == status, err
+    assert err.strip().splitlines() == [f"mergeagg: {line}"], err
     assert not [p for p in workers if psutil.pid_exists(p)
                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE], "orphan workers"
     assert os.listdir(tmp) == [], f"left behind after {elapsed:.2f}s: {os.listdir(tmp)}"

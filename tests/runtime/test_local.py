@@ -361,3 +361,12 @@ def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
     assert 'if __name__ == "__main__":' in out.stderr.strip().splitlines()[-1]
     assert "bootstrapping phase" not in out.stderr
     assert len(out.stderr.splitlines()) < 40, out.stderr
+
+
+def test_a_job_refused_before_it_starts_leaves_no_directory(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(ValueError, match="at least one task"):
+        ma.run(ma.Aggregator(len, lambda a, b: a + b), [], workers=2)
+    assert os.listdir(tmp_path) == []
