@@ -366,7 +366,12 @@ def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
 def test_a_job_refused_before_it_starts_leaves_no_directory(tmp_path, monkeypatch):
     import tempfile
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    with pytest.raises(ValueError, match="at least one task"):
-        ma.run(ma.Aggregator(len, lambda a, b: a + b), [], workers=2)
-    assert os.listdir(tmp_path) == []
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    taken = tmp_path / "out"
+    taken.mkdir()
+    (taken / "part-00000.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match="not empty"):
+        ma.run(ma.algorithms.wordcount(keyed=True), [["a b"]], workers=2, output=str(taken))
+    assert os.listdir(work) == []
