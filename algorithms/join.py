@@ -50,6 +50,7 @@ import io
 import math
 import os
 import pickle
+from bisect import bisect_left
 from itertools import compress, repeat
 from operator import itemgetter
 
@@ -60,6 +61,7 @@ from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._keyed import json_digest, order_key
 from mergeagg.algorithms.registry import Entry, Flag
 from mergeagg.errors import InputError
+from mergeagg.fingerprint import fingerprint, key_hashes
 from mergeagg.keyed import KeyedJob
 
 __all__ = [
@@ -77,9 +79,17 @@ __all__ = [
     "combine_group",
     "finalize_group",
     "merge_pair",
+    "check_header",
     "JoinRows",
     "join_rows",
     "Group",
+    "BUCKETS",
+    "Bucket",
+    "BucketRows",
+    "combine_buckets",
+    "join_bucket",
+    "key_buckets",
+    "run_join",
 ]
 
 JOIN_TYPES = ("inner", "left", "right", "full")
@@ -313,6 +323,12 @@ class _SmallSide:
         stats = tuple((p, os.path.getsize(p), os.path.getmtime(p)) for p in self.paths)
         return (self.side, self.format, stats)
 
+    def check(self, cols):
+        """Refuse a CSV small side that lacks a key column (see :func:`check_header`)."""
+        if self.format == "csv":
+            for path in self.paths:
+                check_header(_csv_header(path), cols, self.side, path)
+
     def load(self):
         if self.records is not None:
             return list(self.records)
@@ -368,6 +384,22 @@ def _gc_paused():
     finally:
         if was:
             gc.enable()
+
+
+def check_header(header, cols, side, path):
+    """Raise :class:`InputError` unless every key column ``cols`` is in a CSV ``header``;
+    the message names the missing column, the side, the file and the header. Cost: O(cols).
+
+    >>> check_header(("id", "k"), ("kk",), "left", "l.csv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mergeagg.errors.InputError: the left side has no column 'kk' to join on (l.csv; its ...
+    """
+    missing = [c for c in cols if c not in header]
+    if missing:
+        listed = ", ".join(header) if header else "(empty)"
+        raise InputError(f"the {side} side has no column {missing[0]!r} to join on ({path}; "
+                         f"its header: {listed})")
 
 
 class _CsvPiece:
@@ -445,20 +477,38 @@ class _CsvPiece:
 
     def key_column(self, spec):
         """The index of the side's one key column in the header, or ``None`` when the key
-        is composite or its column is missing (the general path handles those)."""
-        cols = spec.left if self.side() == LEFT else spec.right
-        if len(cols) == 1 and cols[0] in self.header:
+        is composite (the general path handles it); an :class:`InputError` naming the
+        column and the header when a key column is missing."""
+        cols = self._key_columns(spec)
+        if len(cols) == 1:
             return self.header.index(cols[0])
         return None
 
+    def _key_columns(self, spec):
+        cols = spec.left if self.side() == LEFT else spec.right
+        check_header(self.header, cols, self.side(), self.split.path)
+        return cols
+
+    def keyed_rows(self, spec):
+        """``(kind, keys, rows)`` of the split for the keyed join: its plain lines and their
+        key fields cut out (``kind`` 0), else its rows as field lists (``kind`` 1)."""
+        col = self.key_column(spec)
+        if col is not None:
+            lines = self.lines()
+            if lines is not None:
+                cut = col + 1
+                keys = [ln.split(",", cut)[col] for ln in lines]
+                if spec.empty_is_null and "" in keys:
+                    keys = [k or None for k in keys]
+                return _LINE, keys, lines
+        rows = self.rows()
+        return _FIELDS, self.keys(rows, spec), rows
+
     def keys(self, rows, spec):
         """Each row's join key (``None`` when null), in row order."""
-        side = self.side()
-        cols = spec.left if side == LEFT else spec.right
+        cols = self._key_columns(spec)
         header = self.header
-        where = [header.index(c) if c in header else None for c in cols]
-        if None in where:
-            return [None] * len(rows)
+        where = [header.index(c) for c in cols]
         if len(where) == 1:
             keys = list(map(itemgetter(where[0]), rows))
             if spec.empty_is_null and "" in keys:
@@ -566,8 +616,9 @@ def _plain_keys(groups):
 class JoinRows(list):
     """A join's result: a plain list of ``(left, right)`` pairs.
 
-    It fingerprints as that list (the fingerprint encodes runs of them in bulk, rows and
-    all, when the runtime fingerprints a keyed join's output). Cost: O(rows).
+    It fingerprints as that list (the fingerprint encodes runs of them in bulk). The fold,
+    the broadcast join and :func:`join_rows` of the keyed join give equal lists, so equal
+    fingerprints. Cost of the fingerprint: O(rows).
 
     >>> rows = JoinRows([({"k": "1"}, None)])
     >>> rows == [({"k": "1"}, None)], isinstance(rows, list)
@@ -601,6 +652,7 @@ class _Join:
             hit = _TABLE_CACHE.get(key)
             if hit is not None:
                 return hit
+        small.check(self.spec.left if small.side == LEFT else self.spec.right)
         rows = small.load()
         table = {}
         key_of = self.spec.key_function(small.side)
@@ -788,7 +840,7 @@ def join(on, how="inner", *, left_on=None, right_on=None, empty_is_null=False, k
     spec = _key_spec(on, left_on, right_on, empty_is_null)
     how = _check_how(how)
     if keyed:
-        return KeyedJob(_KeyedGroups(spec), combine_group, _KeyedFinal(how),
+        return KeyedJob(_KeyedBuckets(spec), combine_buckets, _BucketJoin(how),
                         name=f"join({how})")
     impl = _Join(spec, how)
     return Aggregator(impl.partial, impl.combine, impl.finalize, name=f"join({impl.how})")
@@ -797,9 +849,89 @@ def join(on, how="inner", *, left_on=None, right_on=None, empty_is_null=False, k
 _NOT_REPARTITIONED = ("a keyed join repartitions both sides: build its source with "
                       "join_source(..., strategy='reduce')")
 
+BUCKETS = 256
+"""How many buckets the keyed join shuffles: a join key goes to bucket
+``key_hashes([key]) % BUCKETS`` (a null key to the bucket of ``0``)."""
 
-class _KeyedGroups:
-    """The keyed join's map: a shard's groups, the null key's flagged (picklable)."""
+_LINE, _FIELDS, _RECORD = 0, 1, 2  # how a segment holds its rows
+
+
+def key_buckets(keys):
+    """Each join key's bucket (``None``, a null key, goes with ``0``), as an int64 array.
+
+    A stable hash (:func:`mergeagg.fingerprint.key_hashes`), the same in every process.
+    Cost: O(total key size), vectorised for str, int and float keys.
+
+    >>> key_buckets(["a", "a", None]).tolist() == key_buckets(["a", "a", 0]).tolist()
+    True
+    """
+    if not len(keys):
+        return np.empty(0, dtype=np.int64)
+    if None in keys:
+        keys = [0 if k is None else k for k in keys]
+    return (key_hashes(list(keys)) % np.uint64(BUCKETS)).astype(np.int64)
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Bucket:
+    """One bucket's rows of both sides, as they travel in a keyed join's shuffle.
+
+    ``left`` and ``right`` are lists of segments ``(kind, header, keys, rows)``: one per map
+    task and side, a run of rows with their join keys (``None`` when null). ``kind`` says
+    how the rows are held: CSV lines (``0``, split on ``,`` only when emitted), CSV field
+    lists (``1``) or mapping records (``2``, ``header`` is ``None``). A bucket's join is one
+    vectorised pass (:func:`join_bucket`), whatever number of keys it holds. Cost of the
+    fingerprint: its keys and rows as plain lists.
+
+    >>> b = Bucket([(0, ("k", "x"), ["1"], ["1,a"])], [])
+    >>> combine_buckets(b, Bucket([], [(2, None, ["1"], [{"k": "1"}])])).right
+    [(2, None, ['1'], [{'k': '1'}])]
+    """
+
+    left: list
+    right: list
+
+    def __mergeagg_fingerprint__(self):
+        return [[list(seg) for seg in self.left], [list(seg) for seg in self.right]]
+
+
+def combine_buckets(a, b):
+    """Merge bucket ``b`` into bucket ``a`` (their segments, in order); returns ``a``.
+
+    ``b`` is unchanged, and no segment is ever modified once made. Cost: O(segments of b).
+
+    >>> combine_buckets(Bucket([1], []), Bucket([2], [3]))
+    Bucket(left=[1, 2], right=[3])
+    """
+    a.left.extend(b.left)
+    a.right.extend(b.right)
+    return a
+
+
+def _bucketed(sides):
+    """``{bucket: Bucket}`` for all BUCKETS buckets from ``(side, kind, header, keys, rows)``
+    runs; a bucket without rows is empty, so every map task emits every bucket."""
+    out = {b: Bucket([], []) for b in range(BUCKETS)}
+    for side, kind, header, keys, rows in sides:
+        if not keys:
+            continue
+        where = key_buckets(keys)
+        order = np.argsort(where, kind="stable")
+        ends = np.cumsum(np.bincount(where, minlength=BUCKETS)).tolist()
+        idx = order.tolist()
+        keys = [keys[i] for i in idx]
+        rows = [rows[i] for i in idx]
+        start = 0
+        for b, end in enumerate(ends):
+            if end > start:
+                seg = (kind, header, keys[start:end], rows[start:end])
+                (out[b].left if side == 0 else out[b].right).append(seg)
+            start = end
+    return out
+
+
+class _KeyedBuckets:
+    """The keyed join's map: a shard's rows, by side, cut into buckets (picklable)."""
 
     __slots__ = ("spec",)
 
@@ -811,50 +943,231 @@ class _KeyedGroups:
             if shard.tag not in _SIDE_INDEX:
                 raise ValueError(_NOT_REPARTITIONED)
             with _gc_paused():
-                rows = shard.rows()
-                groups = _group_rows(_SIDE_INDEX[shard.tag], shard.keys(rows, self.spec), rows,
-                                     shard.header)
-            if None in groups:
-                groups[None].append(True)
-            return groups
-        tagged = []
+                kind, keys, rows = shard.keyed_rows(self.spec)
+                return _bucketed([(_SIDE_INDEX[shard.tag], kind, shard.header, keys, rows)])
+        runs = {LEFT: ([], []), RIGHT: ([], [])}
+        key_of = {LEFT: self.spec.key_function(LEFT), RIGHT: self.spec.key_function(RIGHT)}
         for tag, record in shard:
-            if tag in _SIDE_INDEX:
-                tagged.append((tag, record))
-            elif isinstance(tag, Broadcast):
-                raise ValueError(_NOT_REPARTITIONED)
-            else:
+            run = runs.get(tag) if type(tag) is str else None
+            if run is None:
+                if isinstance(tag, Broadcast):
+                    raise ValueError(_NOT_REPARTITIONED)
                 raise ValueError(f"a join record must be tagged 'left' or 'right' (see "
                                  f"join_source), got the tag {tag!r}")
-        groups = group_map(tagged, self.spec)
-        if None in groups:
-            groups[None].append(True)  # the per-key finalize sees no key: flag the nulls
-        return groups
+            run[0].append(key_of[tag](record))
+            run[1].append(record)
+        return _bucketed([(_SIDE_INDEX[tag], _RECORD, None, keys, rows)
+                          for tag, (keys, rows) in runs.items()])
 
 
-class _KeyedFinal:
-    """The keyed join's per-key finalize: the key's pairs in the documented row order."""
+def _side_rows(segments):
+    """A side's keys (one list) and a function giving the records of some of its rows."""
+    keys, bounds = [], []
+    for seg in segments:
+        keys.extend(seg[2])
+        bounds.append(len(keys))
+
+    def records(index):
+        """Records of the rows at the sorted positions ``index`` (a list), in that order."""
+        out = []
+        lo = 0
+        pos = 0
+        for seg, hi in zip(segments, bounds):
+            kind, header, _keys, rows = seg
+            stop = bisect_left(index, hi, pos)
+            if stop > pos:
+                take = [rows[i - lo] for i in index[pos:stop]]
+                if kind == _LINE:
+                    out.extend([dict(zip(header, line.split(","))) for line in take])
+                elif kind == _FIELDS:
+                    out.extend([dict(zip(header, fields)) for fields in take])
+                else:
+                    out.extend(take)
+                pos = stop
+            lo = hi
+        return out
+
+    return keys, records, all(seg[0] != _RECORD for seg in segments)
+
+
+def _sorted_keys(keys):
+    """Distinct keys in order_key order (plain ``sorted`` when that is the same order)."""
+    kinds = set(map(type, keys))
+    if kinds <= {str} or kinds <= {int, float, bool}:
+        return sorted(keys)
+    return sorted(keys, key=order_key)
+
+
+def join_bucket(left, right, how):
+    """Join one bucket's segments: its pairs in the documented order, as :class:`BucketRows`.
+
+    Keys are ranked once; matches, cross products and unmatched rows are index arithmetic
+    in numpy; a record is built only for an emitted row, and rows are ordered within a key
+    only where the key has several. Cost: O(rows + output) plus a sort of the keys and of
+    the rows of repeated keys.
+
+    >>> seg = [(2, None, ["a", "b", None], [{"k": "a"}, {"k": "b"}, {"x": 1}])]
+    >>> join_bucket(seg, [(2, None, ["a"], [{"k": "a", "v": 1}])], "left")
+    [({'x': 1}, None), ({'k': 'a'}, {'k': 'a', 'v': 1}), ({'k': 'b'}, None)]
+    """
+    lkeys, lrecords, lcsv = _side_rows(left)
+    rkeys, rrecords, rcsv = _side_rows(right)
+    distinct = dict.fromkeys(lkeys)
+    distinct.update(dict.fromkeys(rkeys))
+    distinct.pop(None, None)
+    ordered = _sorted_keys(list(distinct))
+    rank = {k: i for i, k in enumerate(ordered)}
+    n_keys = len(ordered)
+    lc = np.fromiter(map(rank.get, lkeys, repeat(-1)), dtype=np.int64, count=len(lkeys))
+    rc = np.fromiter(map(rank.get, rkeys, repeat(-1)), dtype=np.int64, count=len(rkeys))
+    lcount = np.bincount(lc[lc >= 0], minlength=n_keys + 1)
+    rcount = np.bincount(rc[rc >= 0], minlength=n_keys + 1)
+    keep_left, keep_right = how in ("left", "full"), how in ("right", "full")
+    # Which rows are emitted: matched ones, and unmatched ones of a kept side.
+    lmatch = (lc >= 0) & (rcount[np.maximum(lc, 0)] > 0)
+    rmatch = (rc >= 0) & (lcount[np.maximum(rc, 0)] > 0)
+    lemit = np.ones_like(lmatch) if keep_left else lmatch
+    remit = np.ones_like(rmatch) if keep_right else rmatch
+    lrows, lorder, ltie = _emitted(lc, lemit, lrecords, lcsv)
+    rrows, rorder, rtie = _emitted(rc, remit, rrecords, rcsv)
+    # Sorted rows of each side, by (key rank, row): positions into lorder / rorder.
+    lcode, rcode = lc[lorder], rc[rorder]
+    lm, rm = lmatch[lorder], rmatch[rorder]
+    # Matched: each left row of a key repeated once per right row of that key.
+    rstart = np.zeros(n_keys + 1, dtype=np.int64)
+    rfirst = np.flatnonzero(rm)
+    if len(rfirst):
+        codes_r = rcode[rfirst]
+        bounds = np.searchsorted(codes_r, np.arange(n_keys + 1))
+        rstart = bounds
+    ml = np.flatnonzero(lm)
+    reps = rcount[lcode[ml]] if len(ml) else np.empty(0, dtype=np.int64)
+    li = np.repeat(ml, reps)
+    total = int(reps.sum())
+    first = np.repeat(rstart[lcode[ml]] - np.concatenate(([0], np.cumsum(reps)[:-1])), reps) \
+        if len(ml) else np.empty(0, dtype=np.int64)
+    rj = rfirst[first + np.arange(total)] if total else np.empty(0, dtype=np.int64)
+    if total:
+        # By left row, right row, then (between equal rows) input order.
+        o = np.lexsort((rj, li, rtie[rj], ltie[li]))
+        li, rj = li[o], rj[o]
+    parts_l, parts_r, parts_key, parts_kind = [li], [rj], [lcode[li]], [np.ones(total)]
+    if keep_left:
+        un = np.flatnonzero(~lm)
+        parts_l.append(un)
+        parts_r.append(np.full(len(un), -1))
+        parts_key.append(lcode[un])
+        parts_kind.append(np.full(len(un), 2.0))
+    if keep_right:
+        un = np.flatnonzero(~rm)
+        parts_l.append(np.full(len(un), -1))
+        parts_r.append(un)
+        parts_key.append(rcode[un])
+        parts_kind.append(np.zeros(len(un)))
+    li = np.concatenate(parts_l).astype(np.int64)
+    rj = np.concatenate(parts_r).astype(np.int64)
+    key = np.concatenate(parts_key)
+    # Null key (-1) first; in it the (None, right) pairs before the (left, None) ones; in a
+    # group, the streams are already in row order.
+    order = np.lexsort((np.arange(len(li)), np.concatenate(parts_kind), key))
+    li, rj, key = li[order], rj[order], key[order]
+    lrows.append(None)
+    rrows.append(None)
+    pairs = list(zip(map(lrows.__getitem__, li.tolist()), map(rrows.__getitem__, rj.tolist())))
+    # Runs of one key: for join_rows, which orders the buckets' runs by key.
+    cuts = np.flatnonzero(np.diff(key)) + 1 if len(key) else np.empty(0, dtype=np.int64)
+    starts = np.concatenate(([0], cuts)).astype(np.int64) if len(key) else cuts
+    run_keys = [None if c < 0 else ordered[c] for c in key[starts].tolist()]
+    ends = np.append(starts[1:], len(key)).tolist() if len(key) else []
+    return BucketRows(pairs, run_keys, ends)
+
+
+def _emitted(codes, emit, records, all_csv):
+    """The records of a side's emitted rows and the order of those rows by (key, row).
+
+    Returns ``(rows, order, tie)``: ``rows[p]`` is the record at sorted position ``p``,
+    ``order`` lists the row indices in that order (length = emitted rows), and ``tie[p]``
+    is the first position of the rows equal to ``p``'s in that order (``p`` when none)."""
+    idx = np.flatnonzero(emit)
+    # By key rank (nulls, -1, first); rows of one key keep their input order for now.
+    idx = idx[np.argsort(codes[idx], kind="stable")]
+    rows = records(np.sort(idx).tolist())
+    by_index = dict(zip(np.sort(idx).tolist(), rows))
+    rows = [by_index[i] for i in idx.tolist()]
+    c = codes[idx]
+    tie = np.arange(len(c))
+    if len(c) > 1:
+        dup = np.flatnonzero(c[1:] == c[:-1])
+        if len(dup):
+            # Order the rows of each repeated key (null rows too) by the documented row order.
+            many = np.zeros(len(c), dtype=bool)
+            many[dup] = True
+            many[dup + 1] = True
+            at = np.flatnonzero(many).tolist()
+            picked = [rows[p] for p in at]
+            all_str = all_csv or _row_kinds(picked)[1]
+            row_key = _str_row_key if all_str else order_key
+            sub = sorted(range(len(at)), key=lambda j: (int(c[at[j]]), row_key(picked[j])))
+            # Rows of one key stay in their key's span, so sorting the flagged positions
+            # among themselves by (key, row) reorders each span in place.
+            new_at = [at[j] for j in sub]
+            perm = np.arange(len(c))
+            perm[at] = new_at
+            idx = idx[perm]
+            rows = [rows[p] for p in perm.tolist()]
+            # Rows equal in that order share a tie rank (their pairs then interleave, as a
+            # stable sort of the key's pairs would put them).
+            keys = [(int(c[at[j]]), row_key(picked[j])) for j in sub]
+            for n in range(1, len(at)):
+                if keys[n] == keys[n - 1]:
+                    tie[at[n]] = tie[at[n - 1]]
+    return rows, idx, tie
+
+
+class _BucketJoin:
+    """The keyed join's per-bucket finalize (picklable)."""
 
     __slots__ = ("how",)
 
     def __init__(self, how):
         self.how = how
 
-    def __call__(self, group):
-        null = len(group) > 2
-        pairs = finalize_group(None if null else True, group, self.how)
-        if len(pairs) > 1:
-            all_str = _row_kinds(list(_pair_rows(pairs)))[1]
-            row_key = _str_row_key if all_str else order_key
-            pairs.sort(key=lambda p: (row_key(p[0]), row_key(p[1])))
-        return JoinRows(pairs)
+    def __call__(self, bucket):
+        with _gc_paused():
+            return join_bucket(bucket.left, bucket.right, self.how)
+
+
+class BucketRows(list):
+    """One bucket's joined pairs, in the documented order (a keyed join's per-bucket value).
+
+    ``keys`` and ``ends`` describe its runs (the pairs of one join key end at ``ends[i]``),
+    so that :func:`join_rows` orders the buckets' runs by key without reading a row. It
+    fingerprints as the list of its pairs. Cost of the fingerprint: O(rows).
+
+    >>> b = BucketRows([({"k": "1"}, None)], ["1"], [1])
+    >>> b == [({"k": "1"}, None)], b.keys
+    (True, ['1'])
+    """
+
+    __slots__ = ("keys", "ends")
+
+    def __init__(self, pairs=(), keys=(), ends=()):
+        super().__init__(pairs)
+        self.keys, self.ends = list(keys), list(ends)
+
+    def __reduce__(self):
+        return (BucketRows, (list(self), self.keys, self.ends))
+
+    def __mergeagg_fingerprint__(self):
+        return list(self)
 
 
 def join_rows(value):
-    """The keyed join's result (a dict key -> pairs, or its part files) as the fold's list.
+    """The keyed join's result (a dict bucket -> :class:`BucketRows`, or its part files) as
+    the fold's list, with the same fingerprint.
 
-    Keys in :func:`~mergeagg.algorithms._keyed.order_key` order, each key's pairs in turn.
-    Cost: O(keys log keys) plus reading the parts.
+    Runs of one key are ordered by key (:func:`~mergeagg.algorithms._keyed.order_key`,
+    nulls first). Cost: O(keys log keys) plus the pairs, plus reading the parts.
 
     >>> job = join("k", how="left", keyed=True)
     >>> src = join_source([{"k": 1}, {"k": None}], [{"k": 1, "v": 2}], strategy="reduce")
@@ -863,9 +1176,18 @@ def join_rows(value):
     """
     if not isinstance(value, dict):
         value = value.to_dict()
+    runs = []  # (key, bucket rows, start, end)
+    nulls = []
+    for rows in value.values():
+        start = 0
+        for key, end in zip(rows.keys, rows.ends):
+            (nulls if key is None else runs).append((key, rows, start, end))
+            start = end
+    ordered = _sorted_keys([r[0] for r in runs])
+    by_key = {r[0]: r for r in runs}
     out = JoinRows()
-    for key in sorted(value, key=order_key):
-        out.extend(value[key])
+    for _key, rows, start, end in nulls + [by_key[k] for k in ordered]:
+        out.extend(rows[start:end])
     return out
 
 
@@ -939,8 +1261,7 @@ class _Side:
                 splits.append(dataclasses.replace(sp, tag=tag))
                 continue
             if sp.path not in headers:
-                with open(sp.path, newline="", encoding="utf-8") as f:
-                    headers[sp.path] = tuple(next(csv.reader(f), ()))
+                headers[sp.path] = _csv_header(sp.path)
             piece = _CsvPiece(sp, tag, headers[sp.path], sp.start == 0)
             splits.append(_inputs.Split(index=sp.index, id=sp.id, kind="memory", path=sp.path,
                                         start=sp.start, end=sp.end, payload=piece,
@@ -948,6 +1269,11 @@ class _Side:
         return _inputs.Source(splits, f"{self.name}: {self.source.description}")
 
     streamed = tagged
+
+
+def _csv_header(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return tuple(next(csv.reader(f), ()))
 
 
 def _expand(side):
@@ -1040,9 +1366,39 @@ def _make_source(inputs, split_size, params):
     if len(inputs) != 2:
         raise ValueError(f"join takes exactly two inputs, LEFT and RIGHT; got {len(inputs)}")
     strategy = "reduce" if params.get("keyed") else params.get("_strategy", "auto")
-    return join_source(inputs[0], inputs[1], strategy=strategy,
-                       broadcast_threshold=params.get("_broadcast_threshold"),
-                       split_size=split_size)
+    src = join_source(inputs[0], inputs[1], strategy=strategy,
+                      broadcast_threshold=params.get("_broadcast_threshold"),
+                      split_size=split_size)
+    # A misspelled key column fails here, before any task runs (the tasks check it too).
+    spec = _key_spec(params.get("on"), params.get("left_on"), params.get("right_on"), False)
+    for side, path in ((LEFT, inputs[0]), (RIGHT, inputs[1])):
+        if _is_paths(path):
+            for p in _expand(path):
+                if _RECORD_FORMATS.get(os.path.splitext(p)[1].lower()) == "csv":
+                    check_header(_csv_header(p), spec.left if side == LEFT else spec.right,
+                                 side, p)
+    return src
+
+
+def run_join(job, source, **options):
+    """The CLI's runner: :func:`mergeagg.run`, and for a keyed join the value the user
+    gets (the list of pairs, :func:`join_rows`) with that list's fingerprint, so that the
+    fold, the broadcast join and the keyed join at any ``--partitions`` print one
+    fingerprint for one list. Cost: the run, plus for a keyed join one pass over its output.
+
+    >>> src = join_source([{"k": 1}], [{"k": 1, "v": 2}], strategy="reduce")
+    >>> a = run_join(join("k"), src, workers=0)
+    >>> b = run_join(join("k", keyed=True), src, workers=0, partitions=3)
+    >>> a.value == b.value, a.fingerprint == b.fingerprint == fingerprint(b.value)
+    (True, True)
+    """
+    import mergeagg
+
+    result = mergeagg.run(job, source, **options)
+    if isinstance(job, KeyedJob):
+        value = join_rows(result.value)
+        result = dataclasses.replace(result, value=value, fingerprint=fingerprint(value))
+    return result
 
 
 def _summarize(value, params):
@@ -1085,4 +1441,5 @@ ENTRY = Entry(
     make_source=_make_source,
     summarize=_summarize,
     jsonable=_jsonable,
+    runner=run_join,
 )

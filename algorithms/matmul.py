@@ -35,6 +35,7 @@ from mergeagg import inputs as _inputs
 from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._keyed import merge_into
 from mergeagg.algorithms.registry import Entry, Flag
+from mergeagg.fingerprint import fingerprint
 from mergeagg.keyed import KeyedJob
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "assemble",
     "assemble_tiles",
     "DEFAULT_BLOCK",
+    "run_matmul",
 ]
 
 DEFAULT_BLOCK = 1024
@@ -449,6 +451,27 @@ def _make_source(inputs, split_size, params):
                          k_split=params.get("_k_split"))
 
 
+def run_matmul(job, source, **options):
+    """The CLI's runner: :func:`mergeagg.run`, and for a keyed matmul the value the user
+    gets (``C``, :func:`assemble_tiles`) with the fingerprint of ``C``, so that the fold and
+    the keyed job at any ``--partitions`` print one fingerprint for one ``C``. Cost: the
+    run, plus for a keyed matmul one copy and one hash of ``C``.
+
+    >>> src = matmul_source(np.eye(3), np.ones((3, 2)), block=2)
+    >>> a = run_matmul(matmul(), src, workers=0)
+    >>> b = run_matmul(matmul(keyed=True), src, workers=0, partitions=2)
+    >>> a.fingerprint == b.fingerprint == fingerprint(b.value)
+    True
+    """
+    import mergeagg
+
+    result = mergeagg.run(job, source, **options)
+    if isinstance(job, KeyedJob):
+        value = assemble_tiles(result.value)
+        result = dataclasses.replace(result, value=value, fingerprint=fingerprint(value))
+    return result
+
+
 def _summarize(value, params):
     if not isinstance(value, np.ndarray):
         value = assemble_tiles(value)
@@ -475,4 +498,5 @@ ENTRY = Entry(
     ),
     make_source=_make_source,
     summarize=_summarize,
+    runner=run_matmul,
 )
