@@ -45,12 +45,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import gc
 import io
 import math
 import os
 import pickle
+import re
 from bisect import bisect_left
+from collections.abc import Sequence
 from itertools import compress, repeat
 from operator import itemgetter
 
@@ -386,6 +389,13 @@ def _gc_paused():
             gc.enable()
 
 
+@functools.lru_cache(maxsize=64)
+def _field_re(col):
+    """A pattern whose ``findall`` over newline-joined CSV lines gives field ``col`` of each
+    line (lines with at least ``col`` commas, no quotes)."""
+    return re.compile(r"^(?:[^,\n]*,){" + str(col) + r"}([^,\n]*)", re.MULTILINE)
+
+
 def check_header(header, cols, side, path):
     """Raise :class:`InputError` unless every key column ``cols`` is in a CSV ``header``;
     the message names the missing column, the side, the file and the header. Cost: O(cols).
@@ -496,8 +506,9 @@ class _CsvPiece:
         if col is not None:
             lines = self.lines()
             if lines is not None:
-                cut = col + 1
-                keys = [ln.split(",", cut)[col] for ln in lines]
+                # Every line has the header's number of commas (checked): one regular
+                # expression pass over the text cuts out every key field.
+                keys = _field_re(col).findall("\n".join(lines)) if lines else []
                 if spec.empty_is_null and "" in keys:
                     keys = [k or None for k in keys]
                 return _LINE, keys, lines
@@ -880,8 +891,9 @@ class Bucket:
     task and side, a run of rows with their join keys (``None`` when null). ``kind`` says
     how the rows are held: CSV lines (``0``, split on ``,`` only when emitted), CSV field
     lists (``1``) or mapping records (``2``, ``header`` is ``None``). A bucket's join is one
-    vectorised pass (:func:`join_bucket`), whatever number of keys it holds. Cost of the
-    fingerprint: its keys and rows as plain lists.
+    vectorised pass (:func:`join_bucket`), whatever number of keys it holds. Its lines and
+    keys pickle and fingerprint as one string per run. Cost: O(bytes) to pickle and to
+    fingerprint.
 
     >>> b = Bucket([(0, ("k", "x"), ["1"], ["1,a"])], [])
     >>> combine_buckets(b, Bucket([], [(2, None, ["1"], [{"k": "1"}])])).right
@@ -891,8 +903,38 @@ class Bucket:
     left: list
     right: list
 
+    def __reduce__(self):
+        return (_unpacked_bucket, (_packed_segments(self.left), _packed_segments(self.right)))
+
     def __mergeagg_fingerprint__(self):
-        return [[list(seg) for seg in self.left], [list(seg) for seg in self.right]]
+        return [_packed_segments(self.left), _packed_segments(self.right)]
+
+
+def _pack(items):
+    """A list of str as one ``("\\n", text)`` when no item holds a newline (CSV lines and
+    their key fields), so that it pickles and fingerprints as one string, at C speed; any
+    other list as itself. Cost: one join and one count over the text."""
+    if items and type(items) is list and type(items[0]) is str:
+        try:
+            text = "\n".join(items)  # a TypeError unless every item is a str
+        except TypeError:
+            return items
+        if text.count("\n") == len(items) - 1 and type(items[-1]) is str:
+            return ("\n", text)
+    return items
+
+
+def _unpack(packed):
+    return packed[1].split("\n") if type(packed) is tuple else packed
+
+
+def _packed_segments(segments):
+    return [(kind, header, _pack(keys), _pack(rows)) for kind, header, keys, rows in segments]
+
+
+def _unpacked_bucket(left, right):
+    return Bucket([(k, h, _unpack(keys), _unpack(rows)) for k, h, keys, rows in left],
+                  [(k, h, _unpack(keys), _unpack(rows)) for k, h, keys, rows in right])
 
 
 def combine_buckets(a, b):
@@ -918,16 +960,22 @@ def _bucketed(sides):
         where = key_buckets(keys)
         order = np.argsort(where, kind="stable")
         ends = np.cumsum(np.bincount(where, minlength=BUCKETS)).tolist()
-        idx = order.tolist()
-        keys = [keys[i] for i in idx]
-        rows = [rows[i] for i in idx]
+        keys = _objects(keys)[order]
+        rows = _objects(rows)[order]
         start = 0
         for b, end in enumerate(ends):
             if end > start:
-                seg = (kind, header, keys[start:end], rows[start:end])
+                seg = (kind, header, keys[start:end].tolist(), rows[start:end].tolist())
                 (out[b].left if side == 0 else out[b].right).append(seg)
             start = end
     return out
+
+
+def _objects(items):
+    """A list as a 1-D object array (never a nested array of field lists)."""
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
+    return arr
 
 
 class _KeyedBuckets:
@@ -960,34 +1008,85 @@ class _KeyedBuckets:
                           for tag, (keys, rows) in runs.items()])
 
 
-def _side_rows(segments):
-    """A side's keys (one list) and a function giving the records of some of its rows."""
-    keys, bounds = [], []
-    for seg in segments:
-        keys.extend(seg[2])
-        bounds.append(len(keys))
+class _BucketSide:
+    """One side of a bucket at the reducer: its keys, and its rows kept raw (a CSV line, a
+    field list or a record) with the segment each comes from."""
 
-    def records(index):
-        """Records of the rows at the sorted positions ``index`` (a list), in that order."""
-        out = []
-        lo = 0
-        pos = 0
-        for seg, hi in zip(segments, bounds):
-            kind, header, _keys, rows = seg
+    __slots__ = ("keys", "segments", "bounds")
+
+    def __init__(self, segments):
+        self.segments = segments
+        self.keys, self.bounds = [], []
+        for seg in segments:
+            self.keys.extend(seg[2])
+            self.bounds.append(len(self.keys))
+
+    def raw(self, index):
+        """``(rows, heads, seg)`` of the rows at the sorted positions ``index`` (a list):
+        the raw rows in that order, the distinct ``(kind, header)`` of their segments and
+        each row's position in ``heads`` (``None`` when there is one)."""
+        rows, seg_of, heads, where = [], [], [], {}
+        lo = pos = 0
+        for seg, hi in zip(self.segments, self.bounds):
             stop = bisect_left(index, hi, pos)
             if stop > pos:
-                take = [rows[i - lo] for i in index[pos:stop]]
-                if kind == _LINE:
-                    out.extend([dict(zip(header, line.split(","))) for line in take])
-                elif kind == _FIELDS:
-                    out.extend([dict(zip(header, fields)) for fields in take])
-                else:
-                    out.extend(take)
+                kind, header, _keys, seg_rows = seg
+                h = where.setdefault((kind, header), len(heads))
+                if h == len(heads):
+                    heads.append((kind, header))
+                rows.extend([seg_rows[i - lo] for i in index[pos:stop]])
+                seg_of.append((h, stop - pos))
                 pos = stop
             lo = hi
-        return out
+        if len(heads) <= 1:
+            return rows, tuple(heads), None
+        seg = np.repeat([h for h, _n in seg_of], [n for _h, n in seg_of]).astype(np.int32)
+        return rows, tuple(heads), seg
 
-    return keys, records, all(seg[0] != _RECORD for seg in segments)
+
+def _raw_records(rows, heads, seg):
+    """Records of raw rows (see :class:`_BucketSide`): a CSV row's dict is built here."""
+    if seg is None:
+        if not heads:
+            return []
+        kind, header = heads[0]
+        if kind == _LINE:
+            return [dict(zip(header, line.split(","))) for line in rows]
+        if kind == _FIELDS:
+            return [dict(zip(header, fields)) for fields in rows]
+        return list(rows)
+    out = []
+    for row, h in zip(rows, seg.tolist()):
+        kind, header = heads[h]
+        if kind == _LINE:
+            row = dict(zip(header, row.split(",")))
+        elif kind == _FIELDS:
+            row = dict(zip(header, row))
+        out.append(row)
+    return out
+
+
+def _row_keys(rows, heads, seg):
+    """Sort keys of raw rows giving the documented row order (order_key of each record).
+
+    When every row is a CSV row under headers with one set of distinct column names, a
+    record's order_key compares its values in column-name order: that tuple is the key,
+    built from the fields without a dict. Otherwise the records' own keys."""
+    names = {tuple(sorted(h)) for k, h in heads if k != _RECORD and len(set(h)) == len(h)}
+    if len(names) == 1 and all(k != _RECORD for k, _h in heads):
+        perms = [itemgetter(*np.argsort(h, kind="stable").tolist()) if len(h) > 1 else None
+                 for _k, h in heads]
+        hs = [0] * len(rows) if seg is None else seg.tolist()
+        out = []
+        for row, h in zip(rows, hs):
+            kind = heads[h][0]
+            fields = row.split(",") if kind == _LINE else row
+            perm = perms[h]
+            out.append(tuple(perm(fields)) if perm is not None else tuple(fields))
+        return out
+    records = _raw_records(rows, heads, seg)
+    row_key = _str_row_key if _row_kinds(records)[1] else order_key
+    return [row_key(r) for r in records]
 
 
 def _sorted_keys(keys):
@@ -1002,16 +1101,16 @@ def join_bucket(left, right, how):
     """Join one bucket's segments: its pairs in the documented order, as :class:`BucketRows`.
 
     Keys are ranked once; matches, cross products and unmatched rows are index arithmetic
-    in numpy; a record is built only for an emitted row, and rows are ordered within a key
-    only where the key has several. Cost: O(rows + output) plus a sort of the keys and of
-    the rows of repeated keys.
+    in numpy; rows stay raw (a CSV line is split only to order the rows of a repeated key),
+    and are ordered within a key only where the key has several. Cost: O(rows + output)
+    plus a sort of the keys and of the rows of repeated keys.
 
     >>> seg = [(2, None, ["a", "b", None], [{"k": "a"}, {"k": "b"}, {"x": 1}])]
     >>> join_bucket(seg, [(2, None, ["a"], [{"k": "a", "v": 1}])], "left")
     [({'x': 1}, None), ({'k': 'a'}, {'k': 'a', 'v': 1}), ({'k': 'b'}, None)]
     """
-    lkeys, lrecords, lcsv = _side_rows(left)
-    rkeys, rrecords, rcsv = _side_rows(right)
+    lside, rside = _BucketSide(left), _BucketSide(right)
+    lkeys, rkeys = lside.keys, rside.keys
     distinct = dict.fromkeys(lkeys)
     distinct.update(dict.fromkeys(rkeys))
     distinct.pop(None, None)
@@ -1028,8 +1127,8 @@ def join_bucket(left, right, how):
     rmatch = (rc >= 0) & (lcount[np.maximum(rc, 0)] > 0)
     lemit = np.ones_like(lmatch) if keep_left else lmatch
     remit = np.ones_like(rmatch) if keep_right else rmatch
-    lrows, lorder, ltie = _emitted(lc, lemit, lrecords, lcsv)
-    rrows, rorder, rtie = _emitted(rc, remit, rrecords, rcsv)
+    lraw, lorder, ltie = _emitted(lc, lemit, lside)
+    rraw, rorder, rtie = _emitted(rc, remit, rside)
     # Sorted rows of each side, by (key rank, row): positions into lorder / rorder.
     lcode, rcode = lc[lorder], rc[rorder]
     lm, rm = lmatch[lorder], rmatch[rorder]
@@ -1037,9 +1136,7 @@ def join_bucket(left, right, how):
     rstart = np.zeros(n_keys + 1, dtype=np.int64)
     rfirst = np.flatnonzero(rm)
     if len(rfirst):
-        codes_r = rcode[rfirst]
-        bounds = np.searchsorted(codes_r, np.arange(n_keys + 1))
-        rstart = bounds
+        rstart = np.searchsorted(rcode[rfirst], np.arange(n_keys + 1))
     ml = np.flatnonzero(lm)
     reps = rcount[lcode[ml]] if len(ml) else np.empty(0, dtype=np.int64)
     li = np.repeat(ml, reps)
@@ -1071,29 +1168,32 @@ def join_bucket(left, right, how):
     # group, the streams are already in row order.
     order = np.lexsort((np.arange(len(li)), np.concatenate(parts_kind), key))
     li, rj, key = li[order], rj[order], key[order]
-    lrows.append(None)
-    rrows.append(None)
-    pairs = list(zip(map(lrows.__getitem__, li.tolist()), map(rrows.__getitem__, rj.tolist())))
     # Runs of one key: for join_rows, which orders the buckets' runs by key.
-    cuts = np.flatnonzero(np.diff(key)) + 1 if len(key) else np.empty(0, dtype=np.int64)
-    starts = np.concatenate(([0], cuts)).astype(np.int64) if len(key) else cuts
-    run_keys = [None if c < 0 else ordered[c] for c in key[starts].tolist()]
-    ends = np.append(starts[1:], len(key)).tolist() if len(key) else []
-    return BucketRows(pairs, run_keys, ends)
+    if len(key):
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1)).astype(np.int64)
+        run_keys = [None if c < 0 else ordered[c] for c in key[starts].tolist()]
+        ends = np.append(starts[1:], len(key)).tolist()
+    else:
+        run_keys, ends = [], []
+    return BucketRows(lraw, rraw, li.astype(np.int32), rj.astype(np.int32), run_keys, ends)
 
 
-def _emitted(codes, emit, records, all_csv):
-    """The records of a side's emitted rows and the order of those rows by (key, row).
+def _emitted(codes, emit, side):
+    """The raw rows of a side's emitted rows, ordered by (key, row).
 
-    Returns ``(rows, order, tie)``: ``rows[p]`` is the record at sorted position ``p``,
-    ``order`` lists the row indices in that order (length = emitted rows), and ``tie[p]``
-    is the first position of the rows equal to ``p``'s in that order (``p`` when none)."""
+    Returns ``(raw, order, tie)``: ``raw`` is ``(rows, heads, seg)`` (see
+    :meth:`_BucketSide.raw`) in sorted order, ``order`` the row indices in that order, and
+    ``tie[p]`` the first position of the rows equal to ``p``'s (``p`` when none)."""
     idx = np.flatnonzero(emit)
     # By key rank (nulls, -1, first); rows of one key keep their input order for now.
     idx = idx[np.argsort(codes[idx], kind="stable")]
-    rows = records(np.sort(idx).tolist())
-    by_index = dict(zip(np.sort(idx).tolist(), rows))
-    rows = [by_index[i] for i in idx.tolist()]
+    by_position = np.argsort(idx, kind="stable")
+    rows, heads, seg = side.raw(idx[by_position].tolist())
+    inverse = np.empty_like(by_position)
+    inverse[by_position] = np.arange(len(idx))
+    rows = [rows[p] for p in inverse.tolist()]
+    if seg is not None:
+        seg = seg[inverse]
     c = codes[idx]
     tie = np.arange(len(c))
     if len(c) > 1:
@@ -1105,23 +1205,24 @@ def _emitted(codes, emit, records, all_csv):
             many[dup + 1] = True
             at = np.flatnonzero(many).tolist()
             picked = [rows[p] for p in at]
-            all_str = all_csv or _row_kinds(picked)[1]
-            row_key = _str_row_key if all_str else order_key
-            sub = sorted(range(len(at)), key=lambda j: (int(c[at[j]]), row_key(picked[j])))
+            keys = _row_keys(picked, heads, None if seg is None else seg[at])
+            cs = c[at].tolist()
+            sub = [j for _c, _k, j in sorted(zip(cs, keys, range(len(at))))]
             # Rows of one key stay in their key's span, so sorting the flagged positions
             # among themselves by (key, row) reorders each span in place.
-            new_at = [at[j] for j in sub]
             perm = np.arange(len(c))
-            perm[at] = new_at
+            perm[at] = [at[j] for j in sub]
             idx = idx[perm]
             rows = [rows[p] for p in perm.tolist()]
+            if seg is not None:
+                seg = seg[perm]
             # Rows equal in that order share a tie rank (their pairs then interleave, as a
             # stable sort of the key's pairs would put them).
-            keys = [(int(c[at[j]]), row_key(picked[j])) for j in sub]
             for n in range(1, len(at)):
-                if keys[n] == keys[n - 1]:
+                a, b = sub[n - 1], sub[n]
+                if cs[a] == cs[b] and keys[a] == keys[b]:
                     tie[at[n]] = tie[at[n - 1]]
-    return rows, idx, tie
+    return (rows, heads, seg), idx, tie
 
 
 class _BucketJoin:
@@ -1137,29 +1238,75 @@ class _BucketJoin:
             return join_bucket(bucket.left, bucket.right, self.how)
 
 
-class BucketRows(list):
+class BucketRows(Sequence):
     """One bucket's joined pairs, in the documented order (a keyed join's per-bucket value).
 
-    ``keys`` and ``ends`` describe its runs (the pairs of one join key end at ``ends[i]``),
-    so that :func:`join_rows` orders the buckets' runs by key without reading a row. It
-    fingerprints as the list of its pairs. Cost of the fingerprint: O(rows).
+    Held in columnar form, as written to part files: each side's emitted rows raw (CSV
+    lines or field lists with their headers, or records), and two int32 arrays saying which
+    left and right row each pair joins (``-1`` for ``None``). A pair's records are built
+    when it is first read. ``keys`` and ``ends`` describe its runs (the pairs of one join
+    key end at ``ends[i]``), so that :func:`join_rows` orders the buckets' runs by key. It
+    fingerprints as its columns. Cost: O(1) per pair read after the first (which builds
+    every record once); pickle and fingerprint are O(raw bytes).
 
-    >>> b = BucketRows([({"k": "1"}, None)], ["1"], [1])
-    >>> b == [({"k": "1"}, None)], b.keys
-    (True, ['1'])
+    >>> b = join_bucket([(0, ("k", "x"), ["1"], ["1,a"])], [(0, ("k",), ["1"], ["1"])], "inner")
+    >>> list(b), b.keys, len(b)
+    ([({'k': '1', 'x': 'a'}, {'k': '1'})], ['1'], 1)
     """
 
-    __slots__ = ("keys", "ends")
+    __slots__ = ("left", "right", "li", "rj", "keys", "ends", "_pairs")
 
-    def __init__(self, pairs=(), keys=(), ends=()):
-        super().__init__(pairs)
+    def __init__(self, left, right, li, rj, keys=(), ends=()):
+        self.left, self.right, self.li, self.rj = left, right, li, rj
         self.keys, self.ends = list(keys), list(ends)
+        self._pairs = None
 
     def __reduce__(self):
-        return (BucketRows, (list(self), self.keys, self.ends))
+        return (_unpacked_rows, (_packed_side(self.left), _packed_side(self.right), self.li,
+                                 self.rj, self.keys, self.ends))
+
+    def pairs(self):
+        """The ``(left, right)`` pairs as a list (built once). Cost: O(pairs)."""
+        if self._pairs is None:
+            lrows = _raw_records(*self.left)
+            rrows = _raw_records(*self.right)
+            lrows.append(None)
+            rrows.append(None)
+            self._pairs = list(zip(map(lrows.__getitem__, self.li.tolist()),
+                                   map(rrows.__getitem__, self.rj.tolist())))
+        return self._pairs
+
+    def __len__(self):
+        return len(self.li)
+
+    def __getitem__(self, i):
+        return self.pairs()[i]
+
+    def __iter__(self):
+        return iter(self.pairs())
+
+    def __eq__(self, other):
+        if isinstance(other, (BucketRows, list)):
+            return self.pairs() == list(other)
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(self.pairs())
 
     def __mergeagg_fingerprint__(self):
-        return list(self)
+        return [_packed_side(self.left), _packed_side(self.right), self.li, self.rj]
+
+
+def _packed_side(side):
+    rows, heads, seg = side
+    return (_pack(rows), heads, seg)
+
+
+def _unpacked_rows(left, right, li, rj, keys, ends):
+    return BucketRows((_unpack(left[0]), *left[1:]), (_unpack(right[0]), *right[1:]), li, rj,
+                      keys, ends)
 
 
 def join_rows(value):
@@ -1187,7 +1334,7 @@ def join_rows(value):
     by_key = {r[0]: r for r in runs}
     out = JoinRows()
     for _key, rows, start, end in nulls + [by_key[k] for k in ordered]:
-        out.extend(rows[start:end])
+        out.extend(rows.pairs()[start:end])
     return out
 
 
