@@ -474,18 +474,76 @@ class _CsvPiece:
     def side(self):
         return self.tag.stream if isinstance(self.tag, Broadcast) else self.tag
 
-    def _read(self):
+    def _text(self):
         shard = _inputs.TextShard(self.split)
         text = shard.text()
         self.bytes_read = shard.bytes_read
+        return text
+
+    def _read(self):
+        text = self._text()
         if '"' not in text and "\r" in text:
             text = text.replace("\r\n", "\n")  # CRLF line ends (the csv module writes them)
         return text
 
+    def hit_lines(self, col, wanted):
+        """``(keys, lines)`` of the lines whose field ``col`` is one of ``wanted`` (a numpy
+        bytes array, :func:`_wanted_keys`), found in numpy over the split's bytes: no str is
+        made for a line that does not match. ``None`` when the text takes another path
+        (quotes, non-ASCII or NUL bytes, a CR outside CRLF, a key field over 64 bytes) or a
+        line has another width than the header (the other path reports it)."""
+        text = self._text()
+        if '"' in text or "\0" in text:
+            return None
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) != len(text):
+            return None
+        b = np.frombuffer(data, dtype=np.uint8)
+        nl = np.flatnonzero(b == 10)
+        starts = np.concatenate(([0], nl + 1))
+        ends = nl.copy()
+        if len(b) and b[-1] != 10:
+            ends = np.append(ends, len(b))
+        else:
+            starts = starts[:-1]
+        cr = np.flatnonzero(b == 13)
+        if len(cr):
+            if cr[-1] == len(b) - 1 or not (b[cr + 1] == 10).all():
+                return None  # a CR that does not end a line
+            ends[:len(nl)] -= (b[np.maximum(nl - 1, 0)] == 13) & (nl > 0)
+        if self.skip_first:
+            starts, ends = starts[1:], ends[1:]
+        full = ends > starts  # blank lines are no rows
+        starts, ends = starts[full], ends[full]
+        if not len(starts):
+            return [], []
+        width = len(self.header)
+        commas = np.flatnonzero(b == 44)
+        first = np.searchsorted(commas, starts)
+        if not (np.searchsorted(commas, ends) - first == width - 1).all():
+            return None
+        if width > 1:
+            at = commas[first[:, None] + np.arange(width - 1)]
+            kstart = starts if col == 0 else at[:, col - 1] + 1
+            kend = ends if col == width - 1 else at[:, col]
+        else:
+            kstart, kend = starts, ends
+        size = kend - kstart
+        w = max(1, int(size.max()))
+        if w > 64:
+            return None
+        window = np.lib.stride_tricks.sliding_window_view(
+            np.concatenate((b, np.zeros(w, dtype=np.uint8))), w)
+        cut = window[kstart]  # n x w bytes: each key field, then what follows it
+        cut[np.arange(w) >= size[:, None]] = 0
+        hit = np.flatnonzero(np.isin(cut.view(f"S{w}").ravel(), wanted))
+        ks, ke, ls, le = (a[hit].tolist() for a in (kstart, kend, starts, ends))
+        return ([text[x:y] for x, y in zip(ks, ke)], [text[x:y] for x, y in zip(ls, le)])
+
     def key_lines(self, col):
         """``(keys, lines)``: the split's lines (as :meth:`lines`) and field ``col`` of each,
-        cut out and every line's width checked by one regular-expression pass over the
-        text; ``None`` when the text needs the csv module (quotes, CR)."""
+        cut out, every line's width checked in the same pass (:func:`_cut_field`); ``None``
+        when the text needs the csv module (quotes, CR)."""
         lines = self.lines(check=False)
         if lines is None:
             return None
@@ -760,7 +818,11 @@ class _Join:
         probed by key alone (the key field cut out of each line) and split in full only
         when they match; otherwise every row is parsed and probed."""
         col = piece.key_column(self.spec)
-        found = piece.key_lines(col) if col is not None and not probe.keep_unmatched else None
+        found = None
+        if col is not None and not probe.keep_unmatched:
+            found = piece.hit_lines(col, probe.wanted)
+            if found is None:
+                found = piece.key_lines(col)
         if found is not None:
             keys, lines = found
             probe.lines(keys, lines, piece.header)
@@ -821,6 +883,7 @@ class _Join:
                 out.append((record, None) if stream == LEFT else (None, record))
 
         probe.rows, probe.lines, probe.keep_unmatched = probe_rows, probe_lines, keep_unmatched
+        probe.wanted = _wanted_keys(table) if not keep_unmatched else None
         return probe
 
     @staticmethod
@@ -868,6 +931,13 @@ class _Join:
                 pairs.sort(key=lambda p: (row_key(p[0]), row_key(p[1])))
             out.extend(pairs)
         return out
+
+
+def _wanted_keys(table):
+    """The table's str keys that plain ASCII CSV text can hold, as a numpy bytes array (for
+    :meth:`_CsvPiece.hit_lines`; other keys never equal a field of such text)."""
+    keys = [k.encode("ascii") for k in table if type(k) is str and k.isascii() and "\0" not in k]
+    return np.array(keys, dtype=f"S{max(1, max(map(len, keys), default=1))}")
 
 
 def _str_row_key(row):

@@ -446,3 +446,38 @@ def test_a_missing_key_column_fails_at_once_on_workers_and_on_the_command_line(t
                      "--on", "kk", "--workers", "0"]) != 0
     err = capsys.readouterr().err
     assert "no column 'kk' to join on" in err and "its header: id, k" in err
+
+
+PLAIN = st.sampled_from(["", "1", "22", "a", "abc", " x"])
+
+
+@given(st.lists(st.tuples(PLAIN, PLAIN, PLAIN), max_size=15), st.sampled_from(["\n", "\r\n"]),
+       st.booleans(), st.booleans(), st.integers(0, 2), st.booleans(),
+       st.sampled_from([None, None, None, "é", "k" * 70]))
+def test_broadcast_probe_in_numpy_equals_the_reference(rows, end, blank, last_end, col,
+                                                       empty_is_null, odd):
+    # The broadcast inner join probes plain CSV text in numpy (hit_lines): LF or CRLF,
+    # blank lines, no newline after the last line, long and non-ASCII keys (another path).
+    import tempfile
+    from pathlib import Path
+
+    header = ("a", "b", "c")
+    if odd is not None:
+        rows = [*rows, (odd, odd, odd)]
+    rows = [*rows, *[("q", "q", "q")] * 80]  # the streamed side must be the bigger one
+    lines = [",".join(header)] + [",".join(r) for r in rows]
+    if blank:
+        lines.insert(len(lines) // 2 + 1, "")
+    text = end.join(lines) + (end if last_end else "")
+    small = [{"a": v, "b": v, "c": v, "s": "small"} for v in ("", "1", "abc", "k" * 70)]
+    with tempfile.TemporaryDirectory() as d:
+        big, little = Path(d) / "big.csv", Path(d) / "small.csv"
+        big.write_bytes(text.encode("utf-8"))
+        write_csv(little, small, ["a", "b", "c", "s"])
+        key = header[col]
+        src = join_source(str(big), str(little), strategy="broadcast", split_size=1 << 20)
+        assert src.splits()[0].payload.tag.stream == "left"
+        got = ma.run(join(key, empty_is_null=empty_is_null), src, workers=0).value
+    records = [dict(zip(header, r)) for r in rows]
+    assert got == join_records(records, small, key, empty_is_null=empty_is_null,
+                               strategy="reduce")
