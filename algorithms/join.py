@@ -487,9 +487,9 @@ class _CsvPiece:
         return text
 
     def hit_lines(self, col, wanted):
-        """``(keys, lines)`` of the lines whose field ``col`` is one of ``wanted`` (a numpy
-        bytes array, :func:`_wanted_keys`), found in numpy over the split's bytes: no str is
-        made for a line that does not match. ``None`` when the text takes another path
+        """``(keys, lines)`` of the lines whose field ``col`` is one of ``wanted`` (see
+        :func:`_wanted_keys`), found in numpy over the split's bytes: no str is made for a
+        line that does not match. ``None`` when the text takes another path
         (quotes, non-ASCII or NUL bytes, a CR outside CRLF, a key field over 64 bytes) or a
         line has another width than the header (the other path reports it)."""
         text = self._text()
@@ -529,14 +529,17 @@ class _CsvPiece:
         else:
             kstart, kend = starts, ends
         size = kend - kstart
-        w = max(1, int(size.max()))
+        w = max(8, int(size.max()))
         if w > 64:
             return None
         window = np.lib.stride_tricks.sliding_window_view(
             np.concatenate((b, np.zeros(w, dtype=np.uint8))), w)
         cut = window[kstart]  # n x w bytes: each key field, then what follows it
         cut[np.arange(w) >= size[:, None]] = 0
-        hit = np.flatnonzero(np.isin(cut.view(f"S{w}").ravel(), wanted))
+        if w == 8:  # fields of at most 8 bytes, matched as 64-bit integers
+            hit = _members(cut.view("<u8").ravel(), wanted[1])
+        else:
+            hit = _members(cut.view(f"S{w}").ravel(), wanted[0])
         ks, ke, ls, le = (a[hit].tolist() for a in (kstart, kend, starts, ends))
         return ([text[x:y] for x, y in zip(ks, ke)], [text[x:y] for x, y in zip(ls, le)])
 
@@ -934,10 +937,23 @@ class _Join:
 
 
 def _wanted_keys(table):
-    """The table's str keys that plain ASCII CSV text can hold, as a numpy bytes array (for
-    :meth:`_CsvPiece.hit_lines`; other keys never equal a field of such text)."""
-    keys = [k.encode("ascii") for k in table if type(k) is str and k.isascii() and "\0" not in k]
-    return np.array(keys, dtype=f"S{max(1, max(map(len, keys), default=1))}")
+    """The table's str keys that plain ASCII CSV text can hold (other keys never equal a
+    field of such text), for :meth:`_CsvPiece.hit_lines`: a sorted numpy bytes array, and
+    the keys of at most 8 bytes as sorted 64-bit integers (zero-padded bytes)."""
+    keys = sorted(k.encode("ascii") for k in table
+                  if type(k) is str and k.isascii() and "\0" not in k)
+    as_bytes = np.array(keys, dtype=f"S{max(1, max(map(len, keys), default=1))}")
+    short = np.array([k for k in keys if len(k) <= 8], dtype="S8")
+    return as_bytes, np.sort(short.view("<u8"))
+
+
+def _members(values, wanted):
+    """Positions of ``values`` found in the sorted array ``wanted``. Cost: a binary search
+    per value, in numpy."""
+    if not len(wanted):
+        return np.empty(0, dtype=np.intp)
+    at = np.minimum(np.searchsorted(wanted, values), len(wanted) - 1)
+    return np.flatnonzero(wanted[at] == values)
 
 
 def _str_row_key(row):

@@ -448,7 +448,7 @@ def test_a_missing_key_column_fails_at_once_on_workers_and_on_the_command_line(t
     assert "no column 'kk' to join on" in err and "its header: id, k" in err
 
 
-PLAIN = st.sampled_from(["", "1", "22", "a", "abc", " x"])
+PLAIN = st.sampled_from(["", "1", "22", "a", "abc", " x", "longer-key", "longer-kez"])
 
 
 @given(st.lists(st.tuples(PLAIN, PLAIN, PLAIN), max_size=15), st.sampled_from(["\n", "\r\n"]),
@@ -469,7 +469,8 @@ def test_broadcast_probe_in_numpy_equals_the_reference(rows, end, blank, last_en
     if blank:
         lines.insert(len(lines) // 2 + 1, "")
     text = end.join(lines) + (end if last_end else "")
-    small = [{"a": v, "b": v, "c": v, "s": "small"} for v in ("", "1", "abc", "k" * 70)]
+    small = [{"a": v, "b": v, "c": v, "s": "small"}
+             for v in ("", "1", "abc", "k" * 70, "longer-key")]
     with tempfile.TemporaryDirectory() as d:
         big, little = Path(d) / "big.csv", Path(d) / "small.csv"
         big.write_bytes(text.encode("utf-8"))
