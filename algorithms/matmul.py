@@ -228,7 +228,9 @@ class BlockTask:
         return -(-self.inner // self.block)
 
     def operands(self, k):
-        """``(A[I, K], B[K, J])`` for ``K`` block ``k``, C-contiguous."""
+        """``(A[I, K], B[K, J])`` for ``K`` block ``k``: views where BLAS can read them as
+        they are (rows of unit stride, as in a C-ordered ``.npy`` file's memory map), so a
+        task reads its blocks once, in the product; copies otherwise."""
         lo, hi = k * self.block, min((k + 1) * self.block, self.inner)
         r0, r1 = self.rows
         c0, c1 = self.cols
@@ -242,7 +244,18 @@ class BlockTask:
         else:
             base = self.k0 * self.block
             b = self.b[lo - base:hi - base, :]
-        return np.ascontiguousarray(a), np.ascontiguousarray(b)
+        return _blas_view(a), _blas_view(b)
+
+
+def _blas_view(x):
+    """``x`` as a plain ndarray BLAS takes without a copy (unit stride along rows, a row
+    stride of whole items), else a C-contiguous copy."""
+    x = np.asarray(x)
+    item = x.dtype.itemsize
+    if x.ndim == 2 and x.strides[1] == item and x.strides[0] % item == 0 \
+            and x.strides[0] >= x.shape[1] * item and x.dtype.isnative:
+        return x
+    return np.ascontiguousarray(x)
 
 
 _MAPS = {}
