@@ -29,7 +29,38 @@ import numpy as np
 __all__ = ["ExactSum", "SCALE"]
 
 SCALE = 1127  # 1074 (the smallest subnormal's exponent) + 53 (frexp's mantissa bits)
-_CHUNK = 1024  # |mantissa| < 2**53, so 1024 of them sum within int64
+_BLOCK = 1 << 26  # values per exact float sum: a bin's sum stays below 2**53 units
+_PASS = 1 << 14  # values per numpy pass: the temporaries stay in the cache
+_BINS = 1 << 12  # bins of the top 12 bits: sign and exponent
+_HIGH_MASK = np.uint64(~((1 << 26) - 1) & ((1 << 64) - 1))  # keeps 27 mantissa bits
+_BIN_EXP = np.arange(_BINS) & 0x7FF
+_SPECIAL = np.flatnonzero(_BIN_EXP == 0x7FF)  # infinities and NaNs
+_EFF_EXP = np.maximum(_BIN_EXP, 1)  # subnormals share the unit of the smallest normals
+# A bin of effective biased exponent e counts its rests in units of 2**(e - 1075) and its
+# high parts in units of 2**(e - 1049): scaled by 2**SCALE, 1 << (e + 52) and 1 << (e + 78).
+_LO_OFFSET, _HI_OFFSET = 52, 78
+_BIG, _BIG_SHIFT = 2.0 ** 960, 512  # values this large may overflow a bin's float sum
+
+
+def _bins_to_int(sums, offset):
+    """The sum of the bins' exact float sums, scaled by 2**SCALE, as a Python int.
+
+    A bin of effective exponent ``e`` counts in units of ``2**(e + offset - SCALE)``
+    (``offset`` 52 for the rests, 78 for the high parts): its sum in units is an integer
+    below 2**53, exact in a float; those are summed per exponent in int64 (at most 32 bins
+    share one) and shifted into place, one big-int step per distinct exponent."""
+    nz = np.flatnonzero(sums)
+    if not len(nz):
+        return 0
+    eff = _EFF_EXP[nz]
+    units = np.ldexp(sums[nz], SCALE - offset - eff).astype(np.int64)
+    order = np.argsort(eff, kind="stable")
+    eff, units = eff[order], units[order]
+    starts = np.flatnonzero(np.diff(eff, prepend=-1))
+    total = 0
+    for e, u in zip(eff[starts].tolist(), np.add.reduceat(units, starts).tolist()):
+        total += u << (e + offset)
+    return total
 
 
 class ExactSum:
@@ -81,6 +112,13 @@ class ExactSum:
     def add_floats(self, values):
         """Add floats (any iterable, or a numpy float array) exactly. Cost: O(n) in numpy.
 
+        Each value is split into a high part (its mantissa's top 27 bits) and the exact
+        rest; both are summed per bin of sign and exponent by :func:`numpy.bincount`, in
+        cache-sized passes. Every value of a bin is a multiple of the bin's unit and below
+        2**27 units (high parts) or 2**26 units (rests), so for up to 2**26 values per bin
+        the float sums are exact integers of units: nothing is ever rounded. The bins' sums
+        then enter the big integer, one step per distinct exponent.
+
         >>> s = ExactSum(); s.add_floats([1e16, 1.0, -1e16]); s.value()
         1.0
         """
@@ -89,28 +127,42 @@ class ExactSum:
         if arr.size == 0:
             return
         self.has_float = True
-        finite = np.isfinite(arr)
-        if not finite.all():
+        for lo in range(0, arr.size, _BLOCK):
+            self.scaled += self._block(np.ascontiguousarray(arr[lo:lo + _BLOCK]))
+
+    def _block(self, arr):
+        """The exact sum of at most _BLOCK finite-or-not floats, scaled by 2**SCALE; notes
+        any infinity or NaN (which enter no integer)."""
+        n = arr.size
+        bits = arr.view(np.uint64)
+        sums_hi, sums_lo = np.zeros(_BINS), np.zeros(_BINS)
+        m = min(n, _PASS)
+        ebuf, hbuf, rbuf = np.empty(m, np.uint64), np.empty(m, np.uint64), np.empty(m)
+        with np.errstate(invalid="ignore", over="ignore"):  # infinities are noted below
+            for lo in range(0, n, _PASS):
+                k = min(_PASS, n - lo)
+                b = bits[lo:lo + k]
+                e = np.right_shift(b, 52, out=ebuf[:k]).view(np.int64)  # sign, exponent
+                h = np.bitwise_and(b, _HIGH_MASK, out=hbuf[:k]).view(np.float64)
+                r = np.subtract(arr[lo:lo + k], h, out=rbuf[:k])  # exact: 26 low bits
+                sums_hi += np.bincount(e, weights=h, minlength=_BINS)
+                sums_lo += np.bincount(e, weights=r, minlength=_BINS)
+        if sums_hi[_SPECIAL].any() or sums_lo[_SPECIAL].any():
+            # An infinity or a NaN (whose bins are not finite): note them, sum the rest.
+            finite = np.isfinite(arr)
             bad = arr[~finite]
             self.nan = self.nan or bool(np.isnan(bad).any())
             self.pos_inf = self.pos_inf or bool((bad == np.inf).any())
             self.neg_inf = self.neg_inf or bool((bad == -np.inf).any())
-            arr = arr[finite]
-            if arr.size == 0:
-                return
-        mant, exp = np.frexp(arr)
-        mant = np.ldexp(mant, 53).astype(np.int64)
-        total = 0
-        for lo in range(0, arr.size, _CHUNK):
-            m, e = mant[lo:lo + _CHUNK], exp[lo:lo + _CHUNK]
-            order = np.argsort(e, kind="stable")
-            e, m = e[order], m[order]
-            starts = np.concatenate(([0], np.flatnonzero(np.diff(e)) + 1))
-            sums = np.add.reduceat(m, starts)
-            for ex, sm in zip(e[starts].tolist(), sums.tolist()):
-                if sm:
-                    total += sm << (ex + 1074)
-        self.scaled += total
+            return self._block(np.ascontiguousarray(arr[finite])) if finite.any() else 0
+        if not (np.isfinite(sums_hi).all() and np.isfinite(sums_lo).all()):
+            # A bin of huge values overflowed a float: sum those scaled down (exactly, by
+            # a power of two) and shift their sum back up.
+            big = np.abs(arr) >= _BIG
+            return (self._block(np.ascontiguousarray(arr[~big]))
+                    + (self._block(np.ascontiguousarray(arr[big]) * 2.0 ** -_BIG_SHIFT)
+                       << _BIG_SHIFT))
+        return _bins_to_int(sums_hi, _HI_OFFSET) + _bins_to_int(sums_lo, _LO_OFFSET)
 
     def merge(self, other):
         """Add ``other`` into this sum and return this sum (``other`` is unchanged).

@@ -45,11 +45,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import gc
+import hashlib
 import io
 import math
 import os
 import pickle
+import re
+from bisect import bisect_left
+from collections.abc import Sequence
 from itertools import compress, repeat
 from operator import itemgetter
 
@@ -60,6 +65,7 @@ from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._keyed import json_digest, order_key
 from mergeagg.algorithms.registry import Entry, Flag
 from mergeagg.errors import InputError
+from mergeagg.fingerprint import fingerprint, key_hashes
 from mergeagg.keyed import KeyedJob
 
 __all__ = [
@@ -77,9 +83,17 @@ __all__ = [
     "combine_group",
     "finalize_group",
     "merge_pair",
+    "check_header",
     "JoinRows",
     "join_rows",
     "Group",
+    "BUCKETS",
+    "Bucket",
+    "BucketRows",
+    "combine_buckets",
+    "join_bucket",
+    "key_buckets",
+    "run_join",
 ]
 
 JOIN_TYPES = ("inner", "left", "right", "full")
@@ -313,6 +327,12 @@ class _SmallSide:
         stats = tuple((p, os.path.getsize(p), os.path.getmtime(p)) for p in self.paths)
         return (self.side, self.format, stats)
 
+    def check(self, cols):
+        """Refuse a CSV small side that lacks a key column (see :func:`check_header`)."""
+        if self.format == "csv":
+            for path in self.paths:
+                check_header(_csv_header(path), cols, self.side, path)
+
     def load(self):
         if self.records is not None:
             return list(self.records)
@@ -370,6 +390,63 @@ def _gc_paused():
             gc.enable()
 
 
+def _cut_field(text, n, col, width):
+    """Field ``col`` of each of the ``n`` newline-separated lines of ``text`` (no quotes),
+    or ``None`` unless every line has exactly ``width`` fields. ASCII text is cut by comma
+    and newline positions found in numpy (one slice per line); other text by a regular
+    expression. Cost: a few passes over the bytes, plus one slice per line.
+
+    >>> _cut_field("a,b,c\\nd,e,f", 2, 1, 3), _cut_field("a,b,c\\nd,e", 2, 1, 3)
+    (['b', 'e'], None)
+    """
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) != len(text):
+        keys = _field_re(col, width).findall(text)
+        return keys if len(keys) == n else None
+    b = np.frombuffer(data, dtype=np.uint8)
+    ends = np.append(np.flatnonzero(b == 10), len(b))
+    commas = np.flatnonzero(b == 44)
+    if len(ends) != n or len(commas) != n * (width - 1):
+        return None
+    if width > 1:
+        at = commas.reshape(n, width - 1)
+        if n > 1 and not (at[1:, 0] > ends[:-1]).all() or not (at[:, -1] < ends).all():
+            return None  # the right number of commas, not on the right lines
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lo = starts if col == 0 else at[:, col - 1] + 1
+    hi = ends if col == width - 1 else at[:, col]
+    return [text[a:z] for a, z in zip(lo.tolist(), hi.tolist())]
+
+
+@functools.lru_cache(maxsize=64)
+def _field_re(col, width):
+    """A pattern whose ``findall`` over newline-joined CSV lines (no quotes) gives field
+    ``col`` of each line that has exactly ``width`` fields, and nothing for any other line.
+
+    >>> _field_re(1, 3).findall("a,b,c\\nd,e\\nf,g,h")
+    ['b', 'g']
+    """
+    field = r"[^,\n]*"
+    return re.compile(f"^(?:{field},){{{col}}}({field})(?:,{field}){{{width - 1 - col}}}$",
+                      re.MULTILINE)
+
+
+def check_header(header, cols, side, path):
+    """Raise :class:`InputError` unless every key column ``cols`` is in a CSV ``header``;
+    the message names the missing column, the side, the file and the header. Cost: O(cols).
+
+    >>> check_header(("id", "k"), ("kk",), "left", "l.csv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mergeagg.errors.InputError: the left side has no column 'kk' to join on (l.csv; its ...
+    """
+    missing = [c for c in cols if c not in header]
+    if missing:
+        listed = ", ".join(header) if header else "(empty)"
+        raise InputError(f"the {side} side has no column {missing[0]!r} to join on ({path}; "
+                         f"its header: {listed})")
+
+
 class _CsvPiece:
     """A split of a CSV file that the join reads and parses itself (``read_split`` hands it
     over as is: it is the payload of an in-memory split, a descriptor, never data).
@@ -397,18 +474,93 @@ class _CsvPiece:
     def side(self):
         return self.tag.stream if isinstance(self.tag, Broadcast) else self.tag
 
-    def _read(self):
+    def _text(self):
         shard = _inputs.TextShard(self.split)
         text = shard.text()
         self.bytes_read = shard.bytes_read
+        return text
+
+    def _read(self):
+        text = self._text()
         if '"' not in text and "\r" in text:
             text = text.replace("\r\n", "\n")  # CRLF line ends (the csv module writes them)
         return text
 
-    def lines(self):
+    def hit_lines(self, col, wanted):
+        """``(keys, lines)`` of the lines whose field ``col`` is one of ``wanted`` (see
+        :func:`_wanted_keys`), found in numpy over the split's bytes: no str is made for a
+        line that does not match. ``None`` when the text takes another path
+        (quotes, non-ASCII or NUL bytes, a CR outside CRLF, a key field over 64 bytes) or a
+        line has another width than the header (the other path reports it)."""
+        text = self._text()
+        if '"' in text or "\0" in text:
+            return None
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) != len(text):
+            return None
+        b = np.frombuffer(data, dtype=np.uint8)
+        nl = np.flatnonzero(b == 10)
+        starts = np.concatenate(([0], nl + 1))
+        ends = nl.copy()
+        if len(b) and b[-1] != 10:
+            ends = np.append(ends, len(b))
+        else:
+            starts = starts[:-1]
+        cr = np.flatnonzero(b == 13)
+        if len(cr):
+            if cr[-1] == len(b) - 1 or not (b[cr + 1] == 10).all():
+                return None  # a CR that does not end a line
+            ends[:len(nl)] -= (b[np.maximum(nl - 1, 0)] == 13) & (nl > 0)
+        if self.skip_first:
+            starts, ends = starts[1:], ends[1:]
+        full = ends > starts  # blank lines are no rows
+        starts, ends = starts[full], ends[full]
+        if not len(starts):
+            return [], []
+        width = len(self.header)
+        commas = np.flatnonzero(b == 44)
+        first = np.searchsorted(commas, starts)
+        if not (np.searchsorted(commas, ends) - first == width - 1).all():
+            return None
+        if width > 1:
+            at = commas[first[:, None] + np.arange(width - 1)]
+            kstart = starts if col == 0 else at[:, col - 1] + 1
+            kend = ends if col == width - 1 else at[:, col]
+        else:
+            kstart, kend = starts, ends
+        size = kend - kstart
+        w = max(8, int(size.max()))
+        if w > 64:
+            return None
+        window = np.lib.stride_tricks.sliding_window_view(
+            np.concatenate((b, np.zeros(w, dtype=np.uint8))), w)
+        cut = window[kstart]  # n x w bytes: each key field, then what follows it
+        cut[np.arange(w) >= size[:, None]] = 0
+        if w == 8:  # fields of at most 8 bytes, matched as 64-bit integers
+            hit = _members(cut.view("<u8").ravel(), wanted[1])
+        else:
+            hit = _members(cut.view(f"S{w}").ravel(), wanted[0])
+        ks, ke, ls, le = (a[hit].tolist() for a in (kstart, kend, starts, ends))
+        return ([text[x:y] for x, y in zip(ks, ke)], [text[x:y] for x, y in zip(ls, le)])
+
+    def key_lines(self, col):
+        """``(keys, lines)``: the split's lines (as :meth:`lines`) and field ``col`` of each,
+        cut out, every line's width checked in the same pass (:func:`_cut_field`); ``None``
+        when the text needs the csv module (quotes, CR)."""
+        lines = self.lines(check=False)
+        if lines is None:
+            return None
+        if not lines:
+            return [], lines
+        keys = _cut_field("\n".join(lines), len(lines), col, len(self.header))
+        if keys is None:  # some line has another number of fields
+            self._bad_width(ln.split(",") for ln in lines)
+        return keys, lines
+
+    def lines(self, check=True):
         """The split's lines when every one is its fields joined by commas (no quote, no
         CR), the header line and blank lines left out, each checked to have the header's
-        width; else ``None`` (use :meth:`rows`)."""
+        width (unless ``check`` is false); else ``None`` (use :meth:`rows`)."""
         text = self._read()
         if '"' in text or "\r" in text:
             return None
@@ -419,7 +571,7 @@ class _CsvPiece:
             lines.pop()  # after the last line's end
         if "" in lines:
             lines = [ln for ln in lines if ln]
-        if lines and not _widths_ok(text, len(self.header) - 1, self.skip_first):
+        if check and lines and not _widths_ok(text, len(self.header) - 1, self.skip_first):
             self._bad_width(ln.split(",") for ln in lines)
         return lines
 
@@ -445,20 +597,37 @@ class _CsvPiece:
 
     def key_column(self, spec):
         """The index of the side's one key column in the header, or ``None`` when the key
-        is composite or its column is missing (the general path handles those)."""
-        cols = spec.left if self.side() == LEFT else spec.right
-        if len(cols) == 1 and cols[0] in self.header:
+        is composite (the general path handles it); an :class:`InputError` naming the
+        column and the header when a key column is missing."""
+        cols = self._key_columns(spec)
+        if len(cols) == 1:
             return self.header.index(cols[0])
         return None
 
+    def _key_columns(self, spec):
+        cols = spec.left if self.side() == LEFT else spec.right
+        check_header(self.header, cols, self.side(), self.split.path)
+        return cols
+
+    def keyed_rows(self, spec):
+        """``(kind, keys, rows)`` of the split for the keyed join: its plain lines and their
+        key fields cut out (``kind`` 0), else its rows as field lists (``kind`` 1)."""
+        col = self.key_column(spec)
+        if col is not None:
+            found = self.key_lines(col)
+            if found is not None:
+                keys, lines = found
+                if spec.empty_is_null and "" in keys:
+                    keys = [k or None for k in keys]
+                return _LINE, keys, lines
+        rows = self.rows()
+        return _FIELDS, self.keys(rows, spec), rows
+
     def keys(self, rows, spec):
         """Each row's join key (``None`` when null), in row order."""
-        side = self.side()
-        cols = spec.left if side == LEFT else spec.right
+        cols = self._key_columns(spec)
         header = self.header
-        where = [header.index(c) if c in header else None for c in cols]
-        if None in where:
-            return [None] * len(rows)
+        where = [header.index(c) for c in cols]
         if len(where) == 1:
             keys = list(map(itemgetter(where[0]), rows))
             if spec.empty_is_null and "" in keys:
@@ -566,8 +735,9 @@ def _plain_keys(groups):
 class JoinRows(list):
     """A join's result: a plain list of ``(left, right)`` pairs.
 
-    It fingerprints as that list (the fingerprint encodes runs of them in bulk, rows and
-    all, when the runtime fingerprints a keyed join's output). Cost: O(rows).
+    It fingerprints as that list (the fingerprint encodes runs of them in bulk). The fold,
+    the broadcast join and :func:`join_rows` of the keyed join give equal lists, so equal
+    fingerprints. Cost of the fingerprint: O(rows).
 
     >>> rows = JoinRows([({"k": "1"}, None)])
     >>> rows == [({"k": "1"}, None)], isinstance(rows, list)
@@ -601,6 +771,7 @@ class _Join:
             hit = _TABLE_CACHE.get(key)
             if hit is not None:
                 return hit
+        small.check(self.spec.left if small.side == LEFT else self.spec.right)
         rows = small.load()
         table = {}
         key_of = self.spec.key_function(small.side)
@@ -650,10 +821,13 @@ class _Join:
         probed by key alone (the key field cut out of each line) and split in full only
         when they match; otherwise every row is parsed and probed."""
         col = piece.key_column(self.spec)
-        lines = piece.lines() if col is not None and not probe.keep_unmatched else None
-        if lines is not None:
-            cut = col + 1
-            keys = [ln.split(",", cut)[col] for ln in lines]
+        found = None
+        if col is not None and not probe.keep_unmatched:
+            found = piece.hit_lines(col, probe.wanted)
+            if found is None:
+                found = piece.key_lines(col)
+        if found is not None:
+            keys, lines = found
             probe.lines(keys, lines, piece.header)
             return
         with _gc_paused():
@@ -712,6 +886,7 @@ class _Join:
                 out.append((record, None) if stream == LEFT else (None, record))
 
         probe.rows, probe.lines, probe.keep_unmatched = probe_rows, probe_lines, keep_unmatched
+        probe.wanted = _wanted_keys(table) if not keep_unmatched else None
         return probe
 
     @staticmethod
@@ -761,6 +936,26 @@ class _Join:
         return out
 
 
+def _wanted_keys(table):
+    """The table's str keys that plain ASCII CSV text can hold (other keys never equal a
+    field of such text), for :meth:`_CsvPiece.hit_lines`: a sorted numpy bytes array, and
+    the keys of at most 8 bytes as sorted 64-bit integers (zero-padded bytes)."""
+    keys = sorted(k.encode("ascii") for k in table
+                  if type(k) is str and k.isascii() and "\0" not in k)
+    as_bytes = np.array(keys, dtype=f"S{max(1, max(map(len, keys), default=1))}")
+    short = np.array([k for k in keys if len(k) <= 8], dtype="S8")
+    return as_bytes, np.sort(short.view("<u8"))
+
+
+def _members(values, wanted):
+    """Positions of ``values`` found in the sorted array ``wanted``. Cost: a binary search
+    per value, in numpy."""
+    if not len(wanted):
+        return np.empty(0, dtype=np.intp)
+    at = np.minimum(np.searchsorted(wanted, values), len(wanted) - 1)
+    return np.flatnonzero(wanted[at] == values)
+
+
 def _str_row_key(row):
     """order_key's order for None and dicts of str to str, computed faster."""
     if row is None:
@@ -788,7 +983,7 @@ def join(on, how="inner", *, left_on=None, right_on=None, empty_is_null=False, k
     spec = _key_spec(on, left_on, right_on, empty_is_null)
     how = _check_how(how)
     if keyed:
-        return KeyedJob(_KeyedGroups(spec), combine_group, _KeyedFinal(how),
+        return KeyedJob(_KeyedBuckets(spec), combine_buckets, _BucketJoin(how),
                         name=f"join({how})")
     impl = _Join(spec, how)
     return Aggregator(impl.partial, impl.combine, impl.finalize, name=f"join({impl.how})")
@@ -797,9 +992,142 @@ def join(on, how="inner", *, left_on=None, right_on=None, empty_is_null=False, k
 _NOT_REPARTITIONED = ("a keyed join repartitions both sides: build its source with "
                       "join_source(..., strategy='reduce')")
 
+BUCKETS = 256
+"""How many buckets the keyed join shuffles: a join key goes to bucket
+``key_hashes([key]) % BUCKETS`` (a null key to the bucket of ``0``)."""
 
-class _KeyedGroups:
-    """The keyed join's map: a shard's groups, the null key's flagged (picklable)."""
+_LINE, _FIELDS, _RECORD = 0, 1, 2  # how a segment holds its rows
+
+
+def key_buckets(keys):
+    """Each join key's bucket (``None``, a null key, goes with ``0``), as an int64 array.
+
+    A stable hash (:func:`mergeagg.fingerprint.key_hashes`), the same in every process.
+    Cost: O(total key size), vectorised for str, int and float keys.
+
+    >>> key_buckets(["a", "a", None]).tolist() == key_buckets(["a", "a", 0]).tolist()
+    True
+    """
+    if not len(keys):
+        return np.empty(0, dtype=np.int64)
+    if None in keys:
+        keys = [0 if k is None else k for k in keys]
+    return (key_hashes(list(keys)) % np.uint64(BUCKETS)).astype(np.int64)
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Bucket:
+    """One bucket's rows of both sides, as they travel in a keyed join's shuffle.
+
+    ``left`` and ``right`` are lists of segments ``(kind, header, keys, rows)``: one per map
+    task and side, a run of rows with their join keys (``None`` when null). ``kind`` says
+    how the rows are held: CSV lines (``0``, split on ``,`` only when emitted), CSV field
+    lists (``1``) or mapping records (``2``, ``header`` is ``None``). A bucket's join is one
+    vectorised pass (:func:`join_bucket`), whatever number of keys it holds. Its lines and
+    keys pickle and fingerprint as one string per run. Cost: O(bytes) to pickle and to
+    fingerprint.
+
+    >>> b = Bucket([(0, ("k", "x"), ["1"], ["1,a"])], [])
+    >>> combine_buckets(b, Bucket([], [(2, None, ["1"], [{"k": "1"}])])).right
+    [(2, None, ['1'], [{'k': '1'}])]
+    """
+
+    left: list
+    right: list
+    packed: tuple | None = dataclasses.field(default=None, repr=False)
+
+    def _packed(self):
+        # The map fingerprints a bucket and then pickles it: pack once for both.
+        if self.packed is None:
+            self.packed = (_packed_segments(self.left), _packed_segments(self.right))
+        return self.packed
+
+    def __reduce__(self):
+        return (_unpacked_bucket, self._packed())
+
+    def __mergeagg_fingerprint__(self):
+        return [[(kind, header, _digest(keys), _digest(rows)) for kind, header, keys, rows
+                 in side] for side in self._packed()]
+
+
+def _digest(packed):
+    """A packed run's stand-in in a fingerprint: the SHA-256 of its text (one pass in C)."""
+    if type(packed) is tuple:
+        return ("\n", hashlib.sha256(packed[1].encode("utf-8", "surrogatepass")).digest())
+    return packed
+
+
+def _pack(items):
+    """A list of str as one ``("\\n", text)`` when no item holds a newline (CSV lines and
+    their key fields), so that it pickles and fingerprints as one string, at C speed; any
+    other list as itself. Cost: one join and one count over the text."""
+    if items and type(items) is list and type(items[0]) is str:
+        try:
+            text = "\n".join(items)  # a TypeError unless every item is a str
+        except TypeError:
+            return items
+        if text.count("\n") == len(items) - 1 and type(items[-1]) is str:
+            return ("\n", text)
+    return items
+
+
+def _unpack(packed):
+    return packed[1].split("\n") if type(packed) is tuple else packed
+
+
+def _packed_segments(segments):
+    return [(kind, header, _pack(keys), _pack(rows)) for kind, header, keys, rows in segments]
+
+
+def _unpacked_bucket(left, right):
+    return Bucket([(k, h, _unpack(keys), _unpack(rows)) for k, h, keys, rows in left],
+                  [(k, h, _unpack(keys), _unpack(rows)) for k, h, keys, rows in right])
+
+
+def combine_buckets(a, b):
+    """Merge bucket ``b`` into bucket ``a`` (their segments, in order); returns ``a``.
+
+    ``b`` is unchanged, and no segment is ever modified once made. Cost: O(segments of b).
+
+    >>> combine_buckets(Bucket([1], []), Bucket([2], [3]))
+    Bucket(left=[1, 2], right=[3])
+    """
+    a.left.extend(b.left)
+    a.right.extend(b.right)
+    a.packed = None
+    return a
+
+
+def _bucketed(sides):
+    """``{bucket: Bucket}`` for all BUCKETS buckets from ``(side, kind, header, keys, rows)``
+    runs; a bucket without rows is empty, so every map task emits every bucket."""
+    out = {b: Bucket([], []) for b in range(BUCKETS)}
+    for side, kind, header, keys, rows in sides:
+        if not keys:
+            continue
+        where = key_buckets(keys)
+        order = np.argsort(where, kind="stable")
+        ends = np.cumsum(np.bincount(where, minlength=BUCKETS)).tolist()
+        keys = _objects(keys)[order]
+        rows = _objects(rows)[order]
+        start = 0
+        for b, end in enumerate(ends):
+            if end > start:
+                seg = (kind, header, keys[start:end].tolist(), rows[start:end].tolist())
+                (out[b].left if side == 0 else out[b].right).append(seg)
+            start = end
+    return out
+
+
+def _objects(items):
+    """A list as a 1-D object array (never a nested array of field lists)."""
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
+    return arr
+
+
+class _KeyedBuckets:
+    """The keyed join's map: a shard's rows, by side, cut into buckets (picklable)."""
 
     __slots__ = ("spec",)
 
@@ -811,50 +1139,359 @@ class _KeyedGroups:
             if shard.tag not in _SIDE_INDEX:
                 raise ValueError(_NOT_REPARTITIONED)
             with _gc_paused():
-                rows = shard.rows()
-                groups = _group_rows(_SIDE_INDEX[shard.tag], shard.keys(rows, self.spec), rows,
-                                     shard.header)
-            if None in groups:
-                groups[None].append(True)
-            return groups
-        tagged = []
+                kind, keys, rows = shard.keyed_rows(self.spec)
+                return _bucketed([(_SIDE_INDEX[shard.tag], kind, shard.header, keys, rows)])
+        runs = {LEFT: ([], []), RIGHT: ([], [])}
+        key_of = {LEFT: self.spec.key_function(LEFT), RIGHT: self.spec.key_function(RIGHT)}
         for tag, record in shard:
-            if tag in _SIDE_INDEX:
-                tagged.append((tag, record))
-            elif isinstance(tag, Broadcast):
-                raise ValueError(_NOT_REPARTITIONED)
-            else:
+            run = runs.get(tag) if type(tag) is str else None
+            if run is None:
+                if isinstance(tag, Broadcast):
+                    raise ValueError(_NOT_REPARTITIONED)
                 raise ValueError(f"a join record must be tagged 'left' or 'right' (see "
                                  f"join_source), got the tag {tag!r}")
-        groups = group_map(tagged, self.spec)
-        if None in groups:
-            groups[None].append(True)  # the per-key finalize sees no key: flag the nulls
-        return groups
+            run[0].append(key_of[tag](record))
+            run[1].append(record)
+        return _bucketed([(_SIDE_INDEX[tag], _RECORD, None, keys, rows)
+                          for tag, (keys, rows) in runs.items()])
 
 
-class _KeyedFinal:
-    """The keyed join's per-key finalize: the key's pairs in the documented row order."""
+class _BucketSide:
+    """One side of a bucket at the reducer: its keys, and its rows kept raw (a CSV line, a
+    field list or a record) with the segment each comes from."""
+
+    __slots__ = ("keys", "segments", "bounds")
+
+    def __init__(self, segments):
+        self.segments = segments
+        self.keys, self.bounds = [], []
+        for seg in segments:
+            self.keys.extend(seg[2])
+            self.bounds.append(len(self.keys))
+
+    def raw(self, index):
+        """``(rows, heads, seg)`` of the rows at the sorted positions ``index`` (a list):
+        the raw rows in that order, the distinct ``(kind, header)`` of their segments and
+        each row's position in ``heads`` (``None`` when there is one)."""
+        rows, seg_of, heads, where = [], [], [], {}
+        lo = pos = 0
+        for seg, hi in zip(self.segments, self.bounds):
+            stop = bisect_left(index, hi, pos)
+            if stop > pos:
+                kind, header, _keys, seg_rows = seg
+                h = where.setdefault((kind, header), len(heads))
+                if h == len(heads):
+                    heads.append((kind, header))
+                rows.extend([seg_rows[i - lo] for i in index[pos:stop]])
+                seg_of.append((h, stop - pos))
+                pos = stop
+            lo = hi
+        if len(heads) <= 1:
+            return rows, tuple(heads), None
+        seg = np.repeat([h for h, _n in seg_of], [n for _h, n in seg_of]).astype(np.int32)
+        return rows, tuple(heads), seg
+
+
+def _raw_records(rows, heads, seg):
+    """Records of raw rows (see :class:`_BucketSide`): a CSV row's dict is built here."""
+    if seg is None:
+        if not heads:
+            return []
+        kind, header = heads[0]
+        if kind == _LINE:
+            return [dict(zip(header, line.split(","))) for line in rows]
+        if kind == _FIELDS:
+            return [dict(zip(header, fields)) for fields in rows]
+        return list(rows)
+    out = []
+    for row, h in zip(rows, seg.tolist()):
+        kind, header = heads[h]
+        if kind == _LINE:
+            row = dict(zip(header, row.split(",")))
+        elif kind == _FIELDS:
+            row = dict(zip(header, row))
+        out.append(row)
+    return out
+
+
+def _row_keys(rows, heads, seg):
+    """Sort keys of raw rows giving the documented row order (order_key of each record).
+
+    When every row is a CSV row under headers with one set of distinct column names, a
+    record's order_key compares its values in column-name order: that tuple is the key,
+    built from the fields without a dict. Otherwise the records' own keys."""
+    names = {tuple(sorted(h)) for k, h in heads if k != _RECORD and len(set(h)) == len(h)}
+    if len(names) == 1 and len(heads) == 1 and heads[0][0] != _RECORD:
+        kind, header = heads[0]
+        fields = rows if kind == _FIELDS else [line.split(",") for line in rows]
+        if list(header) == sorted(header):
+            return fields  # lists compare as the tuples would
+        return list(map(itemgetter(*np.argsort(header, kind="stable").tolist()), fields))
+    if len(names) == 1 and all(k != _RECORD for k, _h in heads):
+        perms = [itemgetter(*np.argsort(h, kind="stable").tolist()) if len(h) > 1 else None
+                 for _k, h in heads]
+        hs = [0] * len(rows) if seg is None else seg.tolist()
+        out = []
+        for row, h in zip(rows, hs):
+            kind = heads[h][0]
+            fields = row.split(",") if kind == _LINE else row
+            perm = perms[h]
+            out.append(tuple(perm(fields)) if perm is not None else tuple(fields))
+        return out
+    records = _raw_records(rows, heads, seg)
+    row_key = _str_row_key if _row_kinds(records)[1] else order_key
+    return [row_key(r) for r in records]
+
+
+def _sorted_keys(keys):
+    """Distinct keys in order_key order (plain ``sorted`` when that is the same order)."""
+    kinds = set(map(type, keys))
+    if kinds <= {str} or kinds <= {int, float, bool}:
+        return sorted(keys)
+    return sorted(keys, key=order_key)
+
+
+def join_bucket(left, right, how):
+    """Join one bucket's segments: its pairs in the documented order, as :class:`BucketRows`.
+
+    Keys are ranked once; matches, cross products and unmatched rows are index arithmetic
+    in numpy; rows stay raw (a CSV line is split only to order the rows of a repeated key),
+    and are ordered within a key only where the key has several. Cost: O(rows + output)
+    plus a sort of the keys and of the rows of repeated keys.
+
+    >>> seg = [(2, None, ["a", "b", None], [{"k": "a"}, {"k": "b"}, {"x": 1}])]
+    >>> join_bucket(seg, [(2, None, ["a"], [{"k": "a", "v": 1}])], "left")
+    [({'x': 1}, None), ({'k': 'a'}, {'k': 'a', 'v': 1}), ({'k': 'b'}, None)]
+    """
+    lside, rside = _BucketSide(left), _BucketSide(right)
+    lkeys, rkeys = lside.keys, rside.keys
+    distinct = dict.fromkeys(lkeys)
+    distinct.update(dict.fromkeys(rkeys))
+    distinct.pop(None, None)
+    ordered = _sorted_keys(list(distinct))
+    rank = {k: i for i, k in enumerate(ordered)}
+    n_keys = len(ordered)
+    lc = np.fromiter(map(rank.get, lkeys, repeat(-1)), dtype=np.int64, count=len(lkeys))
+    rc = np.fromiter(map(rank.get, rkeys, repeat(-1)), dtype=np.int64, count=len(rkeys))
+    lcount = np.bincount(lc[lc >= 0], minlength=n_keys + 1)
+    rcount = np.bincount(rc[rc >= 0], minlength=n_keys + 1)
+    keep_left, keep_right = how in ("left", "full"), how in ("right", "full")
+    # Which rows are emitted: matched ones, and unmatched ones of a kept side.
+    lmatch = (lc >= 0) & (rcount[np.maximum(lc, 0)] > 0)
+    rmatch = (rc >= 0) & (lcount[np.maximum(rc, 0)] > 0)
+    lemit = np.ones_like(lmatch) if keep_left else lmatch
+    remit = np.ones_like(rmatch) if keep_right else rmatch
+    lraw, lorder, ltie = _emitted(lc, lemit, lside)
+    rraw, rorder, rtie = _emitted(rc, remit, rside)
+    # Sorted rows of each side, by (key rank, row): positions into lorder / rorder.
+    lcode, rcode = lc[lorder], rc[rorder]
+    lm, rm = lmatch[lorder], rmatch[rorder]
+    # Matched: each left row of a key repeated once per right row of that key.
+    rstart = np.zeros(n_keys + 1, dtype=np.int64)
+    rfirst = np.flatnonzero(rm)
+    if len(rfirst):
+        rstart = np.searchsorted(rcode[rfirst], np.arange(n_keys + 1))
+    ml = np.flatnonzero(lm)
+    reps = rcount[lcode[ml]] if len(ml) else np.empty(0, dtype=np.int64)
+    li = np.repeat(ml, reps)
+    total = int(reps.sum())
+    first = np.repeat(rstart[lcode[ml]] - np.concatenate(([0], np.cumsum(reps)[:-1])), reps) \
+        if len(ml) else np.empty(0, dtype=np.int64)
+    rj = rfirst[first + np.arange(total)] if total else np.empty(0, dtype=np.int64)
+    if total:
+        # By left row, right row, then (between equal rows) input order.
+        o = np.lexsort((rj, li, rtie[rj], ltie[li]))
+        li, rj = li[o], rj[o]
+    parts_l, parts_r, parts_key, parts_kind = [li], [rj], [lcode[li]], [np.ones(total)]
+    if keep_left:
+        un = np.flatnonzero(~lm)
+        parts_l.append(un)
+        parts_r.append(np.full(len(un), -1))
+        parts_key.append(lcode[un])
+        parts_kind.append(np.full(len(un), 2.0))
+    if keep_right:
+        un = np.flatnonzero(~rm)
+        parts_l.append(np.full(len(un), -1))
+        parts_r.append(un)
+        parts_key.append(rcode[un])
+        parts_kind.append(np.zeros(len(un)))
+    li = np.concatenate(parts_l).astype(np.int64)
+    rj = np.concatenate(parts_r).astype(np.int64)
+    key = np.concatenate(parts_key)
+    # Null key (-1) first; in it the (None, right) pairs before the (left, None) ones; in a
+    # group, the streams are already in row order.
+    order = np.lexsort((np.arange(len(li)), np.concatenate(parts_kind), key))
+    li, rj, key = li[order], rj[order], key[order]
+    # Runs of one key: for join_rows, which orders the buckets' runs by key.
+    if len(key):
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1)).astype(np.int64)
+        run_keys = [None if c < 0 else ordered[c] for c in key[starts].tolist()]
+        ends = np.append(starts[1:], len(key)).tolist()
+    else:
+        run_keys, ends = [], []
+    return BucketRows(lraw, rraw, li.astype(np.int32), rj.astype(np.int32), run_keys, ends)
+
+
+def _emitted(codes, emit, side):
+    """The raw rows of a side's emitted rows, ordered by (key, row).
+
+    Returns ``(raw, order, tie)``: ``raw`` is ``(rows, heads, seg)`` (see
+    :meth:`_BucketSide.raw`) in sorted order, ``order`` the row indices in that order, and
+    ``tie[p]`` the first position of the rows equal to ``p``'s (``p`` when none)."""
+    idx = np.flatnonzero(emit)
+    # By key rank (nulls, -1, first); rows of one key keep their input order for now.
+    idx = idx[np.argsort(codes[idx], kind="stable")]
+    by_position = np.argsort(idx, kind="stable")
+    rows, heads, seg = side.raw(idx[by_position].tolist())
+    inverse = np.empty_like(by_position)
+    inverse[by_position] = np.arange(len(idx))
+    rows = [rows[p] for p in inverse.tolist()]
+    if seg is not None:
+        seg = seg[inverse]
+    c = codes[idx]
+    tie = np.arange(len(c))
+    if len(c) > 1:
+        dup = np.flatnonzero(c[1:] == c[:-1])
+        if len(dup):
+            # Order the rows of each repeated key (null rows too) by the documented row order.
+            many = np.zeros(len(c), dtype=bool)
+            many[dup] = True
+            many[dup + 1] = True
+            at = np.flatnonzero(many).tolist()
+            picked = [rows[p] for p in at]
+            keys = _row_keys(picked, heads, None if seg is None else seg[at])
+            cs = c[at].tolist()
+            sub = [j for _c, _k, j in sorted(zip(cs, keys, range(len(at))))]
+            # Rows of one key stay in their key's span, so sorting the flagged positions
+            # among themselves by (key, row) reorders each span in place.
+            perm = np.arange(len(c))
+            perm[at] = [at[j] for j in sub]
+            idx = idx[perm]
+            rows = [rows[p] for p in perm.tolist()]
+            if seg is not None:
+                seg = seg[perm]
+            # Rows equal in that order share a tie rank (their pairs then interleave, as a
+            # stable sort of the key's pairs would put them).
+            for n in range(1, len(at)):
+                a, b = sub[n - 1], sub[n]
+                if cs[a] == cs[b] and keys[a] == keys[b]:
+                    tie[at[n]] = tie[at[n - 1]]
+    return (rows, heads, seg), idx, tie
+
+
+class _BucketJoin:
+    """The keyed join's per-bucket finalize (picklable)."""
 
     __slots__ = ("how",)
 
     def __init__(self, how):
         self.how = how
 
-    def __call__(self, group):
-        null = len(group) > 2
-        pairs = finalize_group(None if null else True, group, self.how)
-        if len(pairs) > 1:
-            all_str = _row_kinds(list(_pair_rows(pairs)))[1]
-            row_key = _str_row_key if all_str else order_key
-            pairs.sort(key=lambda p: (row_key(p[0]), row_key(p[1])))
-        return JoinRows(pairs)
+    def __call__(self, bucket):
+        with _gc_paused():
+            return join_bucket(bucket.left, bucket.right, self.how)
+
+
+class BucketRows(Sequence):
+    """One bucket's joined pairs, in the documented order (a keyed join's per-bucket value).
+
+    Held in columnar form, as written to part files: each side's emitted rows raw (CSV
+    lines or field lists with their headers, or records), and two int32 arrays saying which
+    left and right row each pair joins (``-1`` for ``None``). A pair's records are built
+    when it is first read. ``keys`` and ``ends`` describe its runs (the pairs of one join
+    key end at ``ends[i]``), so that :func:`join_rows` orders the buckets' runs by key. It
+    fingerprints as its columns. Cost: O(1) per pair read after the first (which builds
+    every record once); pickle and fingerprint are O(raw bytes).
+
+    >>> b = join_bucket([(0, ("k", "x"), ["1"], ["1,a"])], [(0, ("k",), ["1"], ["1"])], "inner")
+    >>> list(b), b.keys, len(b)
+    ([({'k': '1', 'x': 'a'}, {'k': '1'})], ['1'], 1)
+    """
+
+    __slots__ = ("left", "right", "li", "rj", "keys", "ends", "_pairs")
+
+    def __init__(self, left, right, li, rj, keys=(), ends=()):
+        self.left, self.right, self.li, self.rj = left, right, li, rj
+        self.keys, self.ends = list(keys), list(ends)
+        self._pairs = None
+
+    def __reduce__(self):
+        return (_unpacked_rows, (_packed_side(self.left), _packed_side(self.right), self.li,
+                                 self.rj, self.keys, self.ends))
+
+    def pairs(self):
+        """The ``(left, right)`` pairs as a list (built once). Cost: O(pairs)."""
+        if self._pairs is None:
+            lrows = _raw_records(*self.left)
+            rrows = _raw_records(*self.right)
+            lrows.append(None)
+            rrows.append(None)
+            self._pairs = list(zip(map(lrows.__getitem__, self.li.tolist()),
+                                   map(rrows.__getitem__, self.rj.tolist())))
+        return self._pairs
+
+    def to_jsonable(self):
+        """What a committed JSON-lines part file holds for this bucket: ``{"keys",
+        "ends", "pairs"}``, the pairs as ``[left row or null, right row or null]``; read
+        back, :func:`join_rows` orders it as it does the bucket. Cost: O(pairs)."""
+        return {"keys": self.keys, "ends": self.ends,
+                "pairs": [[left, right] for left, right in self.pairs()]}
+
+    def __len__(self):
+        return len(self.li)
+
+    def __getitem__(self, i):
+        return self.pairs()[i]
+
+    def __iter__(self):
+        return iter(self.pairs())
+
+    def __eq__(self, other):
+        if isinstance(other, (BucketRows, list)):
+            return self.pairs() == list(other)
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(self.pairs())
+
+    def __mergeagg_fingerprint__(self):
+        (lrows, lheads, lseg), (rrows, rheads, rseg) = (_packed_side(self.left),
+                                                          _packed_side(self.right))
+        return [(_digest(lrows), lheads, lseg), (_digest(rrows), rheads, rseg), self.li,
+                self.rj]
+
+
+def _packed_side(side):
+    rows, heads, seg = side
+    return (_pack(rows), heads, seg)
+
+
+def _unpacked_rows(left, right, li, rj, keys, ends):
+    return BucketRows((_unpack(left[0]), *left[1:]), (_unpack(right[0]), *right[1:]), li, rj,
+                      keys, ends)
+
+
+class _BucketFromJson:
+    """A bucket as :meth:`BucketRows.to_jsonable` wrote it, read back."""
+
+    __slots__ = ("keys", "ends", "_pairs")
+
+    def __init__(self, doc):
+        self.keys, self.ends = doc["keys"], doc["ends"]
+        self._pairs = [(left, right) for left, right in doc["pairs"]]
+
+    def pairs(self):
+        return self._pairs
 
 
 def join_rows(value):
-    """The keyed join's result (a dict key -> pairs, or its part files) as the fold's list.
+    """The keyed join's result (a dict bucket -> :class:`BucketRows`, or its part files) as
+    the fold's list, with the same fingerprint.
 
-    Keys in :func:`~mergeagg.algorithms._keyed.order_key` order, each key's pairs in turn.
-    Cost: O(keys log keys) plus reading the parts.
+    Runs of one key are ordered by key (:func:`~mergeagg.algorithms._keyed.order_key`,
+    nulls first). Cost: O(keys log keys) plus the pairs, plus reading the parts.
 
     >>> job = join("k", how="left", keyed=True)
     >>> src = join_source([{"k": 1}, {"k": None}], [{"k": 1, "v": 2}], strategy="reduce")
@@ -863,9 +1500,20 @@ def join_rows(value):
     """
     if not isinstance(value, dict):
         value = value.to_dict()
+    runs = []  # (key, bucket rows, start, end)
+    nulls = []
+    for rows in value.values():
+        if isinstance(rows, dict):  # a bucket read back from a JSON-lines part file
+            rows = _BucketFromJson(rows)
+        start = 0
+        for key, end in zip(rows.keys, rows.ends):
+            (nulls if key is None else runs).append((key, rows, start, end))
+            start = end
+    ordered = _sorted_keys([r[0] for r in runs])
+    by_key = {r[0]: r for r in runs}
     out = JoinRows()
-    for key in sorted(value, key=order_key):
-        out.extend(value[key])
+    for _key, rows, start, end in nulls + [by_key[k] for k in ordered]:
+        out.extend(rows.pairs()[start:end])
     return out
 
 
@@ -939,8 +1587,7 @@ class _Side:
                 splits.append(dataclasses.replace(sp, tag=tag))
                 continue
             if sp.path not in headers:
-                with open(sp.path, newline="", encoding="utf-8") as f:
-                    headers[sp.path] = tuple(next(csv.reader(f), ()))
+                headers[sp.path] = _csv_header(sp.path)
             piece = _CsvPiece(sp, tag, headers[sp.path], sp.start == 0)
             splits.append(_inputs.Split(index=sp.index, id=sp.id, kind="memory", path=sp.path,
                                         start=sp.start, end=sp.end, payload=piece,
@@ -948,6 +1595,13 @@ class _Side:
         return _inputs.Source(splits, f"{self.name}: {self.source.description}")
 
     streamed = tagged
+
+
+def _csv_header(path):
+    # As the splits read it: a byte-order mark skipped, a quoted name may span lines.
+    from mergeagg.inputs import csv_header
+
+    return tuple(csv_header(path))
 
 
 def _expand(side):
@@ -1040,9 +1694,39 @@ def _make_source(inputs, split_size, params):
     if len(inputs) != 2:
         raise ValueError(f"join takes exactly two inputs, LEFT and RIGHT; got {len(inputs)}")
     strategy = "reduce" if params.get("keyed") else params.get("_strategy", "auto")
-    return join_source(inputs[0], inputs[1], strategy=strategy,
-                       broadcast_threshold=params.get("_broadcast_threshold"),
-                       split_size=split_size)
+    src = join_source(inputs[0], inputs[1], strategy=strategy,
+                      broadcast_threshold=params.get("_broadcast_threshold"),
+                      split_size=split_size)
+    # A misspelled key column fails here, before any task runs (the tasks check it too).
+    spec = _key_spec(params.get("on"), params.get("left_on"), params.get("right_on"), False)
+    for side, path in ((LEFT, inputs[0]), (RIGHT, inputs[1])):
+        if _is_paths(path):
+            for p in _expand(path):
+                if _RECORD_FORMATS.get(os.path.splitext(p)[1].lower()) == "csv":
+                    check_header(_csv_header(p), spec.left if side == LEFT else spec.right,
+                                 side, p)
+    return src
+
+
+def run_join(job, source, **options):
+    """The CLI's runner: :func:`mergeagg.run`, and for a keyed join the value the user
+    gets (the list of pairs, :func:`join_rows`) with that list's fingerprint, so that the
+    fold, the broadcast join and the keyed join at any ``--partitions`` print one
+    fingerprint for one list. Cost: the run, plus for a keyed join one pass over its output.
+
+    >>> src = join_source([{"k": 1}], [{"k": 1, "v": 2}], strategy="reduce")
+    >>> a = run_join(join("k"), src, workers=0)
+    >>> b = run_join(join("k", keyed=True), src, workers=0, partitions=3)
+    >>> a.value == b.value, a.fingerprint == b.fingerprint == fingerprint(b.value)
+    (True, True)
+    """
+    import mergeagg
+
+    result = mergeagg.run(job, source, **options)
+    if isinstance(job, KeyedJob):
+        value = join_rows(result.value)
+        result = dataclasses.replace(result, value=value, fingerprint=fingerprint(value))
+    return result
 
 
 def _summarize(value, params):
@@ -1085,4 +1769,5 @@ ENTRY = Entry(
     make_source=_make_source,
     summarize=_summarize,
     jsonable=_jsonable,
+    runner=run_join,
 )

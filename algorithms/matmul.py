@@ -26,7 +26,10 @@ to :func:`numpy.matmul` within floating-point tolerance (numpy sums in its own o
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import multiprocessing
 import os
 
 import numpy as np
@@ -35,6 +38,7 @@ from mergeagg import inputs as _inputs
 from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._keyed import merge_into
 from mergeagg.algorithms.registry import Entry, Flag
+from mergeagg.fingerprint import fingerprint
 from mergeagg.keyed import KeyedJob
 
 __all__ = [
@@ -46,6 +50,9 @@ __all__ = [
     "assemble",
     "assemble_tiles",
     "DEFAULT_BLOCK",
+    "run_matmul",
+    "blas_threads",
+    "default_threads",
 ]
 
 DEFAULT_BLOCK = 1024
@@ -221,7 +228,9 @@ class BlockTask:
         return -(-self.inner // self.block)
 
     def operands(self, k):
-        """``(A[I, K], B[K, J])`` for ``K`` block ``k``, C-contiguous."""
+        """``(A[I, K], B[K, J])`` for ``K`` block ``k``: views where BLAS can read them as
+        they are (rows of unit stride, as in a C-ordered ``.npy`` file's memory map), so a
+        task reads its blocks once, in the product; copies otherwise."""
         lo, hi = k * self.block, min((k + 1) * self.block, self.inner)
         r0, r1 = self.rows
         c0, c1 = self.cols
@@ -235,7 +244,18 @@ class BlockTask:
         else:
             base = self.k0 * self.block
             b = self.b[lo - base:hi - base, :]
-        return np.ascontiguousarray(a), np.ascontiguousarray(b)
+        return _blas_view(a), _blas_view(b)
+
+
+def _blas_view(x):
+    """``x`` as a plain ndarray BLAS takes without a copy (unit stride along rows, a row
+    stride of whole items), else a C-contiguous copy."""
+    x = np.asarray(x)
+    item = x.dtype.itemsize
+    if x.ndim == 2 and x.strides[1] == item and x.strides[0] % item == 0 \
+            and x.strides[0] >= x.shape[1] * item and x.dtype.isnative:
+        return x
+    return np.ascontiguousarray(x)
 
 
 _MAPS = {}
@@ -250,6 +270,110 @@ def _mapped(path):
             _MAPS.clear()
         arr = _MAPS[key] = np.load(path, mmap_mode="r")
     return arr
+
+
+def _openblas_controls():
+    """``(get, set)`` of the OpenBLAS loaded in this process (numpy's wheels bundle one),
+    found by ctypes under its known symbol names; ``None`` when there is none (another BLAS,
+    or a platform without /proc/self/maps): threads are then left as they are."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower()
+                            and line.split()[-1].startswith("/")})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get_name, set_name in _OPENBLAS_SYMBOLS:
+            get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get is not None and put is not None:
+                get.restype = ctypes.c_int
+                put.argtypes = [ctypes.c_int]
+                return get, put
+    return None
+
+
+_OPENBLAS_SYMBOLS = (
+    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+    ("openblas_get_num_threads", "openblas_set_num_threads"),
+)
+_CONTROLS = []
+
+
+def blas_threads():
+    """The number of threads the BLAS of this process uses (``None`` if it cannot tell).
+
+    Cost: O(1) after the first call (which looks the library up once).
+
+    >>> n = blas_threads(); n is None or n >= 1
+    True
+    """
+    controls = _controls()
+    return None if controls is None else int(controls[0]())
+
+
+def _controls():
+    if not _CONTROLS:
+        _CONTROLS.append(_openblas_controls())
+    return _CONTROLS[0]
+
+
+@contextlib.contextmanager
+def _blas_limited(threads):
+    """Run the block with the BLAS limited to ``threads`` threads (restored after)."""
+    controls = None if threads is None else _controls()
+    if controls is None:
+        yield
+        return
+    get, put = controls
+    before = int(get())
+    put(int(threads))
+    try:
+        yield
+    finally:
+        put(before)
+
+
+def default_threads(workers=None):
+    """BLAS threads per task so that ``workers`` × threads ≤ cores: ``cores // workers``
+    (at least 1); ``None`` (BLAS's own setting) for ``workers=0`` (serial, in process).
+    With ``workers=None`` it is 1 in a worker process (any number of workers up to the
+    cores then never oversubscribes) and ``None`` in the main process. Cost: O(1).
+
+    >>> default_threads(0) is None, default_threads(os.cpu_count() or 1)
+    (True, 1)
+    """
+    if workers == 0:
+        return None
+    if workers is None:
+        return 1 if multiprocessing.parent_process() is not None else None
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+class _Products:
+    """The map of :func:`matmul`: :func:`block_products` with the BLAS limited to
+    ``threads`` threads in the worker (picklable)."""
+
+    __slots__ = ("threads",)
+
+    def __init__(self, threads=None):
+        self.threads = threads
+
+    def __getstate__(self):
+        return (self.threads,)  # a tuple: pickle skips __setstate__ for a false state
+
+    def __setstate__(self, state):
+        (self.threads,) = state
+
+    def __call__(self, tasks):
+        threads = self.threads if self.threads is not None else default_threads()
+        with _blas_limited(threads):
+            return block_products(tasks)
 
 
 def block_products(tasks):
@@ -349,10 +473,14 @@ def _tiles(tiles):
     return {key: tiles[key].result() for key in sorted(tiles)}
 
 
-def matmul(assemble=True, keyed=False):
+def matmul(assemble=True, keyed=False, threads_per_worker=None):
     """An Aggregator of blocked ``A @ B`` over the tasks of :func:`matmul_source`.
 
     Returns ``C`` as an ndarray, or (``assemble=False``) a dict ``(I, J) -> tile``.
+    ``threads_per_worker`` limits the BLAS threads of each task's products (OpenBLAS, as
+    numpy's wheels ship it; other BLAS libraries are left alone); ``None`` is
+    :func:`default_threads`: one per worker process, so that workers never fight over the
+    cores (the command line gives ``cores // --workers``).
     ``keyed=True`` gives a :class:`~mergeagg.KeyedJob` over the same tasks: tiles shuffled
     by ``(I, J)`` and summed in ascending ``K`` by their reducers (for a ``C`` kept as part
     files); its result is the dict of tiles, and :func:`assemble_tiles` builds ``C``.
@@ -365,10 +493,15 @@ def matmul(assemble=True, keyed=False):
     """
     if not isinstance(assemble, bool):
         raise TypeError(f"assemble must be True or False, got {assemble!r}")
+    if threads_per_worker is not None and (isinstance(threads_per_worker, bool) or not
+                                           isinstance(threads_per_worker, int)
+                                           or threads_per_worker < 1):
+        raise ValueError(f"threads_per_worker must be a positive int or None, got "
+                         f"{threads_per_worker!r}")
+    products = _Products(threads_per_worker)
     if keyed:
-        return KeyedJob(block_products, _merge_sum, _result, name="matmul")
-    return Aggregator(block_products, _combine, _assemble if assemble else _tiles,
-                      name="matmul")
+        return KeyedJob(products, _merge_sum, _result, name="matmul")
+    return Aggregator(products, _combine, _assemble if assemble else _tiles, name="matmul")
 
 
 def _operand(x, label):
@@ -449,6 +582,30 @@ def _make_source(inputs, split_size, params):
                          k_split=params.get("_k_split"))
 
 
+def run_matmul(job, source, **options):
+    """The CLI's runner: :func:`mergeagg.run`, and for a keyed matmul the value the user
+    gets (``C``, :func:`assemble_tiles`) with the fingerprint of ``C``, so that the fold and
+    the keyed job at any ``--partitions`` print one fingerprint for one ``C``. Cost: the
+    run, plus for a keyed matmul one copy and one hash of ``C``.
+
+    >>> src = matmul_source(np.eye(3), np.ones((3, 2)), block=2)
+    >>> a = run_matmul(matmul(), src, workers=0)
+    >>> b = run_matmul(matmul(keyed=True), src, workers=0, partitions=2)
+    >>> a.fingerprint == b.fingerprint == fingerprint(b.value)
+    True
+    """
+    import mergeagg
+
+    products = job.map if isinstance(job, KeyedJob) else job.partial
+    if isinstance(products, _Products) and products.threads is None:
+        products.threads = default_threads(options.get("workers"))
+    result = mergeagg.run(job, source, **options)
+    if isinstance(job, KeyedJob):
+        value = assemble_tiles(result.value)
+        result = dataclasses.replace(result, value=value, fingerprint=fingerprint(value))
+    return result
+
+
 def _summarize(value, params):
     if not isinstance(value, np.ndarray):
         value = assemble_tiles(value)
@@ -472,7 +629,10 @@ ENTRY = Entry(
         Flag("--out", default=None, dest="_out", help="write C to this .npy file"),
         Flag("--keyed", action="store_true", default=False,
              help="run as a keyed job: tiles shuffled into --partitions R"),
+        Flag("--threads-per-worker", type=int, default=None,
+             help="BLAS threads in each worker (default: cores // --workers)"),
     ),
     make_source=_make_source,
     summarize=_summarize,
+    runner=run_matmul,
 )

@@ -379,3 +379,130 @@ def test_a_ragged_csv_row_is_found_even_when_another_row_makes_up_the_commas(tmp
                           strategy=strategy)
         with pytest.raises(ma.InputError, match="the header has 2"):
             ma.run(join("k"), src, workers=0)
+
+
+@given(table("L"), table("R"), st.sampled_from(["inner", "left", "right", "full"]),
+       st.booleans())
+def test_every_plan_gives_one_fingerprint_of_the_value_received(left, right, how, empty_null):
+    # Issue 14, item 4: the fold, the broadcast join and the keyed join at several R print
+    # the fingerprint of the list the user gets.
+    from mergeagg.algorithms.join import run_join
+
+    src = join_source(left[1], right[1], strategy="reduce")
+    plans = [run_join(join("k", how, empty_is_null=empty_null), src, workers=0),
+             run_join(join("k", how, empty_is_null=empty_null),
+                      join_source(left[1], right[1], strategy="broadcast"), workers=0)]
+    for partitions in (1, 2, 5):
+        plans.append(run_join(join("k", how, empty_is_null=empty_null, keyed=True), src,
+                              workers=0, partitions=partitions))
+    assert {r.fingerprint for r in plans} == {ma.fingerprint(plans[0].value)}
+    assert all(repr(r.value) == repr(plans[0].value) for r in plans)
+
+
+def test_cli_prints_one_fingerprint_for_the_fold_and_the_keyed_join(tmp_path, capsys):
+    write_csv(tmp_path / "l.csv", [{"id": str(i), "k": str(i % 5)} for i in range(30)],
+              ["id", "k"])
+    write_csv(tmp_path / "r.csv", [{"k": str(i % 7), "v": str(i)} for i in range(20)],
+              ["k", "v"])
+    argv = ["run", "join", str(tmp_path / "l.csv"), str(tmp_path / "r.csv"), "--on", "k",
+            "--how", "left", "--workers", "0"]
+    printed = []
+    for extra in ([], ["--keyed", "-R", "3"], ["--keyed", "-R", "1"]):
+        assert cli_main(argv + extra) == 0
+        printed.append(capsys.readouterr().out.splitlines()[-1])
+    assert len(set(printed)) == 1 and printed[0].startswith("fingerprint ")
+
+
+@pytest.mark.parametrize("strategy", ["reduce", "broadcast"])
+@pytest.mark.parametrize("keyed", [False, True])
+def test_a_missing_key_column_is_an_input_error_naming_it_and_the_header(tmp_path, strategy,
+                                                                        keyed):
+    # Issue 14, item 3: a misspelled column gave "0 rows" and exit 0.
+    write_csv(tmp_path / "l.csv", [{"id": "1", "k": "a"}], ["id", "k"])
+    write_csv(tmp_path / "r.csv", [{"k": "a", "v": "1"}], ["k", "v"])
+    if keyed and strategy == "broadcast":
+        return
+    src = join_source(str(tmp_path / "l.csv"), str(tmp_path / "r.csv"), strategy=strategy)
+    with pytest.raises(ma.InputError, match=r"side has no column 'kk' to join on \(.*/[lr]"
+                                            r"\.csv; its header: (id, k|k, v)\)"):
+        join("kk", keyed=keyed).reduce(src.read(s) for s in src.splits())
+    with pytest.raises(ma.InputError, match="has no column 'kk'"):
+        ma.run(join("kk", keyed=keyed), src, workers=0)
+    src = join_source(str(tmp_path / "l.csv"), str(tmp_path / "r.csv"), strategy=strategy)
+    with pytest.raises(ma.InputError, match="right side has no column 'w'"):
+        ma.run(join(None, left_on="k", right_on="w", keyed=keyed), src, workers=0)
+
+
+@pytest.mark.slow
+def test_a_missing_key_column_fails_at_once_on_workers_and_on_the_command_line(tmp_path,
+                                                                              capsys):
+    write_csv(tmp_path / "l.csv", [{"id": "1", "k": "a"}], ["id", "k"])
+    write_csv(tmp_path / "r.csv", [{"k": "a", "v": "1"}], ["k", "v"])
+    src = join_source(str(tmp_path / "l.csv"), str(tmp_path / "r.csv"), strategy="reduce")
+    with pytest.raises(ma.MergeaggError) as info:
+        ma.run(join("kk", keyed=True), src, workers=2, partitions=2)
+    assert "no column 'kk'" in str(info.value)
+    assert cli_main(["run", "join", str(tmp_path / "l.csv"), str(tmp_path / "r.csv"),
+                     "--on", "kk", "--workers", "0"]) != 0
+    err = capsys.readouterr().err
+    assert "no column 'kk' to join on" in err and "its header: id, k" in err
+
+
+PLAIN = st.sampled_from(["", "1", "22", "a", "abc", " x", "longer-key", "longer-kez"])
+
+
+@given(st.lists(st.tuples(PLAIN, PLAIN, PLAIN), max_size=15), st.sampled_from(["\n", "\r\n"]),
+       st.booleans(), st.booleans(), st.integers(0, 2), st.booleans(),
+       st.sampled_from([None, None, None, "é", "k" * 70]))
+def test_broadcast_probe_in_numpy_equals_the_reference(rows, end, blank, last_end, col,
+                                                       empty_is_null, odd):
+    # The broadcast inner join probes plain CSV text in numpy (hit_lines): LF or CRLF,
+    # blank lines, no newline after the last line, long and non-ASCII keys (another path).
+    import tempfile
+    from pathlib import Path
+
+    header = ("a", "b", "c")
+    if odd is not None:
+        rows = [*rows, (odd, odd, odd)]
+    rows = [*rows, *[("q", "q", "q")] * 80]  # the streamed side must be the bigger one
+    lines = [",".join(header)] + [",".join(r) for r in rows]
+    if blank:
+        lines.insert(len(lines) // 2 + 1, "")
+    text = end.join(lines) + (end if last_end else "")
+    small = [{"a": v, "b": v, "c": v, "s": "small"}
+             for v in ("", "1", "abc", "k" * 70, "longer-key")]
+    with tempfile.TemporaryDirectory() as d:
+        big, little = Path(d) / "big.csv", Path(d) / "small.csv"
+        big.write_bytes(text.encode("utf-8"))
+        write_csv(little, small, ["a", "b", "c", "s"])
+        key = header[col]
+        src = join_source(str(big), str(little), strategy="broadcast", split_size=1 << 20)
+        assert src.splits()[0].payload.tag.stream == "left"
+        got = ma.run(join(key, empty_is_null=empty_is_null), src, workers=0).value
+    records = [dict(zip(header, r)) for r in rows]
+    assert got == join_records(records, small, key, empty_is_null=empty_is_null,
+                               strategy="reduce")
+
+
+def test_a_keyed_join_committed_as_json_lines_reads_back_as_the_fold_s_rows(tmp_path):
+    write_csv(tmp_path / "l.csv", [{"k": "1", "a": "x"}, {"k": "2", "a": "y"},
+                                   {"k": "", "a": "z"}], ["k", "a"])
+    write_csv(tmp_path / "r.csv", [{"k": "1", "b": "w"}, {"k": "3", "b": "v"}], ["k", "b"])
+    from mergeagg.algorithms.join import run_join
+
+    src = join_source(str(tmp_path / "l.csv"), str(tmp_path / "r.csv"), strategy="reduce")
+    fold = run_join(join("k", how="full"), src, workers=0)
+    out = tmp_path / "parts"
+    keyed = run_join(join("k", how="full", keyed=True), src, workers=2, partitions=3,
+                     output=str(out))
+    assert keyed.value == fold.value and keyed.fingerprint == fold.fingerprint
+    assert all(p.suffix in (".jsonl", "") for p in out.iterdir())
+
+
+def test_a_byte_order_mark_does_not_hide_the_key_column(tmp_path):
+    (tmp_path / "l.csv").write_bytes(b"\xef\xbb\xbfk,a\r\n1,x\r\n2,y\r\n")
+    write_csv(tmp_path / "r.csv", [{"k": "1", "b": "w"}], ["k", "b"])
+    for strategy in ("reduce", "broadcast"):
+        src = join_source(str(tmp_path / "l.csv"), str(tmp_path / "r.csv"), strategy=strategy)
+        rows = ma.run(join("k"), src, workers=0).value
+        assert [(lrow["a"], rrow["b"]) for lrow, rrow in rows] == [("x", "w")]

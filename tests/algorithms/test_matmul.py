@@ -1,5 +1,6 @@
 """Blocked matmul: bitwise identical for any sharding and merge order, close to numpy."""
 
+import os
 import pickle
 
 import numpy as np
@@ -10,10 +11,14 @@ from hypothesis import strategies as st
 import mergeagg as ma
 from mergeagg.algorithms.matmul import (
     BlockSum,
+    BlockTask,
     assemble_tiles,
+    blas_threads,
     block_products,
+    default_threads,
     matmul,
     matmul_source,
+    run_matmul,
 )
 from mergeagg.cli import main as cli_main
 
@@ -207,3 +212,48 @@ def test_keyed_matmul_on_workers_with_part_files(tmp_path, capsys):
     assert cli_main(["run", "matmul", str(tmp_path / "A.npy"), str(tmp_path / "B.npy"),
                      "--block", "8", "--keyed", "--workers", "0"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "C: 40x20 float64"
+
+
+def test_the_cli_prints_the_fingerprint_of_c_for_the_fold_and_the_keyed_job(tmp_path, capsys):
+    # Issue 14, item 4: the keyed matmul printed the fingerprint of its tile dict.
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(20, 12)), rng.normal(size=(12, 9))
+    np.save(tmp_path / "A.npy", a)
+    np.save(tmp_path / "B.npy", b)
+    argv = ["run", "matmul", str(tmp_path / "A.npy"), str(tmp_path / "B.npy"), "--block", "4",
+            "--workers", "0", "--out", str(tmp_path / "C.npy")]
+    printed = []
+    for extra in ([], ["--keyed", "-R", "3"], ["--keyed", "-R", "1"]):
+        assert cli_main(argv + extra) == 0
+        printed.append(capsys.readouterr().out.splitlines()[-1])
+    c = np.load(tmp_path / "C.npy")
+    assert set(printed) == {f"fingerprint {ma.fingerprint(c)}"}
+    src = matmul_source(a, b, block=4)
+    results = [run_matmul(matmul(), src, workers=0)] + [
+        run_matmul(matmul(keyed=True), src, workers=0, partitions=r) for r in (1, 2, 4)]
+    assert {r.fingerprint for r in results} == {ma.fingerprint(results[0].value)}
+
+
+def test_threads_per_worker_limits_the_blas_during_the_products(monkeypatch):
+    if blas_threads() is None:
+        pytest.skip("no OpenBLAS found in this process")
+    seen = []
+    operands = BlockTask.operands
+
+    def spy(self, k):
+        seen.append(blas_threads())
+        return operands(self, k)
+
+    monkeypatch.setattr(BlockTask, "operands", spy)
+    before = blas_threads()
+    a = np.ones((4, 4))
+    src = matmul_source(a, a, block=2)
+    assert (ma.run(matmul(threads_per_worker=1), src, workers=0).value == a @ a).all()
+    assert set(seen) == {1}
+    assert blas_threads() == before  # restored after each task
+    seen.clear()
+    ma.run(matmul(), src, workers=0)  # in process, by default: the BLAS's own setting
+    assert set(seen) == {before}
+    assert default_threads(0) is None and default_threads(1) == (os.cpu_count() or 1)
+    with pytest.raises(ValueError, match="threads_per_worker"):
+        matmul(threads_per_worker=0)

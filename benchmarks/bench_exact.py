@@ -1,0 +1,97 @@
+"""The exact float sum (ExactSum) against numpy's sum, math.fsum and a plain loop.
+
+Workload: 10^7 float64 values, standard normal scaled by 10^k for k uniform in [-8, 8]
+(fixed seed), in one numpy array. Contenders, each timed ``--repeat`` times, alternating:
+
+* ``ExactSum().add_floats(array)`` — exact, the same bits for any split (what
+  ``exact=True`` in the catalog uses);
+* ``numpy.sum(array)`` — pairwise summation, rounded, its bits depend on the layout;
+* ``math.fsum(list)`` — correctly rounded, over a Python list (fsum of the array iterates
+  numpy scalars and is several times slower: the list is built outside the timing);
+* a plain ``for`` loop adding the list's floats (rounded at every step).
+
+Targets (issue 18): ExactSum at most 2x numpy's sum and at least 5x faster than math.fsum.
+The figures printed are medians, ratios against ExactSum, and /proc/loadavg. ExactSum and
+math.fsum must give the same float.
+
+    python benchmarks/bench_exact.py            # 10^7 values, 5 repetitions
+    python benchmarks/bench_exact.py --smoke    # what CI runs: 10^5 values
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from mergeagg.algorithms._exact import ExactSum
+
+SEED = 20251206
+
+
+def exact_sum(arr):
+    s = ExactSum()
+    s.add_floats(arr)
+    return s.value()
+
+
+def naive(values):
+    total = 0.0
+    for v in values:
+        total += v
+    return total
+
+
+def loadavg():
+    """The first three fields of /proc/loadavg (or ``n/a``)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10_000_000, help="values (default 10^7)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs of each (default 5)")
+    parser.add_argument("--smoke", action="store_true", help="10^5 values, 2 runs, for CI")
+    args = parser.parse_args(argv)
+    n, repeat = (100_000, 2) if args.smoke else (args.n, args.repeat)
+    rng = np.random.default_rng(SEED)
+    arr = rng.standard_normal(n) * 10.0 ** rng.integers(-8, 9, n)
+    values = arr.tolist()
+    contenders = [("ExactSum.add_floats", lambda: exact_sum(arr)),
+                  ("numpy.sum (pairwise)", lambda: float(np.sum(arr))),
+                  ("math.fsum (list)", lambda: math.fsum(values)),
+                  ("plain loop (list)", lambda: naive(values))]
+    times = {name: [] for name, _f in contenders}
+    answers = {}
+    for _ in range(repeat):
+        for name, fn in contenders:
+            start = time.perf_counter()
+            answers[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    if answers["ExactSum.add_floats"] != answers["math.fsum (list)"]:
+        print(f"ERROR: ExactSum gave {answers['ExactSum.add_floats']!r}, math.fsum "
+              f"{answers['math.fsum (list)']!r}", file=sys.stderr)
+        return 1
+    print(f"exact sum: {n} doubles, {repeat} repetitions (alternating), loadavg {loadavg()}")
+    mine = statistics.median(times["ExactSum.add_floats"])
+    for name, _f in contenders:
+        med = statistics.median(times[name])
+        print(f"  {name:<22} median {med:9.4f}s  min {min(times[name]):9.4f}s  "
+              f"{n / med / 1e6:8.1f} M values/s  ExactSum time / this: {mine / med:6.2f}")
+    numpy_med = statistics.median(times["numpy.sum (pairwise)"])
+    fsum_med = statistics.median(times["math.fsum (list)"])
+    print(f"ExactSum takes {mine / numpy_med:.1f}x numpy's sum (target <= 2x) and is "
+          f"{fsum_med / mine:.1f}x faster than math.fsum (target >= 5x); loadavg {loadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
