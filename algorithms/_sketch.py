@@ -548,6 +548,11 @@ def hash128_ds(items, seed=DS_SEED):
         items = items.tolist()
     elif not isinstance(items, (list, tuple)):
         items = list(items)
+    if items and set(map(type, items)) <= {int}:
+        try:
+            return hash128_ds(np.array(items, dtype=np.int64), seed)
+        except OverflowError:
+            pass  # keys of 2**63 and above: one by one below
     h1 = np.empty(len(items), dtype=np.uint64)
     h2 = np.empty(len(items), dtype=np.uint64)
     keep = np.ones(len(items), dtype=bool)

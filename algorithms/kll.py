@@ -330,7 +330,9 @@ class KLL(Sketch):
 
     def quantiles(self, qs, inclusive=True):
         """The items at normalized ranks ``qs``: for each q the smallest retained item whose
-        cumulative weight reaches ``ceil(q * n)`` (``inclusive``) or exceeds ``q * n``.
+        cumulative weight reaches ``ceil(q * n)`` (``inclusive``, the default, as in
+        DataSketches' Java and C++; its Python binding defaults to exclusive) or exceeds
+        ``floor(q * n)``.
 
         Cost: O(retained log retained + len(qs)). Error: each is an item whose true rank is
         within :meth:`rank_error` of ``q`` (99% confidence).
@@ -345,15 +347,13 @@ class KLL(Sketch):
         if np.isnan(qs).any() or (qs < 0).any() or (qs > 1).any():
             raise ValueError(f"normalized ranks must be in [0, 1], got {qs.tolist()}")
         items, cum = self._sorted_view()
+        # DataSketches' rule, to the bit: the target weight is ceil(q * n) (inclusive) or
+        # floor(q * n); past the last cumulative weight, the last item.
         if inclusive:
-            target = np.ceil(qs * self.n)
-            idx = np.searchsorted(cum, target, side="left")
+            idx = np.searchsorted(cum, np.ceil(qs * self.n), side="left")
         else:
-            idx = np.searchsorted(cum, qs * self.n, side="right")
-        out = items[np.minimum(idx, items.shape[0] - 1)]
-        out[qs == 0] = self.min if inclusive else out[qs == 0]
-        out[idx >= items.shape[0]] = self.max
-        return out
+            idx = np.searchsorted(cum, np.floor(qs * self.n), side="right")
+        return items[np.minimum(idx, items.shape[0] - 1)]
 
     def cdf(self, split_points, inclusive=True):
         """Estimated fractions of items ``<=`` each split point, then 1.0 (one more value).
@@ -442,6 +442,34 @@ class KLL(Sketch):
             raise ValueError(f"corrupt KLL bytes: the levels weigh {weight} items, the "
                              f"header says {n}, or a level is not sorted")
         return sk
+
+    def to_datasketches(self):
+        """The sketch as an Apache DataSketches KLL image: ``kll_floats_sketch`` for
+        ``dtype="float"``, ``kll_doubles_sketch`` for ``"double"`` (same levels, so the
+        same quantiles there). Cost: O(retained).
+
+        >>> import datasketches
+        >>> sk = KLL(k=50, dtype="float").update(np.arange(1000.0))
+        >>> theirs = datasketches.kll_floats_sketch.deserialize(sk.to_datasketches())
+        >>> theirs.get_quantile(0.5) == sk.quantile(0.5), theirs.n
+        (True, 1000)
+        """
+        from mergeagg.algorithms._datasketches import kll_image
+
+        return kll_image(self)
+
+    @classmethod
+    def from_datasketches(cls, data, dtype=None, seed=0):
+        """The KLL in an Apache DataSketches ``kll_floats_sketch`` / ``kll_doubles_sketch``
+        image (``dtype`` read from its size unless given; ``seed`` for later compactions).
+        Cost: O(retained).
+
+        >>> KLL.from_datasketches(KLL(k=20).update([1.0, 2.0]).to_datasketches()).n
+        2
+        """
+        from mergeagg.algorithms._datasketches import kll_from_image
+
+        return kll_from_image(data, dtype, seed)
 
     def to_jsonable(self):
         """A JSON-ready summary: parameters, n, min, max, deciles and the bytes in base64."""
