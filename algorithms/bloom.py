@@ -51,6 +51,7 @@ __all__ = ["BloomFilter", "bloom", "blocks_for", "expected_fpp"]
 _WORDS = 8  # 32-bit words per block: 256 bits, one bit set per word
 _MAX_BLOCKS = 1 << 24
 _U = np.uint64
+_BLOCK = np.dtype((np.void, 32))  # one block as a single element, copied whole
 
 
 def _pair_masks():
@@ -161,64 +162,52 @@ class BloomFilter(Sketch):
         return (self.blocks,)
 
     def _locate(self, h):
-        """(first word index, the four uint64 masks) of hashes ``h``: the block's words are
-        ``first .. first + 3`` of the filter viewed as uint64."""
-        first = ((h >> _U(40)) * _U(self.num_blocks)) >> _U(24)
-        first <<= _U(2)
+        """(block index, the four uint64 masks of the block's words) of hashes ``h``."""
+        block = ((h >> _U(40)) * _U(self.num_blocks)) >> _U(24)
         masks = [np.take(_PAIRS, ((h >> _U(10 * j)) & _FIELD).view(np.int64))
                  for j in range(4)]
-        return first.view(np.int64), masks
+        return block.view(np.int64), masks
 
     def update(self, items):
         """Add every key of an iterable or a numpy array; returns ``self``.
 
-        Cost: ~25-50 ns per int key of a numpy array (hash, four word reads and writes in
-        one cache line), more for str/bytes keys (hashing).
+        Cost: ~25-50 ns per int key of a numpy array (hash, one 32-byte block read and
+        written), more for str/bytes keys (hashing).
 
         >>> BloomFilter(num_blocks=16).update(range(10)).contains_many(range(10)).all().item()
         True
         """
-        scratch = None
         for _, h in iter_hashes(items, self.seed):
-            if scratch is None and h.shape[0] > 1:
-                scratch = np.empty(self.num_blocks, dtype=np.int32)
-            self._add(h, scratch)
+            self._update_hashes(h)
         return self
 
     def _update_hashes(self, h):
-        self._add(h, np.empty(self.num_blocks, dtype=np.int32) if h.shape[0] > 1 else None)
-
-    def _add(self, h, last):
-        first, masks = self._locate(h)
-        flat = self.blocks.reshape(-1).view(np.uint64)
+        block, masks = self._locate(h)
+        words = self.blocks.view(np.uint64)  # (num_blocks, 4)
+        rows = np.take(words, block, axis=0)
         for j, mask in enumerate(masks):
-            at = first + j if j else first
-            word = np.take(flat, at)
-            word |= mask
-            np.put(flat, at, word)
-        if last is None:  # one key: no block written twice
-            return
-        # A block chosen twice in one batch keeps the last words written: find the keys
-        # that were not the last writer of their block and set their bits one at a time.
-        order = np.arange(h.shape[0], dtype=np.int32)
-        block = first >> 2
-        np.put(last, block, order)
-        lost = np.take(last, block) != order
+            rows[:, j] |= mask
+        np.put(self.blocks.view(_BLOCK).reshape(-1), block, rows.view(_BLOCK).reshape(-1))
+        # A block chosen twice in one batch keeps the last row written: read the rows back
+        # and set the bits of the keys that lost theirs one at a time.
+        rows = np.take(words, block, axis=0)
+        lost = np.zeros(h.shape[0], dtype=bool)
+        for j, mask in enumerate(masks):
+            lost |= (rows[:, j] & mask) != mask
         if lost.any():
-            at = (first[lost, None] + np.arange(4)).ravel()
-            np.bitwise_or.at(flat, at, np.stack([m[lost] for m in masks], axis=1).ravel())
+            at = (block[lost, None] * 4 + np.arange(4)).ravel()
+            np.bitwise_or.at(words.reshape(-1), at,
+                             np.stack([m[lost] for m in masks], axis=1).ravel())
 
     def _merge(self, other):
         np.bitwise_or(self.blocks, other.blocks, out=self.blocks)
 
     def _test(self, h):
-        first, masks = self._locate(h)
-        flat = self.blocks.reshape(-1).view(np.uint64)
+        block, masks = self._locate(h)
+        rows = np.take(self.blocks.view(np.uint64), block, axis=0)
         ok = np.ones(h.shape[0], dtype=bool)
         for j, mask in enumerate(masks):
-            word = np.take(flat, first + j if j else first)
-            word &= mask
-            ok &= word == mask
+            ok &= (rows[:, j] & mask) == mask
         return ok
 
     def contains(self, item):
