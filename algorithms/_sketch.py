@@ -767,7 +767,8 @@ class Sketch:
         """The sketch in the versioned byte format (documented in docs/sketches.md).
 
         Layout, little-endian: ``b"MGSK"``, format version (u8), kind (u8: 1 HyperLogLog,
-        2 CountMin, 3 MinHash), hash code (u8: 1 = ``HASH_ID``), reserved (u8), seed (u32),
+        2 CountMin, 3 MinHash, 4 KLL, 5 ThetaSketch, 6 BloomFilter), hash code (u8: 1 =
+        ``HASH_ID``, 2 = ``HASH_DS``), reserved (u8), seed (u32),
         the kind's parameters and arrays, then a CRC-32 of everything before it (u32).
         Cost: O(size of the sketch).
 
