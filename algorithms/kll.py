@@ -519,12 +519,18 @@ def quantiles(k=200, field=None, dtype="double", seed=0):
 
 
 def _parse_qs(text):
+    """``--q``: comma-separated normalized ranks; checked when the command line is read."""
+    import argparse
+
+    if not isinstance(text, str):
+        return list(text)
     try:
-        qs = [float(x) for x in str(text).split(",") if x.strip()]
+        qs = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--q takes comma-separated ranks in [0, 1], got {text!r}") from None
+        qs = None
     if not qs or any(not 0 <= q <= 1 for q in qs):
-        raise ValueError(f"--q takes comma-separated ranks in [0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--q takes comma-separated ranks in [0, 1], like 0.5,0.9,0.99; got {text!r}")
     return qs
 
 
@@ -552,7 +558,7 @@ ENTRY = Entry(
         Flag("--dtype", type=str, default="double", choices=("double", "float"),
              help="item type kept: double (64-bit, default) or float (32-bit)"),
         Flag("--seed", type=int, default=0, help="compaction coin seed (0..2**32-1)"),
-        Flag("--q", type=str, default="0.5,0.9,0.99", dest="_q",
+        Flag("--q", type=_parse_qs, default="0.5,0.9,0.99", dest="_q",
              help="comma-separated ranks to print (default 0.5,0.9,0.99)"),
     ),
     summarize=_summarize,

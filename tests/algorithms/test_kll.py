@@ -257,3 +257,6 @@ def test_catalog_entry_reads_a_csv_field(tmp_path, capsys):
                  "--field", "x", "--q", "0.5"]) == 0
     assert "q=0.5" in capsys.readouterr().out
     assert mergeagg.algorithms.quantiles is quantiles
+    with pytest.raises(SystemExit):  # refused when the command line is read, before a run
+        main(["run", "quantiles", str(jpath), "--workers", "0", "--q", "0.5,2"])
+    assert "ranks in [0, 1]" in capsys.readouterr().err
