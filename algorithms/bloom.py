@@ -2,8 +2,9 @@
 
 A *split-block* Bloom filter (Putze, Sanders and Singler's blocked filter, in the shape
 Parquet and Impala use): ``num_blocks`` blocks of 256 bits, each eight 32-bit words. A key's
-64-bit hash picks one block with its high 24 bits (a multiply-shift, so up to 2**24
-blocks); its low 40 bits, five at a time, pick one bit in each of the block's eight words.
+64-bit hash, read as four 16-bit fields, gives ten bits per field, five per word, to pick
+one bit in each of the block's eight words; the block is the top 24 bits of the hash times
+an odd constant (so up to 2**24 blocks), scaled to the number of blocks.
 Adding sets those eight bits, a query checks them: one cache line per key, whatever the
 filter's size.
 
@@ -65,7 +66,9 @@ def _pair_masks():
 
 
 _PAIRS = _pair_masks()
-_FIELD = _U(1023)
+_FIELD = np.uint16(1023)
+_MIX = _U(0x9E3779B97F4A7C15)  # odd: the block comes from every bit of the hash
+_ALL_FOUR = np.frombuffer(b"\x01\x01\x01\x01", dtype=np.uint32)[0]
 
 
 def expected_fpp(keys_per_block):
@@ -163,11 +166,10 @@ class BloomFilter(Sketch):
         return (self.blocks,)
 
     def _locate(self, h):
-        """(block index, the four uint64 masks of the block's words) of hashes ``h``."""
-        block = ((h >> _U(40)) * _U(self.num_blocks)) >> _U(24)
-        masks = [np.take(_PAIRS, ((h >> _U(10 * j)) & _FIELD).view(np.int64))
-                 for j in range(4)]
-        return block.view(np.int64), masks
+        """(block index, the block's mask as four uint64 per key) of hashes ``h``."""
+        block = (((h * _MIX) >> _U(40)) * _U(self.num_blocks)) >> _U(24)
+        fields = h.astype("<u8", copy=False).view("<u2").reshape(-1, 4) & _FIELD
+        return block.view(np.int64), np.take(_PAIRS, fields.astype(np.intp))
 
     def update(self, items):
         """Add every key of an iterable or a numpy array; returns ``self``.
@@ -193,8 +195,7 @@ class BloomFilter(Sketch):
         block, masks = self._locate(h)
         words = self.blocks.view(np.uint64)  # (num_blocks, 4)
         rows = np.take(words, block, axis=0)
-        for j, mask in enumerate(masks):
-            rows[:, j] |= mask
+        rows |= masks
         np.put(self.blocks.view(_BLOCK).reshape(-1), block, rows.view(_BLOCK).reshape(-1))
         if last is None:  # one key: no block written twice
             return
@@ -205,8 +206,7 @@ class BloomFilter(Sketch):
         lost = np.take(last, block) != order
         if lost.any():
             at = (block[lost, None] * 4 + np.arange(4)).ravel()
-            np.bitwise_or.at(words.reshape(-1), at,
-                             np.stack([m[lost] for m in masks], axis=1).ravel())
+            np.bitwise_or.at(words.reshape(-1), at, masks[lost].ravel())
 
     def _merge(self, other):
         np.bitwise_or(self.blocks, other.blocks, out=self.blocks)
@@ -214,10 +214,9 @@ class BloomFilter(Sketch):
     def _test(self, h):
         block, masks = self._locate(h)
         rows = np.take(self.blocks.view(np.uint64), block, axis=0)
-        ok = np.ones(h.shape[0], dtype=bool)
-        for j, mask in enumerate(masks):
-            ok &= (rows[:, j] & mask) == mask
-        return ok
+        rows &= masks
+        # four equal words per key, as four bools read as one uint32
+        return (rows == masks).view(np.uint32).reshape(-1) == _ALL_FOUR
 
     def contains(self, item):
         """True if ``item`` may have been added; False if it certainly was not.
