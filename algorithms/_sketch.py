@@ -29,6 +29,11 @@ from mergeagg.errors import IncompatibleMergeError
 
 __all__ = [
     "HASH_ID",
+    "HASH_DS",
+    "DS_SEED",
+    "hash128_ds",
+    "ds_seed_hash",
+    "check_hash",
     "FORMAT_VERSION",
     "Sketch",
     "hash64",
@@ -45,8 +50,15 @@ __all__ = [
 ]
 
 HASH_ID = "mm3x64+sm64/1"
+HASH_DS = "datasketches"
+"""DataSketches' item hashing: MurmurHash3 x64-128 (both halves) of the item's bytes, a str
+as UTF-8 (the empty str skipped, as DataSketches skips it), an int as its 8 little-endian
+two's complement bytes, a float as its 8 IEEE-754 bytes (``-0.0`` as ``0.0``, every NaN as
+Java's canonical NaN), with a 64-bit seed (DataSketches' default 9001)."""
+DS_SEED = 9001
 FORMAT_VERSION = 1
-_HASH_CODE = 1  # HASH_ID's code in the byte format
+_HASH_CODES = {HASH_ID: 1, HASH_DS: 2}
+_HASH_NAMES = {"mergeagg": HASH_ID, HASH_ID: HASH_ID, HASH_DS: HASH_DS}
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -453,6 +465,125 @@ def _too_big(v):
     raise ValueError(f"integer keys must fit in 64 bits, got {v}")
 
 
+# -- DataSketches' hashing ------------------------------------------------------------------
+
+
+def check_hash(name):
+    """The hash identity a sketch's ``hash=`` names: ``"mergeagg"`` (:data:`HASH_ID`, the
+    default) or ``"datasketches"`` (:data:`HASH_DS`).
+
+    >>> check_hash("mergeagg") == HASH_ID, check_hash("datasketches")
+    (True, 'datasketches')
+    """
+    try:
+        return _HASH_NAMES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"hash must be 'mergeagg' or 'datasketches', got {name!r}") from None
+
+
+def ds_seed_hash(seed):
+    """The 16-bit seed hash DataSketches stores in theta images: the low 16 bits of the
+    first half of MurmurHash3 x64-128 (seed 0) of the seed's 8 little-endian bytes.
+
+    >>> ds_seed_hash(9001)
+    37836
+    """
+    return mmh3.hash64(struct.pack("<Q", seed), 0, signed=False)[0] & 0xFFFF
+
+
+def _words_ds(words, seed):
+    """Both halves of MurmurHash3 x64-128 of each uint64 as its 8 little-endian bytes."""
+    c1, c2 = _u(_C1), _u(_C2)
+    n = words.shape[0]
+    h1 = np.full(n, seed, dtype=np.uint64)
+    k1 = words * c1
+    k1 = _rotl(k1, 31)
+    k1 *= c2
+    h1 ^= k1
+    h2 = np.full(n, seed ^ 8, dtype=np.uint64)
+    h1 ^= _u(8)
+    h1 += h2
+    h2 += h1
+    h1 = _fmix(h1)
+    h2 = _fmix(h2)
+    h1 += h2
+    h2 += h1
+    return h1, h2
+
+
+def _canonical_double_bits(x):
+    x = np.asarray(x, dtype=np.float64) + 0.0  # -0.0 + 0.0 is 0.0
+    bits = x.view(np.uint64).copy()
+    bits[np.isnan(x)] = _u(0x7FF8000000000000)
+    return bits
+
+
+def hash128_ds(items, seed=DS_SEED):
+    """``(h1, h2)``: both halves of MurmurHash3 x64-128 of each item, hashed the way Apache
+    DataSketches hashes it (see :data:`HASH_DS`), as two uint64 arrays.
+
+    Numbers are hashed in numpy; str and bytes one by one with ``mmh3``. Empty str and bytes
+    are dropped (DataSketches ignores them). Cost: ~10 ns per number of a numpy array,
+    ~0.3 us per str/bytes item.
+
+    >>> h1, h2 = hash128_ds([b"abc"], 7)
+    >>> (int(h1[0]), int(h2[0])) == mmh3.hash64(b"abc", 7, signed=False)
+    True
+    >>> int(hash128_ds(np.array([5]))[0][0]) == mmh3.hash64((5).to_bytes(8, "little"),
+    ...                                                        9001, signed=False)[0]
+    True
+    """
+    check_not_scalar(items)
+    if isinstance(items, range):
+        items = np.arange(items.start, items.stop, items.step, dtype=np.int64)
+    if isinstance(items, np.ndarray):
+        if items.ndim != 1:
+            raise ValueError(f"a key array must be one-dimensional, got shape {items.shape}")
+        kind = items.dtype.kind
+        if kind in "iu":
+            words = items.astype(np.int64 if kind == "i" else np.uint64).view(np.uint64)
+            return _words_ds(words, seed)
+        if kind == "f":
+            return _words_ds(_canonical_double_bits(items), seed)
+        items = items.tolist()
+    elif not isinstance(items, (list, tuple)):
+        items = list(items)
+    if items and set(map(type, items)) <= {int}:
+        try:
+            return hash128_ds(np.array(items, dtype=np.int64), seed)
+        except OverflowError:
+            pass  # keys of 2**63 and above: one by one below
+    h1 = np.empty(len(items), dtype=np.uint64)
+    h2 = np.empty(len(items), dtype=np.uint64)
+    keep = np.ones(len(items), dtype=bool)
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = item.encode("utf-8", "surrogatepass")
+        if isinstance(item, (bytes, bytearray, memoryview, np.bytes_)):
+            if len(item) == 0:
+                keep[i] = False
+                h1[i] = h2[i] = 0
+                continue
+            h1[i], h2[i] = mmh3.hash64(bytes(item), seed, signed=False)
+            continue
+        if isinstance(item, (bool, np.bool_)):
+            raise _bad_item(item)
+        if isinstance(item, (int, np.integer)):
+            v = int(item)
+            if not -(1 << 63) <= v <= _M64:
+                raise ValueError(f"integer keys must fit in 64 bits, got {v}")
+            w = np.array([v & _M64], dtype=np.uint64)
+        elif isinstance(item, (float, np.floating)):
+            w = _canonical_double_bits([float(item)])
+        else:
+            raise _bad_item(item)
+        a, b = _words_ds(w, seed)
+        h1[i], h2[i] = a[0], b[0]
+    if not keep.all():
+        return h1[keep], h2[keep]
+    return h1, h2
+
+
 # -- the byte format ----------------------------------------------------------------------
 
 _MAGIC = b"MGSK"
@@ -485,14 +616,20 @@ def load(data):
     if version != FORMAT_VERSION:
         raise ValueError(f"unsupported sketch format version {version} "
                          f"(this mergeagg reads version {FORMAT_VERSION})")
-    if hcode != _HASH_CODE:
-        raise ValueError(f"unknown hash code {hcode} (this mergeagg knows {_HASH_CODE} = "
-                         f"{HASH_ID})")
+    names = {code: name for name, code in _HASH_CODES.items()}
+    if hcode not in names:
+        raise ValueError(f"unknown hash code {hcode} (this mergeagg knows "
+                         + ", ".join(f"{c} = {n}" for n, c in _HASH_CODES.items()) + ")")
     cls = _KINDS.get(kind)
     if cls is None:
         raise ValueError(f"unknown sketch kind {kind}; known: "
                          + ", ".join(f"{k} = {c.__name__}" for k, c in sorted(_KINDS.items())))
-    return cls._decode(data[_HEAD.size:-4], seed)
+    if names[hcode] == HASH_ID:
+        return cls._decode(data[_HEAD.size:-4], seed)
+    if HASH_DS not in cls.HASHES:
+        raise ValueError(f"corrupt sketch bytes: a {cls.__name__} has no {names[hcode]!r} "
+                         "hash mode")
+    return cls._decode(data[_HEAD.size:-4], seed, hash=names[hcode])
 
 
 def check_params(mine, theirs):
@@ -527,6 +664,7 @@ class Sketch:
     """
 
     KIND = 0
+    HASHES = (HASH_ID,)  # the hash identities the class can be built with
     __slots__ = ()
 
     def __init_subclass__(cls, **kwargs):
@@ -629,7 +767,8 @@ class Sketch:
         """The sketch in the versioned byte format (documented in docs/sketches.md).
 
         Layout, little-endian: ``b"MGSK"``, format version (u8), kind (u8: 1 HyperLogLog,
-        2 CountMin, 3 MinHash), hash code (u8: 1 = ``HASH_ID``), reserved (u8), seed (u32),
+        2 CountMin, 3 MinHash, 4 KLL, 5 ThetaSketch, 6 BloomFilter), hash code (u8: 1 =
+        ``HASH_ID``, 2 = ``HASH_DS``), reserved (u8), seed (u32),
         the kind's parameters and arrays, then a CRC-32 of everything before it (u32).
         Cost: O(size of the sketch).
 
@@ -638,7 +777,8 @@ class Sketch:
         >>> data[:4], data[4], data[5], len(data)
         (b'MGSK', 1, 1, 33)
         """
-        body = _HEAD.pack(_MAGIC, FORMAT_VERSION, self.KIND, _HASH_CODE, 0, self.seed)
+        code = _HASH_CODES[getattr(self, "hash", HASH_ID)]
+        body = _HEAD.pack(_MAGIC, FORMAT_VERSION, self.KIND, code, 0, self.seed)
         body += self._encode()
         return body + struct.pack("<I", zlib.crc32(body))
 

@@ -28,12 +28,17 @@ import numpy as np
 
 from mergeagg.aggregator import Aggregator
 from mergeagg.algorithms._sketch import (
+    DS_SEED,
+    HASH_DS,
     HASH_ID,
     Sketch,
+    check_hash,
     check_int,
+    check_not_scalar,
     check_seed,
     expect_len,
     hash64_one,
+    hash128_ds,
     merge_into,
     records_of,
 )
@@ -107,10 +112,14 @@ class HyperLogLog(Sketch):
     """
 
     KIND = 1
-    __slots__ = ("p", "seed", "registers")
+    HASHES = (HASH_ID, HASH_DS)
+    __slots__ = ("p", "seed", "hash", "registers")
 
-    def __init__(self, p=14, seed=0):
+    def __init__(self, p=14, seed=None, hash="mergeagg"):
         self.p = check_int("p", p, 4, 18)
+        self.hash = check_hash(hash)
+        if seed is None:
+            seed = DS_SEED if self.hash == HASH_DS else 0
         self.seed = check_seed(seed)
         self.registers = np.zeros(1 << self.p, dtype=np.uint8)
 
@@ -120,7 +129,13 @@ class HyperLogLog(Sketch):
         >>> HyperLogLog(p=8).params()
         {'p': 8, 'seed': 0, 'hash': 'mm3x64+sm64/1', 'format': 1}
         """
-        return {"p": self.p, "seed": self.seed, "hash": HASH_ID, "format": 1}
+        return {"p": self.p, "seed": self.seed, "hash": self.hash, "format": 1}
+
+    @property
+    def _q(self):
+        # The largest rank is q + 1: 65 - p from the low 64 - p hash bits, or 63 from the
+        # leading zeros of the second hash half with DataSketches' hashing.
+        return 62 if self.hash == HASH_DS else 64 - self.p
 
     @property
     def m(self):
@@ -145,6 +160,8 @@ class HyperLogLog(Sketch):
         >>> HyperLogLog(p=4).add("x").count() > 0
         True
         """
+        if self.hash == HASH_DS:
+            return self.update([item])
         h = hash64_one(item, self.seed)
         q = 64 - self.p
         idx = h >> q
@@ -152,6 +169,27 @@ class HyperLogLog(Sketch):
         rank = (low & -low).bit_length()
         if rank > self.registers[idx]:
             self.registers[idx] = rank
+        return self
+
+    def update(self, items):
+        """Add every key of an iterable or a numpy array; returns ``self``.
+
+        Cost: 15-50 ns per int key of a numpy array; with ``hash="datasketches"`` ~30 ns
+        per number of a numpy array and ~0.4 us per str/bytes key.
+
+        >>> round(HyperLogLog(p=8, hash="datasketches").update(["a", "b", "a"]).count())
+        2
+        """
+        if self.hash != HASH_DS:
+            return super().update(items)
+        check_not_scalar(items)
+        if not isinstance(items, (list, tuple, np.ndarray)):
+            items = list(items)
+        mask = np.uint64(self.m - 1)
+        for lo in range(0, len(items), 1 << 16):
+            h1, h2 = hash128_ds(items[lo:lo + (1 << 16)], self.seed)
+            rank = np.minimum(_leading_zeros(h2), 62) + 1
+            np.maximum.at(self.registers, (h1 & mask).view(np.int64), rank.astype(np.uint8))
         return self
 
     def _update_hashes(self, h):
@@ -187,15 +225,16 @@ class HyperLogLog(Sketch):
         """Assert every invariant (for tests, after each mutation)."""
         assert 4 <= self.p <= 18 and 0 <= self.seed < 1 << 32
         assert self.registers.dtype == np.uint8 and self.registers.shape == (1 << self.p,)
-        assert int(self.registers.max(initial=0)) <= 65 - self.p
+        assert int(self.registers.max(initial=0)) <= self._q + 1
 
     def histogram(self):
-        """Counts of registers holding each value 0 .. 65 - p. Cost: O(m).
+        """Counts of registers holding each value 0 .. 65 - p (0 .. 63 with
+        ``hash="datasketches"``). Cost: O(m).
 
         >>> HyperLogLog(p=4).histogram()[:2].tolist()
         [16, 0]
         """
-        return np.bincount(self.registers, minlength=66 - self.p)
+        return np.bincount(self.registers, minlength=self._q + 2)
 
     def count(self):
         """The estimated number of distinct keys added. Cost: O(m).
@@ -203,7 +242,7 @@ class HyperLogLog(Sketch):
         >>> HyperLogLog().count()
         0.0
         """
-        return ertl_estimate(self.histogram(), 64 - self.p)
+        return ertl_estimate(self.histogram(), self._q)
 
     def __len__(self):
         return round(self.count())
@@ -212,7 +251,7 @@ class HyperLogLog(Sketch):
         return struct.pack("<B", self.p) + self.registers.tobytes()
 
     @classmethod
-    def _decode(cls, payload, seed):
+    def _decode(cls, payload, seed, hash=HASH_ID):
         if len(payload) < 1:
             raise ValueError("corrupt HyperLogLog bytes: the payload is empty")
         (p,) = struct.unpack_from("<B", payload)
@@ -220,10 +259,10 @@ class HyperLogLog(Sketch):
             raise ValueError(f"corrupt HyperLogLog bytes: precision {p} is not in 4..18")
         expect_len(payload, 1 + (1 << p), "HyperLogLog")
         regs = np.frombuffer(payload, dtype=np.uint8, offset=1).copy()
-        if regs.size and int(regs.max()) > 65 - p:
+        sk = cls(p, seed, "datasketches" if hash == HASH_DS else "mergeagg")
+        if regs.size and int(regs.max()) > sk._q + 1:
             raise ValueError(f"corrupt HyperLogLog bytes: a register holds {int(regs.max())}, "
-                             f"above the maximum {65 - p} for p={p}")
-        sk = cls(p, seed)
+                             f"above the maximum {sk._q + 1} for p={p}")
         sk.registers = regs
         return sk
 
@@ -233,15 +272,55 @@ class HyperLogLog(Sketch):
                 "standard_error": self.standard_error,
                 "bytes_base64": base64.b64encode(self.to_bytes()).decode("ascii")}
 
+    def to_datasketches(self):
+        """The sketch as an Apache DataSketches HLL image (``HLL_8``, compact), which
+        ``datasketches.hll_sketch.deserialize`` and Java/C++/Spark/Druid read.
+
+        Needs ``hash="datasketches"`` (seed 9001): with mergeagg's hash the image would
+        load, but a union with DataSketches' sketches would count shared keys twice.
+        Cost: O(m).
+
+        >>> h = HyperLogLog(p=8, hash="datasketches").update(range(100))
+        >>> HyperLogLog.from_datasketches(h.to_datasketches()) == h
+        True
+        """
+        from mergeagg.algorithms._datasketches import hll_image
+
+        return hll_image(self)
+
+    @classmethod
+    def from_datasketches(cls, data):
+        """The HyperLogLog in an Apache DataSketches HLL image (any mode: list, set, HLL_4,
+        HLL_6, HLL_8; ``lg_k`` 4 to 18), with ``hash="datasketches"``. Cost: O(m).
+
+        >>> HyperLogLog.from_datasketches(b"nonsense")
+        Traceback (most recent call last):
+        ...
+        ValueError: not a DataSketches HLL image: family 110 at byte 2, expected 7
+        """
+        from mergeagg.algorithms._datasketches import hll_from_image
+
+        return hll_from_image(data)
+
     def __repr__(self):
         return f"HyperLogLog(p={self.p}, seed={self.seed}, estimate={self.count():.6g})"
 
 
-def _hll_partial(p, seed, shard):
-    return HyperLogLog(p, seed).update(records_of(shard))
+def _leading_zeros(x):
+    """Leading zero bits of each uint64 (64 for zero), exactly, through float64 exponents
+    of its two 32-bit halves."""
+    hi = (x >> np.uint64(32)).astype(np.float64)
+    lo = (x & np.uint64(0xFFFFFFFF)).astype(np.float64)
+    top_hi = (hi.view(np.uint64) >> np.uint64(52)).astype(np.int64) - 1023
+    top_lo = (lo.view(np.uint64) >> np.uint64(52)).astype(np.int64) - 1023
+    return np.where(hi > 0, 31 - top_hi, np.where(lo > 0, 63 - top_lo, 64))
 
 
-def hyperloglog(precision=14, seed=0):
+def _hll_partial(p, seed, hash_name, shard):
+    return HyperLogLog(p, seed, hash_name).update(records_of(shard))
+
+
+def hyperloglog(precision=14, seed=None, hash="mergeagg"):
     """An Aggregator whose value is the :class:`HyperLogLog` of every record (line).
 
     Cost: one bulk update per shard, O(2**precision) per combine.
@@ -251,8 +330,10 @@ def hyperloglog(precision=14, seed=0):
     3
     """
     check_int("precision", precision, 4, 18)
-    check_seed(seed)
-    return Aggregator(functools.partial(_hll_partial, precision, seed), merge_into,
+    check_hash(hash)
+    if seed is not None:
+        check_seed(seed)
+    return Aggregator(functools.partial(_hll_partial, precision, seed, hash), merge_into,
                       name="hyperloglog")
 
 
@@ -268,7 +349,10 @@ ENTRY = Entry(
     factory=hyperloglog,
     flags=(
         Flag("--precision", type=int, default=14, help="p: 2**p registers (4..18)"),
-        Flag("--seed", type=int, default=0, help="hash seed (0..2**32-1)"),
+        Flag("--seed", type=int, default=None,
+             help="hash seed (0..2**32-1; default 0, or 9001 with --hash datasketches)"),
+        Flag("--hash", type=str, default="mergeagg", choices=("mergeagg", "datasketches"),
+             help="hash keys as mergeagg (default) or as Apache DataSketches does"),
     ),
     summarize=_summarize,
 )

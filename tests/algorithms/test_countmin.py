@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mergeagg
@@ -190,3 +190,21 @@ def test_runs_over_files_and_from_the_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "6 records" in out and "3  the" in out and "2  cat" in out
     assert mergeagg.algorithms.countmin is countmin
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys, st.lists(st.integers(0, 60), max_size=6), st.randoms(use_true_random=False),
+       st.integers(1, 40), st.integers(1, 4))
+def test_any_order_split_and_merge_tree_gives_the_same_bytes(items, cuts, rnd, width, depth):
+    shuffled = list(items)
+    rnd.shuffle(shuffled)
+    whole = CountMin(width, depth, seed=3).update(items)
+    assert CountMin(width, depth, seed=3).update(shuffled).to_bytes() == whole.to_bytes()
+    cuts = sorted(min(c, len(shuffled)) for c in cuts)
+    parts = [CountMin(width, depth, seed=3).update(shuffled[a:b])
+             for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
+    rnd.shuffle(parts)
+    while len(parts) > 1:  # merge random neighbours: every tree shape is reachable
+        i = rnd.randrange(len(parts) - 1)
+        parts[i:i + 2] = [parts[i].merge(parts[i + 1])]
+    assert parts[0].to_bytes() == whole.to_bytes()

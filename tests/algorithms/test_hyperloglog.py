@@ -10,7 +10,7 @@ import pickle
 import mmh3
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mergeagg
@@ -341,3 +341,43 @@ def test_repr_len_and_jsonable():
     assert doc["params"]["p"] == 6 and load(__import__("base64").b64decode(
         doc["bytes_base64"])) == h
     assert _sketch.HASH_ID == doc["params"]["hash"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys_mixed, st.lists(st.integers(0, 80), max_size=6), st.randoms(use_true_random=False),
+       st.sampled_from(["mergeagg", "datasketches"]))
+def test_any_order_split_and_merge_tree_gives_the_same_bytes(keys, cuts, rnd, hash_name):
+    shuffled = list(keys)
+    rnd.shuffle(shuffled)
+    whole = HyperLogLog(8, hash=hash_name).update(keys)
+    assert HyperLogLog(8, hash=hash_name).update(shuffled).to_bytes() == whole.to_bytes()
+    cuts = sorted(min(c, len(shuffled)) for c in cuts)
+    parts = [HyperLogLog(8, hash=hash_name).update(shuffled[a:b])
+             for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
+    rnd.shuffle(parts)
+    while len(parts) > 1:  # merge random neighbours: every tree shape is reachable
+        i = rnd.randrange(len(parts) - 1)
+        parts[i:i + 2] = [parts[i].merge(parts[i + 1])]
+    assert parts[0].to_bytes() == whole.to_bytes()
+    one = HyperLogLog(8, hash=hash_name)
+    for key in keys:
+        one.add(key)
+    assert one == whole
+
+
+def test_datasketches_hash_mode_is_a_parameter_and_round_trips():
+    h = HyperLogLog(10, hash="datasketches").update(range(5000))
+    assert h.seed == 9001 and h.params()["hash"] == "datasketches"
+    data = h.to_bytes()
+    assert data[6] == 2  # the hash code
+    assert HyperLogLog.from_bytes(data) == h and load(data) == h
+    assert pickle.loads(pickle.dumps(h)) == h
+    h._check()
+    assert abs(h.count() / 5000 - 1) <= 3 * h.standard_error
+    with pytest.raises(IncompatibleMergeError, match="seed: 0 != 9001; hash"):
+        HyperLogLog(10).merge(h)
+    with pytest.raises(ValueError, match="hash must be"):
+        HyperLogLog(hash="sha1")
+    errs = [HyperLogLog(10, hash="datasketches").update(
+        np.arange(n * 10_000, (n + 1) * 10_000)).count() / 10_000 - 1 for n in range(200)]
+    assert math.sqrt(np.mean(np.square(errs))) <= 1.04 / 32 * (1 + 3 / math.sqrt(400))
