@@ -499,8 +499,8 @@ def countmin_bound(words=False):
 
 def heavyhitters_bound():
     """The :class:`Bound` of a heavy-hitters result: ``n`` is exact, ``max_error`` at most
-    ``n / (k + 1)``, and every item's reported ``(estimate, upper)`` brackets its count
-    (an unreported item counts at most ``max_error``).
+    ``n / (k + 1)``, at most ``k`` items, and every item's reported ``(estimate, upper)``
+    brackets its count (an unreported item counts at most ``max_error``).
 
     >>> from mergeagg.algorithms.heavyhitters import heavyhitters
     >>> heavyhitters_bound().check(heavyhitters(k=2).reduce([["a", "a", "b"]]),
@@ -514,6 +514,8 @@ def heavyhitters_bound():
             return f"n is {hh.n}, the stream has {n} items"
         if hh.max_error > n / (hh.k + 1):
             return f"max_error {hh.max_error} exceeds n / (k + 1) = {n / (hh.k + 1):g}"
+        if len(hh.items) > hh.k:
+            return f"{len(hh.items)} items reported, more than k = {hh.k} counters"
         reported = {item: (lo, hi) for item, lo, hi in hh.items}
         for item, count in truth.items():
             lo, hi = reported.get(item, (0, hh.max_error))
