@@ -339,6 +339,14 @@ def _numpy():
     return numpy
 
 
+def _relative(a, b):
+    """``|a - b|`` relative to the larger magnitude (inf when one is NaN or infinite)."""
+    scale = max(abs(a), abs(b))
+    if math.isnan(a) or math.isnan(b) or math.isinf(scale):
+        return math.inf
+    return abs(a - b) / scale if scale else 0.0
+
+
 def _suggest(rel):
     """A round rel_tol a thousand times above the rounding seen (1e-12 for one ulp)."""
     return 10.0 ** math.ceil(math.log10(max(rel, 1e-300) * 1000))
@@ -374,9 +382,12 @@ def compare(x, y, tolerance=None, abs_tol=0.0):
             return "differ (their fingerprints differ, but no float inside does)"
         worst = max(pairs, key=lambda p: ulps(p[1], p[2]))
         n_ulps = ulps(worst[1], worst[2])
-        rel = max(abs(a - b) / max(abs(a), abs(b)) for _, a, b in pairs
-                  if a == a and b == b and max(abs(a), abs(b)) > 0) if any(
-            max(abs(a), abs(b)) > 0 for _, a, b in pairs) else 0.0
+        rel = max(_relative(a, b) for _, a, b in pairs)
+        if n_ulps <= ROUNDING_ULPS and rel > 1e-6:  # next to zero: an absolute tolerance
+            gap = max(abs(a - b) for _, a, b in pairs)
+            return (f"differ only by float rounding next to zero: at most {n_ulps} ulp "
+                    f"apart (absolute {gap:.2g}, at {worst[0] or 'the top level'}). Pass "
+                    f"abs_tol={_suggest(gap):g} if that is what you expect")
         if n_ulps <= ROUNDING_ULPS:
             return (f"differ only by float rounding: at most {n_ulps} ulp apart "
                     f"(relative {rel:.2g}, at {worst[0] or 'the top level'}); float "

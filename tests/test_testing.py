@@ -263,6 +263,9 @@ def test_ulps_and_compare():
     assert compare({"a": [1.0]}, {"a": [1.0 + 2**-52]}).startswith(
         "differ only by float rounding: at most 1 ulp")
     assert compare({"a": 1}, {"b": 1}) == "differ at the top level"
+    assert "next to zero" in compare([0.0], [1e-320]) and "abs_tol=" in compare(0.0, 1e-320)
+    assert compare(0.0, 1e-320, abs_tol=1e-300) is None
+    assert "more than rounding" in compare(float("nan"), 1.0)
 
 
 def test_bad_arguments_are_refused_with_what_was_wrong():
