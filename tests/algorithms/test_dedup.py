@@ -10,6 +10,13 @@ import mergeagg
 from mergeagg import errors as ma_errors
 from mergeagg.algorithms.dedup import DedupState, Shingles, dedup
 from mergeagg.errors import IncompatibleMergeError
+from mergeagg.testing import (
+    LawViolation,
+    assert_failure_invariant,
+    assert_laws,
+    assert_partition_independent,
+    records,
+)
 
 
 def _jaccard(a, b, shingles):
@@ -104,6 +111,33 @@ def test_the_same_groups_and_fingerprint_for_any_splitting(tmp_path):
                         for g in runs[0].value["groups"])
     assert from_files == sorted(sorted(map(int, g["members"])) for g in in_memory["groups"])
     assert len(from_files) > 10
+
+
+def _named(lines):
+    return [(f"d{i}", text) for i, text in enumerate(lines)]
+
+
+def test_the_laws_and_any_split_of_named_documents():
+    lines, _ = _planted_corpus(seed=3, bases=12)
+    docs = _named(lines)
+    assert_laws(dedup(threshold=0.7), records(docs, max_size=12), max_examples=25)
+    assert_partition_independent(dedup(threshold=0.7), docs, max_examples=25)
+
+
+def test_plain_strings_are_named_by_their_shard_so_splitting_them_renames_them():
+    # In-memory lines without keys are named shard-<digest>:<index>: the kit shows that
+    # those names (not the groups) depend on the split. Name documents with pairs instead.
+    with pytest.raises(LawViolation, match="depends on how the records are split"):
+        assert_partition_independent(dedup(threshold=0.7), ["a b c d e f", "a b c d e f"],
+                                     max_examples=25)
+
+
+def test_failures_leave_the_groups_unchanged(tmp_path):
+    lines, _ = _planted_corpus(seed=4, bases=20)
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(lines) + "\n")
+    assert_failure_invariant(dedup(threshold=0.7), mergeagg.files(str(path), split_size="2K"),
+                             fan_in=3, max_examples=20)
 
 
 def test_line_numbers_count_blank_lines_and_files_are_named(tmp_path):

@@ -13,6 +13,14 @@ import mergeagg as ma
 from mergeagg.algorithms.heavyhitters import MisraGries, heavyhitters
 from mergeagg.cli import main as cli_main
 from mergeagg.errors import IncompatibleMergeError
+from mergeagg.runtime.faults import Fault, FaultPlan
+from mergeagg.testing import (
+    assert_failure_invariant,
+    assert_laws,
+    assert_partition_independent,
+    heavyhitters_bound,
+    records,
+)
 
 
 def zipf_stream(seed, n, vocabulary=300, s=1.0):
@@ -146,14 +154,44 @@ def test_cli_counts_words(tmp_path, capsys):
     assert doc["value"]["items"][0][0] == "w0" and doc["value"]["n"] == 2000
 
 
-@pytest.mark.slow
-def test_a_worker_death_leaves_the_summary_unchanged():
-    from mergeagg.runtime.faults import Fault, FaultPlan
+def test_the_laws_and_any_split_hold_within_the_guarantee():
+    # Misra-Gries merges are commutative but not exactly associative: another grouping
+    # gives another summary, each within the guarantee (the kit's Bound).
+    stream = zipf_stream(7, 400, vocabulary=30)
+    for k in (1, 3, 10):
+        assert_laws(heavyhitters(k=k), records(stream, max_size=60),
+                    tolerance=heavyhitters_bound(), max_examples=40)
+        assert_partition_independent(heavyhitters(k=k), stream[:120],
+                                     tolerance=heavyhitters_bound(), max_examples=40)
 
+
+def test_a_summary_merged_without_pruning_is_caught():
+    def unpruned(a, b):
+        for item, count in b.counters.items():
+            a.counters[item] = a.counters.get(item, 0) + count
+        a.n += b.n
+        return a
+
+    hh = heavyhitters(k=2)
+    from mergeagg.testing import LawViolation
+
+    with pytest.raises(LawViolation, match="outside its stated bound"):
+        assert_partition_independent(ma.Aggregator(hh.partial, unpruned, hh.finalize),
+                                     zipf_stream(2, 60, vocabulary=12),
+                                     tolerance=heavyhitters_bound())
+
+
+def test_failures_leave_the_summary_unchanged():
+    stream = zipf_stream(3, 3000)
+    shards = [stream[i:i + 500] for i in range(0, 3000, 500)]
+    assert_failure_invariant(heavyhitters(k=10), shards, fan_in=2, max_examples=40)
+
+
+@pytest.mark.slow
+@pytest.mark.mergeagg_processes
+def test_a_worker_death_leaves_the_summary_unchanged():
     stream = zipf_stream(3, 5000)
     shards = [stream[i:i + 1000] for i in range(0, 5000, 1000)]
-    clean = ma.run(heavyhitters(k=10), shards, workers=0)
-    faulty = ma.run(heavyhitters(k=10), shards, workers=2,
-                    faults=FaultPlan(only={"map-0": {1: Fault("kill")}}))
-    assert faulty.report.attempts[0] == 2
-    assert faulty.fingerprint == clean.fingerprint
+    assert_failure_invariant(heavyhitters(k=10), shards,
+                             plans=[FaultPlan(only={"map-0": {1: Fault("kill")}}),
+                                    "kill=0.3,seed=4"])
