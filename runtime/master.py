@@ -212,6 +212,7 @@ class _Task:
     pending_children: int = 0
     backup_launched: bool = False
     stats: dict = field(default_factory=dict)
+    audit_failures: int = 0
     waiting_since: float | None = None  # when it began waiting for its preferred worker
 
 
@@ -379,11 +380,11 @@ class Policy:
             # their tasks.
             culprit = position == 0 and att.started is not None
             if att.audit:
-                self.audits_running -= 1
-                self.failures.append((att.task, att.number, worker, "audit lost", cause))
                 task.lost += culprit
-                if task.lost < self.config.max_lost:
-                    self.audits_wanted.append(att.task)  # audit it again elsewhere
+                self._audit_failed(task, att, "lost", cause,
+                                   give_up=task.lost >= self.config.max_lost)
+                if self.error is not None:
+                    return
                 continue
             self.failures.append((att.task, att.number, worker,
                                   "worker lost" if culprit else "worker lost (queued)", cause))
@@ -499,8 +500,9 @@ class Policy:
         if attempt_id in task.running:
             task.running.remove(attempt_id)
         if att.audit:
-            self.audits_running -= 1
-            self.failures.append((att.task, att.number, att.worker, "audit " + kind, error))
+            task.audit_failures += 1
+            self._audit_failed(task, att, kind, error,
+                               give_up=task.audit_failures >= self.config.max_attempts)
             self._maybe_done()
             return
         self.failures.append((att.task, att.number, att.worker, kind, error))
@@ -591,6 +593,23 @@ class Policy:
             self._compare(task, fingerprint, _Attempt(attempt_id, "?", 0.0))
         if ref is not None and (task is None or ref is not task.ref):
             self._actions.append(Release((ref,)))
+
+    def _audit_failed(self, task, att, cause, error, give_up):
+        """A verification re-run could not compare (it raised, timed out or lost its
+        worker): audit again elsewhere; past the limit, fail the job rather than accept a
+        completion that was to be verified and could not be."""
+        self.audits_running -= 1
+        self.failures.append((att.task, att.number, att.worker, "audit " + cause, error))
+        if not give_up:
+            self.audits_wanted.append(att.task)
+            return
+        self._fail(TaskFailed(
+            f"task {task.d.id} ({self._where(task)}) could not be verified: its re-runs "
+            f"failed (last: {cause}: {error}); a task that completes once and fails when run "
+            "again is not a pure function of its input",
+            task=task.d.id, split=self._split_id(task), attempts=task.launched,
+            traceback="",
+        ))
 
     def _sampled(self, task_id):
         h = hashlib.blake2b(f"{self.config.seed}:{task_id}".encode(), digest_size=8).digest()
@@ -705,7 +724,12 @@ class Policy:
                 if att.id in task.running:
                     task.running.remove(att.id)
                 if att.audit:
-                    self.audits_running -= 1
+                    task.audit_failures += 1
+                    self._audit_failed(task, att, "timeout",
+                                       f"exceeded task_timeout={limit:g}s",
+                                       give_up=task.audit_failures >= self.config.max_attempts)
+                    self.worker_lost(worker, f"killed: task {att.task} timed out", now)
+                    continue
                 self.failures.append((att.task, att.number, worker, "timeout",
                                       f"exceeded task_timeout={limit:g}s"))
                 if task.state is TaskState.IN_PROGRESS:

@@ -468,3 +468,34 @@ def test_stealing_off_leaves_queued_attempts_where_they_are():
         sim.tick()
     assert sim.policy.steals == 0
     assert sim.policy.backups_launched == 0  # progress stalls at 4/8 with the two queued
+
+
+def test_a_verification_rerun_that_fails_is_run_again_and_never_silently_dropped():
+    sim = Sim(2, 2, 2, verify=1.0, prefetch=1, max_attempts=3)
+    sim.tick()
+    for aid in sorted(sim.running):
+        sim.finish(aid, corrupt=aid.startswith("map-0"))
+    sim.tick()
+    # The audit of map-0 raises: before, the audit was dropped and the corrupt first
+    # completion stood. Now it runs again, and the second audit finds the difference.
+    audit = next(a for a, launch in sim.running.items() if launch.audit
+                 and a.startswith("map-0"))
+    sim.fail(audit)
+    sim.tick()
+    assert any(launch.audit and a.startswith("map-0") for a, launch in sim.running.items())
+    drive(sim)
+    assert isinstance(sim.policy.error, NondeterminismError)
+
+
+def test_a_task_whose_audits_keep_failing_fails_the_job():
+    sim = Sim(1, 2, 2, verify=1.0, prefetch=1, max_attempts=2)
+    sim.tick()
+    sim.finish("map-0#1")
+    for _ in range(2):
+        sim.tick()
+        audit = next(a for a, launch in sim.running.items() if launch.audit)
+        sim.fail(audit)
+    sim.tick()
+    assert isinstance(sim.policy.error, TaskFailed)
+    assert "could not be verified" in str(sim.policy.error)
+    assert not sim.policy.done
