@@ -57,8 +57,10 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     ``max_attempts``, ``backups``, ``backup_after``, ``backup_factor``, ``verify``,
     ``heartbeat_interval``, ``heartbeat_timeout``, ``task_timeout``, ``faults``,
     ``progress``, ``start_method``). ``backend`` is ``"local"`` (worker processes on this
-    machine) or a ``dask.distributed.Client`` / scheduler address: the same policy then
-    runs over Dask futures (see ``docs/dask.md``). ``max_lost`` is how many times one
+    machine), ``"inprocess"`` (``workers`` simulated in this process on a virtual clock,
+    with simulated faults: the same policy and the user's real functions, for fast tests
+    of failure invariance) or a ``dask.distributed.Client`` / scheduler address: the same
+    policy then runs over Dask futures (see ``docs/dask.md``). ``max_lost`` is how many times one
     task may take its worker process down with it (it died in that task, not beside it)
     before the job fails naming the task.
 
@@ -110,6 +112,10 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         from mergeagg.runtime.dask import DaskExecutor
 
         executor = DaskExecutor(dask_client)
+    elif backend == "inprocess":
+        from mergeagg.runtime.inprocess import InProcessExecutor
+
+        executor = InProcessExecutor(max(n, 1))
     elif n == 0:
         if plan is not None:
             raise ValueError("faults are injected into worker processes; workers=0 has "
@@ -189,14 +195,16 @@ def _root_fingerprint(job, report):
 
 
 def resolve_backend(backend):
-    """``None`` for the local backend, else the Dask client or scheduler address to use."""
-    if backend == "local" or backend is None:
+    """``None`` for the local and in-process backends, else the Dask client or scheduler
+    address to use."""
+    if backend in ("local", "inprocess") or backend is None:
         return None
     if isinstance(backend, str):
         if "://" in backend or ":" in backend:
             return backend
-        raise ValueError(f"unknown backend {backend!r}: use 'local', a dask.distributed "
-                         "Client, or a scheduler address such as 'tcp://10.0.0.1:8786'")
+        raise ValueError(f"unknown backend {backend!r}: use 'local', 'inprocess', a "
+                         "dask.distributed Client, or a scheduler address such as "
+                         "'tcp://10.0.0.1:8786'")
     if type(backend).__module__.startswith("distributed"):
         return backend
     raise TypeError(f"backend must be 'local', a dask.distributed Client or a scheduler "

@@ -317,7 +317,9 @@ class Session:
                           faults=plan, progress=progress, **keyed_options)
         finally:
             if self.executor is not None:
-                self.executor.settle()
+                # A cancelled attempt on a hung worker never answers: wait no longer for it
+                # than the job would have waited for a silent worker.
+                self.executor.settle(timeout=config.heartbeat_timeout)
 
     def _config(self, overrides):
         return PolicyConfig(**{**self.policy_defaults, **overrides})
@@ -378,7 +380,7 @@ class Session:
             fetched, phases = drive(policy, self.executor, payload, fetch, faults=faults,
                                     progress=progress, own=False)
         finally:
-            self.executor.settle()
+            self.executor.settle(timeout=config.heartbeat_timeout)
         return fetched, phases, policy
 
     def _dataset_report(self, ds, policy, fan_in, phases):

@@ -94,3 +94,10 @@ def test_progress_writes_only_when_enabled(enabled):
     out = io.StringIO()
     Progress(policy, enabled, stream=out).update(10.0, final=True)
     assert bool(out.getvalue()) is enabled
+
+
+def test_run_takes_the_in_process_backend():
+    shards_ = [[i] for i in range(30)]
+    r = ma.run(SUM, shards_, workers=4, backend="inprocess", faults="kill=0.3,hang=0.1,seed=3")
+    assert r.value == sum(range(30)) and r.report.mode == "inprocess"
+    assert r.report.workers_lost > 0
