@@ -14,6 +14,7 @@ teardown of the last test that names every entry, its size and the test that mad
 directory is removed at exit whatever happened.
 """
 
+import multiprocessing.util
 import os
 import shutil
 import tempfile
@@ -42,6 +43,10 @@ class SessionTmp:
     """The session's own temporary directory, and which test made each of its entries."""
 
     def __init__(self):
+        # This process's own multiprocessing folder (the fork server's socket) is made in the
+        # system's directory, before the switch: multiprocessing removes it at exit, after
+        # the session's directory is gone.
+        multiprocessing.util.get_temp_dir()
         self.saved = (os.environ.get("TMPDIR"), tempfile.tempdir)
         self.path = tempfile.mkdtemp(prefix="mergeagg-tests-")
         os.environ["TMPDIR"] = self.path

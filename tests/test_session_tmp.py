@@ -81,3 +81,20 @@ def test_a_clean_run_passes_and_pytest_tmp_path_is_not_a_leftover(tmp_path):
     assert code == 0, out
     assert "2 passed" in out and "error" not in out.lower(), out
     assert sessions_here() == []
+
+
+def test_the_test_process_may_start_a_fork_server(tmp_path):
+    # The fork server's socket folder (pymp-*) of the test process itself is no leftover:
+    # multiprocessing removes it when the process exits.
+    code, out = run_pytest(tmp_path, """
+        import multiprocessing
+
+        def test_forkserver():
+            p = multiprocessing.get_context("forkserver").Process(target=print)
+            p.start()
+            p.join()
+            assert p.exitcode == 0
+    """)
+    assert code == 0, out
+    assert "1 passed" in out and "Traceback" not in out and "pymp-" not in out, out
+    assert sessions_here() == []
