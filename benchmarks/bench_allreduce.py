@@ -25,14 +25,19 @@ vector as fast as one process copies it.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 
 import numpy as np
 
-import mergeagg
-from mergeagg.runtime.allreduce import allreduce, ring_reference
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from workloads import loadavg  # noqa: E402
+
+import mergeagg  # noqa: E402
+from mergeagg.runtime.allreduce import allreduce, ring_reference  # noqa: E402
 
 SEED = 20240801
 
@@ -102,10 +107,10 @@ def main(argv=None):
     if args.max_size is not None:
         sizes = [n for n in sizes if n <= args.max_size]
     print(f"all-reduce of float64 vectors: sizes {sizes}, processes {procs}, "
-          f"{repeat} repetitions (medians)")
+          f"{repeat} repetitions (medians); {loadavg()}")
     print("| n | p | algorithm | seconds | bytes sent (busiest process) | textbook | "
-          "algbw GB/s | copy GB/s | algbw / copy |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+          "algbw GB/s | copy GB/s | algbw / copy | load (1, 5, 15 min) |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
     start = time.perf_counter()
     for n in sizes:
         rate, _t = copy_rate(n, repeat)
@@ -117,9 +122,9 @@ def main(argv=None):
                 algbw = n * 8 / secs
                 print(f"| {n:.0e} | {p} | {label} | {secs:.4g} | "
                       f"{result.bytes_sent[busiest]:,} | {round(result.textbook[busiest]):,} | "
-                      f"{algbw / 1e9:.3g} | {rate / 1e9:.3g} | {algbw / rate:.3g} |",
-                      flush=True)
-    print(f"total {time.perf_counter() - start:.1f} s")
+                      f"{algbw / 1e9:.3g} | {rate / 1e9:.3g} | {algbw / rate:.3g} | "
+                      f"{loadavg().removeprefix('load ')} |", flush=True)
+    print(f"total {time.perf_counter() - start:.1f} s; {loadavg()}")
     return 0
 
 

@@ -19,6 +19,9 @@ each repetition is printed beside it): the target is at least 3x.
 
     python benchmarks/bench_dask.py --size 200M --repeat 3   # the reference figure
     python benchmarks/bench_dask.py --smoke                  # what CI runs: ~2 MB
+
+The corpus and the Dask workers' folders live in one temporary directory removed at the
+end; ``MERGEAGG_BENCH_CACHE=DIR`` keeps the corpus in ``DIR`` for the next run.
 """
 
 from __future__ import annotations
@@ -33,7 +36,13 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_wordcount import sequential_counter  # noqa: E402
-from workloads import SMOKE_CORPUS_BYTES, parse_size, zipf_corpus  # noqa: E402
+from workloads import (  # noqa: E402
+    SMOKE_CORPUS_BYTES,
+    loadavg,
+    parse_size,
+    scratch,
+    zipf_corpus,
+)
 
 import mergeagg  # noqa: E402
 
@@ -62,25 +71,16 @@ def mergeagg_local(path, split_size, workers):
     return mergeagg.run(agg, path, workers=workers, split_size=split_size).fingerprint
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="200M", help="corpus size, e.g. 2M or 200M")
-    parser.add_argument("--split-size", default="16M", help="bytes per split (default 16M)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each (default 3)")
-    parser.add_argument("--smoke", action="store_true", help="~2 MB, 2 repetitions, for CI")
-    args = parser.parse_args(argv)
-    size = SMOKE_CORPUS_BYTES if args.smoke else parse_size(args.size)
-    repeat = 2 if args.smoke else args.repeat
-    split_size = "512K" if args.smoke else args.split_size
-
+def run_all(path, split_size, repeat, local_directory):
+    """Each contender ``repeat`` times, interleaved: ({name: seconds}, {name: fingerprints})."""
+    import dask
     from distributed import Client, LocalCluster
 
-    path = zipf_corpus(size)
-    mb = os.path.getsize(path) / 1e6
-    print(f"word count on Dask: {mb:.1f} MB Zipf corpus ({path}), LocalCluster of 2 worker "
-          f"processes x 1 thread, split size {split_size}, {repeat} repetitions")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0") as cluster, \
+    # The scheduler's and the workers' folders under the run's scratch directory: Dask
+    # leaves a dask-scratch-space (lock files) in the directory it is given.
+    with dask.config.set({"temporary-directory": local_directory}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster, set_as_default=False) as client:
         contenders = {
             "sequential": lambda: mergeagg.fingerprint(sequential_counter(path)),
@@ -97,6 +97,27 @@ def main(argv=None):
                 prints.setdefault(name, set()).add(run())
                 times[name].append(time.perf_counter() - start)
                 print(f"  run {i + 1}: {name:<20} {times[name][-1]:8.3f}s", flush=True)
+    return times, prints
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="200M", help="corpus size, e.g. 2M or 200M")
+    parser.add_argument("--split-size", default="16M", help="bytes per split (default 16M)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each (default 3)")
+    parser.add_argument("--smoke", action="store_true", help="~2 MB, 2 repetitions, for CI")
+    args = parser.parse_args(argv)
+    size = SMOKE_CORPUS_BYTES if args.smoke else parse_size(args.size)
+    repeat = 2 if args.smoke else args.repeat
+    split_size = "512K" if args.smoke else args.split_size
+
+    with scratch() as tmp:
+        path = zipf_corpus(size)
+        mb = os.path.getsize(path) / 1e6
+        print(f"word count on Dask: {mb:.1f} MB Zipf corpus ({path}), LocalCluster of 2 "
+              f"worker processes x 1 thread, split size {split_size}, {repeat} repetitions; "
+              f"{loadavg()}")
+        times, prints = run_all(path, split_size, repeat, os.path.join(tmp, "dask"))
     reference = prints["sequential"]
     wrong = [name for name, fps in prints.items() if fps != reference]
     if wrong:
@@ -115,7 +136,7 @@ def main(argv=None):
     print(f"mergeagg dask / dask.bag (speed): {ratio:.2f}x from the medians, {paired:.2f}x "
           f"median of the per-repetition ratios (target >= 3x: {verdict}); "
           f"mergeagg dask / mergeagg local: "
-          f"{medians['mergeagg local'] / medians['mergeagg dask']:.2f}x")
+          f"{medians['mergeagg local'] / medians['mergeagg dask']:.2f}x; {loadavg()}")
     return 0
 
 

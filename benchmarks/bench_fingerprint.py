@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from workloads import str_int_dict  # noqa: E402
+from workloads import loadavg, str_int_dict  # noqa: E402
 
 from mergeagg import fingerprint  # noqa: E402
 from mergeagg.fingerprint import Fingerprinter  # noqa: E402
@@ -85,7 +85,7 @@ def main(argv=None):
     ]
     assert fingerprint(rows) == _one_at_a_time(rows)
     print(f"fingerprint benchmark: n = {n:,}, {repeat} repetitions, python "
-          f"{sys.version.split()[0]}")
+          f"{sys.version.split()[0]}; {loadavg()}")
     print(f"{'value':<44} {'median rate':>14} {'min rate':>14} {'median s':>9}")
     medians = {}
     for label, value, fn in cases:
@@ -97,7 +97,7 @@ def main(argv=None):
     baseline = medians["  baseline: sha256(pickle(sorted(items)))"]
     print(f"dict: median {dict_rate:,.0f} entries/s = {dict_rate / TARGET:.2f}x the "
           f"{TARGET:,}/s target; {baseline / medians['dict str->int']:.2f}x the "
-          "sorted-pickle baseline")
+          f"sorted-pickle baseline; {loadavg()}")
     if args.smoke:
         print("(smoke run: sizes too small for the figures to mean anything)")
     elif dict_rate < TARGET:

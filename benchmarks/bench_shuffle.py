@@ -15,6 +15,10 @@ Four measurements, each against a baseline run in the same process:
 
     python benchmarks/bench_shuffle.py               # full size (minutes)
     python benchmarks/bench_shuffle.py --smoke       # CI
+
+Everything it writes (the corpus, the part files of [3], Dask's worker folders) lives in one
+temporary directory removed at the end; ``MERGEAGG_BENCH_CACHE=DIR`` keeps the corpus in
+``DIR`` for the next run (benchmarks/workloads.py).
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -82,11 +86,11 @@ def timed(fn, repeat):
     return statistics.median(times), out
 
 
-def bench_wordcount(path, repeat, workers, with_dask):
+def bench_wordcount(path, repeat, workers, with_dask, tmp):
     mb = os.path.getsize(path) / 1e6
     job = ma.algorithms.wordcount(keyed=True)
     with contextlib.ExitStack() as stack:
-        client = _dask_client(stack) if with_dask else None
+        client = _dask_client(stack, os.path.join(tmp, "dask")) if with_dask else None
         # Interleaved, so that a burst of load from elsewhere hits every side alike.
         times = {"seq": [], "ma": [], "dask": [], "cpu": []}
         for _ in range(repeat):
@@ -106,7 +110,7 @@ def bench_wordcount(path, repeat, workers, with_dask):
                 times["dask"].append(t_dask)
     t_seq, t_ma = statistics.median(times["seq"]), statistics.median(times["ma"])
     print(f"[1] corpus {mb:.1f} MB; sequential Counter {t_seq:.2f}s ({mb / t_seq:.1f} MB/s); "
-          f"load average {os.getloadavg()[0]:.2f}")
+          f"{workloads.loadavg()}")
     print(f"    mergeagg keyed, {workers} workers, R=8: {t_ma:.2f}s -> "
           f"{t_seq / t_ma:.2f}x the Counter loop (target >= 1.5x); per run "
           + " ".join(f"{a / b:.2f}x" for a, b in zip(times["seq"], times["ma"])))
@@ -120,13 +124,18 @@ def bench_wordcount(path, repeat, workers, with_dask):
         t_dask = statistics.median(times["dask"])
         print(f"    dask.bag frequencies on LocalCluster(2x1): {t_dask:.2f}s; mergeagg is "
               f"{t_dask / t_ma:.2f}x dask.bag (target >= 4x); per run "
-              + " ".join(f"{a / b:.2f}x" for a, b in zip(times["dask"], times["ma"])))
+              + " ".join(f"{a / b:.2f}x" for a, b in zip(times["dask"], times["ma"]))
+              + f"; {workloads.loadavg()}")
     return r
 
 
-def _dask_client(stack):
+def _dask_client(stack, local_directory):
+    import dask
     from dask.distributed import Client, LocalCluster
 
+    # The scheduler's and the workers' folders under the run's scratch directory: Dask
+    # leaves a dask-scratch-space (lock files) in the directory it is given.
+    stack.enter_context(dask.config.set({"temporary-directory": local_directory}))
     cluster = stack.enter_context(LocalCluster(n_workers=2, threads_per_worker=1,
                                                processes=True, host="127.0.0.1",
                                                dashboard_address=None))
@@ -156,7 +165,7 @@ def bench_combiner(path, workers):
     ratio = b["shuffle_bytes_written"] / a["shuffle_bytes_written"]
     print(f"[2] shuffle bytes with the combiner {a['shuffle_bytes_written']:,} "
           f"({a['records_out']:,} records); without {b['shuffle_bytes_written']:,} "
-          f"({b['records_out']:,} records): {ratio:.1f}x")
+          f"({b['records_out']:,} records): {ratio:.1f}x; {workloads.loadavg()}")
 
 
 def int_keys(shard):
@@ -168,23 +177,24 @@ def add(a, b):
     return a + b
 
 
-def bench_memory(n_keys, workers, limit):
+def bench_memory(n_keys, workers, limit, tmp):
     step = max(1, n_keys // 40)
     shards = [[(lo, min(lo + step, n_keys))] for lo in range(0, n_keys, step)]
     job = ma.KeyedJob(int_keys, add)
     results = {}
     for label, mem in (("unconstrained", None), ("memory_limit", limit)):
-        out = os.path.join(tempfile.mkdtemp(prefix="bench-shuffle-"), "out")
+        out = os.path.join(tmp, f"memory-{label}")
         with PeakRSS() as rss:
             t = time.perf_counter()
             r = ma.run(job, shards, workers=workers, partitions=8, memory_limit=mem,
                        output=out, output_format="framed", progress=False)
             dt = time.perf_counter() - t
         peak = max(rss.peak.values()) / 2**20
+        shutil.rmtree(out)  # part files of 20 million keys: do not keep two copies around
         results[label] = (r.fingerprint, peak, dt, r.report.counters)
         print(f"[3] {n_keys:,} distinct keys, {label} ({mem or '-'}): {dt:.1f}s, peak RSS of any "
               f"process {peak:.0f} MB, spills {r.report.counters.get('spills', 0)}, external "
-              f"merges {r.report.counters.get('external_merge', 0)}")
+              f"merges {r.report.counters.get('external_merge', 0)}; {workloads.loadavg()}")
     same = results["unconstrained"][0] == results["memory_limit"][0]
     print(f"    fingerprints equal: {same}; peak RSS under the limit "
           f"{results['memory_limit'][1]:.0f} MB (target <= 400 MB)")
@@ -230,7 +240,7 @@ def bench_skew(n_records, workers, repeat):
     print(f"    with salting: slowest/median {on[1] / max(on[2], 1e-9):.1f}x (target <= 2x); "
           f"job {statistics.median(ratios):.2f}x faster (target >= 1.5x; per pair "
           + " ".join(f"{x:.2f}x" for x in ratios) + f"); reduce phase "
-          f"{off[5] / max(on[5], 1e-9):.2f}x faster; load average {os.getloadavg()[0]:.2f}")
+          f"{off[5] / max(on[5], 1e-9):.2f}x faster; {workloads.loadavg()}")
 
 
 def main(argv=None):
@@ -248,15 +258,16 @@ def main(argv=None):
     if args.smoke:
         args.size, args.keys, args.skew_records, args.repeat = "2M", 200_000, 40_000, 1
         args.memory_limit = "2M"
-    path = workloads.zipf_corpus(workloads.parse_size(args.size))
-    if "1" in args.only:
-        bench_wordcount(path, args.repeat, args.workers, args.dask)
-    if "2" in args.only:
-        bench_combiner(path, args.workers)
-    if "3" in args.only:
-        bench_memory(args.keys, args.workers, args.memory_limit)
-    if "4" in args.only:
-        bench_skew(args.skew_records, args.workers, args.repeat)
+    with workloads.scratch() as tmp:
+        path = workloads.zipf_corpus(workloads.parse_size(args.size))
+        if "1" in args.only:
+            bench_wordcount(path, args.repeat, args.workers, args.dask, tmp)
+        if "2" in args.only:
+            bench_combiner(path, args.workers)
+        if "3" in args.only:
+            bench_memory(args.keys, args.workers, args.memory_limit, tmp)
+        if "4" in args.only:
+            bench_skew(args.skew_records, args.workers, args.repeat)
     return 0
 
 

@@ -9,6 +9,9 @@ workers and merging the partial counts.
 
     python benchmarks/bench_wordcount.py --size 200M     # the reference figure (5 repeats)
     python benchmarks/bench_wordcount.py --smoke         # what CI runs: ~2 MB
+
+The corpus lives in a temporary directory removed at the end; ``MERGEAGG_BENCH_CACHE=DIR``
+keeps it in ``DIR`` for the next run (benchmarks/workloads.py).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from workloads import SMOKE_CORPUS_BYTES, parse_size, zipf_corpus  # noqa: E402
+from workloads import SMOKE_CORPUS_BYTES, parse_size, scratch, zipf_corpus  # noqa: E402
 
 import mergeagg  # noqa: E402
 
@@ -68,11 +71,14 @@ def main(argv=None):
     size = SMOKE_CORPUS_BYTES if args.smoke else parse_size(args.size)
     repeat = 2 if args.smoke else args.repeat
     split_size = "256K" if args.smoke else args.split_size
+    with scratch():
+        return measure(zipf_corpus(size), args.workers, split_size, repeat)
 
-    path = zipf_corpus(size)
+
+def measure(path, workers, split_size, repeat):
     mb = os.path.getsize(path) / 1e6
     agg = mergeagg.algorithms.wordcount()
-    print(f"word count: {mb:.1f} MB Zipf corpus ({path}), workers={args.workers}, "
+    print(f"word count: {mb:.1f} MB Zipf corpus ({path}), workers={workers}, "
           f"split size {split_size}, {repeat} repetitions")
 
     base_times, ours_times, prints = [], [], set()
@@ -83,7 +89,7 @@ def main(argv=None):
         prints.add(mergeagg.fingerprint(expected))
 
         start = time.perf_counter()
-        result = mergeagg.run(agg, path, workers=args.workers, split_size=split_size)
+        result = mergeagg.run(agg, path, workers=workers, split_size=split_size)
         ours_times.append(time.perf_counter() - start)
         prints.add(result.fingerprint)
     if len(prints) != 1:
