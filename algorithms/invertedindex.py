@@ -496,6 +496,7 @@ def make_source(inputs, split_size=None, params=None):
     >>> src = make_source([p + ".gz"])
     >>> invertedindex().reduce(src.read(s) for s in src.splits())["or"] == [p + ".gz"]
     True
+    >>> import shutil; shutil.rmtree(d)
     """
     params = params or {}
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)

@@ -219,12 +219,13 @@ class SpillWriter:
     the temporary file into place. Returns ``(path, nbytes, entries)`` from ``close``.
 
     >>> import tempfile, os
-    >>> p = os.path.join(tempfile.mkdtemp(), "b0.spill")
+    >>> tmp = tempfile.TemporaryDirectory(); p = os.path.join(tmp.name, "b0.spill")
     >>> w = SpillWriter(p); w.write(np.array([7], dtype=np.uint64), ["k"], [1])
     >>> w.close()[2]
     1
     >>> [(list(k), list(v)) for _h, k, v in iter_spill(p)]
     [(['k'], [1])]
+    >>> tmp.cleanup()
     """
 
     def __init__(self, path):

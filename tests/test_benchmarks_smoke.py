@@ -25,11 +25,7 @@ class LeftBehind(AssertionError):
 
 # Benchmarks known to leave their output directories behind (issue 14, item 19), each to be
 # fixed by its owner. Strict: once one cleans up, its entry here fails the suite until removed.
-KNOWN_LEFTOVERS = {
-    "bench_invertedindex": "mergeagg-bench-index-* (its output directory, made by mkdtemp)",
-    "bench_join": "mergeagg-bench-join-* (its output directory, made by mkdtemp)",
-    "bench_matmul": "mergeagg-bench-matmul-* (its output directory, made by mkdtemp)",
-}
+KNOWN_LEFTOVERS = {}  # script stem -> what it leaves; none now
 
 
 def _params():

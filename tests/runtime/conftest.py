@@ -14,16 +14,23 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def dask_cluster():
+def dask_cluster(tmp_path_factory):
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
-    client = distributed.Client(cluster, set_as_default=False)
-    try:
-        yield cluster, client
-    finally:
-        client.close()
-        cluster.close()
+    import dask
+
+    # The workers' scratch space (dask-scratch-space) in a pytest folder, not the session's
+    # temporary directory, where it would be left behind.
+    scratch = str(tmp_path_factory.mktemp("dask"))
+    with dask.config.set({"temporary-directory": scratch}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1,
+                                           processes=True, host="127.0.0.1",
+                                           dashboard_address="127.0.0.1:0")
+        client = distributed.Client(cluster, set_as_default=False)
+        try:
+            yield cluster, client
+        finally:
+            client.close()
+            cluster.close()
 
 
 @pytest.fixture
