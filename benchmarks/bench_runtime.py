@@ -343,6 +343,13 @@ def bench_backups(workloads, pythons, args):
                   f"{_med([r['call'] for r in p['off']]):.3f}s, phases "
                   f"{_med([r['phases'] for r in p['off']]):.3f}s; cold first run "
                   f"{_med(p['cold']):.3f}s")
+            launched = [r for r in p["on"] if r["launched"]]
+            gaps = [r["wall"] - r["phases"] for r in p["on"] + p["off"]]
+            print(f"     {'':<24} wall - sum of phases: median {_med(gaps):.3f}s, max "
+                  f"{max(gaps):.3f}s; runs that launched a backup: {len(launched)} of "
+                  f"{len(p['on'])}" + (f", their wall - phases max "
+                                       f"{max(r['wall'] - r['phases'] for r in launched):.3f}s"
+                                       if launched else ""))
         if len(pythons) == 2:
             (base, _), (cont, _) = pythons
             ratios = [c[cont] / c[base] for _, c in adjacent if base in c and cont in c]
