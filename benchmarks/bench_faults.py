@@ -16,12 +16,16 @@ on 2 worker processes, four ways, in the same run:
 * **delay, backups off** — the same stragglers with ``backups=False``: the figure backups
   are there to beat.
 
-Repetition ``i`` uses fault seed ``--seed + i`` (a fixed schedule per repetition) and runs
-the four cases back to back, so that load from other processes hits them alike; the
-ratios are of the medians. Every run's fingerprint must equal the clean run's (exit status
-1 otherwise). A job that fails outright (the runtime gives up) is reported as such and left
-out of the medians; so is a run abandoned by ``--give-up`` (default: past 4x the clean run
-of its repetition), since a job whose lost work outgrows its progress may never finish.
+Clean runs of the same job vary by 2x on a shared machine (4.1 to 9.3 s in one run), so
+every faulty run is **paired** with a clean run made right before it: repetition ``i`` runs,
+for each faulty case, ``clean`` then that case, with fault seed ``--seed + i`` (a fixed
+schedule per repetition). Each pair is printed with ``/proc/loadavg`` and its ratio (faulty
+over its own clean run); the targets are judged on the median of those paired ratios. The
+ratio of the medians (every faulty run's median over the median of all clean runs) is
+printed beside it for reference. Every run's fingerprint must equal the clean run's (exit
+status 1 otherwise). A job that fails outright (the runtime gives up) is reported as such
+and left out of the medians; so is a run abandoned by ``--give-up`` (default: past 4x the
+clean run of its pair), since a job whose lost work outgrows its progress may never finish.
 
     python benchmarks/bench_faults.py                  # the reference: 200 MB, 3 repetitions
     python benchmarks/bench_faults.py --smoke          # what CI runs: ~2 MB, under 30 s
@@ -152,6 +156,17 @@ def describe(result, plan):
     return "; ".join(parts)
 
 
+def _loadavg():
+    """The first three fields of /proc/loadavg (or os.getloadavg()), as text."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        if hasattr(os, "getloadavg"):
+            return " ".join(f"{x:.2f}" for x in os.getloadavg())
+        return "n/a"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="200M", help="corpus size, e.g. 2M or 200M")
@@ -164,7 +179,7 @@ def main(argv=None):
     parser.add_argument("--factor", type=float, default=10.0, help="slow-down (default 10)")
     parser.add_argument("--give-up", type=float, default=4.0,
                         help="abandon a faulty run after this many times the clean run "
-                             "of its repetition (default 4; 0: never)")
+                             "of its pair (default 4; 0: never)")
     parser.add_argument("--smoke", action="store_true", help="~2 MB, 1 repetition, for CI")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print what the runtime did in every faulty run")
@@ -177,83 +192,97 @@ def main(argv=None):
     split_size = -(-nbytes // args.splits)
     agg = mergeagg.algorithms.wordcount()
     cases = scenarios(args.kill, args.delay, args.factor)
+    clean_label = cases[0][0]
+    faulty = cases[1:]
     print(f"word count under faults: {nbytes / 1e6:.1f} MB Zipf corpus ({path}), "
           f"{args.splits} splits of {split_size / 1e6:.2f} MB, workers={args.workers}, "
-          f"{repeat} repetition(s), fault seeds {args.seed}..{args.seed + repeat - 1}")
-    if hasattr(os, "getloadavg"):
-        print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+          f"{repeat} repetition(s), fault seeds {args.seed}..{args.seed + repeat - 1}; "
+          "each faulty run right after a clean run of its own")
+    print(f"loadavg at start: {_loadavg()}")
 
-    # Untimed: starts the fork server (it imports mergeagg once) and warms the page cache.
+    # Untimed: starts the workers' machinery and warms the page cache.
     one_run(agg, path, split_size, args.workers, None, True)
     times = {label: [] for label, *_ in cases}
-    paired = {label: [] for label, *_ in cases}  # run / the clean run of its repetition
-    failed = {label: [] for label, *_ in cases}
-    causes = {label: Counter() for label, *_ in cases}
-    extra = {label: [] for label, *_ in cases}
+    paired = {label: [] for label, *_ in faulty}  # faulty run / the clean run of its pair
+    failed = {label: [] for label, *_ in faulty}
+    causes = {label: Counter() for label, *_ in faulty}
+    extra = {label: [] for label, *_ in faulty}
     clean_fp = None
+
+    def check(label, seed, result):
+        nonlocal clean_fp
+        if clean_fp is None:
+            clean_fp = result.fingerprint
+        if result.fingerprint != clean_fp:
+            print(f"ERROR: {label} (seed {seed}) gave fingerprint {result.fingerprint}, "
+                  f"the clean run {clean_fp}", file=sys.stderr)
+            return False
+        return True
+
+    print(f"\n{'rep':>5}  {'case':<34} {'loadavg':<15} {'clean':>7} {'faulty':>7} "
+          f"{'ratio':>7}  faults injected")
     for i in range(repeat):
         seed = args.seed + i
-        limit = clean_now = None
-        for label, spec, backups, _target in cases:
-            spec = spec.format(seed=seed) if spec else None
+        for label, spec, backups, _target in faulty:
+            load = _loadavg()
+            clean_s, clean_result, error = one_run(agg, path, split_size, args.workers,
+                                                   None, True)
+            if error is not None:
+                print(f"ERROR: the clean run failed after {clean_s:.2f}s: {error}",
+                      file=sys.stderr)
+                return 1
+            if not check(clean_label, seed, clean_result):
+                return 1
+            times[clean_label].append(clean_s)
+            limit = max(args.give_up * clean_s, 10.0) if args.give_up > 0 else None
+            spec = spec.format(seed=seed)
             plan = FaultPlan.parse(spec)
             seconds, result, error = one_run(agg, path, split_size, args.workers, spec,
                                              backups, limit)
-            if spec is None and args.give_up > 0:
-                limit = max(args.give_up * seconds, 10.0)
+            head = f"{i + 1:>2}/{repeat:<2}  {label:<34} {load:<15} {clean_s:6.2f}s"
             if error is not None:
                 failed[label].append(f"seed {seed}: {error.splitlines()[0]}")
-                print(f"  [{i + 1}/{repeat}] {label}: JOB FAILED after {seconds:.2f}s: "
-                      f"{error.splitlines()[0]}")
+                print(f"{head} JOB FAILED after {seconds:.2f}s: {error.splitlines()[0]}")
                 continue
-            if clean_fp is None:
-                clean_fp = result.fingerprint
-            if result.fingerprint != clean_fp:
-                print(f"ERROR: {label} (seed {seed}) gave fingerprint {result.fingerprint}, "
-                      f"the clean run {clean_fp}", file=sys.stderr)
+            if not check(label, seed, result):
                 return 1
             times[label].append(seconds)
-            if spec is None:
-                clean_now = seconds
-            if clean_now is not None:
-                paired[label].append(seconds / clean_now)
+            paired[label].append(seconds / clean_s)
             causes[label] += reexecutions(result.report, plan)
             extra[label].append(sum(t.attempts - 1 for t in result.report.tasks))
-            hits = injected(plan, len(result.report.attempts)) if plan else Counter()
-            line = f"  [{i + 1}/{repeat}] {label}: {seconds:.2f}s"
-            if hits:
-                line += " (" + ", ".join(f"{n} first attempts hit by {k}"
-                                         for k, n in hits.items()) + ")"
-            print(line)
-            if args.verbose and plan is not None:
-                print("      " + describe(result, plan))
+            hits = injected(plan, len(result.report.attempts))
+            print(f"{head} {seconds:6.2f}s {seconds / clean_s:6.2f}x  "
+                  + ", ".join(f"{n} first attempts hit by {k}" for k, n in hits.items()))
+            if args.verbose:
+                print("        " + describe(result, plan))
 
-    clean_label = cases[0][0]
-    if not times[clean_label]:
-        print("ERROR: no clean run completed", file=sys.stderr)
-        return 1
     clean = statistics.median(times[clean_label])
-    print(f"\n{'case':<36} {'median':>8} {'min':>8} {'ratio':>7} {'paired':>7}  target")
-    for label, _spec, _backups, target in cases:
+    print(f"\n{'case':<34} {'median':>8} {'min':>8} {'ratio':>7} {'paired':>7} "
+          f"{'pairs':>13}  target (on the paired median)")
+    print(f"{clean_label:<34} {clean:7.2f}s {min(times[clean_label]):7.2f}s {1:6.2f}x "
+          f"{'':>7} {'':>13}  {len(times[clean_label])} clean runs, "
+          f"{max(times[clean_label]) / min(times[clean_label]):.2f}x from fastest to slowest")
+    for label, _spec, _backups, target in faulty:
         ts = times[label]
         if not ts:
-            print(f"{label:<36} {'-':>8} {'-':>8} {'-':>7}  every run failed")
+            print(f"{label:<34} {'-':>8} {'-':>8} {'-':>7} {'-':>7} {'-':>13}  "
+                  "every run failed")
             continue
-        med = statistics.median(ts)
-        ratio = med / clean
+        pair = statistics.median(paired[label])
         verdict = ""
         if target is not None:
-            verdict = f"<= {target:.2f}x: {'met' if ratio <= target else 'MISSED'}"
+            verdict = f"<= {target:.2f}x: {'met' if pair <= target else 'MISSED'}"
         runs = f" ({len(ts)} of {len(ts) + len(failed[label])} runs completed)" \
             if failed[label] else ""
-        pair = f"{statistics.median(paired[label]):6.2f}x" if paired[label] else f"{'-':>7}"
-        print(f"{label:<36} {med:7.2f}s {min(ts):7.2f}s {ratio:6.2f}x {pair}  "
+        spread = f"{min(paired[label]):.2f}-{max(paired[label]):.2f}x"
+        print(f"{label:<34} {statistics.median(ts):7.2f}s {min(ts):7.2f}s "
+              f"{statistics.median(ts) / clean:6.2f}x {pair:6.2f}x {spread:>13}  "
               f"{verdict}{runs}")
-    print("ratio: median over median of the clean runs; paired: median of each run over the "
-          "clean run of its repetition (steadier when other processes load the machine)")
-    if hasattr(os, "getloadavg"):
-        print("load average at the end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    for label, *_ in cases[1:]:
+    print("paired: median over the pairs of (faulty run / the clean run right before it); "
+          "pairs: their range;\nratio: median of the faulty runs over the median of all "
+          "clean runs (for reference: it mixes loads)")
+    print(f"loadavg at the end: {_loadavg()}")
+    for label, *_ in faulty:
         if causes[label] or failed[label]:
             print(f"\n{label}: re-executed attempts per completed run, median "
                   f"{statistics.median(extra[label]) if extra[label] else '-'}; by cause, "
