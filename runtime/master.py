@@ -34,7 +34,6 @@ The life of a job, as in MapReduce:
 
 from __future__ import annotations
 
-import bisect
 import enum
 import hashlib
 import heapq
@@ -229,6 +228,55 @@ class FailureDetector:
         return sorted(out)
 
 
+class SortedDurations:
+    """A stage's completed durations as a sorted sequence whose median ``d[len(d) // 2]``
+    costs O(1): two heaps (the lower half and the rest), sorted into a list only when
+    another index or an iteration asks. Cost: O(log n) per :meth:`add`.
+
+    >>> d = SortedDurations()
+    >>> for x in (5.0, 1.0, 3.0, 2.0): d.add(x)
+    >>> d[len(d) // 2], list(d), len(d)
+    (3.0, [1.0, 2.0, 3.0, 5.0], 4)
+    """
+
+    __slots__ = ("_lo", "_hi", "_sorted")
+
+    def __init__(self):
+        self._lo = []  # max-heap (negated) of the len // 2 smallest
+        self._hi = []  # min-heap of the rest: _hi[0] is the median d[len // 2]
+        self._sorted = None
+
+    def add(self, x):
+        self._sorted = None
+        if self._lo and x < -self._lo[0]:
+            x = -heapq.heappushpop(self._lo, -x)
+        heapq.heappush(self._hi, x)
+        if len(self._hi) > len(self._lo) + 1:
+            heapq.heappush(self._lo, -heapq.heappop(self._hi))
+
+    def __len__(self):
+        return len(self._lo) + len(self._hi)
+
+    def __bool__(self):
+        return bool(self._hi)
+
+    def _list(self):
+        if self._sorted is None:
+            self._sorted = sorted([-x for x in self._lo] + self._hi)
+        return self._sorted
+
+    def __getitem__(self, i):
+        if i == len(self._lo) and self._hi:
+            return self._hi[0]
+        return self._list()[i]
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __repr__(self):
+        return f"SortedDurations({self._list()!r})"
+
+
 @dataclass
 class _Task:
     d: TaskDef
@@ -343,7 +391,7 @@ class Policy:
         self.audits_wanted = deque()
         self.audits_running = 0
         kinds = sorted({t.kind for t in tasks} | {"map", "combine"})
-        self._durations = {k: [] for k in kinds}
+        self._durations = {k: SortedDurations() for k in kinds}
         self._stage_total = {k: 0 for k in kinds}
         self._stage_done = {k: 0 for k in kinds}
         for t in tasks:
@@ -515,7 +563,7 @@ class Policy:
         self.bytes_read += task.stats.get("bytes_read", 0)
         kind = task.d.kind
         self._stage_done[kind] += 1
-        bisect.insort(self._durations[kind], task.duration)
+        self._durations[kind].add(task.duration)
         if att.backup:
             self.backups_won += 1
         self.speculation.finished(att.worker, kind, task.duration)
@@ -835,7 +883,8 @@ class Policy:
             self._started_now(att)
         if backup:
             self._backup_ids.add(aid)
-        inputs = tuple(self.tasks[c].ref for c in task.d.children)
+        children = task.d.children
+        inputs = tuple([self.tasks[c].ref for c in children]) if children else ()
         if not audit:
             task.running.append(aid)
             task.state = TaskState.IN_PROGRESS
