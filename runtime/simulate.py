@@ -381,16 +381,18 @@ def read_trace(path):
     """Task durations from a trace file: one number of seconds per line (blank lines and
     ``#`` comments skipped). Cost: O(lines).
 
-    >>> import os, tempfile
-    >>> p = os.path.join(tempfile.mkdtemp(), "trace.txt")
-    >>> _ = open(p, "w").write("# seconds\\n10\\n12.5\\n")
-    >>> read_trace(p)
+    >>> import pathlib, tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = pathlib.Path(d, "trace.txt")
+    ...     _ = p.write_text("# seconds\\n10\\n12.5\\n")
+    ...     print(read_trace(p))
+    ...     _ = p.write_text("10\\nslow\\n")
+    ...     try:
+    ...         read_trace(p)
+    ...     except ValueError as exc:
+    ...         print(str(exc).replace(d, "DIR"))
     [10.0, 12.5]
-    >>> _ = open(p, "w").write("10\\nslow\\n")
-    >>> read_trace(p)
-    Traceback (most recent call last):
-    ...
-    ValueError: trace ...trace.txt, line 2: 'slow' is not a number of seconds
+    trace DIR/trace.txt, line 2: 'slow' is not a number of seconds
     """
     out = []
     with open(path) as f:
