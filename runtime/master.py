@@ -744,6 +744,10 @@ class Policy:
         task.ref_worker = None
         task.backup_launched = False
         self._stage_done[task.d.kind] -= 1
+        # Its children may have lost their outputs too while it was complete (a sink on a
+        # crashed machine, with the map outputs it read): it waits for them again.
+        task.pending_children = sum(self.tasks[c].state is not TaskState.COMPLETED
+                                    for c in task.d.children)
         if not task.d.parents or task.d.output:
             self.results.pop(task.d.id, None)
             if task.d.id == self.root:

@@ -45,8 +45,8 @@ class Speculation:
 
     needs_progress = False
 
-    def due(self, policy, now):
-        """Task ids to back up now (each gets at most one backup)."""
+    def due(self, policy, now, room=None):
+        """Task ids to back up now (each gets at most one backup), at most ``room``."""
         return ()
 
     def cap(self, policy):
@@ -102,10 +102,11 @@ class Threshold(Speculation):
             if durations:
                 yield kind, self.limit(durations)
 
-    def due(self, policy, now):
+    def due(self, policy, now, room=None):
         out = []
         for kind, limit in self._eligible(policy):
-            out.extend(policy.overdue(kind, limit, now))
+            out.extend(policy.overdue(kind, limit, now,
+                                      None if room is None else room - len(out)))
         return out
 
     def next_check(self, policy, now):
@@ -142,13 +143,16 @@ class Capped(Speculation):
         _done, total = policy.stage_counts()
         return self.allowed(sum(total.values()), policy.running_attempts())
 
-    def due(self, policy, now):
-        room = self.cap(policy) - policy.running_backups() - policy.backups_pending()
+    def due(self, policy, now, room=None):
+        mine = self.cap(policy) - policy.running_backups() - policy.backups_pending()
+        room = mine if room is None else min(room, mine)
         if room <= 0:
             return ()
-        return self.base.due(policy, now)[:room]
+        return self.base.due(policy, now, room)
 
     def next_check(self, policy, now):
+        if self.cap(policy) <= policy.running_backups() + policy.backups_pending():
+            return None  # nothing until a backup ends, which is an event
         return self.base.next_check(policy, now)
 
     def worker_ok(self, policy, worker):
@@ -201,6 +205,11 @@ reports it today; the local and Dask executors report none
         return (f"Late(cap={self.cap_share}, slow_task={self.slow_task}, "
                 f"slow_node={self.slow_node}, min_seconds={self.min_seconds})")
 
+    @property
+    def slow_nodes(self):
+        """The workers rated slow at the last check (no backup goes there)."""
+        return self._slow_nodes
+
     def finished(self, worker, kind, seconds):
         s = self._node.setdefault(worker, [0.0, 0])
         s[0] += seconds
@@ -215,14 +224,15 @@ reports it today; the local and Dask executors report none
     def next_check(self, policy, now):
         return self._last + self.interval if policy.running_attempts() else None
 
-    def due(self, policy, now):
+    def due(self, policy, now, room=None):
         if now < self._last + self.interval:
             return ()
         self._last = now
         means = sorted((s / n, w) for w, (s, n) in self._node.items() if n)
         k = int(self.slow_node * len(means))
         self._slow_nodes = frozenset(w for _m, w in means[len(means) - k:]) if k else frozenset()
-        room = self.cap(policy) - policy.running_backups() - policy.backups_pending()
+        mine = self.cap(policy) - policy.running_backups() - policy.backups_pending()
+        room = mine if room is None else min(room, mine)
         if room <= 0:
             return ()
         rated = []
