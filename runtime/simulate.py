@@ -440,7 +440,8 @@ def _durations(spec, n, rng, what):
 
 
 def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration=None,
-             slow_attempts=0.0, slow_machines=0, slow_factor=5.0, failure_p=0.0,
+             slow_attempts=0.0, slow_machines=0, slow_tasks=(), slow_factor=5.0,
+             failure_p=0.0,
              failure_window=None, crash_at=(), kill_at=(), restart_seconds=None,
              heartbeat_interval=1.0, heartbeat_timeout=10.0, start_latency=0.0,
              transfer_per_byte=0.0, map_output_bytes=0, speculation="default",
@@ -456,7 +457,9 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
       trace file's path or a list of seconds;
     * stragglers: each attempt is ``slow_factor`` times slower with probability
       ``slow_attempts``; ``slow_machines`` machines (an int) or that share of them (a
-      float below 1) are ``slow_factor`` times slower for the whole job;
+      float below 1) are ``slow_factor`` times slower for the whole job; the first
+      attempt of each map task listed in ``slow_tasks`` (indices) is ``slow_factor``
+      times slower;
     * failures: each machine crashes with probability ``failure_p`` at a uniform time in
       ``[0, failure_window)`` (default: the job's length without failures); ``crash_at``
       and ``kill_at`` list times at which one machine crashes (found by the heartbeat
@@ -515,10 +518,13 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
                                 for _ in names if failure_p and rng.random() < failure_p]
     transfer = (transfer_per_byte * map_output_bytes * maps / reduces) if reduces else 0.0
     attempt_rng = random.Random(f"{seed}:attempts")
+    slow_first = frozenset(slow_tasks)
 
     def seconds(launch):
         if launch.kind == "map":
             base = map_base[launch.index]
+            if launch.index in slow_first and launch.attempt.number == 1:
+                base *= slow_factor
         else:
             base = red_base[launch.index] + transfer
         if slow_attempts and attempt_rng.random() < slow_attempts:
