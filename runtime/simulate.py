@@ -130,7 +130,7 @@ class _Machine:
         self.token = 0  # bumped whenever the head changes: stale completions are dropped
 
 
-_DONE, _CRASH, _KILL, _BEAT, _JOIN = range(5)
+_DONE, _CRASH, _KILL, _BEAT, _JOIN, _KILLW = range(6)
 
 
 class SimulatedExecutor:
@@ -143,15 +143,17 @@ class SimulatedExecutor:
     worker killed (reported at once); ``restart_seconds``: when a killed worker's
     replacement joins (``None``: never; crashed machines are never replaced);
     ``heartbeat_interval``: how often live machines are heard from; ``check``: called
-    before every batch of events (tests pass ``policy.validate``). Cost: O(log events
-    pending) per attempt and per event, O(workers) per heartbeat round.
+    before every batch of events (tests pass ``policy.validate``); ``kill_after(launch,
+    hint)``: seconds into the attempt at which its worker is killed (``None``: not), as the
+    ``kill`` fault does on real workers (``hint``: the median map seconds so far). Cost:
+    O(log events pending) per attempt and per event, O(workers) per heartbeat round.
     """
 
     mode = "simulated"
 
     def __init__(self, workers, seconds, *, machine_factor=None, crash_at=(), kill_at=(),
                  restart_seconds=None, heartbeat_interval=1.0, outputs_survive_worker=False,
-                 seed=0, timeline=True, check=None, max_seconds=math.inf):
+                 seed=0, timeline=True, check=None, max_seconds=math.inf, kill_after=None):
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"a simulated cluster needs at least one worker, got {workers!r}")
         if heartbeat_interval <= 0:
@@ -167,6 +169,8 @@ class SimulatedExecutor:
         self.timeline = [] if timeline else None
         self.check = check
         self.max_seconds = max_seconds
+        self.kill_after = kill_after
+        self._hint = 0.0
         self.machines = {}
         self.alive = {}  # name -> machine, in join order
         self.where = {}  # attempt id -> machine running or queueing it
@@ -223,6 +227,7 @@ class SimulatedExecutor:
 
     def apply(self, actions, job, hint=0.0):
         now = self.clock.t
+        self._hint = hint
         for a in actions:
             kind = type(a)
             if kind is Launch:
@@ -283,6 +288,10 @@ class SimulatedExecutor:
                 if live:
                     self._remove(self.rng.choice(live), when, "worker process killed",
                                  announce=True)
+            elif code == _KILLW:
+                m, token = arg
+                if m.token == token and m.alive and not m.crashed:
+                    self._remove(m, when, "worker process killed", announce=True)
             elif code == _JOIN:
                 self._joins_pending -= 1
                 self._outbox.append(Joined(self._spawn(arg).name))
@@ -306,6 +315,10 @@ class SimulatedExecutor:
         m.start = now
         m.end = now + self.seconds(launch) * m.factor
         self._at(m.end, _DONE, (m, m.token))
+        if self.kill_after is not None:
+            after = self.kill_after(launch, self._hint)
+            if after is not None and now + after < m.end:
+                self._at(now + after, _KILLW, (m, m.token))
 
     def _span(self, m, now, outcome):
         launch = m.head
@@ -446,7 +459,8 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
              heartbeat_interval=1.0, heartbeat_timeout=10.0, start_latency=0.0,
              transfer_per_byte=0.0, map_output_bytes=0, speculation="default",
              prefetch=1, max_attempts=4, max_lost=10, seed=0, timeline=True, check=None,
-             max_seconds=1e9):
+             max_seconds=1e9, fan_in=None, kill_tasks=None, outputs_survive_worker=False,
+             backup_factor=None):
     """Simulate a job on ``workers`` machines with the production policy and driver;
     returns a :class:`Simulation`. Cost: O((attempts + events) × log workers) and
     O(workers) per heartbeat round, in this process; about 4 µs per policy event.
@@ -469,6 +483,11 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
       before each attempt starts; reducers take ``transfer_per_byte`` seconds per byte
       of their share of ``map_output_bytes`` per map; a lost machine's map outputs are
       lost with it;
+    * ``fan_in``: a fold job instead (the maps, then the fixed combine tree of that fan-in,
+      combines taking ``reduce_duration``); ``kill_tasks``: ``{map index: at}``, the
+      first attempt of that map kills its worker ``at`` × the median map time into it
+      (the ``kill`` fault); ``outputs_survive_worker``: the loss model (``True`` as on one
+      machine's disk); ``backup_factor``: the default rule's multiple of the median;
     * ``speculation``: a name of :data:`mergeagg.runtime.speculation.NAMES` or a
       :class:`~mergeagg.runtime.speculation.Speculation`; ``prefetch`` attempts queued per
       worker (1: a worker asks for its next task when it finishes one, as in MapReduce).
@@ -498,8 +517,15 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
         raise ValueError(f"slow_factor must be positive, got {slow_factor!r}")
     rng = random.Random(seed)
     map_base = _durations(duration, maps, rng, "duration")
+    if fan_in is not None:
+        from mergeagg.runtime.master import fold_tasks
+
+        fold = fold_tasks(list(range(maps)), fan_in)
+        n_second = len(fold) - maps
+    else:
+        n_second = reduces
     red_base = _durations(duration if reduce_duration is None else reduce_duration,
-                          reduces, rng, "reduce_duration") if reduces else []
+                          n_second, rng, "reduce_duration") if n_second else []
     names = [f"m{i + 1}" for i in range(workers)] if isinstance(workers, int) else []
     if isinstance(slow_machines, float):
         if not 0.0 <= slow_machines <= 1.0:
@@ -518,6 +544,15 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
                                 for _ in names if failure_p and rng.random() < failure_p]
     transfer = (transfer_per_byte * map_output_bytes * maps / reduces) if reduces else 0.0
     attempt_rng = random.Random(f"{seed}:attempts")
+    second_index = ({t.id: i for i, t in enumerate(fold[maps:])} if fan_in is not None
+                    else {})
+    kills = dict(kill_tasks or {})
+
+    def kill_after(launch, hint):
+        if launch.kind == "map" and launch.attempt.number == 1 and launch.index in kills:
+            return kills[launch.index] * hint
+        return None
+
     slow_first = frozenset(slow_tasks)
 
     def seconds(launch):
@@ -525,6 +560,8 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
             base = map_base[launch.index]
             if launch.index in slow_first and launch.attempt.number == 1:
                 base *= slow_factor
+        elif launch.kind == "combine":
+            base = red_base[second_index[launch.task]]
         else:
             base = red_base[launch.index] + transfer
         if slow_attempts and attempt_rng.random() < slow_attempts:
@@ -534,15 +571,21 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
     ex = SimulatedExecutor(workers, seconds, machine_factor=factor, crash_at=crashes,
                            kill_at=kill_at, restart_seconds=restart_seconds,
                            heartbeat_interval=heartbeat_interval, seed=seed,
-                           timeline=timeline, max_seconds=max_seconds)
-    if isinstance(speculation, str):
+                           timeline=timeline, max_seconds=max_seconds,
+                           kill_after=kill_after if kills else None,
+                           outputs_survive_worker=outputs_survive_worker)
+    if speculation == "default" and backup_factor is not None:
+        speculation = spec_mod.Threshold(0.75, backup_factor)
+    elif isinstance(speculation, str):
         speculation = spec_mod.by_name(speculation, progress=ex.progress)
     config = PolicyConfig(backups=speculation is not None,
                           speculation=speculation, heartbeat_timeout=heartbeat_timeout,
                           prefetch=prefetch, max_attempts=max_attempts, max_lost=max_lost,
                           stealing=prefetch > 1, scan_interval=0.0, seed=seed)
     splits = list(range(maps))
-    if reduces:
+    if fan_in is not None:
+        tasks = fold
+    elif reduces:
         tasks = keyed_tasks(splits, reduces)
     else:
         tasks = [TaskDef(f"map-{i}", "map", split=i, index=i) for i in splits]
