@@ -765,7 +765,9 @@ class Policy:
                     self._actions.append(Cancel(aid, att.worker))
                 parent.running.clear()
                 parent.state = TaskState.IDLE
-            if parent.d.id in self.ready:
+            # Only a parent that was ready can be in the ready queue (a search of the
+            # queue for each of a map's thousands of reducers made a mass loss quadratic).
+            if parent.pending_children == 1 and parent.d.id in self.ready:
                 self.ready.remove(parent.d.id)
         if task.pending_children == 0:
             self.ready.appendleft(task.d.id)
