@@ -87,6 +87,17 @@ class Simulation:
     wall_seconds: float = 0.0
 
     @property
+    def result(self):
+        """The run as a :class:`~mergeagg.runtime.api.Result`: no value (no user code ran),
+        a fingerprint of the job's shape (the same whatever failed), the report."""
+        import hashlib
+
+        from mergeagg.runtime.api import Result
+
+        shape = ",".join(t.task for t in self.report.tasks).encode()
+        return Result(None, hashlib.blake2b(shape, digest_size=32).hexdigest(), self.report)
+
+    @property
     def backups_launched(self):
         return self.report.backups_launched
 
@@ -498,6 +509,9 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
     >>> sim = simulate(workers=4, maps=8, duration=2.0)
     >>> sim.seconds, sim.report.backups_launched, len(sim.timeline)
     (4.0, 0, 8)
+    >>> sim.result.fingerprint == simulate(workers=2, maps=8, kill_at=[1.0],
+    ...                                    restart_seconds=0.0).result.fingerprint
+    True
     """
     import time
 
