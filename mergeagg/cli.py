@@ -173,6 +173,7 @@ def build_parser(entries=None):
     _add_common(run)
     run.add_argument("--format", default=None, choices=["text", "jsonl", "csv", "tsv"],
                      help="how to read the input files (default: the entry's choice)")
+    _add_simulate(sub)
     return parser
 
 
@@ -546,9 +547,103 @@ def _dispatch(argv):
         from mergeagg.runtime.protocol import serve
 
         return serve()
+    if args.command == "simulate":
+        return _cmd_simulate(args, sys.stdout)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# -- mergeagg simulate ---------------------------------------------------------------------
+
+def _add_simulate(sub):
+    from mergeagg.runtime.speculation import NAMES
+
+    p = sub.add_parser(
+        "simulate", help="simulate a job on a cluster of W machines with the real policy",
+        description="Simulate a job on W machines on a virtual clock, driven by mergeagg's "
+                    "own policy and driver: stragglers, machine failures, backup rules.")
+    p.add_argument("--workers", type=int, default=100, help="machines (default 100)")
+    p.add_argument("--maps", type=int, default=100, help="map tasks (default 100)")
+    p.add_argument("--reduces", type=int, default=0, help="reduce tasks (default 0: map only)")
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--duration", type=float, default=10.0,
+                   help="seconds per task (default 10)")
+    d.add_argument("--lognormal", metavar="MEDIAN,SIGMA",
+                   help="task seconds from a lognormal of this median and sigma")
+    d.add_argument("--trace", metavar="FILE", help="task seconds from a file, one per line")
+    p.add_argument("--slow-attempts", type=float, default=0.0,
+                   help="share of attempts slowed by --slow-factor")
+    p.add_argument("--slow-machines", type=float, default=0,
+                   help="machines slowed by --slow-factor (a count, or a share below 1)")
+    p.add_argument("--slow-factor", type=float, default=5.0)
+    p.add_argument("--failure-p", type=float, default=0.0,
+                   help="probability that a machine crashes during the job")
+    p.add_argument("--crash-at", type=float, nargs="*", default=[], metavar="T",
+                   help="times at which one machine crashes")
+    p.add_argument("--kill-at", type=float, nargs="*", default=[], metavar="T",
+                   help="times at which one worker is killed (replaced after "
+                        "--restart-seconds)")
+    p.add_argument("--restart-seconds", type=float, default=None)
+    p.add_argument("--heartbeat-interval", type=float, default=1.0)
+    p.add_argument("--heartbeat-timeout", type=float, default=10.0)
+    p.add_argument("--start-latency", type=float, default=0.0)
+    p.add_argument("--transfer-per-byte", type=float, default=0.0)
+    p.add_argument("--map-output-bytes", type=int, default=0)
+    p.add_argument("--speculation", choices=NAMES, default="default",
+                   help="backup rule (default: 75%% done, 1.5x the median)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _cmd_simulate(args, out):
+    """``mergeagg simulate``: one simulated job, its summary on ``out``.
+
+    >>> main(["simulate", "--slow-machines", "1", "--slow-factor", "6",
+    ...       "--speculation", "none"])  # doctest: +ELLIPSIS
+    simulated 100 workers, 100 maps: 60.0 s, 0 backups (0 won), 0 retries, 0 workers lost
+    task-seconds 1050 (0.0% beyond the winning attempts'), 6100 policy events in ... s
+    0
+    """
+    from mergeagg.runtime.simulate import simulate
+
+    duration = args.duration
+    if args.lognormal:
+        try:
+            median, sigma = (float(x) for x in args.lognormal.split(","))
+        except ValueError:
+            raise _Usage(f"--lognormal wants MEDIAN,SIGMA, got {args.lognormal!r}") from None
+        duration = ("lognormal", median, sigma)
+    elif args.trace:
+        duration = args.trace
+    slow = args.slow_machines
+    slow = int(slow) if slow >= 1 or slow == 0 else slow
+    sim = simulate(workers=args.workers, maps=args.maps, reduces=args.reduces,
+                   duration=duration, slow_attempts=args.slow_attempts, slow_machines=slow,
+                   slow_factor=args.slow_factor, failure_p=args.failure_p,
+                   crash_at=args.crash_at, kill_at=args.kill_at,
+                   restart_seconds=args.restart_seconds,
+                   heartbeat_interval=args.heartbeat_interval,
+                   heartbeat_timeout=args.heartbeat_timeout, start_latency=args.start_latency,
+                   transfer_per_byte=args.transfer_per_byte,
+                   map_output_bytes=args.map_output_bytes, speculation=args.speculation,
+                   seed=args.seed, timeline=False)
+    summary = {"workers": args.workers, "maps": args.maps, "reduces": args.reduces,
+               "seconds": sim.seconds, "backups_launched": sim.backups_launched,
+               "backups_won": sim.backups_won, "retries": sim.retries,
+               "workers_lost": sim.workers_lost, "task_seconds": sim.task_seconds,
+               "extra_work": sim.extra_work, "events": sim.events,
+               "wall_seconds": sim.wall_seconds}
+    if args.json:
+        out.write(json.dumps(summary) + "\n")
+        return 0
+    jobs = f"{args.maps} maps" + (f", {args.reduces} reduces" if args.reduces else "")
+    out.write(f"simulated {args.workers} workers, {jobs}: {sim.seconds:.1f} s, "
+              f"{sim.backups_launched} backups ({sim.backups_won} won), {sim.retries} "
+              f"retries, {sim.workers_lost} workers lost\n")
+    out.write(f"task-seconds {sim.task_seconds:.0f} ({100 * sim.extra_work:.1f}% beyond the "
+              f"winning attempts'), {sim.events} policy events in {sim.wall_seconds:.2f} s\n")
+    return 0

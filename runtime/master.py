@@ -18,7 +18,9 @@ The life of a job, as in MapReduce:
   go back to idle, and so do completed tasks whose outputs lived on it and are still needed;
 * once ``backup_after`` (75%) of a stage's tasks have completed, a running task whose
   elapsed time exceeds ``backup_factor`` (1.5) times the stage's median gets one backup
-  attempt on another worker; the first completion wins, the other attempt is cancelled;
+  attempt on another worker; the first completion wins, the other attempt is cancelled
+  (``PolicyConfig(speculation=...)`` takes another rule from
+  :mod:`mergeagg.runtime.speculation`: Spark's, Hadoop's caps, Cubed's, LATE);
 * every completion carries the output's fingerprint: two completions of one task must
   agree, else the job stops with :class:`~mergeagg.errors.NondeterminismError`;
   ``verify`` re-runs a sampled fraction of map tasks on another worker only to compare.
@@ -32,9 +34,10 @@ The life of a job, as in MapReduce:
 
 from __future__ import annotations
 
-import bisect
 import enum
 import hashlib
+import heapq
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -52,6 +55,7 @@ from mergeagg.runtime.port import (
     Lost,
     Release,
 )
+from mergeagg.runtime.speculation import Speculation, Threshold
 
 
 class _Where(enum.Enum):
@@ -125,7 +129,12 @@ class PolicyConfig:
     attempts queued behind another worker's slow or stalled one (the one right behind a
     running attempt only once that has run ``steal_after`` seconds and longer than its
     stage's median: a shorter wait would mostly race the worker that is about to start
-    it).
+    it). ``speculation``: the backup rule (a
+    :class:`~mergeagg.runtime.speculation.Speculation`); ``None`` builds
+    ``Threshold(backup_after, backup_factor, min_seconds=backup_min_seconds)``.
+    ``scan_interval``: the rule is asked at most this often (seconds); on a real clock,
+    asking at every event would back up sub-millisecond tasks whose first attempt has not
+    yet reached its worker; the simulator asks at every event (0).
     """
 
     max_attempts: int = 4
@@ -143,8 +152,15 @@ class PolicyConfig:
     outputs_survive_worker: bool = False
     stealing: bool = True
     steal_after: float = 0.05
+    speculation: Speculation | None = None
+    scan_interval: float = 0.02
 
     def __post_init__(self):
+        if self.scan_interval < 0:
+            raise ValueError(f"scan_interval must be >= 0 seconds, got {self.scan_interval!r}")
+        if self.speculation is not None and not isinstance(self.speculation, Speculation):
+            raise TypeError(f"speculation must be a mergeagg.runtime.speculation.Speculation "
+                            f"or None, got {self.speculation!r}")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
         if not 0.0 <= self.backup_after <= 1.0:
@@ -177,21 +193,88 @@ class FailureDetector:
     """
 
     def __init__(self):
-        self.last = {}
+        self.last = {}  # worker -> last heard, oldest first while ``_ordered``
+        self._ordered = True
+        self._newest = float("-inf")
 
     def heartbeat(self, worker, timestamp):
         """Record that ``worker`` was heard from at ``timestamp``. Cost: O(1)."""
         prev = self.last.get(worker)
         if prev is None or timestamp > prev:
+            if prev is not None:
+                del self.last[worker]  # to the end: the dict stays oldest first
             self.last[worker] = timestamp
+            if timestamp < self._newest:
+                self._ordered = False
+            else:
+                self._newest = timestamp
 
     def forget(self, worker):
         """Stop tracking ``worker`` (it was replaced)."""
         self.last.pop(worker, None)
 
     def failed(self, now, timeout):
-        """Workers silent for more than ``timeout``, sorted. Cost: O(workers)."""
-        return sorted(w for w, t in self.last.items() if now - t > timeout)
+        """Workers silent for more than ``timeout``, sorted. Cost: O(failed workers) when
+        heartbeats arrive in time order (the driver's), O(workers log workers) once after
+        one arrived out of order."""
+        if not self._ordered:
+            self.last = dict(sorted(self.last.items(), key=lambda kv: kv[1]))
+            self._ordered = True
+        out = []
+        for w, t in self.last.items():
+            if now - t <= timeout:
+                break
+            out.append(w)
+        return sorted(out)
+
+
+class SortedDurations:
+    """A stage's completed durations as a sorted sequence whose median ``d[len(d) // 2]``
+    costs O(1): two heaps (the lower half and the rest), sorted into a list only when
+    another index or an iteration asks. Cost: O(log n) per :meth:`add`.
+
+    >>> d = SortedDurations()
+    >>> for x in (5.0, 1.0, 3.0, 2.0): d.add(x)
+    >>> d[len(d) // 2], list(d), len(d)
+    (3.0, [1.0, 2.0, 3.0, 5.0], 4)
+    """
+
+    __slots__ = ("_lo", "_hi", "_sorted")
+
+    def __init__(self):
+        self._lo = []  # max-heap (negated) of the len // 2 smallest
+        self._hi = []  # min-heap of the rest: _hi[0] is the median d[len // 2]
+        self._sorted = None
+
+    def add(self, x):
+        self._sorted = None
+        if self._lo and x < -self._lo[0]:
+            x = -heapq.heappushpop(self._lo, -x)
+        heapq.heappush(self._hi, x)
+        if len(self._hi) > len(self._lo) + 1:
+            heapq.heappush(self._lo, -heapq.heappop(self._hi))
+
+    def __len__(self):
+        return len(self._lo) + len(self._hi)
+
+    def __bool__(self):
+        return bool(self._hi)
+
+    def _list(self):
+        if self._sorted is None:
+            self._sorted = sorted([-x for x in self._lo] + self._hi)
+        return self._sorted
+
+    def __getitem__(self, i):
+        if i == len(self._lo) and self._hi:
+            return self._hi[0]
+        return self._list()[i]
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __repr__(self):
+        return f"SortedDurations({self._list()!r})"
 
 
 @dataclass
@@ -272,11 +355,13 @@ class Policy:
     Feed it ``worker_joined``, ``worker_lost``, ``heartbeat``, ``finished`` and ``failed``
     events and call ``tick(now)`` for the actions to carry out. ``done`` is set when the
     root task has completed (and every audit has compared); ``error`` holds the exception
-    when the job failed. Cost: O(1) amortised per event; ``tick`` is O(workers + ready
-    tasks launched), plus O(running tasks) at most every ``scan_interval`` for backups.
+    when the job failed. Cost: O(log workers) amortised per event and per attempt
+    launched (workers with free slots are a heap keyed by load, running first attempts a
+    heap per stage keyed by start time, heartbeats a dict in time order); ``tick`` is
+    O(stages) besides, plus the speculation rule's own cost (:class:`Late` scans the
+    running attempts every ``interval``), plus O(workers) while idle workers may steal.
     """
 
-    scan_interval = 0.02
 
     def __init__(self, tasks, config=None, **overrides):
         if config is None:
@@ -307,12 +392,11 @@ class Policy:
         self.audits_wanted = deque()
         self.audits_running = 0
         kinds = sorted({t.kind for t in tasks} | {"map", "combine"})
-        self._durations = {k: [] for k in kinds}
+        self._durations = {k: SortedDurations() for k in kinds}
         self._stage_total = {k: 0 for k in kinds}
         self._stage_done = {k: 0 for k in kinds}
         for t in tasks:
             self._stage_total[t.kind] += 1
-        self._last_scan = float("-inf")
         self._actions = []
         self.failures = []  # (task, attempt number, worker, cause, detail)
         self.backups_launched = 0
@@ -323,6 +407,22 @@ class Policy:
         self.workers_lost = 0
         self._now = 0.0
         self._locality_deadline = None  # when a task waiting for its worker gives up
+        spec = config.speculation
+        if spec is None:
+            spec = Threshold(config.backup_after, config.backup_factor,
+                             min_seconds=config.backup_min_seconds)
+        self.speculation = spec
+        self._last_scan = float("-inf")
+        self._index = {tid: i for i, tid in enumerate(self.order)}
+        self._ordinal = {}  # worker -> join order (ties in picking go to the earliest)
+        self._ordinals = itertools.count()
+        self._free = []  # heap of (load, ordinal, worker); stale entries skipped
+        self._deep = set()  # workers with two or more attempts queued
+        self._starts = {k: [] for k in kinds}  # heap of (started, seq, attempt id)
+        self._seq = itertools.count()
+        self._backup_ids = set()  # backup attempts, some finished (pruned when counted)
+        self._held = {}  # worker -> completed tasks whose outputs it held
+        self._gone = {}  # completed tasks whose outputs are lost (a dict as ordered set)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -352,7 +452,10 @@ class Policy:
 
     def worker_joined(self, worker, now):
         """A worker is ready for tasks."""
-        self.workers.setdefault(worker, [])
+        if worker not in self.workers:
+            self.workers[worker] = []
+            self._ordinal[worker] = next(self._ordinals)
+            self._load_changed(worker)
         self.detector.heartbeat(worker, now)
 
     def heartbeat(self, worker, now):
@@ -367,6 +470,8 @@ class Policy:
             return
         self.workers_lost += 1
         assigned = self.workers.pop(worker)
+        self._ordinal.pop(worker, None)
+        self._deep.discard(worker)
         self.detector.forget(worker)
         for position, aid in enumerate(list(assigned)):
             att = self.attempts.pop(aid, None)
@@ -401,10 +506,12 @@ class Policy:
         if self.config.outputs_survive_worker:
             return  # its outputs are still on the disk; a torn one is found when read
         # Outputs that lived on the worker are gone; re-run the tasks still needed.
-        for task in self.tasks.values():
+        for tid in self._held.pop(worker, ()):
+            task = self.tasks[tid]
             if task.ref_worker == worker:
                 task.ref = None
                 task.ref_worker = _GONE
+                self._gone[tid] = None
         self._rerun_lost_outputs(worker, cause)
 
     def output_lost(self, task_id, cause, now):
@@ -415,6 +522,7 @@ class Policy:
         if task.state is TaskState.COMPLETED:
             task.ref = None
             task.ref_worker = _GONE
+            self._gone[task_id] = None
             self._rerun_lost_outputs(None, cause)
 
     def finished(self, attempt_id, ref, fingerprint, now, stats=None):
@@ -443,6 +551,8 @@ class Policy:
         task.state = TaskState.COMPLETED
         task.ref = ref
         task.ref_worker = getattr(ref, "worker", None)
+        if task.ref_worker is not None:
+            self._held.setdefault(task.ref_worker, []).append(task.d.id)
         task.fingerprint = fingerprint
         task.worker = att.worker
         measured = (stats or {}).get("seconds")
@@ -454,9 +564,10 @@ class Policy:
         self.bytes_read += task.stats.get("bytes_read", 0)
         kind = task.d.kind
         self._stage_done[kind] += 1
-        bisect.insort(self._durations[kind], task.duration)
+        self._durations[kind].add(task.duration)
         if att.backup:
             self.backups_won += 1
+        self.speculation.finished(att.worker, kind, task.duration)
         for other in list(task.running):
             oatt = self.attempts.pop(other, None)
             if oatt is not None:
@@ -540,9 +651,9 @@ class Policy:
             self._check_silence(now)
             self._check_timeouts(now)
         if self.error is None and not self.done:
-            if self.config.backups and now - self._last_scan >= self.scan_interval:
+            if self.config.backups and now - self._last_scan >= self.config.scan_interval:
                 self._last_scan = now
-                self._scan_for_stragglers(now)
+                self._speculate(now)
             self._assign(now)
             self._maybe_done()
         out, self._actions = self._actions, []
@@ -553,8 +664,14 @@ class Policy:
         horizon = self.config.heartbeat_timeout / 4
         if self.config.task_timeout is not None:
             horizon = min(horizon, self.config.task_timeout / 4)
-        if self.config.backups and self.attempts:
-            horizon = min(horizon, max(self.scan_interval, 0.005))
+        if self.config.backups and self.attempts and self.error is None:
+            when = self.speculation.next_check(self, now)
+            if when is not None:
+                when = max(when, self._last_scan + self.config.scan_interval)
+                # Just past the moment a task turns slow (the test is strict).
+                horizon = min(horizon, when - now + 1e-6 if when > now else 1e-3)
+        if self.config.stealing and self._deep and self._idle_worker() is not None:
+            horizon = min(horizon, max(self.config.scan_interval, 0.005))
         if self._locality_deadline is not None:
             horizon = min(horizon, max(self._locality_deadline - now, 0.0))
         return now + horizon
@@ -621,10 +738,12 @@ class Policy:
         lst = self.workers.get(att.worker)
         if lst is not None and att.id in lst:
             lst.remove(att.id)
+            self._load_changed(att.worker)
             if lst:
                 head = self.attempts.get(lst[0])
                 if head is not None and head.started is None:
                     head.started = now
+                    self._started_now(head)
 
     def _requeue(self, task):
         task.state = TaskState.IDLE
@@ -644,6 +763,10 @@ class Policy:
         task.ref_worker = None
         task.backup_launched = False
         self._stage_done[task.d.kind] -= 1
+        # Its children may have lost their outputs too while it was complete (a sink on a
+        # crashed machine, with the map outputs it read): it waits for them again.
+        task.pending_children = sum(self.tasks[c].state is not TaskState.COMPLETED
+                                    for c in task.d.children)
         if not task.d.parents or task.d.output:
             self.results.pop(task.d.id, None)
             if task.d.id == self.root:
@@ -661,7 +784,9 @@ class Policy:
                     self._actions.append(Cancel(aid, att.worker))
                 parent.running.clear()
                 parent.state = TaskState.IDLE
-            if parent.d.id in self.ready:
+            # Only a parent that was ready can be in the ready queue (a search of the
+            # queue for each of a map's thousands of reducers made a mass loss quadratic).
+            if parent.pending_children == 1 and parent.d.id in self.ready:
                 self.ready.remove(parent.d.id)
         if task.pending_children == 0:
             self.ready.appendleft(task.d.id)
@@ -679,6 +804,7 @@ class Policy:
                                and child.ref_worker not in self.workers):
                 child.ref = None
                 child.ref_worker = _GONE
+                self._gone[cid] = None
         self._rerun_lost_outputs(None, "input could not be read")
 
     def _rerun_lost_outputs(self, worker, cause):
@@ -687,12 +813,15 @@ class Policy:
         changed = True
         while changed:
             changed = False
-            for task in self.tasks.values():
-                if (task.state is TaskState.COMPLETED and task.ref_worker is _GONE
-                        and self._output_needed(task)):
+            for tid in sorted(self._gone, key=self._index.__getitem__):
+                task = self.tasks[tid]
+                if task.state is not TaskState.COMPLETED or task.ref_worker is not _GONE:
+                    del self._gone[tid]
+                elif self._output_needed(task):
                     self.failures.append((task.d.id, task.launched, worker,
                                           "output lost with worker", cause))
                     self._reset_completed(task)
+                    del self._gone[tid]
                     changed = True
 
     def _maybe_done(self):
@@ -748,25 +877,14 @@ class Policy:
                         self._requeue(task)
                 self.worker_lost(worker, f"killed: task {att.task} timed out", now)
 
-    def _scan_for_stragglers(self, now):
-        for kind in self._stage_total:
-            total = self._stage_total[kind]
-            if not total or self._stage_done[kind] < self.config.backup_after * total:
-                continue
-            durations = self._durations[kind]
-            if not durations:
-                continue
-            median = durations[len(durations) // 2]
-            limit = max(self.config.backup_factor * median, self.config.backup_min_seconds)
-            for att in self.attempts.values():
-                if att.backup or att.audit:
-                    continue
-                task = self.tasks[att.task]
-                if (task.d.kind == kind and task.state is TaskState.IN_PROGRESS
-                        and not task.backup_launched and att.started is not None
-                        and now - att.started > limit):
-                    task.backup_launched = True
-                    self.backup_wanted.append(task.d.id)
+    def _speculate(self, now):
+        """Ask the speculation rule which running tasks get a backup now."""
+        for tid in self.speculation.due(self, now):
+            task = self.tasks[tid]
+            if (task.state is TaskState.IN_PROGRESS and not task.backup_launched
+                    and len(task.running) == 1):
+                task.backup_launched = True
+                self.backup_wanted.append(tid)
 
     def _cap(self):
         """Attempts queued per worker: ``prefetch``, deeper when tasks take under 5 ms (16)
@@ -790,7 +908,13 @@ class Policy:
         att = _Attempt(aid, worker, None if queued else now, backup, audit)
         self.attempts[aid] = att
         self.workers[worker].append(aid)
-        inputs = tuple(self.tasks[c].ref for c in task.d.children)
+        self._load_changed(worker)
+        if not queued:
+            self._started_now(att)
+        if backup:
+            self._backup_ids.add(aid)
+        children = task.d.children
+        inputs = tuple([self.tasks[c].ref for c in children]) if children else ()
         if not audit:
             task.running.append(aid)
             task.state = TaskState.IN_PROGRESS
@@ -801,6 +925,8 @@ class Policy:
         if not self.workers:
             return
         cap = self._cap()
+        spec = self.speculation
+        backup_cap = spec.cap(self) if self.backup_wanted else None
         # Backups first: they are why an idle slot exists near the end of a stage.
         while self.backup_wanted:
             tid = self.backup_wanted[0]
@@ -808,10 +934,14 @@ class Policy:
             if task.state is not TaskState.IN_PROGRESS or len(task.running) != 1:
                 self.backup_wanted.popleft()
                 continue
+            if backup_cap is not None and self.running_backups() >= backup_cap:
+                break
             busy_on = {self.attempts[a].worker for a in task.running}
             # Any other worker with a free slot: with queues of two, waiting for an empty
             # queue would mean no backup until the stage's last task is handed out.
-            worker = self._pick(lambda w, busy_on=busy_on: w not in busy_on, cap)
+            worker = self._pick(lambda w, busy_on=busy_on: (w not in busy_on
+                                                             and spec.worker_ok(self, w)),
+                                cap)
             if worker is None:
                 break
             self.backup_wanted.popleft()
@@ -876,15 +1006,18 @@ class Policy:
         and forth. The attempt keeps its
         number (its faults, its place in the report) and gets a new placement; the old
         placement is cancelled, and should it have started meanwhile, its completion is
-        compared like any duplicate's. Cost: O(workers) per idle worker.
+        compared like any duplicate's. Cost: O(log workers) when no worker is idle or
+        none has two attempts queued; else O(workers + queues of two or more) per idle
+        worker.
         """
-        for w, lst in self.workers.items():
+        if not self._deep or self._idle_worker() is None:
+            return
+        for w, lst in list(self.workers.items()):
             if lst:
                 continue
             best = None
-            for v, queue in self.workers.items():
-                if len(queue) < 2:
-                    continue
+            for v in sorted(self._deep, key=self._ordinal.__getitem__):
+                queue = self.workers[v]
                 head = self.attempts[queue[0]]
                 elapsed = now - head.started
                 durations = self._durations.get(self.tasks[head.task].d.kind) or ()
@@ -904,19 +1037,124 @@ class Policy:
             task = self.tasks[att.task]
             del self.attempts[att.id]
             self.workers[victim].remove(att.id)
+            self._load_changed(victim)
             task.running.remove(att.id)
             self._actions.append(Cancel(att.id, victim))
             self.steals += 1
             self._launch(task, w, now, backup=att.backup, aid=att.id.moved())
 
     def _pick(self, ok, cap):
-        best, best_load = None, cap
-        for w, lst in self.workers.items():
-            if len(lst) < best_load and ok(w):
-                best, best_load = w, len(lst)
-                if best_load == 0:
-                    break
-        return best
+        """The least loaded worker with fewer than ``cap`` attempts for which ``ok(w)``
+        holds, the earliest joined among equals; ``None`` if there is none. Cost:
+        O(log workers) amortised, plus O(log workers) per worker ``ok`` refuses."""
+        heap = self._free
+        workers, ordinal = self.workers, self._ordinal
+        refused = []
+        found = None
+        while heap:
+            load, o, w = heap[0]
+            lst = workers.get(w)
+            if lst is None or len(lst) != load or ordinal.get(w) != o:
+                heapq.heappop(heap)  # stale: the worker's load changed or it left
+                continue
+            if load >= cap:
+                break
+            if ok(w):
+                found = w
+                break
+            refused.append(heapq.heappop(heap))
+        for entry in refused:
+            heapq.heappush(heap, entry)
+        return found
+
+    def _idle_worker(self):
+        return self._pick(lambda w: True, 1)
+
+    def _load_changed(self, worker):
+        """Record ``worker``'s new queue length in the free-slot heap. Cost: O(log W)."""
+        n = len(self.workers[worker])
+        if len(self._free) > 4 * len(self.workers) + 64:
+            self._free = [(len(q), self._ordinal[w], w) for w, q in self.workers.items()]
+            heapq.heapify(self._free)
+        else:
+            heapq.heappush(self._free, (n, self._ordinal[worker], worker))
+        if n >= 2:
+            self._deep.add(worker)
+        else:
+            self._deep.discard(worker)
+
+    def _started_now(self, att):
+        """``att`` reached the head of its worker's queue: a first attempt joins its
+        stage's start-time heap (what speculation rules look slow tasks up in)."""
+        if att.backup or att.audit:
+            return
+        heap = self._starts[self.tasks[att.task].d.kind]
+        if len(heap) > 4 * len(self.attempts) + 64:
+            heap[:] = [e for e in heap if self._live_start(e)]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (att.started, next(self._seq), att.id))
+
+    def _live_start(self, entry):
+        started, _seq, aid = entry
+        att = self.attempts.get(aid)
+        if att is None or att.started != started:
+            return False
+        task = self.tasks[aid.task]
+        return task.state is TaskState.IN_PROGRESS and not task.backup_launched
+
+    # -- what a speculation rule reads ----------------------------------------------------
+
+    def overdue(self, kind, limit, now, most=None):
+        """Running first attempts of ``kind`` that have run more than ``limit`` seconds
+        and whose tasks have no backup yet, longest running first, at most ``most``: their
+        task ids. Each is reported once (the rule decides now). Cost: O(log running) per
+        task returned or stale entry dropped."""
+        heap = self._starts[kind]
+        out = []
+        while heap and (most is None or len(out) < most):
+            entry = heap[0]
+            if not self._live_start(entry):
+                heapq.heappop(heap)
+                continue
+            if now - entry[0] <= limit:
+                break
+            heapq.heappop(heap)
+            out.append(entry[2].task)
+        return out
+
+    def oldest_start(self, kind):
+        """When the longest-running first attempt of ``kind`` without a backup started
+        (``None``: there is none). Cost: O(log running) per stale entry dropped."""
+        heap = self._starts[kind]
+        while heap and not self._live_start(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def running_primaries(self):
+        """``(attempt id, started)`` of every running first attempt without a backup.
+        Cost: O(attempts)."""
+        for aid, att in self.attempts.items():
+            if att.started is not None and not att.backup and not att.audit:
+                task = self.tasks[aid.task]
+                if task.state is TaskState.IN_PROGRESS and not task.backup_launched:
+                    yield aid, att.started
+
+    def running_backups(self):
+        """How many backup attempts are assigned to workers now. Cost: O(that)."""
+        self._backup_ids = {a for a in self._backup_ids if a in self.attempts}
+        return len(self._backup_ids)
+
+    def backups_pending(self):
+        """Backups decided but not yet launched."""
+        return len(self.backup_wanted)
+
+    def running_attempts(self):
+        """Attempts assigned to workers (running or queued)."""
+        return len(self.attempts)
+
+    def worker_count(self):
+        """Workers alive."""
+        return len(self.workers)
 
     # -- what a driver reads --------------------------------------------------------------
 
@@ -970,6 +1208,13 @@ class Policy:
         for tid in self.results:
             assert self.tasks[tid].state is TaskState.COMPLETED, f"result of {tid} not done"
         assert self.audits_running == sum(a.audit for a in self.attempts.values())
+        assert set(self._ordinal) == set(self.workers), "ordinals do not match the workers"
+        live = {(len(q), self._ordinal[w], w) for w, q in self.workers.items()}
+        assert live <= set(self._free), "a worker's load is missing from the free-slot heap"
+        assert self._deep == {w for w, q in self.workers.items() if len(q) >= 2}
+        entries = {(e[0], e[2]) for heap in self._starts.values() for e in heap}
+        for aid, started in self.running_primaries():
+            assert (started, aid) in entries, f"{aid} runs but is not in its start heap"
 
     # -- reporting -------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from mergeagg.runtime.master import (
     FailureDetector,
     Policy,
     PolicyConfig,
+    TaskDef,
     TaskState,
     fold_tasks,
 )
@@ -499,3 +500,35 @@ def test_a_task_whose_audits_keep_failing_fails_the_job():
     assert isinstance(sim.policy.error, TaskFailed)
     assert "could not be verified" in str(sim.policy.error)
     assert not sim.policy.done
+
+
+@given(st.lists(st.floats(0, 1e6, allow_nan=False), max_size=60))
+def test_sorted_durations_is_a_sorted_list_with_a_cheap_median(xs):
+    from mergeagg.runtime.master import SortedDurations
+
+    d = SortedDurations()
+    for i, x in enumerate(xs):
+        d.add(x)
+        ref = sorted(xs[:i + 1])
+        assert len(d) == len(ref) and d[len(d) // 2] == ref[len(ref) // 2]
+    assert list(d) == sorted(xs) and bool(d) == bool(xs)
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcde"), st.integers(0, 50)), max_size=40),
+       st.integers(0, 60), st.integers(0, 20))
+def test_failure_detector_in_any_heartbeat_order_matches_a_full_scan(beats, now, timeout):
+    d, last = FailureDetector(), {}
+    for w, t in beats:
+        d.heartbeat(w, t)
+        last[w] = max(last.get(w, t), t)
+    assert d.failed(now, timeout) == sorted(w for w, t in last.items() if now - t > timeout)
+
+
+def test_workers_are_picked_least_loaded_then_earliest_joined():
+    p = Policy([TaskDef(f"map-{i}", "map", split=i, index=i) for i in range(5)],
+               PolicyConfig(prefetch=2, stealing=False))
+    for w in ("w3", "w1", "w2"):
+        p.worker_joined(w, 0.0)
+    launches = [a for a in p.tick(0.0) if isinstance(a, Launch)]
+    assert [a.worker for a in launches] == ["w3", "w1", "w2", "w3", "w1"]
+    p.validate()
