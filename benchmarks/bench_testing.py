@@ -24,17 +24,28 @@ printed with the load average beside it; the order of the pair alternates.
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 
-from mergeagg import Aggregator, Session
-from mergeagg.inputs import as_source
-from mergeagg.runtime.api import run_on
-from mergeagg.runtime.inprocess import InProcessExecutor
-from mergeagg.runtime.master import PolicyConfig
-from mergeagg.testing import assert_failure_invariant, fault_plans
+# Hypothesis keeps a cache of constants in ./.hypothesis whatever the database setting: a
+# benchmark leaves nothing in the directory it is run from.
+if "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
+    _storage = tempfile.mkdtemp(prefix="bench-testing-hypothesis-")
+    os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = _storage
+    atexit.register(shutil.rmtree, _storage, True)
+
+from mergeagg import Aggregator, Session  # noqa: E402
+from mergeagg.inputs import as_source  # noqa: E402
+from mergeagg.runtime.api import run_on  # noqa: E402
+from mergeagg.runtime.inprocess import InProcessExecutor  # noqa: E402
+from mergeagg.runtime.master import PolicyConfig  # noqa: E402
+from mergeagg.testing import assert_failure_invariant, fault_plans  # noqa: E402
 
 INPROCESS_TARGET = 5.0
 LOCAL_TARGET = 30.0

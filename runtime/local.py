@@ -141,7 +141,18 @@ class LocalExecutor:
             self._started = True
             if self.workdir is None:
                 self.workdir = tempfile.mkdtemp(prefix="mergeagg-")
-            for _ in range(self.size):
+            try:
+                self._spawn()
+            except OSError as exc:
+                if self.start_method != "forkserver" or "path too long" not in str(exc):
+                    raise
+                # The fork server listens on a socket in the temporary directory, and a
+                # Unix socket's path is limited to about 107 bytes: under a deep TMPDIR,
+                # start workers by spawn instead (slower to start, otherwise the same).
+                self.start_method = "spawn"
+                self.ctx = mp.get_context("spawn")
+                self._spawn()
+            for _ in range(self.size - 1):
                 self._spawn()
         return self
 

@@ -173,7 +173,7 @@ def test_user_factory_from_the_current_directory(tmp_path, corpus):
     ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
     ("mergeagg.algorithms:nothing_here", "module 'mergeagg.algorithms' has no 'nothing_here'"),
     ("mergeagg:__version__", "mergeagg:__version__ is a str, not an Aggregator or a factory"),
-    ("nope", "no catalog entry 'nope'; known entries: count, countmin, "),
+    ("nope", "no catalog entry 'nope'; known entries: bloom, count, countmin, "),
     ("mergeagg.algorithms:wordcont",
      "module 'mergeagg.algorithms' has no 'wordcont'; did you mean 'wordcount' or "
      "'count'?"),
