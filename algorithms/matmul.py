@@ -228,9 +228,8 @@ class BlockTask:
         return -(-self.inner // self.block)
 
     def operands(self, k):
-        """``(A[I, K], B[K, J])`` for ``K`` block ``k``: views where BLAS can read them as
-        they are (rows of unit stride, as in a C-ordered ``.npy`` file's memory map), so a
-        task reads its blocks once, in the product; copies otherwise."""
+        """``(A[I, K], B[K, J])`` for ``K`` block ``k``, C-contiguous (see
+        :func:`_blas_view`)."""
         lo, hi = k * self.block, min((k + 1) * self.block, self.inner)
         r0, r1 = self.rows
         c0, c1 = self.cols
@@ -248,13 +247,10 @@ class BlockTask:
 
 
 def _blas_view(x):
-    """``x`` as a plain ndarray BLAS takes without a copy (unit stride along rows, a row
-    stride of whole items), else a C-contiguous copy."""
-    x = np.asarray(x)
-    item = x.dtype.itemsize
-    if x.ndim == 2 and x.strides[1] == item and x.strides[0] % item == 0 \
-            and x.strides[0] >= x.shape[1] * item and x.dtype.isnative:
-        return x
+    """``x`` as a C-contiguous array (a copy unless it is one already). Handing BLAS a
+    strided view of the memory map instead saved a copy, but the product's last bits then
+    depended on the block's place in the matrix (hypothesis found a layout whose tile
+    differed from the contiguous product): bitwise identity for every layout comes first."""
     return np.ascontiguousarray(x)
 
 
