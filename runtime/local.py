@@ -16,6 +16,7 @@ its parent's pid and its pipe).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing as mp
 import os
@@ -64,6 +65,24 @@ GUARD_EXIT = 87  # a worker's exit code when it found the main module calling me
 GUARD_MESSAGE = (
     "worker processes import the main module, and this script calls mergeagg.run when it is "
     "imported: put the call under if __name__ == \"__main__\": (see docs/runtime.md)")
+
+
+@contextlib.contextmanager
+def _main_importable():
+    """While a worker starts: hide the main module's ``__file__`` when it names no file
+    (``python - < script``, an embedded interpreter: ``'<stdin>'``), which the fork server
+    and spawn would try to re-run and fail on; the worker needs nothing from it (a job's
+    functions travel pickled by value)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or os.path.exists(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def refuse_to_run_in_a_starting_worker():
@@ -168,7 +187,8 @@ class LocalExecutor:
         wdir = os.path.join(self.workdir, wid)
         proc = self.ctx.Process(target=serve, args=(wid, child, self.heartbeat_interval, wdir),
                                 name=f"mergeagg-{wid}", daemon=True)
-        proc.start()
+        with _main_importable():
+            proc.start()
         child.close()
         channel = Channel(parent)
         self._selector.register(channel.fd, selectors.EVENT_READ, ("conn", wid))

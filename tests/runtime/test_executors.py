@@ -169,5 +169,9 @@ def test_an_idle_worker_takes_what_is_queued_behind_stalls(kind, clean, request)
     r = run_on(job, src, ex, own=True, config=PolicyConfig(backup_after=0.75), fan_in=3,
                faults=plan)
     assert r.fingerprint == clean[False]
-    assert r.report.counters.get("attempts_moved", 0) >= 1
     assert r.report.backups_launched >= 2 and r.report.backups_won >= 2
+    if kind == "inprocess":
+        # On a virtual clock the queues are known exactly; on real processes whether an
+        # attempt is still queued behind a stall when a worker idles is a matter of timing
+        # (tests/runtime/test_local.py holds the real case, with stalls of 4 s, to it).
+        assert r.report.counters.get("attempts_moved", 0) >= 1

@@ -375,3 +375,15 @@ def test_a_job_refused_before_it_starts_leaves_no_directory(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="not empty"):
         ma.run(ma.algorithms.wordcount(keyed=True), [["a b"]], workers=2, output=str(taken))
     assert os.listdir(work) == []
+
+
+def test_a_job_run_from_standard_input_starts_its_workers(tmp_path):
+    # The main module of `python - < script` is '<stdin>', which the fork server would try
+    # to re-run as a file.
+    script = ("import mergeagg as ma\n"
+              "print(ma.run(ma.Aggregator(len, lambda a, b: a + b), [[1], [2], [3]], "
+              "workers=2).value)\n")
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3"
