@@ -180,6 +180,10 @@ def run_policy(policy, apply, events, finish, show, t_started, clock):
             fetched = finish()
             if fetched is not NOT_YET:
                 break
+            # Not there yet: take in what the executor saw meanwhile (a lost worker may
+            # have taken the output with it), or this loop would spin on finish() alone.
+            for ev in events(0.01):
+                handle(ev, clock())
             continue
         show.update(now)
         timeout = max(0.0, policy.next_deadline(now) - clock())
