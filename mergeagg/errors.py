@@ -20,6 +20,8 @@ __all__ = [
     "JobFailed",
     "TaskFailed",
     "NondeterminismError",
+    "JournalError",
+    "JournalMismatch",
     "IncompatibleMergeError",
     "WorkerLost",
     "CorruptSpillError",
@@ -109,3 +111,20 @@ class WorkerLost(MergeaggError):
 
 class CorruptSpillError(MergeaggError):
     """A spill or part file failed its checksum or was torn; its producer must run again."""
+
+
+class JournalError(MergeaggError):
+    """A job journal cannot be used: it is in use by another run, or it cannot keep an
+    output of this executor."""
+
+
+class JournalMismatch(JournalError, ValueError):
+    """A journal was written by a different job; ``differences`` names what differs (the
+    job's code, a parameter, the inputs, mergeagg's version), the message says how."""
+
+    def __init__(self, message, differences=()):
+        super().__init__(message)
+        self.differences = list(differences)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.differences))

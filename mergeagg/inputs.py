@@ -122,11 +122,12 @@ class Source:
     (2, [['a'], ['b', 'c']])
     """
 
-    def __init__(self, splits, description):
+    def __init__(self, splits, description, given=None):
         if not splits:
             raise InputError(f"the source is empty: {description} gives no input")
         self._splits = list(splits)
         self.description = description
+        self.given = given  # the paths, globs and directories as given (files only)
 
     def splits(self):
         """The splits, in index order. Cost: O(number of splits)."""
@@ -291,11 +292,11 @@ def files(paths, *, split_size=None, format=None, errors="strict", tag=None):
     if errors not in ("strict", "replace", "ignore", "surrogateescape", "backslashreplace"):
         raise ValueError(f"unknown errors policy {errors!r}")
     size = DEFAULT_SPLIT_SIZE if split_size is None else parse_size(split_size)
-    paths = _expand(paths)
-    if not paths:
+    expanded = _expand(paths)
+    if not expanded:
         raise InputError("no input files were given")
     splits = []
-    for path in paths:
+    for path in expanded:
         path = os.path.abspath(path)
         fmt = format or infer_format(path)
         n = os.path.getsize(path)
@@ -307,7 +308,9 @@ def files(paths, *, split_size=None, format=None, errors="strict", tag=None):
         for nominal, start, end in _plan(path, n, size, fmt):
             splits.append(Split(len(splits), f"{path}:{nominal}-{min(nominal + size, n)}",
                                 "text", path, start, end, format=fmt, errors=errors, tag=tag))
-    return Source(splits, f"{len(paths)} file(s)")
+    given = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    return Source(splits, f"{len(expanded)} file(s)",
+                  given=[os.path.abspath(os.fspath(p)) for p in given])
 
 
 # -- planning: record-aligned byte ranges ------------------------------------------------------

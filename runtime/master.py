@@ -405,6 +405,8 @@ class Policy:
         self.steals = 0
         self.verified = 0
         self.workers_lost = 0
+        self.restored = 0  # tasks whose outputs an earlier run's journal gave
+        self.skipped = 0  # tasks not run because their consumers' outputs were restored
         self._now = 0.0
         self._locality_deadline = None  # when a task waiting for its worker gives up
         spec = config.speculation
@@ -1156,6 +1158,61 @@ class Policy:
         """Workers alive."""
         return len(self.workers)
 
+    # -- a journal's reuse ------------------------------------------------------------------
+
+    def restore(self, task_id, ref, fingerprint, stats=None):
+        """Before the job starts, take task ``task_id`` as completed by an earlier run of the
+        same job (a journal): its output ``ref`` survives every worker. Cost: O(parents)."""
+        task = self.tasks[task_id]
+        if task.state is not TaskState.IDLE or self.attempts:
+            raise RuntimeError(f"restore({task_id}) after the job started")
+        task.state = TaskState.COMPLETED
+        task.ref, task.ref_worker, task.fingerprint = ref, None, fingerprint
+        task.stats = dict(stats or {})
+        task.stats["restored"] = 1
+        self._stage_done[task.d.kind] += 1
+        self.restored += 1
+        if not task.d.parents or task.d.output:
+            self.results[task_id] = (ref, fingerprint)
+            if task_id == self.root:
+                self.result = (ref, fingerprint)
+        for parent_id in task.d.parents:
+            self.tasks[parent_id].pending_children -= 1
+        self._maybe_done()
+
+    def skip_unneeded(self):
+        """After :meth:`restore`: tasks whose output no task still to run needs are not
+        run. Each is held as completed with its output gone, the way a lost output is, so
+        that if a restored output turns out unreadable later the tasks under it run after
+        all. Returns how many were skipped. Cost: O(tasks + edges)."""
+        needed = set()
+        for tid in reversed(self.order):  # parents come after their children
+            t = self.tasks[tid]
+            if t.state is TaskState.COMPLETED:
+                continue
+            if (not t.d.parents or t.d.output
+                    or any(p in needed for p in t.d.parents)):
+                needed.add(tid)
+        skipped = 0
+        for tid in self.order:
+            t = self.tasks[tid]
+            if t.state is TaskState.COMPLETED or tid in needed:
+                continue
+            t.state = TaskState.COMPLETED
+            t.ref, t.ref_worker, t.fingerprint = None, _GONE, None
+            self._gone[tid] = None
+            self._stage_done[t.d.kind] += 1
+            for parent_id in t.d.parents:
+                self.tasks[parent_id].pending_children -= 1
+            skipped += 1
+        for tid in self.order:  # a task whose children were skipped or restored is ready
+            t = self.tasks[tid]
+            if tid in needed and t.d.children and t.pending_children == 0:
+                self.ready.appendleft(tid)
+        self.skipped = skipped
+        self._maybe_done()
+        return skipped
+
     # -- what a driver reads --------------------------------------------------------------
 
     def stage_counts(self):
@@ -1198,7 +1255,8 @@ class Policy:
                     f"{tid} is {t.state.value} with attempts {t.running}"
             if t.state is TaskState.COMPLETED:
                 done[t.d.kind] += 1
-                assert t.fingerprint is not None, f"{tid} completed without a fingerprint"
+                assert t.fingerprint is not None or tid in self._gone, \
+                    f"{tid} completed without a fingerprint"
             else:
                 missing = sum(self.tasks[c].state is not TaskState.COMPLETED
                               for c in t.d.children)

@@ -58,6 +58,7 @@ class Report:
     workers_lost: int = 0
     counters: dict[str, int] = field(default_factory=dict)
     reducers: list[dict] = field(default_factory=list)
+    journal: dict = field(default_factory=dict)
 
     @property
     def attempts(self):
@@ -145,6 +146,15 @@ class Report:
         if self.counters:
             lines.append("counters " + ", ".join(f"{k} {v}" for k, v in
                                                  sorted(self.counters.items())))
+        if self.journal:
+            j = self.journal
+            lines.append(f"journal {j['directory']}: tasks reused {j['tasks_reused']}, "
+                         f"skipped {j.get('tasks_skipped', 0)}, recorded "
+                         f"{j['tasks_recorded']}"
+                         + (f", torn tail of {j['torn_tail_bytes']} bytes dropped"
+                            if j.get("torn_tail_bytes") else "")
+                         + (f", {len(j['unusable'])} journaled output(s) unusable"
+                            if j.get("unusable") else ""))
         if self.reducers:
             recs = [r["records_in"] for r in self.reducers]
             secs = [r["seconds"] for r in self.reducers]
