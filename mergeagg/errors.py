@@ -20,6 +20,7 @@ __all__ = [
     "JobFailed",
     "TaskFailed",
     "NondeterminismError",
+    "BadRecords",
     "JournalError",
     "JournalMismatch",
     "IncompatibleMergeError",
@@ -128,3 +129,25 @@ class JournalMismatch(JournalError, ValueError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.differences))
+
+
+class BadRecords(TaskFailed):
+    """A map task's user code failed on records of its split that bisection found
+    (``records``: where each is, its exception and the line that raised), more than
+    ``skip_bad_records`` allows, or failed on no single record alone. A
+    :class:`TaskFailed`, so code that catches a task's failure catches this one too."""
+
+    def __init__(self, message, records=(), *, task=None, split=None, attempts=0,
+                 traceback=""):
+        super().__init__(message, task=task, split=split, attempts=attempts,
+                         traceback=traceback)
+        self.records = list(records)
+
+    def __reduce__(self):
+        return (_rebuild_bad_records, (self.args[0], self.records, self.task, self.split,
+                                       self.attempts, self.traceback))
+
+
+def _rebuild_bad_records(message, records, task, split, attempts, traceback):
+    return BadRecords(message, records, task=task, split=split, attempts=attempts,
+                      traceback=traceback)

@@ -43,7 +43,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         backup_after=0.75, backup_factor=1.5, verify=0.0, faults=None,
         heartbeat_interval=0.2, heartbeat_timeout=10.0, task_timeout=None, progress=None,
         start_method=None, session=None, partitions=None, combiner=None, memory_limit=None,
-        output=None, salt=None, output_format=None, journal=None):
+        output=None, salt=None, output_format=None, journal=None, skip_bad_records=None):
     """Run ``job`` (an :class:`~mergeagg.Aggregator` or a :class:`~mergeagg.KeyedJob`) over
     ``source`` and return a :class:`Result`.
 
@@ -78,6 +78,12 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     only the new splits run (``docs/journal.md``). A journal of a different job is refused
     with :class:`~mergeagg.errors.JournalMismatch` naming what differs.
 
+    A map task whose user code fails twice the same way is run again by bisection, which
+    finds the records it fails on: ``skip_bad_records=N`` sets up to ``N`` of them aside
+    (listed in ``result.report.skipped_records`` with file and byte offset) and the job
+    succeeds over the rest; by default the job fails with
+    :class:`~mergeagg.errors.BadRecords` naming the first (``docs/journal.md``).
+
     Cost: one ``partial`` per split, ``n - 1`` combines, one ``finalize`` and one
     fingerprint of the value (none on workers when ``finalize`` is the identity: the root's
     worker fingerprinted it); on workers, also one fingerprint and one pickle per task
@@ -103,6 +109,8 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     knobs = dict(max_attempts=max_attempts, max_lost=max_lost, backups=backups,
                  backup_after=backup_after, backup_factor=backup_factor, verify=verify,
                  heartbeat_timeout=heartbeat_timeout, task_timeout=task_timeout)
+    if skip_bad_records is not None:
+        knobs["skip_bad_records"] = skip_bad_records
     src = as_source(source, split_size=split_size, format=format, errors=errors)
     keyed_options = dict(partitions=partitions, combiner=combiner, memory_limit=memory_limit,
                          output=output, salt=salt, output_format=output_format)
@@ -221,6 +229,9 @@ def run_on(job, src, executor, *, own, config, fan_in=DEFAULT_FAN_IN, faults=Non
         report.wall_seconds = time.perf_counter() - start
         return Result(value, fp, report)
     if executor is None:
+        if config.skip_bad_records is not None:
+            raise ValueError("skip_bad_records= needs workers (bisection runs in the "
+                             "attempt runner); workers=0 runs the serial reference")
         value, report = run_serial(job, src, fan_in=fan_in)
     else:
         value, report = run_fold(job, src, executor, fan_in=fan_in, config=config,

@@ -25,13 +25,14 @@ a ``corrupt`` fault on a keyed map damages a spill file on every executor, and s
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import traceback
 from typing import Protocol
 
-from mergeagg.errors import CorruptSpillError, InputError
+from mergeagg.errors import BadRecords, CorruptSpillError, InputError
 from mergeagg.fingerprint import MappingDigest, fingerprint
-from mergeagg.inputs import read_split
+from mergeagg.inputs import read_split, record_location
 from mergeagg.runtime.faults import InjectedFault, corrupt_value
 from mergeagg.runtime.port import Cancelled, Failed, Finished
 from mergeagg.runtime.refs import (
@@ -128,6 +129,9 @@ def run_attempt(job, plan, launch, hint, host):
                       tuple(getattr(exc, "lost", ())), host.worker)
     except InputError as exc:
         return Failed(launch.attempt, "input", str(exc), "", (), host.worker)
+    except BadRecords as exc:
+        return Failed(launch.attempt, "bad_records", str(exc), "\n".join(exc.records), (),
+                      host.worker)
     except RecomputedInput as exc:
         return Failed(launch.attempt, "nondeterministic", str(exc), "", (), host.worker)
     except Exception as exc:
@@ -154,6 +158,8 @@ def _fold(agg, launch, host):
             loaded, stats = host.cached(split)
             return agg.partial(loaded), stats
         records = read_split(split)
+        if launch.bisect is not None:
+            return _bisected(agg.partial, records, launch)
         acc = agg.partial(records)
         return acc, {"bytes_read": getattr(records, "bytes_read", 0)}
     values = [host.load(r) for r in launch.inputs]
@@ -170,6 +176,14 @@ def _keyed(spec, launch, host):
     if launch.kind == "map":
         records = read_split(launch.split)
         out_dir = os.path.join(host.workdir, aid.replace("#", "_"))
+        if launch.bisect is not None:
+            def map_once(sub):
+                shutil.rmtree(out_dir, ignore_errors=True)  # a failed run's spills
+                return run_map(spec, sub, out_dir, host.worker, launch.attempt.task)
+
+            (ref, fp, stats), more = _bisected(map_once, records, launch)
+            stats.update(more)
+            return ref, fp, stats
         ref, fp, stats = run_map(spec, records, out_dir, host.worker, launch.attempt.task)
         stats["bytes_read"] = getattr(records, "bytes_read", 0)
         return ref, fp, stats
@@ -189,6 +203,21 @@ def _keyed(spec, launch, host):
             value.side = None
         return value, fp, stats
     return host.store(launch.attempt, dumps(value)), fp, stats
+
+
+def _bisected(fn, records, launch):
+    """``fn`` over the split's records without those it fails on (found by bisection,
+    at most ``launch.bisect`` of them): ``(result, stats)`` with the set-aside records in
+    ``stats["skipped_records"]``; raises :class:`~mergeagg.errors.BadRecords`."""
+    from mergeagg.runtime.poison import without_bad_records
+
+    split = launch.split
+    result, bad = without_bad_records(fn, records, launch.bisect,
+                                      locate=lambda i: record_location(split, i))
+    stats = {"bytes_read": getattr(records, "bytes_read", 0), "bisected": 1}
+    if bad:
+        stats["skipped_records"] = [b.describe() for b in bad]
+    return result, stats
 
 
 def _strike_before(fault, hint, host):

@@ -315,6 +315,9 @@ def report(policy, workers, fan_in, phases, mode="local"):
     rep.workers_lost = policy.workers_lost
     if policy.steals:
         rep.counters["attempts_moved"] = policy.steals
+    for tid, _kind, _split, _n, _s, _w, stats, _fp in policy.task_rows():
+        for where in (stats or {}).get("skipped_records", ()):
+            rep.skipped_records.append({"task": tid, "record": where})
     rep.phases = phases
     return rep
 

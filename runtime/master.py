@@ -41,7 +41,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-from mergeagg.errors import InputError, JobFailed, NondeterminismError, TaskFailed
+from mergeagg.errors import BadRecords, InputError, JobFailed, NondeterminismError, TaskFailed
 from mergeagg.runtime.port import (
     AttemptId,
     Cancel,
@@ -135,6 +135,10 @@ class PolicyConfig:
     ``scan_interval``: the rule is asked at most this often (seconds); on a real clock,
     asking at every event would back up sub-millisecond tasks whose first attempt has not
     yet reached its worker; the simulator asks at every event (0).
+    A map task whose user code fails twice the same way (same exception type, same line)
+    runs next by bisection (:mod:`mergeagg.runtime.poison`), which finds the records it
+    fails on: ``skip_bad_records`` is how many it may set aside (``None``: none; the job
+    fails naming the first).
     """
 
     max_attempts: int = 4
@@ -154,8 +158,14 @@ class PolicyConfig:
     steal_after: float = 0.05
     speculation: Speculation | None = None
     scan_interval: float = 0.02
+    skip_bad_records: int | None = None
 
     def __post_init__(self):
+        if self.skip_bad_records is not None and (
+                isinstance(self.skip_bad_records, bool)
+                or not isinstance(self.skip_bad_records, int) or self.skip_bad_records < 0):
+            raise ValueError(f"skip_bad_records must be None or an int >= 0, got "
+                             f"{self.skip_bad_records!r}")
         if self.scan_interval < 0:
             raise ValueError(f"scan_interval must be >= 0 seconds, got {self.scan_interval!r}")
         if self.speculation is not None and not isinstance(self.speculation, Speculation):
@@ -297,6 +307,8 @@ class _Task:
     stats: dict = field(default_factory=dict)
     audit_failures: int = 0
     waiting_since: float | None = None  # when it began waiting for its preferred worker
+    bisect: int | None = None  # set once it failed twice alike: run by bisection
+    last_signature: object = None  # (exception type, line) of its last failure
 
 
 @dataclass
@@ -347,6 +359,16 @@ def fold_tasks(splits, fan_in):
             nxt.append(node.id)
         level_ids = nxt
     return tasks
+
+
+def _signature(error, traceback):
+    """How an attempt failed, to tell a repeated failure: the exception's type and the
+    last line of code in its traceback."""
+    frame = ""
+    for line in traceback.splitlines():
+        if line.lstrip().startswith("File "):
+            frame = line.strip()
+    return error.split(":", 1)[0], frame
 
 
 class Policy:
@@ -629,9 +651,28 @@ class Policy:
             # stop at once with the reader's own message, no retries.
             self._fail(InputError(error))
             return
+        if kind == "bad_records":
+            # Bisection found the records (or that no single record is to blame): the
+            # same would happen on every attempt.
+            self._fail(BadRecords(
+                f"task {task.d.id} ({self._where(task)}) failed {task.failures} time(s) the "
+                f"same way, last with {task.last_error}; then {error}",
+                records=traceback.splitlines(), task=task.d.id, split=self._split_id(task),
+                attempts=task.failures, traceback=task.last_traceback))
+            return
         task.failures += 1
         task.last_error = error
         task.last_traceback = traceback
+        signature = _signature(error, traceback)
+        if (task.d.kind == "map" and task.bisect is None and kind == "raise"
+                and signature == task.last_signature):
+            # Twice alike: the split's records are to blame, most likely one of them.
+            task.bisect = self.config.skip_bad_records or 0
+            task.last_signature = signature
+            if not task.running:
+                self._requeue(task)
+            return
+        task.last_signature = signature
         if task.failures >= self.config.max_attempts:
             self._fail(TaskFailed(
                 f"task {task.d.id} ({self._where(task)}) failed {task.failures} time(s), the "
@@ -921,7 +962,7 @@ class Policy:
             task.running.append(aid)
             task.state = TaskState.IN_PROGRESS
         self._actions.append(Launch(aid, worker, task.d.kind, task.d.split, inputs,
-                                    task.d.index, backup, audit))
+                                    task.d.index, backup, audit, task.bisect))
 
     def _assign(self, now):
         if not self.workers:

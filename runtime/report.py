@@ -59,6 +59,7 @@ class Report:
     counters: dict[str, int] = field(default_factory=dict)
     reducers: list[dict] = field(default_factory=list)
     journal: dict = field(default_factory=dict)
+    skipped_records: list[dict] = field(default_factory=list)
 
     @property
     def attempts(self):
@@ -155,6 +156,12 @@ class Report:
                             if j.get("torn_tail_bytes") else "")
                          + (f", {len(j['unusable'])} journaled output(s) unusable"
                             if j.get("unusable") else ""))
+        if self.skipped_records:
+            lines.append(f"skipped records {len(self.skipped_records)}:")
+            for rec in self.skipped_records[:20]:
+                lines.append(f"  task {rec['task']}: {rec['record']}")
+            if len(self.skipped_records) > 20:
+                lines.append(f"  ... and {len(self.skipped_records) - 20} more")
         if self.reducers:
             recs = [r["records_in"] for r in self.reducers]
             secs = [r["seconds"] for r in self.reducers]
