@@ -115,12 +115,17 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     keyed_options = dict(partitions=partitions, combiner=combiner, memory_limit=memory_limit,
                          output=output, salt=salt, output_format=output_format)
     if journal is not None:
-        if session is not None or dask_client is not None or workers == 0:
-            raise ValueError("journal= runs on this machine's worker processes or the "
-                             "in-process backend: not with session=, a Dask backend, or "
-                             "workers=0")
-        return _run_journaled(job, source, src, journal, workers, backend, fan_in, plan,
-                              progress, heartbeat_interval, start_method, knobs,
+        from mergeagg.keyed import KeyedJob
+
+        if session is not None or (workers == 0 and dask_client is None):
+            raise ValueError("journal= runs on worker processes, the in-process backend or "
+                             "Dask: not with session= or workers=0")
+        if dask_client is not None and isinstance(job, KeyedJob):
+            raise ValueError("journal= on Dask runs fold jobs: a keyed job's map outputs "
+                             "stay in its Dask workers' spill files, which a journal on this "
+                             "machine cannot keep")
+        return _run_journaled(job, source, src, journal, workers, dask_client, fan_in, plan,
+                              progress, heartbeat_interval, start_method, knobs, backend,
                               dict(split_size=split_size, format=format, errors=errors),
                               keyed_options)
     if session is not None:
@@ -153,8 +158,9 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
                   progress=progress, **keyed_options)
 
 
-def _run_journaled(job, source, src, directory, workers, backend, fan_in, plan, progress,
-                   heartbeat_interval, start_method, knobs, input_options, keyed_options):
+def _run_journaled(job, source, src, directory, workers, dask_client, fan_in, plan, progress,
+                   heartbeat_interval, start_method, knobs, backend, input_options,
+                   keyed_options):
     """``run`` with a journal in ``directory`` (see :mod:`mergeagg.runtime.journal`): the
     executor's scratch space is inside it, so outputs move there by rename."""
     from mergeagg.keyed import KeyedJob
@@ -169,7 +175,11 @@ def _run_journaled(job, source, src, directory, workers, backend, fan_in, plan, 
         params["fan_in"] = fan_in
     n = workers if workers is not None else (os.cpu_count() or 1)
     with Journal(directory, job_identity(job, source, params)) as jr:
-        if backend == "inprocess":
+        if dask_client is not None:
+            from mergeagg.runtime.dask import DaskExecutor
+
+            executor = DaskExecutor(dask_client)
+        elif backend == "inprocess":
             from mergeagg.runtime.inprocess import InProcessExecutor
 
             executor = InProcessExecutor(max(n, 1))

@@ -134,12 +134,6 @@ def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
     job = None
     phases = {}
     handle = policy.handle
-    if journal is not None:
-        t = clock()
-        journal.bind(policy)
-        journal.restore(policy)
-        phases["journal"] = clock() - t
-        handle = _journaling(policy, journal)
     try:
         if own:
             executor.start()
@@ -149,6 +143,12 @@ def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
             policy.worker_joined(w, now)
         t_started = clock()
         phases["start workers"] = t_started - t_start
+        if journal is not None:
+            journal.bind(policy)
+            journal.restore(policy, getattr(executor, "adopt", None))
+            handle = _journaling(policy, journal, getattr(executor, "output_bytes", None))
+            phases["journal"] = clock() - t_started
+            t_started = clock()
 
         def finish():
             try:
@@ -174,9 +174,10 @@ def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
     return fetched, phases
 
 
-def _journaling(policy, journal):
+def _journaling(policy, journal, output_bytes=None):
     """``policy.handle`` that first moves a winning completion's output into ``journal``
-    and, once the policy took it, records it there."""
+    and, once the policy took it, records it there (``output_bytes(ref)``: the executor's
+    way to read an output held elsewhere, Dask's)."""
     from mergeagg.runtime.master import TaskState
 
     def handle(ev, now):
@@ -185,10 +186,11 @@ def _journaling(policy, journal):
             if (task is not None and task.state is not TaskState.COMPLETED
                     and ev.attempt in policy.attempts
                     and not policy.attempts[ev.attempt].audit):
-                ev = dataclasses.replace(ev, ref=journal.keep(ev.attempt.task, ev.ref))
+                now_ref, kept = journal.keep(ev.attempt.task, ev.ref, output_bytes)
+                ev = dataclasses.replace(ev, ref=now_ref)
                 policy.handle(ev, now)
                 if task.state is TaskState.COMPLETED and task.ref is ev.ref:
-                    journal.record(ev.attempt.task, ev.fingerprint, task.stats, ev.ref)
+                    journal.record(ev.attempt.task, ev.fingerprint, task.stats, kept)
                 return
         policy.handle(ev, now)
 

@@ -210,9 +210,11 @@ class Journal:
 
     # -- outputs ---------------------------------------------------------------------------
 
-    def restore(self, policy):
+    def restore(self, policy, adopt=None):
         """Give ``policy`` every task this journal holds as done, then let it skip the
-        tasks no task still to run needs. Returns ``(restored, skipped)``."""
+        tasks no task still to run needs. ``adopt(ref, fingerprint)``, when the executor
+        has one, turns a journaled output into a reference its tasks can read (Dask:
+        a future holding it). Returns ``(restored, skipped)``."""
         keys = self.keys or self.bind(policy)
         for tid in policy.order:
             entry = self.entries.get(keys[tid])
@@ -222,27 +224,37 @@ class Journal:
             if why is not None:
                 self.unusable.append((tid, why))
                 continue
-            policy.restore(tid, entry.ref, entry.fingerprint, entry.stats)
+            ref = entry.ref if adopt is None else adopt(entry.ref, entry.fingerprint)
+            policy.restore(tid, ref, entry.fingerprint, entry.stats)
         self.reused = policy.restored
         return policy.restored, policy.skip_unneeded()
 
-    def keep(self, task, ref):
-        """Move the output ``ref`` of ``task`` into the journal; returns the reference to
-        use from now on (one that survives every worker)."""
+    def keep(self, task, ref, output_bytes=None):
+        """Move the output ``ref`` of ``task`` into the journal. Returns ``(ref to use in
+        this run, ref to record)``: the same one (which survives every worker) when the
+        output was on this machine; else the executor's own, and a copy of its bytes
+        (``output_bytes(ref)``) kept here."""
         key = self.keys[task]
         if isinstance(ref, Ref):
-            return self._keep_ref(key, ref)
+            kept = self._keep_ref(key, ref)
+            return kept, kept
+        if output_bytes is not None:
+            data = output_bytes(ref)
+            if isinstance(data, (bytes, bytearray)):
+                return ref, self._keep_ref(key, Ref(None, ref.key, data=bytes(data),
+                                                    nbytes=len(data)))
         if isinstance(ref, MapOutput):
             dst = os.path.join(self.outputs, key)
             shutil.rmtree(dst, ignore_errors=True)
             shutil.move(ref.directory, dst)
-            return _rebase(ref, ref.directory, dst, worker=None)
+            kept = _rebase(ref, ref.directory, dst, worker=None)
+            return kept, kept
         if isinstance(ref, PartRef):
             if ref.side_ref is not None:
                 part = PartRef(ref.key, ref.path, ref.entries, ref.digest)
                 part.side_ref = self.keep_side(task, ref.side_ref)
-                return part
-            return ref
+                return part, part
+            return ref, ref
         raise JournalError(f"the output of {task} ({type(ref).__name__}) cannot be kept in "
                            "a journal on this executor")
 

@@ -369,3 +369,83 @@ def test_driver_sigkill_at_any_point_then_resume(driver_case, tmp_path_factory, 
     assert resumed["fp"] == fp
     ran_again = {t for t in before if resumed["attempts"].get(t, 0) > 0}
     assert not ran_again, f"tasks completed before the kill ran again: {sorted(ran_again)}"
+
+
+# -- Dask ------------------------------------------------------------------------------------
+
+def test_a_fold_job_on_dask_resumes_from_its_journal(dask_client, tmp_path):
+    data = write_corpus(str(tmp_path / "in"), files=3, lines=3000)
+    jdir = str(tmp_path / "j")
+    opts = dict(split_size="64K", backend=dask_client, fan_in=2)
+    first = ma.run(LINES, data, journal=jdir, **opts)
+    assert first.report.journal["tasks_recorded"] == len(first.report.tasks)
+    assert os.listdir(os.path.join(jdir, "outputs")), "large outputs were copied here"
+    # Forget the root and the combines: they run again on Dask from the journaled maps.
+    _rewrite_log(jdir, lambda r: r["t"] != "done" or r["task"].startswith("map"))
+    again = ma.run(LINES, data, journal=jdir, **opts)
+    assert again.fingerprint == first.fingerprint
+    ran = {t.task for t in again.report.tasks if t.attempts}
+    assert ran and all(not t.startswith("map") for t in ran)
+    with pytest.raises(ValueError, match="journal= on Dask runs fold jobs"):
+        ma.run(KEYED, data, journal=str(tmp_path / "k"), backend=dask_client)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mergeagg", *args], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_the_cli_walkthrough_kill_the_driver_then_resume(tmp_path):
+    data = write_corpus(str(tmp_path / "in"), files=4, lines=400)
+    jdir = str(tmp_path / "j")
+    args = ["run", "wordcount", data, "--split-size", "2K", "--workers", "2", "--faults",
+            "delay=1.0x3,seed=1", "--journal", jdir]
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # where a killed driver's pymp-* goes
+    proc = subprocess.Popen([sys.executable, "-m", "mergeagg", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_done_tasks(jdir)) < 5 and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _group_gone(proc.pid)
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    resumed = _cli(*args[:-4], "--journal", jdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "tasks reused" in resumed.stderr
+    reused = int(resumed.stderr.split("tasks reused ")[1].split(",")[0])
+    assert reused >= 5
+    plain = _cli("run", "wordcount", data, "--split-size", "2K", "--workers", "2")
+    assert resumed.stdout.splitlines()[-1] == plain.stdout.splitlines()[-1]  # fingerprint
+
+
+def test_the_cli_skips_bad_records_and_lists_them(tmp_path):
+    (tmp_path / "parse_ints.py").write_text(
+        "import mergeagg as ma\n"
+        "def parse(lines):\n"
+        "    return sum(int(line) for line in lines)\n"
+        "def add(a, b):\n"
+        "    return a + b\n"
+        "def factory():\n"
+        "    return ma.Aggregator(parse, add)\n")
+    data = tmp_path / "n.txt"
+    data.write_text("1\n2\nthree\n4\nfive\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    ok = _cli("run", "parse_ints:factory", str(data), "--workers", "2", "--skip-bad-records",
+              "2", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[0] == "7"
+    assert "skipped records 2:" in ok.stderr
+    assert f"{data}, byte offset 4: ValueError" in ok.stderr
+    assert f"{data}, byte offset 12: ValueError" in ok.stderr
+    failed = _cli("run", "parse_ints:factory", str(data), "--workers", "2", env=env)
+    assert failed.returncode != 0
+    assert f"{data}, byte offset 4" in failed.stderr and "--skip-bad-records N" in failed.stderr
+    many = _cli("run", "pagerank", str(data), "--journal", str(tmp_path / "j"))
+    assert many.returncode == 2 and "--journal applies to jobs that run as one" in many.stderr
