@@ -175,6 +175,8 @@ def _run_journaled(job, source, src, directory, workers, dask_client, fan_in, pl
         params["fan_in"] = fan_in
     n = workers if workers is not None else (os.cpu_count() or 1)
     with Journal(directory, job_identity(job, source, params)) as jr:
+        if keyed_options.get("output") is not None:
+            jr.output_dir = os.path.abspath(os.fspath(keyed_options["output"]))
         if dask_client is not None:
             from mergeagg.runtime.dask import DaskExecutor
 

@@ -102,6 +102,7 @@ class Journal:
             self.close()
             raise
         self.identity = identity
+        self.output_dir = None  # a keyed job's output directory (its parts are reusable)
         self.keys = {}
         self.reused = 0
         self.recorded = 0
@@ -221,6 +222,9 @@ class Journal:
             if entry is None:
                 continue
             why = _unusable(entry.ref)
+            if why is None and isinstance(entry.ref, PartRef) and (
+                    os.path.dirname(entry.ref.path) != self.output_dir):
+                why = "its part file was committed to another output directory"
             if why is not None:
                 self.unusable.append((tid, why))
                 continue

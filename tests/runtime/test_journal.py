@@ -449,3 +449,25 @@ def test_the_cli_skips_bad_records_and_lists_them(tmp_path):
     assert f"{data}, byte offset 4" in failed.stderr and "--skip-bad-records N" in failed.stderr
     many = _cli("run", "pagerank", str(data), "--journal", str(tmp_path / "j"))
     assert many.returncode == 2 and "--journal applies to jobs that run as one" in many.stderr
+
+
+def test_a_keyed_job_writing_parts_resumes_into_its_unfinished_output(tmp_path):
+    data = write_corpus(str(tmp_path / "in"), files=2, lines=200)
+    jdir, out = str(tmp_path / "j"), str(tmp_path / "out")
+    opts = dict(split_size="2K", backend="inprocess", workers=2, partitions=3)
+    first = ma.run(KEYED, data, journal=jdir, output=out, **opts)
+    # As if the driver died before the commit: parts are there, _SUCCESS is not.
+    os.unlink(os.path.join(out, "_SUCCESS"))
+    again = ma.run(KEYED, data, journal=jdir, output=out, **opts)
+    assert again.fingerprint == first.fingerprint
+    assert set(attempts(again).values()) == {0}
+    assert os.path.exists(os.path.join(out, "_SUCCESS"))
+    # A new output directory: the maps are reused, the reducers write their parts there.
+    out2 = str(tmp_path / "out2")
+    third = ma.run(KEYED, data, journal=jdir, output=out2, **opts)
+    assert third.fingerprint == first.fingerprint
+    assert {t.task for t in third.report.tasks if t.attempts} == {
+        "reduce-0", "reduce-1", "reduce-2"}
+    assert dict(third.value.items()) == dict(first.value.items())
+    with pytest.raises(ValueError, match="exists and is not empty"):
+        ma.run(KEYED, data, journal=jdir, output=out, **opts)  # finished: never overwritten
