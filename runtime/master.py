@@ -658,7 +658,7 @@ class Policy:
                 f"task {task.d.id} ({self._where(task)}) failed {task.failures} time(s) the "
                 f"same way, last with {task.last_error}; then {error}",
                 records=traceback.splitlines(), task=task.d.id, split=self._split_id(task),
-                attempts=task.failures, traceback=task.last_traceback))
+                attempts=task.failures + 1, traceback=task.last_traceback))
             return
         task.failures += 1
         task.last_error = error
