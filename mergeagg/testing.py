@@ -945,6 +945,21 @@ def _corrupted(plan):
     return tasks
 
 
+def _require_struck(plan, report, where):
+    """A plan given by hand that kills or raises at a task's first attempt must show in
+    the report, else the run proved nothing (a task id that the job does not have)."""
+    if plan is None:
+        return
+    sure = {task for task, by in plan.only.items()
+            if any(n == 1 and f.kind in ("kill", "raise") for n, f in by.items())}
+    missed = sorted(sure - {f.task for f in report.failures})
+    if missed:
+        raise LawViolation(
+            f"{where} no failure was seen at {', '.join(missed)}: the fault never struck, so "
+            "the run proved nothing (is that a task of this job? map-0.. per split, "
+            "combine-<level>-<index>, reduce-<partition>)")
+
+
 def assert_failure_invariant(agg, source, *, plans=None, executor=None, fan_in=8,
                              max_examples=None, seed=0, workers=2, verify=1.0,
                              heartbeat_timeout=None, **job_options):
@@ -969,7 +984,10 @@ def assert_failure_invariant(agg, source, *, plans=None, executor=None, fan_in=8
     worker, so a non-deterministic ``partial`` is caught under any plan; a ``corrupt``
     fault is then caught as the corruption it is (the run fails with
     :class:`~mergeagg.errors.NondeterminismError` naming the corrupted task, which counts
-    as the runtime doing its job). Cost: one serial run, then one run per plan.
+    as the runtime doing its job). Plans given in a list that kill or raise at a task's
+    first attempt must strike: the report has to show that task's failure, so a plan
+    naming a task the job does not have is an error, not a pass. Cost: one serial run,
+    then one run per plan.
 
     >>> from mergeagg import Aggregator
     >>> total = Aggregator(sum, lambda a, b: a + b)
@@ -1036,6 +1054,8 @@ def assert_failure_invariant(agg, source, *, plans=None, executor=None, fan_in=8
                         "runtime's audit of the map finds the corruption)")
             raise LawViolation(f"the job failed {where}{note}: {exc}") from None
         if result.fingerprint == clean.fingerprint:
+            if check_struck:
+                _require_struck(plan, result.report, where)
             return
         if keyed:
             shown = f"{len(result.value)} keys against {len(clean.value)}"
@@ -1066,9 +1086,11 @@ def assert_failure_invariant(agg, source, *, plans=None, executor=None, fan_in=8
                                 partitions=job_options.get("partitions") or 8,
                                 tasks=("map", "reduce") if keyed else ("map", "combine"))
         if isinstance(plans, (list, tuple)):
+            check_struck = True
             for plan in plans:
                 one(plan)
             return
+        check_struck = False  # a drawn plan may strike a task or attempt the run never has
 
         @_settings(max_examples, seed)
         @given(plan=plans)

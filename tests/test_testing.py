@@ -220,6 +220,17 @@ def test_a_keyed_job_and_a_corrupt_map_pass():
     assert_failure_invariant(WORDCOUNT, SHARDS, plans=plans[:1])
 
 
+def test_a_plan_that_never_strikes_is_an_error_not_a_pass():
+    # map-9 is no task of a four-split job: the run is clean, and proves nothing.
+    with pytest.raises(LawViolation, match="no failure was seen at map-9: the fault never "
+                                           "struck"):
+        assert_failure_invariant(WORDCOUNT, SHARDS,
+                                 plans=[FaultPlan(only={"map-9": {1: Fault("kill")}})])
+    assert_failure_invariant(WORDCOUNT, SHARDS, plans=[
+        FaultPlan(only={"map-3": {1: Fault("raise")}, "combine-1-0": {1: Fault("kill")}})],
+        fan_in=2)
+
+
 # -- keyed jobs: the same laws, per key -------------------------------------------------------
 
 def _word_ones(lines):
