@@ -337,6 +337,20 @@ def test_ulps_and_compare():
     assert "more than rounding" in compare(float("nan"), 1.0)
 
 
+def test_floats_inside_slotted_objects_are_compared_as_floats():
+    from dataclasses import dataclass
+
+    @dataclass(slots=True)
+    class Sums:
+        n: int
+        total: float
+
+    assert compare(Sums(2, 0.1 + 0.2), Sums(2, 0.3)).startswith(
+        "differ only by float rounding: at most 1 ulp apart (relative 1.9e-16, at .total)")
+    assert compare(Sums(2, 0.1 + 0.2), Sums(2, 0.3), tolerance=1e-12) is None
+    assert compare(Sums(2, 0.3), Sums(3, 0.3), tolerance=1e-12) == "differ at .n"
+
+
 def test_bad_arguments_are_refused_with_what_was_wrong():
     with pytest.raises(TypeError, match="assert_laws needs an Aggregator or a KeyedJob, got "
                                         "builtin_function"):
