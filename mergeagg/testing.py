@@ -324,11 +324,26 @@ def _float_pairs(x, y, path, out):
             i = tuple(int(v) for v in idx)
             out.append((f"{path}[{', '.join(map(str, i))}]", float(x[i]), float(y[i])))
         return
-    if hasattr(x, "__dict__") and type(x) is type(y) and not callable(x):
-        _float_pairs(vars(x), vars(y), f"{path}.", out)
+    names = _attributes(x) if type(x) is type(y) and not callable(x) else None
+    if names:
+        for name in names:
+            _float_pairs(getattr(x, name, None), getattr(y, name, None), f"{path}.{name}",
+                         out)
         return
     if fingerprint(x) != fingerprint(y):
         raise _Differ(path)
+
+
+def _attributes(x):
+    """The attribute names of a plain object (its ``__dict__``, or the ``__slots__`` of its
+    classes, as a slotted dataclass has), or ``None`` for anything else."""
+    if hasattr(x, "__dict__"):
+        return sorted(vars(x))
+    slots = []
+    for cls in type(x).__mro__:
+        own = getattr(cls, "__slots__", ())
+        slots += [own] if isinstance(own, str) else [n for n in own if n != "__weakref__"]
+    return slots or None
 
 
 def _numpy():
@@ -609,9 +624,61 @@ class _User:
                                f"{type(exc).__name__}: {exc}") from exc
 
 
-def _check_agg(agg, fn):
-    if not isinstance(agg, Aggregator):
-        raise TypeError(f"{fn} needs an Aggregator, got {type(agg).__name__}")
+class _PerKey:
+    """A :class:`~mergeagg.KeyedJob` seen as one aggregator over its tables ``{key: acc}``.
+
+    ``partial`` is the map side's combined table of a shard (``job.map_table``);
+    ``combine`` folds the second table into the first, key by key, with the job's
+    ``combine`` (a key new to the first table takes a copy of the second's value, as a
+    reducer reading a map output file does); ``finalize`` applies the job's ``finalize``
+    to every key. So the laws of this aggregator are the job's per-key laws, and folding
+    tables along any tree covers every order in which a shuffle into any number of
+    reducers can fold a key's values. Cost: that of the job's functions, plus one copy per
+    key new to the first table.
+    """
+
+    def __init__(self, job):
+        self.job = job
+
+    def partial(self, shard):
+        return self.job.map_table(shard)
+
+    def combine(self, a, b):
+        combine = self.job.combine
+        for key, value in b.items():
+            a[key] = combine(a[key], value) if key in a else _fresh(value)
+        return a
+
+    def finalize(self, table):
+        finalize = self.job.finalize
+        return {key: finalize(acc) for key, acc in table.items()}
+
+
+def _as_aggregator(agg, fn):
+    """``agg`` itself, or a KeyedJob's per-key view (:class:`_PerKey`) with a label for
+    the messages; ``TypeError`` for anything else."""
+    from mergeagg.keyed import KeyedJob
+
+    if isinstance(agg, Aggregator):
+        return agg, None
+    if isinstance(agg, KeyedJob):
+        view = _PerKey(agg)
+        return (Aggregator(view.partial, view.combine, view.finalize, name=agg.name),
+                f"{agg!r}, checked per key (partial = the map side's table of a shard, "
+                "combine = the job's combine on each key's values)")
+    raise TypeError(f"{fn} needs an Aggregator or a KeyedJob, got {type(agg).__name__}")
+
+
+@contextlib.contextmanager
+def _labelled(label):
+    """Prefix the LawViolation raised inside with ``label`` (what was checked)."""
+    if label is None:
+        yield
+        return
+    try:
+        yield
+    except LawViolation as exc:
+        raise LawViolation(f"{label}: {exc}") from exc.__cause__
 
 
 def _check_tolerance(tolerance):
@@ -623,18 +690,49 @@ def _check_tolerance(tolerance):
                          f"{tolerance!r}")
 
 
-def assert_laws(agg, records, *, tolerance=None, abs_tol=0.0, max_examples=None, seed=0):
+def _disjoint_shards(records):
+    """A strategy of three shards that share no record: distinct records of ``records`` (a
+    list: each used at most once, in any order) or one draw of ``records`` (a strategy),
+    cut in three."""
+    from hypothesis import strategies as st
+
+    if isinstance(records, (list, tuple)):
+        examples = list(records)
+        if not examples:
+            raise ValueError("assert_laws needs at least one example record")
+        whole = st.lists(st.integers(0, len(examples) - 1), unique=True,
+                         max_size=len(examples)).map(lambda idx: [examples[i] for i in idx])
+    else:
+        whole = records
+
+    @st.composite
+    def three(draw):
+        recs = list(draw(whole))
+        i, j = sorted(draw(st.lists(st.integers(0, len(recs)), min_size=2, max_size=2)))
+        return recs[:i], recs[i:j], recs[j:]
+
+    return three()
+
+
+def assert_laws(agg, records, *, tolerance=None, abs_tol=0.0, max_examples=None, seed=0,
+                distinct=False):
     """Search for a counterexample to the laws of ``combine``; raise
     :class:`~mergeagg.laws.LawViolation` naming the smallest one found.
 
     The laws: ``partial`` gives the same accumulator twice for the same records;
     ``combine`` does not modify its second argument (it may modify and return its first);
-    it is commutative and associative (after ``finalize``). ``records`` is a list of
+    it is commutative and associative (after ``finalize``). ``agg`` is an
+    :class:`~mergeagg.Aggregator` or a :class:`~mergeagg.KeyedJob` (checked per key: a
+    shard's partial is the map side's table ``{key: acc}``, and two tables combine key by
+    key with the job's ``combine``). ``records`` is a list of
     example records (sampled with repeats into three shards) or a strategy of record
     lists. ``tolerance``: ``None`` (exact, by fingerprint), a ``rel_tol`` for floats, or a
     :class:`Bound` (each side within the bound of the truth). ``max_examples`` defaults to
-    the current hypothesis profile's. Cost: about ``max_examples`` × (seven combines, four
-    partials and their fingerprints), plus shrinking when a counterexample is found.
+    the current hypothesis profile's. ``distinct=True`` for records that may occur only
+    once in a job (tasks naming their share of the work, such as matmul's, or rows with
+    unique ids): the three shards are then disjoint, each record in at most one of them.
+    Cost: about ``max_examples`` × (seven combines, four partials and their
+    fingerprints), plus shrinking when a counterexample is found.
 
     >>> from mergeagg import Aggregator
     >>> assert_laws(Aggregator(sum, lambda a, b: a - b), [1, 2, 3])
@@ -645,9 +743,10 @@ def assert_laws(agg, records, *, tolerance=None, abs_tol=0.0, max_examples=None,
     from hypothesis import given
     from hypothesis import strategies as st
 
-    _check_agg(agg, "assert_laws")
+    agg, label = _as_aggregator(agg, "assert_laws")
     _check_tolerance(tolerance)
     recs = records if not isinstance(records, (list, tuple)) else records_strategy(records)
+    shards = _disjoint_shards(records) if distinct else None
     user = _User(agg)
 
     def differ(x, y, whole):
@@ -659,9 +758,12 @@ def assert_laws(agg, records, *, tolerance=None, abs_tol=0.0, max_examples=None,
     @_settings(max_examples, seed)
     @given(data=st.data())
     def search(data):
-        a = list(data.draw(recs, label="records of shard a"))
-        b = list(data.draw(recs, label="records of shard b"))
-        c = list(data.draw(recs, label="records of shard c"))
+        if shards is not None:
+            a, b, c = data.draw(shards, label="disjoint records of shards a, b, c")
+        else:
+            a = list(data.draw(recs, label="records of shard a"))
+            b = list(data.draw(recs, label="records of shard b"))
+            c = list(data.draw(recs, label="records of shard c"))
         shown = f"shards a={_short(a)}, b={_short(b)}"
         shown3 = f"{shown}, c={_short(c)}"
         pa, pb, pc = user.partial(a), user.partial(b), user.partial(c)
@@ -710,7 +812,8 @@ def assert_laws(agg, records, *, tolerance=None, abs_tol=0.0, max_examples=None,
                 "mergeagg folds partials along a tree whose shape depends on the number of "
                 "splits")
 
-    _run_search(search)
+    with _labelled(label):
+        _run_search(search)
 
 
 def assert_partition_independent(agg, records, *, tolerance=None, abs_tol=0.0, layouts=None,
@@ -718,7 +821,10 @@ def assert_partition_independent(agg, records, *, tolerance=None, abs_tol=0.0, l
     """Check that any cut of ``records`` into shards, folded along any tree, gives what one
     partial over all of them gives; raise :class:`~mergeagg.laws.LawViolation` otherwise.
 
-    ``records`` is a list (every layout holds exactly those records) or a strategy of
+    ``agg`` is an :class:`~mergeagg.Aggregator` or a :class:`~mergeagg.KeyedJob` (its
+    shards' tables ``{key: acc}`` folded key by key along the tree, against the job's
+    answer for one shard: every order in which any number of reducers can fold a key's
+    values). ``records`` is a list (every layout holds exactly those records) or a strategy of
     record lists. ``layouts`` and ``trees`` are strategies (default
     :func:`split_layouts` and :func:`tree_shapes`) or lists of layouts and
     :class:`TreeShape` to try each of (then no search runs: call it from your own
@@ -738,7 +844,7 @@ def assert_partition_independent(agg, records, *, tolerance=None, abs_tol=0.0, l
     from hypothesis import given
     from hypothesis import strategies as st
 
-    _check_agg(agg, "assert_partition_independent")
+    agg, label = _as_aggregator(agg, "assert_partition_independent")
     _check_tolerance(tolerance)
     user = _User(agg)
 
@@ -770,9 +876,10 @@ def assert_partition_independent(agg, records, *, tolerance=None, abs_tol=0.0, l
                 f"{_short(layout)} folded along {tree} give {_short(value)}: they {why}")
 
     if isinstance(layouts, (list, tuple)) and isinstance(trees, (list, tuple, type(None))):
-        for layout in layouts:
-            for tree in trees or [TreeShape()]:
-                one([list(s) for s in layout], tree)
+        with _labelled(label):
+            for layout in layouts:
+                for tree in trees or [TreeShape()]:
+                    one([list(s) for s in layout], tree)
         return
     lay = layouts if layouts is not None else split_layouts(records, max_shards=max_shards)
     if isinstance(lay, (list, tuple)):
@@ -786,7 +893,8 @@ def assert_partition_independent(agg, records, *, tolerance=None, abs_tol=0.0, l
     def search(layout, tree):
         one([list(s) for s in layout], tree)
 
-    _run_search(search)
+    with _labelled(label):
+        _run_search(search)
 
 
 @contextlib.contextmanager
@@ -837,6 +945,21 @@ def _corrupted(plan):
     return tasks
 
 
+def _require_struck(plan, report, where):
+    """A plan given by hand that kills or raises at a task's first attempt must show in
+    the report, else the run proved nothing (a task id that the job does not have)."""
+    if plan is None:
+        return
+    sure = {task for task, by in plan.only.items()
+            if any(n == 1 and f.kind in ("kill", "raise") for n, f in by.items())}
+    missed = sorted(sure - {f.task for f in report.failures})
+    if missed:
+        raise LawViolation(
+            f"{where} no failure was seen at {', '.join(missed)}: the fault never struck, so "
+            "the run proved nothing (is that a task of this job? map-0.. per split, "
+            "combine-<level>-<index>, reduce-<partition>)")
+
+
 def assert_failure_invariant(agg, source, *, plans=None, executor=None, fan_in=8,
                              max_examples=None, seed=0, workers=2, verify=1.0,
                              heartbeat_timeout=None, **job_options):
@@ -861,7 +984,10 @@ def assert_failure_invariant(agg, source, *, plans=None, executor=None, fan_in=8
     worker, so a non-deterministic ``partial`` is caught under any plan; a ``corrupt``
     fault is then caught as the corruption it is (the run fails with
     :class:`~mergeagg.errors.NondeterminismError` naming the corrupted task, which counts
-    as the runtime doing its job). Cost: one serial run, then one run per plan.
+    as the runtime doing its job). Plans given in a list that kill or raise at a task's
+    first attempt must strike: the report has to show that task's failure, so a plan
+    naming a task the job does not have is an error, not a pass. Cost: one serial run,
+    then one run per plan.
 
     >>> from mergeagg import Aggregator
     >>> total = Aggregator(sum, lambda a, b: a + b)
@@ -928,6 +1054,8 @@ def assert_failure_invariant(agg, source, *, plans=None, executor=None, fan_in=8
                         "runtime's audit of the map finds the corruption)")
             raise LawViolation(f"the job failed {where}{note}: {exc}") from None
         if result.fingerprint == clean.fingerprint:
+            if check_struck:
+                _require_struck(plan, result.report, where)
             return
         if keyed:
             shown = f"{len(result.value)} keys against {len(clean.value)}"
@@ -958,9 +1086,11 @@ def assert_failure_invariant(agg, source, *, plans=None, executor=None, fan_in=8
                                 partitions=job_options.get("partitions") or 8,
                                 tasks=("map", "reduce") if keyed else ("map", "combine"))
         if isinstance(plans, (list, tuple)):
+            check_struck = True
             for plan in plans:
                 one(plan)
             return
+        check_struck = False  # a drawn plan may strike a task or attempt the run never has
 
         @_settings(max_examples, seed)
         @given(plan=plans)

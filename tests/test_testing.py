@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mergeagg as ma
-from mergeagg import Aggregator
+from mergeagg import Aggregator, KeyedJob
 from mergeagg.algorithms.countmin import countmin
 from mergeagg.algorithms.hyperloglog import hyperloglog
 from mergeagg.runtime.faults import Fault, FaultPlan
@@ -220,6 +220,75 @@ def test_a_keyed_job_and_a_corrupt_map_pass():
     assert_failure_invariant(WORDCOUNT, SHARDS, plans=plans[:1])
 
 
+def test_a_plan_that_never_strikes_is_an_error_not_a_pass():
+    # map-9 is no task of a four-split job: the run is clean, and proves nothing.
+    with pytest.raises(LawViolation, match="no failure was seen at map-9: the fault never "
+                                           "struck"):
+        assert_failure_invariant(WORDCOUNT, SHARDS,
+                                 plans=[FaultPlan(only={"map-9": {1: Fault("kill")}})])
+    assert_failure_invariant(WORDCOUNT, SHARDS, plans=[
+        FaultPlan(only={"map-3": {1: Fault("raise")}, "combine-1-0": {1: Fault("kill")}})],
+        fan_in=2)
+
+
+# -- keyed jobs: the same laws, per key -------------------------------------------------------
+
+def _word_ones(lines):
+    return [(w, 1) for line in lines for w in line.split()]
+
+
+def _word_lists(lines):
+    return [(w, [i]) for i, line in enumerate(lines) for w in line.split()]
+
+
+def _append_into_right(a, b):
+    b.extend(a)
+    return b
+
+
+def test_keyed_jobs_pass_per_key():
+    for job in (ma.algorithms.wordcount(keyed=True), KeyedJob(_word_ones, _add)):
+        assert_laws(job, WORDS, max_examples=30)
+        assert_partition_independent(job, WORDS, max_examples=30)
+
+
+def test_keyed_mistakes_are_caught_per_key_and_say_so():
+    with pytest.raises(LawViolation, match=r"KeyedJob\(minus\), checked per key .*: combine is "
+                                           "not (commutative|associative)"):
+        assert_laws(KeyedJob(_word_ones, lambda a, b: a - b, name="minus"), WORDS)
+    with pytest.raises(LawViolation, match="combine modified its second argument"):
+        assert_laws(KeyedJob(_word_lists, _append_into_right), WORDS)
+    # A value that depends on where its record sits in the shard: each key's combine is a
+    # plain sum, so only splitting shows it.
+    positional = KeyedJob(_word_lists, lambda a, b: a + b)
+    with pytest.raises(LawViolation, match="checked per key.*depends on how the records are "
+                                           "split"):
+        assert_partition_independent(positional, WORDS)
+    noisy = KeyedJob(lambda lines: [(w, random.random()) for w in _wc_partial(lines)], _add)
+    with pytest.raises(LawViolation, match="partial is not deterministic"):
+        assert_laws(noisy, WORDS)
+
+
+def test_a_keyed_job_within_a_bound():
+    # A keyed job whose values are sketches: each key's distinct count within the bound.
+    hll = hyperloglog(precision=8)
+
+    def per_letter(words):
+        return [(w[0], hll.partial([w])) for w in words]
+
+    def exact(words):
+        return {k: len({w for w in words if w[0] == k}) for k in {w[0] for w in words}}
+
+    def within(value, truth):
+        if value.keys() != truth.keys():
+            return f"keys {sorted(value)} against {sorted(truth)}"
+        return all(hyperloglog_bound().within(value[k], truth[k]) is True for k in truth)
+
+    words = [f"{c}{i}" for c in "ab" for i in range(150)]
+    job = KeyedJob(per_letter, hll.combine)
+    assert_partition_independent(job, words, tolerance=Bound(exact, within), max_examples=15)
+
+
 # -- strategies ------------------------------------------------------------------------------
 
 @given(st.data())
@@ -268,8 +337,23 @@ def test_ulps_and_compare():
     assert "more than rounding" in compare(float("nan"), 1.0)
 
 
+def test_floats_inside_slotted_objects_are_compared_as_floats():
+    from dataclasses import dataclass
+
+    @dataclass(slots=True)
+    class Sums:
+        n: int
+        total: float
+
+    assert compare(Sums(2, 0.1 + 0.2), Sums(2, 0.3)).startswith(
+        "differ only by float rounding: at most 1 ulp apart (relative 1.9e-16, at .total)")
+    assert compare(Sums(2, 0.1 + 0.2), Sums(2, 0.3), tolerance=1e-12) is None
+    assert compare(Sums(2, 0.3), Sums(3, 0.3), tolerance=1e-12) == "differ at .n"
+
+
 def test_bad_arguments_are_refused_with_what_was_wrong():
-    with pytest.raises(TypeError, match="assert_laws needs an Aggregator, got builtin_function"):
+    with pytest.raises(TypeError, match="assert_laws needs an Aggregator or a KeyedJob, got "
+                                        "builtin_function"):
         assert_laws(sum, [1])
     with pytest.raises(ValueError, match="tolerance must be None, a rel_tol"):
         assert_partition_independent(TOTAL, [1], tolerance="1e-9")

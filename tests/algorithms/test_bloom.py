@@ -14,6 +14,7 @@ import mergeagg
 from mergeagg.algorithms._sketch import load
 from mergeagg.algorithms.bloom import BloomFilter, blocks_for, bloom, expected_fpp
 from mergeagg.errors import IncompatibleMergeError
+from mergeagg.testing import assert_partition_independent, split_layouts, tree_shapes
 
 
 def test_no_false_negatives_even_when_blocks_repeat_in_a_batch():
@@ -74,22 +75,17 @@ keys_st = st.lists(st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=
 
 
 @settings(max_examples=60, deadline=None)
-@given(keys_st, st.lists(st.integers(0, 120), max_size=6), st.randoms(use_true_random=False),
-       st.sampled_from([1, 4, 64]))
-def test_merge_is_byte_identical_for_any_order_split_and_tree(keys, cuts, rnd, n_blocks):
-    cuts = sorted(min(c, len(keys)) for c in cuts)
-    shards = [keys[a:b] for a, b in zip([0, *cuts], [*cuts, len(keys)])]
-    whole = BloomFilter(num_blocks=n_blocks).update(keys)
-    parts = [BloomFilter(num_blocks=n_blocks).update(s) for s in shards]
-    frozen = [p.copy() for p in parts]
-    rnd.shuffle(parts)
-    while len(parts) > 1:
-        i = rnd.randrange(len(parts) - 1)
-        parts[i:i + 2] = [parts[i].copy().merge(parts[i + 1])]
-    assert parts[0].to_bytes() == whole.to_bytes()
-    assert all(f == BloomFilter(num_blocks=n_blocks).update(s) for f, s in zip(frozen, shards))
-    assert whole.contains_many(keys).all() if keys else True
-    r = mergeagg.run(bloom(capacity=100, fpp=0.1), shards, workers=0, fan_in=2)
+@given(split_layouts(keys_st, max_shards=7), tree_shapes(), st.sampled_from([1, 4, 64]))
+def test_merge_is_byte_identical_for_any_order_split_and_tree(layout, tree, n_blocks):
+    # The kit folds the shards' filters along the tree and compares the fingerprint (the
+    # filter's bytes and parameters) with one filter of every key.
+    filters = mergeagg.Aggregator(lambda keys: BloomFilter(num_blocks=n_blocks).update(keys),
+                                  lambda a, b: a.merge(b))
+    assert_partition_independent(filters, None, layouts=[layout], trees=[tree])
+    keys = [k for shard in layout for k in shard]
+    assert BloomFilter(num_blocks=n_blocks).update(keys).contains_many(keys).all() if keys \
+        else True
+    r = mergeagg.run(bloom(capacity=100, fpp=0.1), layout, workers=0, fan_in=2)
     assert r.value == BloomFilter(capacity=100, fpp=0.1).update(keys)
 
 

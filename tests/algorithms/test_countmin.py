@@ -14,6 +14,7 @@ import mergeagg
 from mergeagg.algorithms._sketch import load
 from mergeagg.algorithms.countmin import CountMin, countmin
 from mergeagg.errors import IncompatibleMergeError
+from mergeagg.testing import TreeShape, assert_partition_independent
 
 
 def _check(cm):
@@ -201,10 +202,9 @@ def test_any_order_split_and_merge_tree_gives_the_same_bytes(items, cuts, rnd, w
     whole = CountMin(width, depth, seed=3).update(items)
     assert CountMin(width, depth, seed=3).update(shuffled).to_bytes() == whole.to_bytes()
     cuts = sorted(min(c, len(shuffled)) for c in cuts)
-    parts = [CountMin(width, depth, seed=3).update(shuffled[a:b])
-             for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
-    rnd.shuffle(parts)
-    while len(parts) > 1:  # merge random neighbours: every tree shape is reachable
-        i = rnd.randrange(len(parts) - 1)
-        parts[i:i + 2] = [parts[i].merge(parts[i + 1])]
-    assert parts[0].to_bytes() == whole.to_bytes()
+    shards = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
+    rnd.shuffle(shards)
+    sketches = mergeagg.Aggregator(lambda s: CountMin(width, depth, seed=3).update(s),
+                                   lambda a, b: a.merge(b))
+    assert_partition_independent(sketches, None, layouts=[shards],
+                                 trees=[TreeShape("random", seed=rnd.randrange(2**16))])

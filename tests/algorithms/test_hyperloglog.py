@@ -18,10 +18,22 @@ from mergeagg.algorithms import _sketch
 from mergeagg.algorithms._sketch import hash64, hash64_one, load
 from mergeagg.algorithms.hyperloglog import HyperLogLog, ertl_estimate, hyperloglog
 from mergeagg.errors import IncompatibleMergeError
+from mergeagg.testing import TreeShape, assert_partition_independent
 
 
 def _check(h):
     h._check()
+
+
+def _merged_and_checked(a, b):
+    a.merge(b)
+    a._check()
+    return a
+
+
+def _checked_sketches(make):
+    """The sketches of ``make()`` as an Aggregator whose every merge checks its invariants."""
+    return mergeagg.Aggregator(lambda keys: make().update(keys), _merged_and_checked)
 
 
 # -- hashing ------------------------------------------------------------------------------
@@ -208,18 +220,10 @@ def test_sketch_of_union_is_merge_of_sketches_for_any_sharding(keys, cuts, p):
     bounds = [0, *cuts, len(keys)]
     shards = [keys[a:b] for a, b in zip(bounds, bounds[1:])]
     whole = HyperLogLog(p, seed=2).update(keys)
-    parts = [HyperLogLog(p, seed=2).update(s) for s in shards]
-    frozen = [x.copy() for x in parts]
-    acc = parts[0]
-    for other in parts[1:]:
-        acc.merge(other)
-    assert acc == whole
-    assert np.array_equal(acc.registers, whole.registers)
-    assert all(a == b for a, b in zip(parts[1:], frozen[1:]))  # the second is not modified
-    reverse = frozen[-1].copy()
-    for other in reversed(frozen[:-1]):
-        reverse.merge(other)
-    assert reverse == whole
+    # Folded left to right and right to left: the kit compares with the sketch of all keys.
+    assert_partition_independent(_checked_sketches(lambda: HyperLogLog(p, seed=2)), None,
+                                 layouts=[shards, shards[::-1]],
+                                 trees=[TreeShape("left"), TreeShape("right")])
     one_by_one = HyperLogLog(p, seed=2)
     for k in keys:
         one_by_one.add(k)
@@ -352,13 +356,11 @@ def test_any_order_split_and_merge_tree_gives_the_same_bytes(keys, cuts, rnd, ha
     whole = HyperLogLog(8, hash=hash_name).update(keys)
     assert HyperLogLog(8, hash=hash_name).update(shuffled).to_bytes() == whole.to_bytes()
     cuts = sorted(min(c, len(shuffled)) for c in cuts)
-    parts = [HyperLogLog(8, hash=hash_name).update(shuffled[a:b])
-             for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
-    rnd.shuffle(parts)
-    while len(parts) > 1:  # merge random neighbours: every tree shape is reachable
-        i = rnd.randrange(len(parts) - 1)
-        parts[i:i + 2] = [parts[i].merge(parts[i + 1])]
-    assert parts[0].to_bytes() == whole.to_bytes()
+    shards = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
+    rnd.shuffle(shards)
+    assert_partition_independent(_checked_sketches(lambda: HyperLogLog(8, hash=hash_name)),
+                                 None, layouts=[shards],
+                                 trees=[TreeShape("random", seed=rnd.randrange(2**16))])
     one = HyperLogLog(8, hash=hash_name)
     for key in keys:
         one.add(key)

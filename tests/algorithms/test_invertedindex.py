@@ -16,6 +16,7 @@ from mergeagg.algorithms.invertedindex import (
     tokenize,
 )
 from mergeagg.cli import main as cli_main
+from mergeagg.testing import assert_failure_invariant
 
 WORDS = st.sampled_from(["apple", "Bob", "cat", "dog", "eel", "fig", "gnu"])
 DOC = st.tuples(st.integers(0, 12), st.lists(WORDS, max_size=8).map(" ".join))
@@ -148,6 +149,7 @@ def test_cli_on_jsonl_and_text(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.mergeagg_processes
 def test_a_worker_death_leaves_the_index_unchanged(tmp_path):
     from mergeagg.runtime.faults import Fault, FaultPlan
 
@@ -156,11 +158,8 @@ def test_a_worker_death_leaves_the_index_unchanged(tmp_path):
                             for i in range(300)))
     src = ma.files(path, split_size=2048, format="jsonl")
     assert len(src) >= 3
-    clean = ma.run(invertedindex(mode="tf"), src, workers=0)
-    faulty = ma.run(invertedindex(mode="tf"), src, workers=2,
-                    faults=FaultPlan(only={"map-1": {1: Fault("kill")}}))
-    assert faulty.report.attempts[1] == 2
-    assert faulty.fingerprint == clean.fingerprint
+    assert_failure_invariant(invertedindex(mode="tf"), src,
+                             plans=[FaultPlan(only={"map-1": {1: Fault("kill")}})])
 
 
 def test_partial_tables_fingerprint_by_content():

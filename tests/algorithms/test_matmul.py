@@ -21,6 +21,7 @@ from mergeagg.algorithms.matmul import (
     run_matmul,
 )
 from mergeagg.cli import main as cli_main
+from mergeagg.testing import assert_failure_invariant
 
 
 def blocked_reference(a, b, block):
@@ -173,6 +174,7 @@ def test_cli_matmul(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.mergeagg_processes
 def test_a_worker_death_leaves_the_product_bitwise_unchanged(tmp_path):
     from mergeagg.runtime.faults import Fault, FaultPlan
 
@@ -180,10 +182,7 @@ def test_a_worker_death_leaves_the_product_bitwise_unchanged(tmp_path):
     np.save(tmp_path / "A.npy", rng.normal(size=(60, 50)))
     np.save(tmp_path / "B.npy", rng.normal(size=(50, 40)))
     src = matmul_source(str(tmp_path / "A.npy"), str(tmp_path / "B.npy"), block=16, k_split=2)
-    clean = ma.run(matmul(), src, workers=0)
-    faulty = ma.run(matmul(), src, workers=2, faults=FaultPlan(only={"map-3": {1: Fault("kill")}}))
-    assert faulty.report.attempts[3] == 2
-    assert faulty.fingerprint == clean.fingerprint
+    assert_failure_invariant(matmul(), src, plans=[FaultPlan(only={"map-3": {1: Fault("kill")}})])
 
 
 @given(problem(), st.data())

@@ -13,6 +13,7 @@ import mergeagg
 from mergeagg.algorithms._sketch import load
 from mergeagg.algorithms.theta import MAX_THETA, ThetaSketch, theta
 from mergeagg.errors import IncompatibleMergeError
+from mergeagg.testing import assert_partition_independent, tree_shapes
 
 
 def test_exact_below_k_and_kmv_above():
@@ -91,6 +92,12 @@ keys_st = st.lists(st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=
                    max_size=150)
 
 
+def _merged_and_checked(a, b):
+    a.merge(b)
+    a._check()
+    return a
+
+
 def _tree_fold(parts, shape):
     """Fold copies of ``parts`` pairwise, choosing which neighbours to merge from ``shape``."""
     parts = [p.copy() for p in parts]
@@ -103,23 +110,20 @@ def _tree_fold(parts, shape):
 
 
 @settings(max_examples=80, deadline=None)
-@given(keys_st, st.lists(st.integers(0, 150), max_size=6), st.lists(st.integers(0, 99)),
+@given(keys_st, st.lists(st.integers(0, 150), max_size=6), tree_shapes(),
        st.randoms(use_true_random=False), st.sampled_from([5, 6]))
-def test_union_is_byte_identical_for_any_order_split_and_tree(keys, cuts, shape, rnd, lg_k):
+def test_union_is_byte_identical_for_any_order_split_and_tree(keys, cuts, tree, rnd, lg_k):
     cuts = sorted(min(c, len(keys)) for c in cuts)
     shards = [keys[a:b] for a, b in zip([0, *cuts], [*cuts, len(keys)])]
     whole = ThetaSketch(lg_k).update(keys)
     shuffled = list(keys)
     rnd.shuffle(shuffled)
     assert ThetaSketch(lg_k).update(shuffled).to_bytes() == whole.to_bytes()
-    parts = [ThetaSketch(lg_k).update(s) for s in shards]
-    frozen = [p.copy() for p in parts]
-    rnd.shuffle(parts)
-    got = _tree_fold(parts, shape)
-    got._check()
-    assert got.to_bytes() == whole.to_bytes()
-    assert all(a == b for a, b in zip(sorted(parts, key=lambda p: p.to_bytes()),
-                                       sorted(frozen, key=lambda p: p.to_bytes())))
+    rnd.shuffle(shards)
+    # The kit folds the shards' sketches along the tree (every merge checked) and compares
+    # the fingerprint (bytes and parameters) with the sketch of every key.
+    sketches = mergeagg.Aggregator(lambda s: ThetaSketch(lg_k).update(s), _merged_and_checked)
+    assert_partition_independent(sketches, None, layouts=[shards], trees=[tree])
     one = ThetaSketch(lg_k)
     for key in keys:
         one.add(key)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import mergeagg as ma
 from mergeagg.algorithms.topk import merge_top, top_of_counts, topk
 from mergeagg.cli import main as cli_main
+from mergeagg.testing import assert_failure_invariant
 
 
 @st.composite
@@ -112,16 +113,13 @@ def test_cli_top_words_and_values(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.mergeagg_processes
 def test_a_worker_death_leaves_the_top_k_unchanged():
     from mergeagg.runtime.faults import Fault, FaultPlan
 
     shards = [[str(i * 7 % 23) for i in range(j, j + 30)] for j in range(0, 150, 30)]
     job = ma.product(values=topk(5), counts=topk(3, by="count"))
-    clean = ma.run(job, shards, workers=0)
-    faulty = ma.run(job, shards, workers=2,
-                    faults=FaultPlan(only={"map-2": {1: Fault("kill")}}))
-    assert faulty.report.attempts[2] == 2
-    assert faulty.fingerprint == clean.fingerprint
+    assert_failure_invariant(job, shards, plans=[FaultPlan(only={"map-2": {1: Fault("kill")}})])
 
 
 def test_record_shape_errors_stop_at_once_and_say_what_to_do(tmp_path):
