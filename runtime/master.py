@@ -53,9 +53,10 @@ from mergeagg.runtime.port import (
     KillWorker,
     Launch,
     Lost,
+    Progress,
     Release,
 )
-from mergeagg.runtime.speculation import Speculation, Threshold
+from mergeagg.runtime.speculation import Speculation, Threshold, by_name
 
 
 class _Where(enum.Enum):
@@ -130,8 +131,10 @@ class PolicyConfig:
     running attempt only once that has run ``steal_after`` seconds and longer than its
     stage's median: a shorter wait would mostly race the worker that is about to start
     it). ``speculation``: the backup rule (a
-    :class:`~mergeagg.runtime.speculation.Speculation`); ``None`` builds
-    ``Threshold(backup_after, backup_factor, min_seconds=backup_min_seconds)``.
+    :class:`~mergeagg.runtime.speculation.Speculation`, or its name in
+    :data:`~mergeagg.runtime.speculation.NAMES`: ``"none"`` turns ``backups`` off);
+    ``None`` builds ``Threshold(backup_after, backup_factor,
+    min_seconds=backup_min_seconds)``.
     ``scan_interval``: the rule is asked at most this often (seconds); on a real clock,
     asking at every event would back up sub-millisecond tasks whose first attempt has not
     yet reached its worker; the simulator asks at every event (0).
@@ -158,6 +161,10 @@ class PolicyConfig:
     def __post_init__(self):
         if self.scan_interval < 0:
             raise ValueError(f"scan_interval must be >= 0 seconds, got {self.scan_interval!r}")
+        if isinstance(self.speculation, str):
+            name, self.speculation = self.speculation, by_name(self.speculation)
+            if name == "none":
+                self.backups = False
         if self.speculation is not None and not isinstance(self.speculation, Speculation):
             raise TypeError(f"speculation must be a mergeagg.runtime.speculation.Speculation "
                             f"or None, got {self.speculation!r}")
@@ -306,6 +313,7 @@ class _Attempt:
     started: float | None  # None while queued behind another attempt on its worker
     backup: bool = False
     audit: bool = False
+    progress: tuple | None = None  # (share of its work, when) it last reported
 
     @property
     def task(self):
@@ -447,8 +455,35 @@ class Policy:
             self.worker_lost(event.worker, event.cause, now)
         elif kind is Cancelled:
             self.heartbeat(event.worker, now)
+        elif kind is Progress:
+            self.heartbeat(event.worker, now)
+            self._now = now
+            self.progressed(event.attempt, event.fraction)
         else:
             raise TypeError(f"not a policy event: {event!r}")
+
+    def progressed(self, attempt_id, fraction):
+        """Attempt ``attempt_id`` reports it has done ``fraction`` of its work (what
+        :class:`~mergeagg.runtime.speculation.Late` rates it by); a report of an attempt
+        the policy no longer runs is ignored. Cost: O(1)."""
+        att = self.attempts.get(attempt_id)
+        if att is not None and att.started is not None:
+            att.progress = (min(max(float(fraction), 0.0), 1.0), self._now)
+
+    def progress(self, attempt_id, now):
+        """The share of its work attempt ``attempt_id`` has done by ``now``, estimated from
+        its last report at the rate it reported (a report is a little old when it is read:
+        taken as it is, every attempt would look slower than it is, the more so the more
+        recently it started); ``None``: it has reported none, or it is not running. Cost:
+        O(1)."""
+        att = self.attempts.get(attempt_id)
+        if att is None or att.progress is None:
+            return None
+        fraction, at = att.progress
+        ran = at - att.started
+        if ran <= 0 or now <= at:
+            return fraction
+        return min(1.0, fraction * (now - att.started) / ran)
 
     def worker_joined(self, worker, now):
         """A worker is ready for tasks."""
