@@ -212,8 +212,8 @@ def _entry_parser(entry):
 
 _COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "quiet", "errors", "format",
            "faults", "backups", "speculation", "verify", "max_attempts", "task_timeout",
-           "heartbeat_timeout", "progress", "partitions", "combiner", "memory_limit", "output", "output_format",
-           "salt", "dask")
+           "heartbeat_timeout", "progress", "partitions", "combiner", "memory_limit", "output",
+           "output_format", "salt", "dask")
 
 
 class _Usage(Exception):
