@@ -165,6 +165,8 @@ def _meter(launch, fault, host):
     if getattr(split, "kind", None) in _BYTE_SPLITS:
         total = max(0, split.end - split.start)
     slow = fault.factor if fault is not None and fault.kind == "delay" else 1.0
+    if not total and slow == 1.0:
+        return None  # nothing to say until it is over (an in-memory split): no meter
     meter = Meter(launch.attempt, total, slow)
     track(meter)
     return meter
