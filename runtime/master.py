@@ -206,11 +206,12 @@ class FailureDetector:
 
     def heartbeat(self, worker, timestamp):
         """Record that ``worker`` was heard from at ``timestamp``. Cost: O(1)."""
-        prev = self.last.get(worker)
+        last = self.last
+        prev = last.get(worker)
         if prev is None or timestamp > prev:
             if prev is not None:
-                del self.last[worker]  # to the end: the dict stays oldest first
-            self.last[worker] = timestamp
+                del last[worker]  # to the end: the dict stays oldest first
+            last[worker] = timestamp
             if timestamp < self._newest:
                 self._ordered = False
             else:
@@ -264,6 +265,11 @@ class SortedDurations:
     def __len__(self):
         return len(self._lo) + len(self._hi)
 
+    def median(self):
+        """``d[len(d) // 2]`` (``None`` when empty). Cost: O(1)."""
+        hi = self._hi
+        return hi[0] if hi else None
+
     def __bool__(self):
         return bool(self._hi)
 
@@ -306,7 +312,7 @@ class _Task:
     waiting_since: float | None = None  # when it began waiting for its preferred worker
 
 
-@dataclass
+@dataclass(slots=True)
 class _Attempt:
     id: AttemptId
     worker: str
@@ -438,12 +444,15 @@ class Policy:
         """Feed one typed event (:mod:`mergeagg.runtime.port`) to the policy: the single
         entry point a driver uses. Actions come from the next :meth:`tick`."""
         kind = type(event)
-        if kind is Finished:
-            if event.worker is not None:
-                self.heartbeat(event.worker, now)
+        if kind is Heartbeat:
+            # Most events of a large cluster: one dict lookup, then the detector.
+            if event.worker in self.workers:
+                self.detector.heartbeat(event.worker, now)
+        elif kind is Finished:
+            worker = event.worker
+            if worker is not None and worker in self.workers:
+                self.detector.heartbeat(worker, now)
             self.finished(event.attempt, event.ref, event.fingerprint, now, event.stats)
-        elif kind is Heartbeat:
-            self.heartbeat(event.worker, now)
         elif kind is Failed:
             if event.worker is not None:
                 self.heartbeat(event.worker, now)
@@ -568,9 +577,10 @@ class Policy:
             # Cancelled or from a lost worker: still a witness of determinism.
             return self._late_completion(attempt_id, ref, fingerprint)
         self._unassign(att, now)
-        task = self.tasks[att.task]
-        if attempt_id in task.running:
-            task.running.remove(attempt_id)
+        task = self.tasks[attempt_id.task]
+        running = task.running
+        if attempt_id in running:
+            running.remove(attempt_id)
         if att.audit:
             self.audits_running -= 1
         if task.state is TaskState.COMPLETED:
@@ -583,44 +593,53 @@ class Policy:
             return
         if self.error is not None or self.done:
             return
+        d = task.d
         task.state = TaskState.COMPLETED
         task.ref = ref
-        task.ref_worker = getattr(ref, "worker", None)
-        if task.ref_worker is not None:
-            self._held.setdefault(task.ref_worker, []).append(task.d.id)
+        ref_worker = task.ref_worker = getattr(ref, "worker", None)
+        if ref_worker is not None:
+            held = self._held.get(ref_worker)
+            if held is None:
+                held = self._held[ref_worker] = []
+            held.append(d.id)
         task.fingerprint = fingerprint
         task.worker = att.worker
-        measured = (stats or {}).get("seconds")
+        # (Copied: the report keeps them, and an executor may reuse its dict.)
+        stats = task.stats = dict(stats) if stats else {}
+        measured = stats.get("seconds")
         # The worker's own measure of the attempt when it gives one (the master sees
         # completions in batches); else the time since the attempt reached its queue's head.
-        task.duration = measured if measured is not None else (
+        duration = task.duration = measured if measured is not None else (
             now - (att.started if att.started is not None else now))
-        task.stats = dict(stats or {})
-        self.bytes_read += task.stats.get("bytes_read", 0)
-        kind = task.d.kind
+        nbytes = stats.get("bytes_read")
+        if nbytes:
+            self.bytes_read += nbytes
+        kind = d.kind
         self._stage_done[kind] += 1
-        self._durations[kind].add(task.duration)
+        self._durations[kind].add(duration)
         if att.backup:
             self.backups_won += 1
-        self.speculation.finished(att.worker, kind, task.duration)
-        for other in list(task.running):
-            oatt = self.attempts.pop(other, None)
-            if oatt is not None:
-                # Forget the loser now, so its worker's slot is free; if it completes
-                # anyway, its fingerprint is still compared (_late_completion).
-                self._unassign(oatt)
-                self._actions.append(Cancel(other, oatt.worker))
-        task.running.clear()
-        if self.config.verify and task.d.kind == "map" and self._sampled(task.d.id):
-            self.audits_wanted.append(task.d.id)
-        if not task.d.parents or task.d.output:
-            self.results[task.d.id] = (ref, fingerprint)
-            if task.d.id == self.root:
+        self.speculation.finished(att.worker, kind, duration)
+        if running:
+            for other in list(running):
+                oatt = self.attempts.pop(other, None)
+                if oatt is not None:
+                    # Forget the loser now, so its worker's slot is free; if it completes
+                    # anyway, its fingerprint is still compared (_late_completion).
+                    self._unassign(oatt)
+                    self._actions.append(Cancel(other, oatt.worker))
+            running.clear()
+        if self.config.verify and kind == "map" and self._sampled(d.id):
+            self.audits_wanted.append(d.id)
+        parents = d.parents
+        if not parents or d.output:
+            self.results[d.id] = (ref, fingerprint)
+            if d.id == self.root:
                 self.result = (ref, fingerprint)
-        if not task.d.parents:
+        if not parents:
             self._maybe_done()
             return
-        for parent_id in task.d.parents:
+        for parent_id in parents:
             parent = self.tasks[parent_id]
             parent.pending_children -= 1
             if parent.pending_children == 0 and parent.state is TaskState.IDLE:
@@ -927,8 +946,8 @@ class Policy:
         trips and context switches."""
         cap = self.config.prefetch
         d = self._durations["map"]
-        if len(d) >= 8:
-            median = d[len(d) // 2]
+        if len(d._lo) >= 4:  # eight or more durations (the lower half holds len // 2)
+            median = d.median()
             if median < 0.001:
                 cap = max(cap, 64)  # at most a few tens of ms of work queued per worker
             elif median < 0.005:
@@ -936,25 +955,27 @@ class Policy:
         return cap
 
     def _launch(self, task, worker, now, backup=False, audit=False, aid=None):
+        d = task.d
         if aid is None:
             task.launched += 1
-            aid = AttemptId(task.d.id, task.launched)
-        queued = bool(self.workers[worker])
+            aid = AttemptId(d.id, task.launched)
+        queue = self.workers[worker]
+        queued = bool(queue)
         att = _Attempt(aid, worker, None if queued else now, backup, audit)
         self.attempts[aid] = att
-        self.workers[worker].append(aid)
+        queue.append(aid)
         self._load_changed(worker)
         if not queued:
-            self._started_now(att)
+            self._started_now(att, d.kind)
         if backup:
             self._backup_ids.add(aid)
-        children = task.d.children
+        children = d.children
         inputs = tuple([self.tasks[c].ref for c in children]) if children else ()
         if not audit:
             task.running.append(aid)
             task.state = TaskState.IN_PROGRESS
-        self._actions.append(Launch(aid, worker, task.d.kind, task.d.split, inputs,
-                                    task.d.index, backup, audit))
+        self._actions.append(Launch(aid, worker, d.kind, d.split, inputs, d.index, backup,
+                                    audit))
 
     def _assign(self, now):
         if not self.workers:
@@ -1022,7 +1043,7 @@ class Policy:
                         worker = h
                         break
             if worker is None:
-                worker = self._pick(lambda w: True, cap)
+                worker = self._pick(None, cap)
             if worker is None:
                 break
             self.ready.popleft()
@@ -1080,7 +1101,7 @@ class Policy:
 
     def _pick(self, ok, cap):
         """The least loaded worker with fewer than ``cap`` attempts for which ``ok(w)``
-        holds, the earliest joined among equals; ``None`` if there is none. Cost:
+        holds (``ok=None``: any), the earliest joined among equals; ``None`` if there is none. Cost:
         O(log workers) amortised, plus O(log workers) per worker ``ok`` refuses."""
         heap = self._free
         workers, ordinal = self.workers, self._ordinal
@@ -1094,7 +1115,7 @@ class Policy:
                 continue
             if load >= cap:
                 break
-            if ok(w):
+            if ok is None or ok(w):
                 found = w
                 break
             refused.append(heapq.heappop(heap))
@@ -1103,27 +1124,29 @@ class Policy:
         return found
 
     def _idle_worker(self):
-        return self._pick(lambda w: True, 1)
+        return self._pick(None, 1)
 
     def _load_changed(self, worker):
         """Record ``worker``'s new queue length in the free-slot heap. Cost: O(log W)."""
-        n = len(self.workers[worker])
-        if len(self._free) > 4 * len(self.workers) + 64:
-            self._free = [(len(q), self._ordinal[w], w) for w, q in self.workers.items()]
+        workers = self.workers
+        n = len(workers[worker])
+        free = self._free
+        if len(free) > 4 * len(workers) + 64:
+            self._free = [(len(q), self._ordinal[w], w) for w, q in workers.items()]
             heapq.heapify(self._free)
         else:
-            heapq.heappush(self._free, (n, self._ordinal[worker], worker))
+            heapq.heappush(free, (n, self._ordinal[worker], worker))
         if n >= 2:
             self._deep.add(worker)
-        else:
+        elif self._deep:
             self._deep.discard(worker)
 
-    def _started_now(self, att):
+    def _started_now(self, att, kind=None):
         """``att`` reached the head of its worker's queue: a first attempt joins its
         stage's start-time heap (what speculation rules look slow tasks up in)."""
         if att.backup or att.audit:
             return
-        heap = self._starts[self.tasks[att.task].d.kind]
+        heap = self._starts[kind if kind is not None else self.tasks[att.id.task].d.kind]
         if len(heap) > 4 * len(self.attempts) + 64:
             heap[:] = [e for e in heap if self._live_start(e)]
             heapq.heapify(heap)

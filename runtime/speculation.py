@@ -94,13 +94,17 @@ class Threshold(Speculation):
         return max(self.factor * durations[len(durations) // 2], self.min_seconds)
 
     def _eligible(self, policy):
+        """``(kind, limit)`` of the stages past ``after``: a list (asked twice per tick,
+        and empty for most of a job, so no generator)."""
         done, total = policy.stage_counts()
+        out = []
+        after, min_tasks = self.after, self.min_tasks
         for kind, n in total.items():
-            if not n or n < self.min_tasks or done[kind] < self.after * n:
-                continue
-            durations = policy.durations(kind)
-            if durations:
-                yield kind, self.limit(durations)
+            if n and n >= min_tasks and done[kind] >= after * n:
+                durations = policy.durations(kind)
+                if durations:
+                    out.append((kind, self.limit(durations)))
+        return out
 
     def due(self, policy, now, room=None):
         out = []
