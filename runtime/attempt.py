@@ -110,7 +110,7 @@ class Meter:
 
     >>> m = Meter("map-0#1", 100, slow=4.0)
     >>> m.sample() is None, m.computed() or m.sample()
-    (False, (0.25, 100))
+    (False, (0.25, 25))
     """
 
     __slots__ = ("attempt", "total", "started", "_records", "_done", "_slow", "_stretch")
