@@ -126,6 +126,14 @@ def _add_common(p):
                     help="stop a task running longer than this (it counts as a failure)")
     rt.add_argument("--heartbeat-timeout", type=float, default=10.0, metavar="SECONDS",
                     help="declare a silent worker lost after this long (default 10)")
+    rt.add_argument("--journal", default=None, metavar="DIR",
+                    help="record completed tasks in DIR: rerun the same command to resume "
+                         "after a crash, or after the input grew to run only what is new "
+                         "(see docs/journal.md)")
+    rt.add_argument("--skip-bad-records", type=int, default=None, metavar="N",
+                    help="set aside up to N records on which the job's code fails (found "
+                         "by bisection, listed in the report); default: fail naming the "
+                         "first")
     rt.add_argument("--progress", dest="progress", action="store_true", default=None,
                     help="show progress on stderr (default: only on a terminal)")
     rt.add_argument("--no-progress", dest="progress", action="store_false")
@@ -213,7 +221,7 @@ def _entry_parser(entry):
 _COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "quiet", "errors", "format",
            "faults", "backups", "speculation", "verify", "max_attempts", "task_timeout",
            "heartbeat_timeout", "progress", "partitions", "combiner", "memory_limit", "output",
-           "output_format", "salt", "dask")
+           "output_format", "salt", "dask", "journal", "skip_bad_records")
 
 
 class _Usage(Exception):
@@ -367,6 +375,16 @@ def _cmd_run(name, argv, out):
                             else ""))
     if args.dask is not None:
         options["backend"] = args.dask
+    if args.skip_bad_records is not None:
+        if entry.runner is not None:
+            raise _Usage(f"--skip-bad-records applies to jobs that run as one fold or keyed "
+                         f"job; {entry.name} runs several")
+        options["skip_bad_records"] = args.skip_bad_records
+    if args.journal is not None:
+        if entry.runner is not None:
+            raise _Usage(f"--journal applies to jobs that run as one fold or keyed job; "
+                         f"{entry.name} runs several")
+        options["journal"] = args.journal
     result = runner(job, source, **options)
     doc = None
     if args.json:

@@ -20,6 +20,9 @@ __all__ = [
     "JobFailed",
     "TaskFailed",
     "NondeterminismError",
+    "BadRecords",
+    "JournalError",
+    "JournalMismatch",
     "IncompatibleMergeError",
     "WorkerLost",
     "CorruptSpillError",
@@ -109,3 +112,42 @@ class WorkerLost(MergeaggError):
 
 class CorruptSpillError(MergeaggError):
     """A spill or part file failed its checksum or was torn; its producer must run again."""
+
+
+class JournalError(MergeaggError):
+    """A job journal cannot be used: it is in use by another run, or it cannot keep an
+    output of this executor."""
+
+
+class JournalMismatch(JournalError, ValueError):
+    """A journal was written by a different job; ``differences`` names what differs (the
+    job's code, a parameter, the inputs, mergeagg's version), the message says how."""
+
+    def __init__(self, message, differences=()):
+        super().__init__(message)
+        self.differences = list(differences)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.differences))
+
+
+class BadRecords(TaskFailed):
+    """A map task's user code failed on records of its split that bisection found
+    (``records``: where each is, its exception and the line that raised), more than
+    ``skip_bad_records`` allows, or failed on no single record alone. A
+    :class:`TaskFailed`, so code that catches a task's failure catches this one too."""
+
+    def __init__(self, message, records=(), *, task=None, split=None, attempts=0,
+                 traceback=""):
+        super().__init__(message, task=task, split=split, attempts=attempts,
+                         traceback=traceback)
+        self.records = list(records)
+
+    def __reduce__(self):
+        return (_rebuild_bad_records, (self.args[0], self.records, self.task, self.split,
+                                       self.attempts, self.traceback))
+
+
+def _rebuild_bad_records(message, records, task, split, attempts, traceback):
+    return BadRecords(message, records, task=task, split=split, attempts=attempts,
+                      traceback=traceback)

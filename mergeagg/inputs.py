@@ -122,11 +122,12 @@ class Source:
     (2, [['a'], ['b', 'c']])
     """
 
-    def __init__(self, splits, description):
+    def __init__(self, splits, description, given=None):
         if not splits:
             raise InputError(f"the source is empty: {description} gives no input")
         self._splits = list(splits)
         self.description = description
+        self.given = given  # the paths, globs and directories as given (files only)
 
     def splits(self):
         """The splits, in index order. Cost: O(number of splits)."""
@@ -291,11 +292,11 @@ def files(paths, *, split_size=None, format=None, errors="strict", tag=None):
     if errors not in ("strict", "replace", "ignore", "surrogateescape", "backslashreplace"):
         raise ValueError(f"unknown errors policy {errors!r}")
     size = DEFAULT_SPLIT_SIZE if split_size is None else parse_size(split_size)
-    paths = _expand(paths)
-    if not paths:
+    expanded = _expand(paths)
+    if not expanded:
         raise InputError("no input files were given")
     splits = []
-    for path in paths:
+    for path in expanded:
         path = os.path.abspath(path)
         fmt = format or infer_format(path)
         n = os.path.getsize(path)
@@ -307,7 +308,9 @@ def files(paths, *, split_size=None, format=None, errors="strict", tag=None):
         for nominal, start, end in _plan(path, n, size, fmt):
             splits.append(Split(len(splits), f"{path}:{nominal}-{min(nominal + size, n)}",
                                 "text", path, start, end, format=fmt, errors=errors, tag=tag))
-    return Source(splits, f"{len(paths)} file(s)")
+    given = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    return Source(splits, f"{len(expanded)} file(s)",
+                  given=[os.path.abspath(os.fspath(p)) for p in given])
 
 
 # -- planning: record-aligned byte ranges ------------------------------------------------------
@@ -915,3 +918,48 @@ def _read_untagged(split):
         arr = np.load(split.path, mmap_mode="r")
         return np.asarray(arr[split.start:split.end])
     raise ValueError(f"unknown split kind {kind!r} in split {split.id}")
+
+
+def record_location(split, index):
+    """Where record ``index`` of ``split`` is, for a message: the file and byte offset of
+    a file split's record (of the decompressed bytes for a compressed file), the row of an
+    array, the position in an in-memory shard. Cost: reads and scans the split (meant for
+    the few records an error names).
+
+    >>> record_location(shards([["a", "b"]]).splits()[0], 1)
+    'record 1 of shard:0'
+    """
+    kind = split.kind
+    if kind == "npy":
+        return f"{split.path}, row {split.start + index}"
+    if kind == "rows":
+        return f"row {split.start + index} of {split.id}"
+    if kind not in ("text",) and kind not in _CODEC_OPEN:
+        return f"record {index} of {split.id}"
+    shard = TextShard(split)
+    text = shard.text()
+    base = shard._base
+    if split.format in _DELIMITERS:
+        rows = _csv_rows(text, _DELIMITERS[split.format], split.path, base)
+        i = 0
+        if split.kind != "text" or split.start == 0:
+            while i < len(rows) and not rows[i]:
+                i += 1
+            i += 1  # the header
+        seen = -1
+        while i < len(rows):
+            if rows[i]:
+                seen += 1
+                if seen == index:
+                    break
+            i += 1
+        offset = _csv_record_offset(text, _DELIMITERS[split.format], i, base)
+        return f"{split.path}, byte offset {offset} (CSV row)"
+    lines = text.split("\n")
+    if split.format == "jsonl":
+        numbers = [n for n, ln in enumerate(lines) if ln.strip()]
+        line = numbers[index]
+    else:
+        line = index
+    offset = base + sum(len(ln.encode("utf-8", "surrogateescape")) + 1 for ln in lines[:line])
+    return f"{split.path}, byte offset {offset}"

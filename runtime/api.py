@@ -43,7 +43,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         backup_after=0.75, backup_factor=1.5, verify=0.0, faults=None,
         heartbeat_interval=0.2, heartbeat_timeout=10.0, task_timeout=None, progress=None,
         start_method=None, session=None, partitions=None, combiner=None, memory_limit=None,
-        output=None, salt=None, output_format=None):
+        output=None, salt=None, output_format=None, journal=None, skip_bad_records=None):
     """Run ``job`` (an :class:`~mergeagg.Aggregator` or a :class:`~mergeagg.KeyedJob`) over
     ``source`` and return a :class:`Result`.
 
@@ -74,6 +74,18 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     several partitions: ``True``, or the share of a map task's records that makes a key
     hot there, default ``1 / partitions``); see ``docs/shuffle.md``.
 
+    ``journal`` is a directory where the run records every completed task and keeps its
+    output: run the same job again with the same ``journal`` after the driver was killed
+    and it resumes (completed tasks are not run again); run it after the input grew and
+    only the new splits run (``docs/journal.md``). A journal of a different job is refused
+    with :class:`~mergeagg.errors.JournalMismatch` naming what differs.
+
+    A map task whose user code fails twice the same way is run again by bisection, which
+    finds the records it fails on: ``skip_bad_records=N`` sets up to ``N`` of them aside
+    (listed in ``result.report.skipped_records`` with file and byte offset) and the job
+    succeeds over the rest; by default the job fails with
+    :class:`~mergeagg.errors.BadRecords` naming the first (``docs/journal.md``).
+
     Cost: one ``partial`` per split, ``n - 1`` combines, one ``finalize`` and one
     fingerprint of the value (none on workers when ``finalize`` is the identity: the root's
     worker fingerprinted it); on workers, also one fingerprint and one pickle per task
@@ -100,9 +112,25 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
                  speculation=speculation,
                  backup_after=backup_after, backup_factor=backup_factor, verify=verify,
                  heartbeat_timeout=heartbeat_timeout, task_timeout=task_timeout)
+    if skip_bad_records is not None:
+        knobs["skip_bad_records"] = skip_bad_records
     src = as_source(source, split_size=split_size, format=format, errors=errors)
     keyed_options = dict(partitions=partitions, combiner=combiner, memory_limit=memory_limit,
                          output=output, salt=salt, output_format=output_format)
+    if journal is not None:
+        from mergeagg.keyed import KeyedJob
+
+        if session is not None or (workers == 0 and dask_client is None):
+            raise ValueError("journal= runs on worker processes, the in-process backend or "
+                             "Dask: not with session= or workers=0")
+        if dask_client is not None and isinstance(job, KeyedJob):
+            raise ValueError("journal= on Dask runs fold jobs: a keyed job's map outputs "
+                             "stay in its Dask workers' spill files, which a journal on this "
+                             "machine cannot keep")
+        return _run_journaled(job, source, src, journal, workers, dask_client, fan_in, plan,
+                              progress, heartbeat_interval, start_method, knobs, backend,
+                              dict(split_size=split_size, format=format, errors=errors),
+                              keyed_options)
     if session is not None:
         if dask_client is not None:
             raise ValueError("give either session= or a Dask backend=, not both (a session "
@@ -133,6 +161,43 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
                   progress=progress, **keyed_options)
 
 
+def _run_journaled(job, source, src, directory, workers, dask_client, fan_in, plan, progress,
+                   heartbeat_interval, start_method, knobs, backend, input_options,
+                   keyed_options):
+    """``run`` with a journal in ``directory`` (see :mod:`mergeagg.runtime.journal`): the
+    executor's scratch space is inside it, so outputs move there by rename."""
+    from mergeagg.keyed import KeyedJob
+    from mergeagg.runtime.journal import Journal, job_identity
+    from mergeagg.runtime.master import PolicyConfig
+
+    params = dict(input_options)
+    if isinstance(job, KeyedJob):
+        params.update({k: v for k, v in keyed_options.items()
+                       if k in ("partitions", "combiner", "salt")})
+    else:
+        params["fan_in"] = fan_in
+    n = workers if workers is not None else (os.cpu_count() or 1)
+    with Journal(directory, job_identity(job, source, params)) as jr:
+        if keyed_options.get("output") is not None:
+            jr.output_dir = os.path.abspath(os.fspath(keyed_options["output"]))
+        if dask_client is not None:
+            from mergeagg.runtime.dask import DaskExecutor
+
+            executor = DaskExecutor(dask_client)
+        elif backend == "inprocess":
+            from mergeagg.runtime.inprocess import InProcessExecutor
+
+            executor = InProcessExecutor(max(n, 1))
+        else:
+            from mergeagg.runtime.local import LocalExecutor
+
+            executor = LocalExecutor(n, heartbeat_interval=heartbeat_interval,
+                                     start_method=start_method, workdir=jr.workdir)
+        return run_on(job, src, executor, own=True, config=PolicyConfig(**knobs),
+                      fan_in=fan_in, faults=plan, progress=progress, journal=jr,
+                      **keyed_options)
+
+
 def check_job(job, **keyed_options):
     """Refuse what is not a job, and keyed options given to a fold job."""
     from mergeagg.keyed import KeyedJob
@@ -150,12 +215,13 @@ def check_job(job, **keyed_options):
 
 def run_on(job, src, executor, *, own, config, fan_in=DEFAULT_FAN_IN, faults=None,
            progress=None, partitions=None, combiner=None, memory_limit=None, output=None,
-           salt=None, output_format=None):
+           salt=None, output_format=None, journal=None):
     """Run ``job`` over Source ``src`` on ``executor`` (``None``: serially in this
     process) and wrap the outcome in a :class:`Result`: the one place where :func:`run`
     and :class:`~mergeagg.Session` turn a job into a result, whatever executor they chose.
     ``own``: start the executor for this job and close it after. ``faults``: a FaultPlan
-    or its spec string."""
+    or its spec string. ``journal``: an open
+    :class:`~mergeagg.runtime.journal.Journal` (not with the serial executor)."""
     from mergeagg.keyed import KeyedJob
     from mergeagg.runtime.driver import run_fold, run_keyed
     from mergeagg.runtime.faults import FaultPlan
@@ -164,23 +230,27 @@ def run_on(job, src, executor, *, own, config, fan_in=DEFAULT_FAN_IN, faults=Non
         faults = FaultPlan.parse(faults)
     start = time.perf_counter()
     if isinstance(job, KeyedJob):
-        spec = keyed_spec(job, partitions, combiner, memory_limit, output, salt, output_format)
+        spec = keyed_spec(job, partitions, combiner, memory_limit, output, salt, output_format,
+                          resume=journal is not None)
         if executor is None:
             from mergeagg.runtime.serial import run_keyed_serial
 
             value, report, fp = run_keyed_serial(spec, src)
         else:
             value, report, fp = run_keyed(spec, src, executor, config=config, faults=faults,
-                                          progress=progress, own=own)
+                                          progress=progress, own=own, journal=journal)
         if output is not None:
             _commit_output(output, value, fp)
         report.wall_seconds = time.perf_counter() - start
         return Result(value, fp, report)
     if executor is None:
+        if config.skip_bad_records is not None:
+            raise ValueError("skip_bad_records= needs workers (bisection runs in the "
+                             "attempt runner); workers=0 runs the serial reference")
         value, report = run_serial(job, src, fan_in=fan_in)
     else:
         value, report = run_fold(job, src, executor, fan_in=fan_in, config=config,
-                                 faults=faults, progress=progress, own=own)
+                                 faults=faults, progress=progress, own=own, journal=journal)
     fp_start = time.perf_counter()
     fp = _root_fingerprint(job, report) or fingerprint(value)
     report.phases["fingerprint"] = time.perf_counter() - fp_start
@@ -215,7 +285,9 @@ def resolve_backend(backend):
 
 
 def keyed_spec(job, partitions, combiner, memory_limit, output, salt=None,
-                output_format=None):
+                output_format=None, resume=False):
+    """The KeyedSpec of a run. ``resume``: the run has a journal, so an output directory
+    that an interrupted run of it began (part files, no ``_SUCCESS``) may be written on."""
     from mergeagg.inputs import parse_size
     from mergeagg.runtime.shuffle import KeyedSpec
 
@@ -226,7 +298,8 @@ def keyed_spec(job, partitions, combiner, memory_limit, output, salt=None,
     out = None
     if output is not None:
         out = os.path.abspath(os.fspath(output))
-        if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not (
+                resume and _unfinished_output(out)):
             raise ValueError(f"output directory {out!r} exists and is not empty; give a new "
                              "or empty directory (part files are never overwritten)")
     elif output_format is not None:
@@ -247,6 +320,13 @@ def keyed_spec(job, partitions, combiner, memory_limit, output, salt=None,
             raise PermissionError(errno.EACCES, "cannot write part files in the output "
                                   "directory", out)
     return spec
+
+
+def _unfinished_output(directory):
+    """Whether ``directory`` holds only what an interrupted keyed run writes (committed
+    ``part-*`` files and temporary ``.part-*`` ones) and no ``_SUCCESS``."""
+    names = os.listdir(directory)
+    return "_SUCCESS" not in names and all(n.startswith(("part-", ".part-")) for n in names)
 
 
 def _commit_output(directory, value, fp):

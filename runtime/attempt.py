@@ -25,13 +25,14 @@ a ``corrupt`` fault on a keyed map damages a spill file on every executor, and s
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import traceback
 from typing import Protocol
 
-from mergeagg.errors import CorruptSpillError, InputError
+from mergeagg.errors import BadRecords, CorruptSpillError, InputError
 from mergeagg.fingerprint import MappingDigest, fingerprint
-from mergeagg.inputs import read_split
+from mergeagg.inputs import read_split, record_location
 from mergeagg.runtime.faults import InjectedFault, corrupt_value
 from mergeagg.runtime.port import Cancelled, Failed, Finished
 from mergeagg.runtime.refs import (
@@ -221,6 +222,9 @@ def _run(job, launch, hint, host, fault, meter):
                       tuple(getattr(exc, "lost", ())), host.worker)
     except InputError as exc:
         return Failed(launch.attempt, "input", str(exc), "", (), host.worker)
+    except BadRecords as exc:
+        return Failed(launch.attempt, "bad_records", str(exc), "\n".join(exc.records), (),
+                      host.worker)
     except RecomputedInput as exc:
         return Failed(launch.attempt, "nondeterministic", str(exc), "", (), host.worker)
     except Exception as exc:
@@ -249,6 +253,8 @@ def _fold(agg, launch, host, meter=None):
         records = read_split(split)
         if meter is not None:
             meter.reading(records)
+        if launch.bisect is not None:
+            return _bisected(agg.partial, records, launch)
         acc = agg.partial(records)
         if meter is not None:
             meter.computed()
@@ -269,6 +275,14 @@ def _keyed(spec, launch, host, meter=None):
         if meter is not None:
             meter.reading(records)
         out_dir = os.path.join(host.workdir, aid.replace("#", "_"))
+        if launch.bisect is not None:
+            def map_once(sub):
+                shutil.rmtree(out_dir, ignore_errors=True)  # a failed run's spills
+                return run_map(spec, sub, out_dir, host.worker, launch.attempt.task)
+
+            (ref, fp, stats), more = _bisected(map_once, records, launch)
+            stats.update(more)
+            return ref, fp, stats
         ref, fp, stats = run_map(spec, records, out_dir, host.worker, launch.attempt.task)
         if meter is not None:
             meter.computed()
@@ -290,6 +304,21 @@ def _keyed(spec, launch, host, meter=None):
             value.side = None
         return value, fp, stats
     return host.store(launch.attempt, dumps(value)), fp, stats
+
+
+def _bisected(fn, records, launch):
+    """``fn`` over the split's records without those it fails on (found by bisection,
+    at most ``launch.bisect`` of them): ``(result, stats)`` with the set-aside records in
+    ``stats["skipped_records"]``; raises :class:`~mergeagg.errors.BadRecords`."""
+    from mergeagg.runtime.poison import without_bad_records
+
+    split = launch.split
+    result, bad = without_bad_records(fn, records, launch.bisect,
+                                      locate=lambda i: record_location(split, i))
+    stats = {"bytes_read": getattr(records, "bytes_read", 0), "bisected": 1}
+    if bad:
+        stats["skipped_records"] = [b.describe() for b in bad]
+    return result, stats
 
 
 def _strike_before(fault, hint, host):

@@ -702,6 +702,33 @@ class DaskExecutor:
                 fingerprints=(ref.fingerprint, outcome[2]))
         return pickle.loads(outcome[1])
 
+    # -- a journal's outputs ----------------------------------------------------------------
+
+    def output_bytes(self, ref, timeout=300.0):
+        """The pickled output behind ``ref``, for a journal to keep a copy of; ``None``
+        for a keyed map's output, which stays in its worker's spill files."""
+        data = ref.future.result(timeout=timeout)[1]
+        return data if isinstance(data, (bytes, bytearray)) else None
+
+    def adopt(self, ref, fingerprint):
+        """A reference Dask tasks can read for an output kept on this machine (a
+        journal's): its bytes scattered to a worker, held as a finished attempt's
+        outcome. It is lost with that worker, like any output here."""
+        from mergeagg.runtime.refs import load_ref
+
+        if ref.data is not None:
+            data = ref.data
+        else:
+            with open(ref.path, "rb") as f:
+                data = f.read()
+            load_ref(ref)  # its size and CRC-32, checked before it is used
+        [fut] = self.client.scatter([("done", data, fingerprint, {})], hash=False)
+        address = sorted(self.client.who_has([fut])[fut.key])[0]
+        aid = f"journal-{ref.key}"
+        self.futures[aid] = fut
+        self.where[aid] = address
+        return DaskRef(slot_name(address, 0), aid, fut, fingerprint, len(data))
+
     # -- internals -------------------------------------------------------------------------
 
     def _submit(self, a, hint):

@@ -28,7 +28,7 @@ import time
 
 from mergeagg.errors import JobFailed
 from mergeagg.fingerprint import MappingDigest
-from mergeagg.runtime.port import NOT_YET, MonotonicClock
+from mergeagg.runtime.port import NOT_YET, Finished, MonotonicClock
 from mergeagg.runtime.refs import InputLost
 from mergeagg.runtime.report import FailureRecord, Report, TaskRecord
 
@@ -37,7 +37,7 @@ __all__ = ["run_fold", "run_keyed", "drive", "run_policy", "fetch_root", "keyed_
 
 
 def run_fold(aggregator, source, executor, *, fan_in, config, faults=None, progress=None,
-             own=True):
+             own=True, journal=None):
     """Run a fold job on ``executor`` (any executor of the port). Returns ``(value,
     report)``. ``own``: the executor is started and closed for this job (else it is a
     session's, already started). Cost: the job's; see :func:`drive`."""
@@ -45,14 +45,16 @@ def run_fold(aggregator, source, executor, *, fan_in, config, faults=None, progr
 
     policy = Policy(fold_tasks(source.splits(), fan_in), config)
     acc, phases = drive(policy, executor, aggregator, fetch_root, faults=faults,
-                        progress=progress, clock=getattr(executor, "clock", None), own=own)
+                        progress=progress, clock=getattr(executor, "clock", None), own=own,
+                        journal=journal)
     t = time.perf_counter()
     value = aggregator.finalize(acc)
     phases["finalize"] = time.perf_counter() - t
-    return value, _executor_report(policy, executor, fan_in, phases)
+    return value, _executor_report(policy, executor, fan_in, phases, journal)
 
 
-def run_keyed(spec, source, executor, *, config, faults=None, progress=None, own=True):
+def run_keyed(spec, source, executor, *, config, faults=None, progress=None, own=True,
+              journal=None):
     """Run a keyed job (map, shuffle, reduce) on ``executor``. Returns ``(value, report,
     fingerprint)``: the value is a dict, or a
     :class:`~mergeagg.runtime.shuffle.KeyedOutput` over committed part files when the job
@@ -65,14 +67,18 @@ def run_keyed(spec, source, executor, *, config, faults=None, progress=None, own
     policy = Policy(keyed_tasks(source.splits(), R, salt), config)
     sinks = [f"reduce-{r}" for r in range(R)] + (["merge-salted"] if salt else [])
     value, phases = drive(policy, executor, spec, keyed_fetch(spec, sinks), faults=faults,
-                          progress=progress, clock=getattr(executor, "clock", None), own=own)
-    rep = _executor_report(policy, executor, 0, phases)
+                          progress=progress, clock=getattr(executor, "clock", None), own=own,
+                          journal=journal)
+    rep = _executor_report(policy, executor, 0, phases, journal)
     return value, rep, keyed_fingerprint(policy, R, rep)
 
 
-def _executor_report(policy, executor, fan_in, phases):
+def _executor_report(policy, executor, fan_in, phases, journal=None):
     rep = report(policy, executor.size, fan_in, phases, mode=executor.mode)
     rep.counters.update(getattr(executor, "report_counters", dict)())
+    if journal is not None:
+        rep.journal = journal.summary()
+        rep.journal["tasks_skipped"] = policy.skipped
     return rep
 
 
@@ -107,15 +113,17 @@ def fetch_root(policy, executor):
 
 
 def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
-          clock=None, own=True):
+          clock=None, own=True, journal=None):
     """Run ``policy`` over ``executor`` until the job is done; returns ``(fetched, phases)``.
 
     ``payload`` is what workers run (an Aggregator, or a keyed job's spec);
     ``fetch(policy, executor)`` reads the sinks' outputs once the policy is done (an output
     that turns out unreadable sends its task back to the policy). ``own``: start the
     executor here and close it at the end, whatever happens; otherwise (a session's) it
-    is only given this job, which is dropped at the end. Cost: the job's, plus O(1) per
-    event and O(workers) per tick in this process.
+    is only given this job, which is dropped at the end. ``journal``: a
+    :class:`~mergeagg.runtime.journal.Journal`; the tasks it holds as done are not run,
+    and every task completed here is recorded in it (its output moved there). Cost: the
+    job's, plus O(1) per event and O(workers) per tick in this process.
     """
     clock = clock if clock is not None else MonotonicClock()
     t_start = clock()
@@ -125,6 +133,7 @@ def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
                     clock=clock)
     job = None
     phases = {}
+    handle = policy.handle
     try:
         if own:
             executor.start()
@@ -134,6 +143,12 @@ def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
             policy.worker_joined(w, now)
         t_started = clock()
         phases["start workers"] = t_started - t_start
+        if journal is not None:
+            journal.bind(policy)
+            journal.restore(policy, getattr(executor, "adopt", None))
+            handle = _journaling(policy, journal, getattr(executor, "output_bytes", None))
+            phases["journal"] = clock() - t_started
+            t_started = clock()
 
         def finish():
             try:
@@ -147,8 +162,10 @@ def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
 
         fetched, loop_phases = run_policy(
             policy, lambda actions, hint: executor.apply(actions, job, hint), executor.events,
-            finish, show, t_started, clock)
+            finish, show, t_started, clock, handle=handle)
         phases.update(loop_phases)
+        if journal is not None:
+            journal.compact(policy)
     finally:
         if own:
             executor.close()
@@ -157,7 +174,30 @@ def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
     return fetched, phases
 
 
-def run_policy(policy, apply, events, finish, show, t_started, clock):
+def _journaling(policy, journal, output_bytes=None):
+    """``policy.handle`` that first moves a winning completion's output into ``journal``
+    and, once the policy took it, records it there (``output_bytes(ref)``: the executor's
+    way to read an output held elsewhere, Dask's)."""
+    from mergeagg.runtime.master import TaskState
+
+    def handle(ev, now):
+        if type(ev) is Finished and ev.ref is not None and policy.error is None:
+            task = policy.tasks.get(ev.attempt.task)
+            if (task is not None and task.state is not TaskState.COMPLETED
+                    and ev.attempt in policy.attempts
+                    and not policy.attempts[ev.attempt].audit):
+                now_ref, kept = journal.keep(ev.attempt.task, ev.ref, output_bytes)
+                ev = dataclasses.replace(ev, ref=now_ref)
+                policy.handle(ev, now)
+                if task.state is TaskState.COMPLETED and task.ref is ev.ref:
+                    journal.record(ev.attempt.task, ev.fingerprint, task.stats, kept)
+                return
+        policy.handle(ev, now)
+
+    return handle
+
+
+def run_policy(policy, apply, events, finish, show, t_started, clock, handle=None):
     """The loop every executor runs with a policy: tick and carry out its actions
     (``apply(actions, hint)``), feed it the executor's ``events(timeout)``, and once it is
     done call ``finish()``, which returns the sinks' outputs or :data:`NOT_YET` (the
@@ -166,7 +206,7 @@ def run_policy(policy, apply, events, finish, show, t_started, clock):
     ``t_started``."""
     map_done_at = None
     stage_done, stage_total = policy.stage_counts()
-    handle = policy.handle
+    handle = handle or policy.handle
     while True:
         now = clock()
         actions = policy.tick(now)
@@ -277,6 +317,9 @@ def report(policy, workers, fan_in, phases, mode="local"):
     rep.workers_lost = policy.workers_lost
     if policy.steals:
         rep.counters["attempts_moved"] = policy.steals
+    for tid, _kind, _split, _n, _s, _w, stats, _fp in policy.task_rows():
+        for where in (stats or {}).get("skipped_records", ()):
+            rep.skipped_records.append({"task": tid, "record": where})
     rep.phases = phases
     return rep
 

@@ -41,7 +41,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-from mergeagg.errors import InputError, JobFailed, NondeterminismError, TaskFailed
+from mergeagg.errors import BadRecords, InputError, JobFailed, NondeterminismError, TaskFailed
 from mergeagg.runtime.port import (
     AttemptId,
     Cancel,
@@ -138,6 +138,10 @@ class PolicyConfig:
     ``scan_interval``: the rule is asked at most this often (seconds); on a real clock,
     asking at every event would back up sub-millisecond tasks whose first attempt has not
     yet reached its worker; the simulator asks at every event (0).
+    A map task whose user code fails twice the same way (same exception type, same line)
+    runs next by bisection (:mod:`mergeagg.runtime.poison`), which finds the records it
+    fails on: ``skip_bad_records`` is how many it may set aside (``None``: none; the job
+    fails naming the first).
     """
 
     max_attempts: int = 4
@@ -157,8 +161,14 @@ class PolicyConfig:
     steal_after: float = 0.05
     speculation: Speculation | None = None
     scan_interval: float = 0.02
+    skip_bad_records: int | None = None
 
     def __post_init__(self):
+        if self.skip_bad_records is not None and (
+                isinstance(self.skip_bad_records, bool)
+                or not isinstance(self.skip_bad_records, int) or self.skip_bad_records < 0):
+            raise ValueError(f"skip_bad_records must be None or an int >= 0, got "
+                             f"{self.skip_bad_records!r}")
         if self.scan_interval < 0:
             raise ValueError(f"scan_interval must be >= 0 seconds, got {self.scan_interval!r}")
         if isinstance(self.speculation, str):
@@ -310,6 +320,8 @@ class _Task:
     stats: dict = field(default_factory=dict)
     audit_failures: int = 0
     waiting_since: float | None = None  # when it began waiting for its preferred worker
+    bisect: int | None = None  # set once it failed twice alike: run by bisection
+    last_signature: object = None  # (exception type, line) of its last failure
 
 
 @dataclass(slots=True)
@@ -361,6 +373,16 @@ def fold_tasks(splits, fan_in):
             nxt.append(node.id)
         level_ids = nxt
     return tasks
+
+
+def _signature(error, traceback):
+    """How an attempt failed, to tell a repeated failure: the exception's type and the
+    last line of code in its traceback."""
+    frame = ""
+    for line in traceback.splitlines():
+        if line.lstrip().startswith("File "):
+            frame = line.strip()
+    return error.split(":", 1)[0], frame
 
 
 class Policy:
@@ -419,6 +441,8 @@ class Policy:
         self.steals = 0
         self.verified = 0
         self.workers_lost = 0
+        self.restored = 0  # tasks whose outputs an earlier run's journal gave
+        self.skipped = 0  # tasks not run because their consumers' outputs were restored
         self._now = 0.0
         self._locality_deadline = None  # when a task waiting for its worker gives up
         spec = config.speculation
@@ -681,9 +705,28 @@ class Policy:
             # stop at once with the reader's own message, no retries.
             self._fail(InputError(error))
             return
+        if kind == "bad_records":
+            # Bisection found the records (or that no single record is to blame): the
+            # same would happen on every attempt.
+            self._fail(BadRecords(
+                f"task {task.d.id} ({self._where(task)}) failed {task.failures} time(s) the "
+                f"same way, last with {task.last_error}; then {error}",
+                records=traceback.splitlines(), task=task.d.id, split=self._split_id(task),
+                attempts=task.failures + 1, traceback=task.last_traceback))
+            return
         task.failures += 1
         task.last_error = error
         task.last_traceback = traceback
+        signature = _signature(error, traceback)
+        if (task.d.kind == "map" and task.bisect is None and kind == "raise"
+                and signature == task.last_signature):
+            # Twice alike: the split's records are to blame, most likely one of them.
+            task.bisect = self.config.skip_bad_records or 0
+            task.last_signature = signature
+            if not task.running:
+                self._requeue(task)
+            return
+        task.last_signature = signature
         if task.failures >= self.config.max_attempts:
             self._fail(TaskFailed(
                 f"task {task.d.id} ({self._where(task)}) failed {task.failures} time(s), the "
@@ -975,7 +1018,7 @@ class Policy:
             task.running.append(aid)
             task.state = TaskState.IN_PROGRESS
         self._actions.append(Launch(aid, worker, d.kind, d.split, inputs, d.index, backup,
-                                    audit))
+                                    audit, task.bisect))
 
     def _assign(self, now):
         if not self.workers:
@@ -1214,6 +1257,61 @@ class Policy:
         """Workers alive."""
         return len(self.workers)
 
+    # -- a journal's reuse ------------------------------------------------------------------
+
+    def restore(self, task_id, ref, fingerprint, stats=None):
+        """Before the job starts, take task ``task_id`` as completed by an earlier run of the
+        same job (a journal): its output ``ref`` survives every worker. Cost: O(parents)."""
+        task = self.tasks[task_id]
+        if task.state is not TaskState.IDLE or self.attempts:
+            raise RuntimeError(f"restore({task_id}) after the job started")
+        task.state = TaskState.COMPLETED
+        task.ref, task.ref_worker, task.fingerprint = ref, None, fingerprint
+        task.stats = dict(stats or {})
+        task.stats["restored"] = 1
+        self._stage_done[task.d.kind] += 1
+        self.restored += 1
+        if not task.d.parents or task.d.output:
+            self.results[task_id] = (ref, fingerprint)
+            if task_id == self.root:
+                self.result = (ref, fingerprint)
+        for parent_id in task.d.parents:
+            self.tasks[parent_id].pending_children -= 1
+        self._maybe_done()
+
+    def skip_unneeded(self):
+        """After :meth:`restore`: tasks whose output no task still to run needs are not
+        run. Each is held as completed with its output gone, the way a lost output is, so
+        that if a restored output turns out unreadable later the tasks under it run after
+        all. Returns how many were skipped. Cost: O(tasks + edges)."""
+        needed = set()
+        for tid in reversed(self.order):  # parents come after their children
+            t = self.tasks[tid]
+            if t.state is TaskState.COMPLETED:
+                continue
+            if (not t.d.parents or t.d.output
+                    or any(p in needed for p in t.d.parents)):
+                needed.add(tid)
+        skipped = 0
+        for tid in self.order:
+            t = self.tasks[tid]
+            if t.state is TaskState.COMPLETED or tid in needed:
+                continue
+            t.state = TaskState.COMPLETED
+            t.ref, t.ref_worker, t.fingerprint = None, _GONE, None
+            self._gone[tid] = None
+            self._stage_done[t.d.kind] += 1
+            for parent_id in t.d.parents:
+                self.tasks[parent_id].pending_children -= 1
+            skipped += 1
+        for tid in self.order:  # a task whose children were skipped or restored is ready
+            t = self.tasks[tid]
+            if tid in needed and t.d.children and t.pending_children == 0:
+                self.ready.appendleft(tid)
+        self.skipped = skipped
+        self._maybe_done()
+        return skipped
+
     # -- what a driver reads --------------------------------------------------------------
 
     def stage_counts(self):
@@ -1256,7 +1354,8 @@ class Policy:
                     f"{tid} is {t.state.value} with attempts {t.running}"
             if t.state is TaskState.COMPLETED:
                 done[t.d.kind] += 1
-                assert t.fingerprint is not None, f"{tid} completed without a fingerprint"
+                assert t.fingerprint is not None or tid in self._gone, \
+                    f"{tid} completed without a fingerprint"
             else:
                 missing = sum(self.tasks[c].state is not TaskState.COMPLETED
                               for c in t.d.children)

@@ -173,7 +173,9 @@ class Launch:
     ``merge``) on ``worker``. A map reads ``split``; the others fold ``inputs``, the
     output references of the task's children in fold order. ``index`` is the task's index
     (a reducer's partition). ``backup`` marks a speculative copy, ``audit`` a verification
-    re-run."""
+    re-run. ``bisect`` (a map only) runs the split's records by bisection, setting aside
+    up to that many records on which the user's code fails
+    (:mod:`mergeagg.runtime.poison`)."""
 
     __reduce__ = _reduce
 
@@ -185,6 +187,7 @@ class Launch:
     index: int = 0
     backup: bool = False
     audit: bool = False
+    bisect: int | None = None  # a map that failed twice alike: set aside up to N bad records
 
     @property
     def task(self):

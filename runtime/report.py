@@ -58,6 +58,8 @@ class Report:
     workers_lost: int = 0
     counters: dict[str, int] = field(default_factory=dict)
     reducers: list[dict] = field(default_factory=list)
+    journal: dict = field(default_factory=dict)
+    skipped_records: list[dict] = field(default_factory=list)
 
     @property
     def attempts(self):
@@ -145,6 +147,21 @@ class Report:
         if self.counters:
             lines.append("counters " + ", ".join(f"{k} {v}" for k, v in
                                                  sorted(self.counters.items())))
+        if self.journal:
+            j = self.journal
+            lines.append(f"journal {j['directory']}: tasks reused {j['tasks_reused']}, "
+                         f"skipped {j.get('tasks_skipped', 0)}, recorded "
+                         f"{j['tasks_recorded']}"
+                         + (f", torn tail of {j['torn_tail_bytes']} bytes dropped"
+                            if j.get("torn_tail_bytes") else "")
+                         + (f", {len(j['unusable'])} journaled output(s) unusable"
+                            if j.get("unusable") else ""))
+        if self.skipped_records:
+            lines.append(f"skipped records {len(self.skipped_records)}:")
+            for rec in self.skipped_records[:20]:
+                lines.append(f"  task {rec['task']}: {rec['record']}")
+            if len(self.skipped_records) > 20:
+                lines.append(f"  ... and {len(self.skipped_records) - 20} more")
         if self.reducers:
             recs = [r["records_in"] for r in self.reducers]
             secs = [r["seconds"] for r in self.reducers]
