@@ -113,6 +113,11 @@ def _add_common(p):
                     help="race a copy of stragglers near the end of a stage (default)")
     rt.add_argument("--no-backups", dest="backups", action="store_false",
                     help="never launch backup tasks")
+    from mergeagg.runtime.speculation import NAMES
+
+    rt.add_argument("--speculation", choices=NAMES, default=None,
+                    help="the backup rule (default: after 75%% of a stage, a task past 1.5x "
+                         "the median; late: by progress rate; see docs/simulate.md)")
     rt.add_argument("--verify", type=float, default=0.0, metavar="F",
                     help="re-run this fraction of map tasks on another worker to compare")
     rt.add_argument("--max-attempts", type=int, default=4, metavar="N",
@@ -214,9 +219,9 @@ def _entry_parser(entry):
 
 
 _COMMON = ("inputs", "workers", "split_size", "fan_in", "json", "quiet", "errors", "format",
-           "faults", "backups", "verify", "max_attempts", "task_timeout", "heartbeat_timeout",
-           "progress", "partitions", "combiner", "memory_limit", "output", "output_format",
-           "salt", "dask", "journal", "skip_bad_records")
+           "faults", "backups", "speculation", "verify", "max_attempts", "task_timeout",
+           "heartbeat_timeout", "progress", "partitions", "combiner", "memory_limit", "output",
+           "output_format", "salt", "dask", "journal", "skip_bad_records")
 
 
 class _Usage(Exception):
@@ -354,6 +359,8 @@ def _cmd_run(name, argv, out):
                    backups=args.backups, verify=args.verify, max_attempts=args.max_attempts,
                    task_timeout=args.task_timeout, heartbeat_timeout=args.heartbeat_timeout,
                    progress=False if args.quiet and args.progress is None else args.progress)
+    if args.speculation is not None:
+        options["speculation"] = args.speculation
     keyed_options = dict(partitions=args.partitions, combiner=args.combiner,
                          memory_limit=args.memory_limit, output=args.output, salt=args.salt,
                          output_format=args.output_format)

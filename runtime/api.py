@@ -39,7 +39,7 @@ def _short(value, limit=80):
 
 def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         split_size=None, format=None, errors="strict", max_attempts=4, max_lost=10,
-        backups=True,
+        backups=True, speculation=None,
         backup_after=0.75, backup_factor=1.5, verify=0.0, faults=None,
         heartbeat_interval=0.2, heartbeat_timeout=10.0, task_timeout=None, progress=None,
         start_method=None, session=None, partitions=None, combiner=None, memory_limit=None,
@@ -54,7 +54,9 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     (``fan_in`` children per node) as the parallel runtime: the reference every parallel
     run is compared with. ``workers=None`` means one worker process per CPU; ``workers=N``
     that many worker processes (see ``docs/runtime.md`` for the fault model and every knob:
-    ``max_attempts``, ``backups``, ``backup_after``, ``backup_factor``, ``verify``,
+    ``max_attempts``, ``backups``, ``speculation`` (the backup rule: a name such as
+    ``"late"`` or ``"hadoop"``, or a rule of :mod:`mergeagg.runtime.speculation`; see
+    ``docs/simulate.md``), ``backup_after``, ``backup_factor``, ``verify``,
     ``heartbeat_interval``, ``heartbeat_timeout``, ``task_timeout``, ``faults``,
     ``progress``, ``start_method``). ``backend`` is ``"local"`` (worker processes on this
     machine), ``"inprocess"`` (``workers`` simulated in this process on a virtual clock,
@@ -107,6 +109,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     dask_client = resolve_backend(backend)
     plan = FaultPlan.parse(faults) if isinstance(faults, (str, type(None))) else faults
     knobs = dict(max_attempts=max_attempts, max_lost=max_lost, backups=backups,
+                 speculation=speculation,
                  backup_after=backup_after, backup_factor=backup_factor, verify=verify,
                  heartbeat_timeout=heartbeat_timeout, task_timeout=task_timeout)
     if skip_bad_records is not None:

@@ -51,7 +51,10 @@ from mergeagg.runtime.shuffle import (
     run_reduce,
 )
 
-__all__ = ["run_attempt", "Host", "Cancel"]
+__all__ = ["run_attempt", "Host", "Cancel", "Meter", "PROGRESS_EVERY"]
+
+PROGRESS_EVERY = 0.2  # seconds between two progress reports of one attempt, at least
+_BYTE_SPLITS = ("text", "gzip", "bz2", "xz")  # split kinds whose range is in file bytes
 
 
 class Host(Protocol):
@@ -63,6 +66,9 @@ class Host(Protocol):
     * ``store(attempt, data)``: keep a pickled output; returns its reference.
     * ``cached(part)``: ``(loaded, stats)`` of a worker-resident partition.
     * ``side(ref)``: a reducer's salted partials, for the merge.
+    * ``track(meter)`` (optional): a map attempt's :class:`Meter` as it starts, ``None``
+      as it ends; an executor that reports progress samples the meter (a host without
+      ``track`` reports none).
     * ``kill_now()``, ``kill_after(seconds)``, ``hang()``, ``delay(factor, elapsed)``: how
       the ``kill``, ``hang`` and ``delay`` faults reach this worker (``delay`` makes an
       attempt that took ``elapsed`` seconds take ``factor`` times as long); ``noise()``: a
@@ -91,6 +97,82 @@ class Host(Protocol):
     def noise(self): ...
 
 
+class Meter:
+    """How far a running map attempt is, for its executor to sample (from another thread,
+    or between events): the bytes of the split its reader has read, of the split's bytes,
+    and all of it once the ``partial`` has returned. The reader reads a split on first use,
+    so on a file split the fraction steps from 0 to 1 as the read completes; a split
+    without a byte count (in memory) is unknown (``None``) until the partial returns.
+    A ``delay`` fault (a straggler ``factor`` times slower) is seen as one: its fractions
+    are divided by ``factor`` while the attempt computes, then grow with time through the
+    delay, as a task slowed uniformly would report them.
+
+    Cost: nothing per record (a sample reads the reader's byte counter); O(1) per sample.
+
+    >>> m = Meter("map-0#1", 100, slow=4.0)
+    >>> m.sample() is None, m.computed() or m.sample()
+    (False, (0.25, 25))
+    """
+
+    __slots__ = ("attempt", "total", "started", "_records", "_done", "_slow", "_stretch")
+
+    def __init__(self, attempt, total, slow=1.0):
+        self.attempt = attempt
+        self.total = total
+        self.started = time.perf_counter()
+        self._records = None
+        self._done = False
+        self._slow = slow
+        self._stretch = None
+
+    def reading(self, records):
+        """The records the partial consumes (their ``bytes_read`` is sampled)."""
+        self._records = records
+
+    def computed(self):
+        """The partial has returned: the split's work is done."""
+        self._done = True
+
+    def stretch(self, factor, elapsed):
+        """A ``delay`` fault stretches the attempt, which took ``elapsed`` seconds, to
+        ``factor`` times as long, from now."""
+        self._stretch = (time.perf_counter(), elapsed, factor)
+
+    def sample(self):
+        """``(fraction, bytes_done)`` now, or ``None`` while unknown."""
+        total = self.total
+        if self._stretch is not None:
+            t0, elapsed, factor = self._stretch
+            whole = max(factor * elapsed, 1e-9)
+            frac = min(1.0, (elapsed + time.perf_counter() - t0) / whole)
+            return frac, int(frac * total)
+        if self._done:
+            done = total
+        elif total > 0:
+            done = min(getattr(self._records, "bytes_read", 0) or 0, total)
+        else:
+            return None
+        frac = (done / total if total > 0 else 1.0) / self._slow
+        return frac, int(frac * total)
+
+
+def _meter(launch, fault, host):
+    """A :class:`Meter` for a map attempt on a host that tracks progress (else ``None``)."""
+    track = getattr(host, "track", None)
+    if track is None or launch.kind != "map" or isinstance(launch.split, ResidentPartition):
+        return None
+    split = launch.split
+    total = 0
+    if getattr(split, "kind", None) in _BYTE_SPLITS:
+        total = max(0, split.end - split.start)
+    slow = fault.factor if fault is not None and fault.kind == "delay" else 1.0
+    if not total and slow == 1.0:
+        return None  # nothing to say until it is over (an in-memory split): no meter
+    meter = Meter(launch.attempt, total, slow)
+    track(meter)
+    return meter
+
+
 def run_attempt(job, plan, launch, hint, host):
     """Run ``launch`` of ``job`` (an Aggregator or a keyed job's spec) on ``host``; the
     fault plan ``plan`` (or ``None``) decides this attempt's fault. ``hint`` is the median
@@ -101,23 +183,34 @@ def run_attempt(job, plan, launch, hint, host):
     """
     fault = plan.fault_for(launch.attempt.task, launch.attempt.number) \
         if plan is not None else None
+    meter = _meter(launch, fault, host)
+    if meter is None:
+        return _run(job, launch, hint, host, fault, None)
+    try:
+        return _run(job, launch, hint, host, fault, meter)
+    finally:
+        host.track(None)
+
+
+def _run(job, launch, hint, host, fault, meter):
+    """:func:`run_attempt` once its fault and meter are known."""
     t0 = time.perf_counter()
     stats = {}
     try:
         if fault is not None:
             _strike_before(fault, hint, host)
         if isinstance(job, KeyedSpec):
-            ref, fp, stats = _keyed(job, launch, host)
+            ref, fp, stats = _keyed(job, launch, host, meter)
             if fault is not None:
                 if fault.kind == "corrupt" and launch.kind == "map":
                     _corrupt_spill(ref)  # its reducer's CRC check must catch it
                 else:
-                    _strike_after(fault, None, time.perf_counter() - t0, host)
+                    _strike_after(fault, None, time.perf_counter() - t0, host, meter)
             stats["seconds"] = time.perf_counter() - t0
             return Finished(launch.attempt, ref, fp, stats, host.worker)
-        acc, stats = _fold(job, launch, host)
+        acc, stats = _fold(job, launch, host, meter)
         if fault is not None:
-            acc = _strike_after(fault, acc, time.perf_counter() - t0, host)
+            acc = _strike_after(fault, acc, time.perf_counter() - t0, host, meter)
         seconds = time.perf_counter() - t0
     except Cancel:
         return Cancelled(launch.attempt, host.worker)
@@ -150,7 +243,7 @@ def run_attempt(job, plan, launch, hint, host):
     return Finished(launch.attempt, ref, fp, stats, host.worker)
 
 
-def _fold(agg, launch, host):
+def _fold(agg, launch, host, meter=None):
     """A fold job's map or combine: ``(accumulator, stats)``."""
     if launch.kind == "map":
         split = launch.split
@@ -158,9 +251,13 @@ def _fold(agg, launch, host):
             loaded, stats = host.cached(split)
             return agg.partial(loaded), stats
         records = read_split(split)
+        if meter is not None:
+            meter.reading(records)
         if launch.bisect is not None:
             return _bisected(agg.partial, records, launch)
         acc = agg.partial(records)
+        if meter is not None:
+            meter.computed()
         return acc, {"bytes_read": getattr(records, "bytes_read", 0)}
     values = [host.load(r) for r in launch.inputs]
     acc = values[0]
@@ -169,12 +266,14 @@ def _fold(agg, launch, host):
     return acc, {"bytes_read": 0}
 
 
-def _keyed(spec, launch, host):
+def _keyed(spec, launch, host, meter=None):
     """A keyed job's map, reduce or merge (see :mod:`mergeagg.runtime.shuffle`):
     ``(ref, fingerprint, stats)``."""
     aid = str(launch.attempt)
     if launch.kind == "map":
         records = read_split(launch.split)
+        if meter is not None:
+            meter.reading(records)
         out_dir = os.path.join(host.workdir, aid.replace("#", "_"))
         if launch.bisect is not None:
             def map_once(sub):
@@ -185,6 +284,8 @@ def _keyed(spec, launch, host):
             stats.update(more)
             return ref, fp, stats
         ref, fp, stats = run_map(spec, records, out_dir, host.worker, launch.attempt.task)
+        if meter is not None:
+            meter.computed()
         stats["bytes_read"] = getattr(records, "bytes_read", 0)
         return ref, fp, stats
     if launch.kind == "merge":
@@ -233,7 +334,7 @@ def _strike_before(fault, hint, host):
         host.kill_after(fault.at * hint)
 
 
-def _strike_after(fault, acc, elapsed, host):
+def _strike_after(fault, acc, elapsed, host, meter=None):
     """The part of ``fault`` that strikes once the attempt computed ``acc`` in
     ``elapsed`` seconds: ``kill`` kills the worker, ``delay`` stretches the attempt to
     ``factor`` times its time, ``corrupt`` returns a perturbed ``acc`` (unless it is
@@ -242,6 +343,8 @@ def _strike_after(fault, acc, elapsed, host):
     if fault.kind == "kill":
         host.kill_now()
     elif fault.kind == "delay":
+        if meter is not None:
+            meter.stretch(fault.factor, elapsed)
         host.delay(fault.factor, elapsed)
     elif fault.kind == "corrupt" and acc is not None:
         acc = corrupt_value(acc, host.noise())

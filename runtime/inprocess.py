@@ -43,7 +43,7 @@ from collections import deque
 
 from mergeagg.errors import CorruptSpillError
 from mergeagg.inputs import read_split
-from mergeagg.runtime.attempt import run_attempt
+from mergeagg.runtime.attempt import PROGRESS_EVERY, run_attempt
 from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.port import (
     Cancel,
@@ -54,6 +54,7 @@ from mergeagg.runtime.port import (
     KillWorker,
     Launch,
     Lost,
+    Progress,
     Release,
     VirtualClock,
 )
@@ -138,15 +139,16 @@ class MemoryHost:
 
 
 class _SimWorker:
-    __slots__ = ("name", "queue", "host", "head", "alive", "hung")
+    __slots__ = ("name", "queue", "host", "head", "alive", "hung", "reported")
 
     def __init__(self, name, host):
         self.name = name
         self.queue = deque()  # Launches waiting, the head excluded
         self.host = host
-        self.head = None  # (finish time, event, death time or None) of the running attempt
+        self.head = None  # (launch, event[, start, duration]) of the running attempt
         self.alive = True
         self.hung = False
+        self.reported = 0.0  # when its running attempt's progress was last reported
 
 
 class InProcessExecutor:
@@ -262,18 +264,18 @@ class InProcessExecutor:
         ones, the clock moved to their time; or none, the clock moved by ``timeout``."""
         if self._outbox:
             out, self._outbox = self._outbox, []
-            return out + self._heartbeats()
+            return out + self._heartbeats() + self._progress()
         deadline = self.clock() + max(timeout, 0.0)
         if not self._later or self._later[0][0] > deadline:
             self.clock.advance_to(deadline)
-            return self._heartbeats()
+            return self._heartbeats() + self._progress()
         when = self._later[0][0]
         self.clock.advance_to(when)
         while self._later and self._later[0][0] <= when:
             _t, _seq, item = heapq.heappop(self._later)
             item()
         out, self._outbox = self._outbox, []
-        return out + self._heartbeats()
+        return out + self._heartbeats() + self._progress()
 
     def fetch(self, ref):
         """The value behind a sink's output reference."""
@@ -286,6 +288,23 @@ class InProcessExecutor:
 
     def _heartbeats(self):
         return [Heartbeat(n) for n, w in self.workers.items() if w.alive and not w.hung]
+
+    def _progress(self):
+        """Running map attempts' progress, as the share of their virtual time gone (a
+        ``delay`` fault's attempt moves ``factor`` times slower), for those that have run
+        ``PROGRESS_EVERY`` seconds, at most that often each."""
+        now = self.clock()
+        out = []
+        for w in self.workers.values():
+            head = w.head
+            if head is None or len(head) < 4 or w.hung or now - w.reported < PROGRESS_EVERY:
+                continue
+            launch, _event, start, duration = head
+            if launch.kind == "map" and now - start >= PROGRESS_EVERY:
+                w.reported = now
+                out.append(Progress(launch.attempt, min(1.0, (now - start) / duration)
+                                    if duration > 0 else 1.0, w.name))
+        return out
 
     def _at(self, when, fn):
         heapq.heappush(self._later, (when, next(self._seq), fn))
@@ -316,7 +335,7 @@ class InProcessExecutor:
         duration = self._duration(launch) * host.stretch
         if isinstance(event, Finished):
             event.stats["seconds"] = duration  # the attempt's time is the virtual one
-        w.head = (launch, event)
+        w.head = (launch, event, now, duration)
         if host.kill_at is not None and host.kill_at < duration:
             self._at(now + host.kill_at, lambda: self._die(w, "killed (simulated)"))
             return

@@ -415,7 +415,7 @@ class LocalExecutor:
                         if job == self.current_job:  # else: a late answer of an old job
                             out.append(event)
                     out.append(Heartbeat(wid))
-                elif tag == "cancelled":
+                elif tag in ("cancelled", "progress"):
                     if msg[2] == self.current_job:
                         out.append(msg[1])
                 elif tag == "hb":

@@ -53,9 +53,10 @@ from mergeagg.runtime.port import (
     KillWorker,
     Launch,
     Lost,
+    Progress,
     Release,
 )
-from mergeagg.runtime.speculation import Speculation, Threshold
+from mergeagg.runtime.speculation import Speculation, Threshold, by_name
 
 
 class _Where(enum.Enum):
@@ -130,8 +131,10 @@ class PolicyConfig:
     running attempt only once that has run ``steal_after`` seconds and longer than its
     stage's median: a shorter wait would mostly race the worker that is about to start
     it). ``speculation``: the backup rule (a
-    :class:`~mergeagg.runtime.speculation.Speculation`); ``None`` builds
-    ``Threshold(backup_after, backup_factor, min_seconds=backup_min_seconds)``.
+    :class:`~mergeagg.runtime.speculation.Speculation`, or its name in
+    :data:`~mergeagg.runtime.speculation.NAMES`: ``"none"`` turns ``backups`` off);
+    ``None`` builds ``Threshold(backup_after, backup_factor,
+    min_seconds=backup_min_seconds)``.
     ``scan_interval``: the rule is asked at most this often (seconds); on a real clock,
     asking at every event would back up sub-millisecond tasks whose first attempt has not
     yet reached its worker; the simulator asks at every event (0).
@@ -168,6 +171,10 @@ class PolicyConfig:
                              f"{self.skip_bad_records!r}")
         if self.scan_interval < 0:
             raise ValueError(f"scan_interval must be >= 0 seconds, got {self.scan_interval!r}")
+        if isinstance(self.speculation, str):
+            name, self.speculation = self.speculation, by_name(self.speculation)
+            if name == "none":
+                self.backups = False
         if self.speculation is not None and not isinstance(self.speculation, Speculation):
             raise TypeError(f"speculation must be a mergeagg.runtime.speculation.Speculation "
                             f"or None, got {self.speculation!r}")
@@ -209,11 +216,12 @@ class FailureDetector:
 
     def heartbeat(self, worker, timestamp):
         """Record that ``worker`` was heard from at ``timestamp``. Cost: O(1)."""
-        prev = self.last.get(worker)
+        last = self.last
+        prev = last.get(worker)
         if prev is None or timestamp > prev:
             if prev is not None:
-                del self.last[worker]  # to the end: the dict stays oldest first
-            self.last[worker] = timestamp
+                del last[worker]  # to the end: the dict stays oldest first
+            last[worker] = timestamp
             if timestamp < self._newest:
                 self._ordered = False
             else:
@@ -267,6 +275,11 @@ class SortedDurations:
     def __len__(self):
         return len(self._lo) + len(self._hi)
 
+    def median(self):
+        """``d[len(d) // 2]`` (``None`` when empty). Cost: O(1)."""
+        hi = self._hi
+        return hi[0] if hi else None
+
     def __bool__(self):
         return bool(self._hi)
 
@@ -311,13 +324,14 @@ class _Task:
     last_signature: object = None  # (exception type, line) of its last failure
 
 
-@dataclass
+@dataclass(slots=True)
 class _Attempt:
     id: AttemptId
     worker: str
     started: float | None  # None while queued behind another attempt on its worker
     backup: bool = False
     audit: bool = False
+    progress: tuple | None = None  # (share of its work, when) it last reported
 
     @property
     def task(self):
@@ -454,12 +468,15 @@ class Policy:
         """Feed one typed event (:mod:`mergeagg.runtime.port`) to the policy: the single
         entry point a driver uses. Actions come from the next :meth:`tick`."""
         kind = type(event)
-        if kind is Finished:
-            if event.worker is not None:
-                self.heartbeat(event.worker, now)
+        if kind is Heartbeat:
+            # Most events of a large cluster: one dict lookup, then the detector.
+            if event.worker in self.workers:
+                self.detector.heartbeat(event.worker, now)
+        elif kind is Finished:
+            worker = event.worker
+            if worker is not None and worker in self.workers:
+                self.detector.heartbeat(worker, now)
             self.finished(event.attempt, event.ref, event.fingerprint, now, event.stats)
-        elif kind is Heartbeat:
-            self.heartbeat(event.worker, now)
         elif kind is Failed:
             if event.worker is not None:
                 self.heartbeat(event.worker, now)
@@ -471,8 +488,35 @@ class Policy:
             self.worker_lost(event.worker, event.cause, now)
         elif kind is Cancelled:
             self.heartbeat(event.worker, now)
+        elif kind is Progress:
+            self.heartbeat(event.worker, now)
+            self._now = now
+            self.progressed(event.attempt, event.fraction)
         else:
             raise TypeError(f"not a policy event: {event!r}")
+
+    def progressed(self, attempt_id, fraction):
+        """Attempt ``attempt_id`` reports it has done ``fraction`` of its work (what
+        :class:`~mergeagg.runtime.speculation.Late` rates it by); a report of an attempt
+        the policy no longer runs is ignored. Cost: O(1)."""
+        att = self.attempts.get(attempt_id)
+        if att is not None and att.started is not None:
+            att.progress = (min(max(float(fraction), 0.0), 1.0), self._now)
+
+    def progress(self, attempt_id, now):
+        """The share of its work attempt ``attempt_id`` has done by ``now``, estimated from
+        its last report at the rate it reported (a report is a little old when it is read:
+        taken as it is, every attempt would look slower than it is, the more so the more
+        recently it started); ``None``: it has reported none, or it is not running. Cost:
+        O(1)."""
+        att = self.attempts.get(attempt_id)
+        if att is None or att.progress is None:
+            return None
+        fraction, at = att.progress
+        ran = at - att.started
+        if ran <= 0 or now <= at:
+            return fraction
+        return min(1.0, fraction * (now - att.started) / ran)
 
     def worker_joined(self, worker, now):
         """A worker is ready for tasks."""
@@ -557,9 +601,10 @@ class Policy:
             # Cancelled or from a lost worker: still a witness of determinism.
             return self._late_completion(attempt_id, ref, fingerprint)
         self._unassign(att, now)
-        task = self.tasks[att.task]
-        if attempt_id in task.running:
-            task.running.remove(attempt_id)
+        task = self.tasks[attempt_id.task]
+        running = task.running
+        if attempt_id in running:
+            running.remove(attempt_id)
         if att.audit:
             self.audits_running -= 1
         if task.state is TaskState.COMPLETED:
@@ -572,44 +617,53 @@ class Policy:
             return
         if self.error is not None or self.done:
             return
+        d = task.d
         task.state = TaskState.COMPLETED
         task.ref = ref
-        task.ref_worker = getattr(ref, "worker", None)
-        if task.ref_worker is not None:
-            self._held.setdefault(task.ref_worker, []).append(task.d.id)
+        ref_worker = task.ref_worker = getattr(ref, "worker", None)
+        if ref_worker is not None:
+            held = self._held.get(ref_worker)
+            if held is None:
+                held = self._held[ref_worker] = []
+            held.append(d.id)
         task.fingerprint = fingerprint
         task.worker = att.worker
-        measured = (stats or {}).get("seconds")
+        # (Copied: the report keeps them, and an executor may reuse its dict.)
+        stats = task.stats = dict(stats) if stats else {}
+        measured = stats.get("seconds")
         # The worker's own measure of the attempt when it gives one (the master sees
         # completions in batches); else the time since the attempt reached its queue's head.
-        task.duration = measured if measured is not None else (
+        duration = task.duration = measured if measured is not None else (
             now - (att.started if att.started is not None else now))
-        task.stats = dict(stats or {})
-        self.bytes_read += task.stats.get("bytes_read", 0)
-        kind = task.d.kind
+        nbytes = stats.get("bytes_read")
+        if nbytes:
+            self.bytes_read += nbytes
+        kind = d.kind
         self._stage_done[kind] += 1
-        self._durations[kind].add(task.duration)
+        self._durations[kind].add(duration)
         if att.backup:
             self.backups_won += 1
-        self.speculation.finished(att.worker, kind, task.duration)
-        for other in list(task.running):
-            oatt = self.attempts.pop(other, None)
-            if oatt is not None:
-                # Forget the loser now, so its worker's slot is free; if it completes
-                # anyway, its fingerprint is still compared (_late_completion).
-                self._unassign(oatt)
-                self._actions.append(Cancel(other, oatt.worker))
-        task.running.clear()
-        if self.config.verify and task.d.kind == "map" and self._sampled(task.d.id):
-            self.audits_wanted.append(task.d.id)
-        if not task.d.parents or task.d.output:
-            self.results[task.d.id] = (ref, fingerprint)
-            if task.d.id == self.root:
+        self.speculation.finished(att.worker, kind, duration)
+        if running:
+            for other in list(running):
+                oatt = self.attempts.pop(other, None)
+                if oatt is not None:
+                    # Forget the loser now, so its worker's slot is free; if it completes
+                    # anyway, its fingerprint is still compared (_late_completion).
+                    self._unassign(oatt)
+                    self._actions.append(Cancel(other, oatt.worker))
+            running.clear()
+        if self.config.verify and kind == "map" and self._sampled(d.id):
+            self.audits_wanted.append(d.id)
+        parents = d.parents
+        if not parents or d.output:
+            self.results[d.id] = (ref, fingerprint)
+            if d.id == self.root:
                 self.result = (ref, fingerprint)
-        if not task.d.parents:
+        if not parents:
             self._maybe_done()
             return
-        for parent_id in task.d.parents:
+        for parent_id in parents:
             parent = self.tasks[parent_id]
             parent.pending_children -= 1
             if parent.pending_children == 0 and parent.state is TaskState.IDLE:
@@ -935,8 +989,8 @@ class Policy:
         trips and context switches."""
         cap = self.config.prefetch
         d = self._durations["map"]
-        if len(d) >= 8:
-            median = d[len(d) // 2]
+        if len(d._lo) >= 4:  # eight or more durations (the lower half holds len // 2)
+            median = d.median()
             if median < 0.001:
                 cap = max(cap, 64)  # at most a few tens of ms of work queued per worker
             elif median < 0.005:
@@ -944,25 +998,27 @@ class Policy:
         return cap
 
     def _launch(self, task, worker, now, backup=False, audit=False, aid=None):
+        d = task.d
         if aid is None:
             task.launched += 1
-            aid = AttemptId(task.d.id, task.launched)
-        queued = bool(self.workers[worker])
+            aid = AttemptId(d.id, task.launched)
+        queue = self.workers[worker]
+        queued = bool(queue)
         att = _Attempt(aid, worker, None if queued else now, backup, audit)
         self.attempts[aid] = att
-        self.workers[worker].append(aid)
+        queue.append(aid)
         self._load_changed(worker)
         if not queued:
-            self._started_now(att)
+            self._started_now(att, d.kind)
         if backup:
             self._backup_ids.add(aid)
-        children = task.d.children
+        children = d.children
         inputs = tuple([self.tasks[c].ref for c in children]) if children else ()
         if not audit:
             task.running.append(aid)
             task.state = TaskState.IN_PROGRESS
-        self._actions.append(Launch(aid, worker, task.d.kind, task.d.split, inputs,
-                                    task.d.index, backup, audit, task.bisect))
+        self._actions.append(Launch(aid, worker, d.kind, d.split, inputs, d.index, backup,
+                                    audit, task.bisect))
 
     def _assign(self, now):
         if not self.workers:
@@ -1030,7 +1086,7 @@ class Policy:
                         worker = h
                         break
             if worker is None:
-                worker = self._pick(lambda w: True, cap)
+                worker = self._pick(None, cap)
             if worker is None:
                 break
             self.ready.popleft()
@@ -1088,7 +1144,7 @@ class Policy:
 
     def _pick(self, ok, cap):
         """The least loaded worker with fewer than ``cap`` attempts for which ``ok(w)``
-        holds, the earliest joined among equals; ``None`` if there is none. Cost:
+        holds (``ok=None``: any), the earliest joined among equals; ``None`` if there is none. Cost:
         O(log workers) amortised, plus O(log workers) per worker ``ok`` refuses."""
         heap = self._free
         workers, ordinal = self.workers, self._ordinal
@@ -1102,7 +1158,7 @@ class Policy:
                 continue
             if load >= cap:
                 break
-            if ok(w):
+            if ok is None or ok(w):
                 found = w
                 break
             refused.append(heapq.heappop(heap))
@@ -1111,27 +1167,29 @@ class Policy:
         return found
 
     def _idle_worker(self):
-        return self._pick(lambda w: True, 1)
+        return self._pick(None, 1)
 
     def _load_changed(self, worker):
         """Record ``worker``'s new queue length in the free-slot heap. Cost: O(log W)."""
-        n = len(self.workers[worker])
-        if len(self._free) > 4 * len(self.workers) + 64:
-            self._free = [(len(q), self._ordinal[w], w) for w, q in self.workers.items()]
+        workers = self.workers
+        n = len(workers[worker])
+        free = self._free
+        if len(free) > 4 * len(workers) + 64:
+            self._free = [(len(q), self._ordinal[w], w) for w, q in workers.items()]
             heapq.heapify(self._free)
         else:
-            heapq.heappush(self._free, (n, self._ordinal[worker], worker))
+            heapq.heappush(free, (n, self._ordinal[worker], worker))
         if n >= 2:
             self._deep.add(worker)
-        else:
+        elif self._deep:
             self._deep.discard(worker)
 
-    def _started_now(self, att):
+    def _started_now(self, att, kind=None):
         """``att`` reached the head of its worker's queue: a first attempt joins its
         stage's start-time heap (what speculation rules look slow tasks up in)."""
         if att.backup or att.audit:
             return
-        heap = self._starts[self.tasks[att.task].d.kind]
+        heap = self._starts[kind if kind is not None else self.tasks[att.id.task].d.kind]
         if len(heap) > 4 * len(self.attempts) + 64:
             heap[:] = [e for e in heap if self._live_start(e)]
             heapq.heapify(heap)

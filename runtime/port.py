@@ -30,6 +30,7 @@ __all__ = [
     "Finished",
     "Failed",
     "Cancelled",
+    "Progress",
     "Launch",
     "Cancel",
     "KillWorker",
@@ -139,7 +140,29 @@ class Cancelled:
     worker: str
 
 
-Event = Joined | Heartbeat | Lost | Finished | Failed | Cancelled
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """``attempt`` on ``worker`` has done ``fraction`` (within [0, 1]) of its work:
+    ``bytes_done`` of its split's ``bytes_total`` as its reader saw them (0 and 0 where the
+    split has no byte count). What :class:`~mergeagg.runtime.speculation.Late` rates
+    attempts by. Executors send one only for an attempt that has run a while (the local
+    workers: at most every 0.2 s, none for an attempt shorter than that), so short tasks
+    cost nothing.
+
+    >>> Progress(AttemptId("map-0", 1), 0.5, "w1", 512, 1024).fraction
+    0.5
+    """
+
+    __reduce__ = _reduce
+
+    attempt: AttemptId
+    fraction: float
+    worker: str
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+
+Event = Joined | Heartbeat | Lost | Finished | Failed | Cancelled | Progress
 
 
 # -- actions: what the policy decides -------------------------------------------------------

@@ -94,13 +94,17 @@ class Threshold(Speculation):
         return max(self.factor * durations[len(durations) // 2], self.min_seconds)
 
     def _eligible(self, policy):
+        """``(kind, limit)`` of the stages past ``after``: a list (asked twice per tick,
+        and empty for most of a job, so no generator)."""
         done, total = policy.stage_counts()
+        out = []
+        after, min_tasks = self.after, self.min_tasks
         for kind, n in total.items():
-            if not n or n < self.min_tasks or done[kind] < self.after * n:
-                continue
-            durations = policy.durations(kind)
-            if durations:
-                yield kind, self.limit(durations)
+            if n and n >= min_tasks and done[kind] >= after * n:
+                durations = policy.durations(kind)
+                if durations:
+                    out.append((kind, self.limit(durations)))
+        return out
 
     def due(self, policy, now, room=None):
         out = []
@@ -168,24 +172,19 @@ class Late(Speculation):
     the slowest ``slow_task`` share are candidates; the ones with the longest estimated
     time left get backups, up to ``cap`` × workers running at once, on workers whose mean
     task time is not in the slowest ``slow_node`` share. ``progress(attempt_id, now)``
-    gives an attempt's progress in [0, 1]; only the simulator supplies one today. Cost:
-    O(running × log running + workers × log workers) per check.
+    gives an attempt's progress in [0, 1], or ``None`` if unknown (the attempt is then
+    not rated); by default (``None``) the progress the executor reported to the policy
+    (:meth:`~mergeagg.runtime.master.Policy.progress`). Cost: O(running × log running +
+    workers × log workers) per check.
 
-    >>> Late()
-    Traceback (most recent call last):
-    ...
-    ValueError: LATE needs each attempt's progress (progress=...): only the simulator \
-reports it today; the local and Dask executors report none
+    >>> Late(interval=0.5)
+    Late(cap=0.1, slow_task=0.25, slow_node=0.25, min_seconds=0.0, interval=0.5)
     """
 
     needs_progress = True
 
     def __init__(self, progress=None, *, cap=0.10, slow_task=0.25, slow_node=0.25,
                  min_seconds=0.0, interval=1.0):
-        if progress is None:
-            raise ValueError("LATE needs each attempt's progress (progress=...): only the "
-                             "simulator reports it today; the local and Dask executors "
-                             "report none")
         for name, v in (("cap", cap), ("slow_task", slow_task), ("slow_node", slow_node)):
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"Late: {name} must be within [0, 1], got {v!r}")
@@ -203,7 +202,8 @@ reports it today; the local and Dask executors report none
 
     def __repr__(self):
         return (f"Late(cap={self.cap_share}, slow_task={self.slow_task}, "
-                f"slow_node={self.slow_node}, min_seconds={self.min_seconds})")
+                f"slow_node={self.slow_node}, min_seconds={self.min_seconds}, "
+                f"interval={self.interval})")
 
     @property
     def slow_nodes(self):
@@ -236,11 +236,15 @@ reports it today; the local and Dask executors report none
         if room <= 0:
             return ()
         rated = []
+        progress = self.progress if self.progress is not None else policy.progress
         for aid, started in policy.running_primaries():
             elapsed = now - started
             if elapsed <= self.min_seconds or elapsed <= 0:
                 continue
-            p = min(max(self.progress(aid, now), 0.0), 1.0)
+            p = progress(aid, now)
+            if p is None:
+                continue  # it has not said how far it is: nothing to rate it by
+            p = min(max(p, 0.0), 1.0)
             rate = p / elapsed
             left = (1.0 - p) / rate if rate > 0 else math.inf
             rated.append((rate, left, aid.task))
@@ -248,8 +252,10 @@ reports it today; the local and Dask executors report none
             return ()
         rates = sorted(r for r, _l, _t in rated)
         slow = rates[min(len(rates) - 1, int(self.slow_task * len(rates)))]
+        # (An attempt that says it is done with its input has nothing left to race.)
         candidates = sorted(((-left, task) for rate, left, task in rated
-                             if rate <= slow and rate < rates[-1]), key=lambda c: c[0])
+                             if rate <= slow and rate < rates[-1] and left > 0),
+                            key=lambda c: c[0])
         return [task for _l, task in candidates[:room]]
 
 
@@ -257,8 +263,9 @@ NAMES = ("default", "spark", "hadoop", "cubed", "mapreduce", "late", "none")
 
 
 def by_name(name, progress=None):
-    """The speculation policy called ``name`` (one of :data:`NAMES`); ``late`` needs the
-    simulator's ``progress``; ``none`` is ``None`` (no backups). Cost: O(1).
+    """The speculation policy called ``name`` (one of :data:`NAMES`); ``late`` takes
+    ``progress`` (the simulator's; ``None``: the progress the executor reports); ``none``
+    is ``None`` (no backups). Cost: O(1).
 
     >>> by_name("hadoop").allowed(tasks=100, running=50)
     10

@@ -1,12 +1,14 @@
 """The worker process: runs attempts sent by the master, sends back outputs' references.
 
-One worker is one OS process with three threads: the main thread runs tasks one at a time
+One worker is one OS process with five threads: the main thread runs tasks one at a time
 (user code runs here, so a cancel can interrupt it with a signal), a reader thread takes
 messages off the pipe (a cancel acts at once), a writer thread sends what the others hand
-it (so no thread ever waits behind another's write), and a heartbeat thread says "alive"
-every ``heartbeat_interval`` seconds. When the master's end of the pipe closes, the worker
-exits: no orphans. Every attempt runs through the one attempt runner,
-:func:`mergeagg.runtime.attempt.run_attempt`; this module is its :class:`ProcessHost`.
+it (so no thread ever waits behind another's write), a heartbeat thread says "alive"
+every ``heartbeat_interval`` seconds, and a progress thread reports how far a long map
+attempt is (:class:`~mergeagg.runtime.port.Progress`, at most every 0.2 s). When the
+master's end of the pipe closes, the worker exits: no orphans. Every attempt runs through
+the one attempt runner, :func:`mergeagg.runtime.attempt.run_attempt`; this module is its
+:class:`ProcessHost`.
 
 Outputs: a task's output is pickled once and fingerprinted on the worker. Up to
 ``INLINE_LIMIT`` (64 KiB) it rides back to the master inside the completion message; a
@@ -39,9 +41,9 @@ import cloudpickle
 
 from mergeagg.errors import CorruptSpillError
 from mergeagg.inputs import read_split
-from mergeagg.runtime.attempt import run_attempt
+from mergeagg.runtime.attempt import PROGRESS_EVERY, run_attempt
 from mergeagg.runtime.faults import ProcessFaults
-from mergeagg.runtime.port import Cancelled
+from mergeagg.runtime.port import Cancelled, Progress
 from mergeagg.runtime.refs import (  # noqa: F401  (re-exported: the worker's data types)
     INLINE_LIMIT,
     CachedPartition,
@@ -68,8 +70,15 @@ class ProcessHost(ProcessFaults):
         self.workdir = workdir
         self.jobs = jobs
         self.cache = {}  # (dataset, split index) -> loaded partition
+        self.job = None  # the job of the attempt being run
+        self.meter = None  # (Meter, job) of the running map attempt, for the sampler
 
     load = staticmethod(load_ref)
+
+    def track(self, meter):
+        """The running map attempt's meter (``None``: none runs); one assignment, read by
+        the progress thread as one tuple."""
+        self.meter = (meter, self.job) if meter is not None else None
 
     def store(self, aid, data):
         return store(self.workdir, self.worker, aid, data)
@@ -192,6 +201,30 @@ class _Worker:
                 os._exit(0)  # our parent (the master, or its fork server) is gone
             self.send(msg)
 
+    def progress(self):
+        """Every ``PROGRESS_EVERY`` seconds, send the running map attempt's progress if it
+        has run at least that long and moved since the last report: a sample reads the
+        reader's byte counter, so the attempt pays nothing per record, and attempts
+        shorter than the period send nothing."""
+        last = None  # (attempt, fraction, when) of the last report
+        while True:
+            time.sleep(PROGRESS_EVERY / 4)  # a report comes soon after an attempt is due one
+            tracked = self.host.meter
+            if tracked is None:
+                continue
+            meter, job = tracked
+            now = time.perf_counter()
+            if now - meter.started < PROGRESS_EVERY:
+                continue
+            if last is not None and last[0] == meter.attempt and now - last[2] < PROGRESS_EVERY:
+                continue
+            sample = meter.sample()
+            if sample is None or (last is not None and last[:2] == (meter.attempt, sample[0])):
+                continue
+            last = (meter.attempt, sample[0], now)
+            self.send(("progress", Progress(meter.attempt, sample[0], self.wid, sample[1],
+                                            meter.total), job))
+
     def _cancel(self, aid):
         with self.cv:
             for item in self.queue:
@@ -268,6 +301,7 @@ class _Worker:
         launch, job_id, hint = item
         job, plan = self.jobs[job_id]
         self.current = launch.attempt
+        self.host.job = job_id
         try:
             event = run_attempt(job, plan, launch, hint, self.host)
             self.current = None
@@ -291,5 +325,6 @@ def serve(wid, conn, heartbeat_interval, workdir):
     threading.Thread(target=w.reader, daemon=True, name="mergeagg-reader").start()
     threading.Thread(target=w.heartbeats, args=(heartbeat_interval,), daemon=True,
                      name="mergeagg-heartbeat").start()
+    threading.Thread(target=w.progress, daemon=True, name="mergeagg-progress").start()
     w.send(("ready", wid, os.getpid()))
     w.loop()

@@ -185,9 +185,8 @@ def test_late_caps_its_backups_and_avoids_slow_machines():
     assert sim.backups_launched > 0 and placed
 
 
-def test_late_refuses_to_run_without_progress_and_a_foreign_rule_is_refused():
-    with pytest.raises(ValueError, match="only the simulator reports it"):
-        Late()
+def test_late_without_a_progress_function_reads_the_policy_and_a_foreign_rule_is_refused():
+    assert Late().progress is None  # the executor's Progress reports, kept by the policy
     with pytest.raises(TypeError, match="speculation must be"):
         PolicyConfig(speculation=object())
 

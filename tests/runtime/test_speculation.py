@@ -106,3 +106,31 @@ def test_every_name_builds_its_rule_and_bad_ones_are_refused():
         Threshold(after=1.5)
     with pytest.raises(ValueError, match="cap"):
         Late(lambda a, n: 0.0, cap=2.0)
+
+
+def test_late_skips_attempts_that_reported_no_progress():
+    progress = {A: None, B: 0.2, C: 0.9}
+    rule = Late(lambda aid, now: progress[aid], cap=0.5)
+    view = View(0, 10, [], {A: 0.0, B: 0.0, C: 0.0}, workers=10)
+    assert rule.due(view, now=10.0) == ["map-1"]  # A is not rated, however long it ran
+
+
+def test_late_on_a_real_policy_rates_attempts_by_their_progress_reports():
+    from mergeagg.runtime.master import Policy, PolicyConfig, TaskDef
+    from mergeagg.runtime.port import Launch, Progress
+
+    tasks = [TaskDef(f"map-{i}", "map", split=i, index=i) for i in range(3)]
+    p = Policy(tasks, PolicyConfig(speculation=Late(interval=0.5), prefetch=1,
+                                   scan_interval=0.0))
+    for w in ("w1", "w2", "w3", "w4"):
+        p.worker_joined(w, now=0.0)
+    launched = [a for a in p.tick(now=0.0) if isinstance(a, Launch)]
+    assert len(launched) == 3 and not p.tick(now=1.0)  # nothing reported: nothing rated
+    p.handle(Progress(AttemptId("map-0", 1), 0.9, "w1"), now=2.0)
+    p.handle(Progress(AttemptId("map-1", 1), 0.1, "w2"), now=2.0)
+    p.handle(Progress(AttemptId("map-2", 1), 0.8, "w3"), now=2.0)
+    p.handle(Progress(AttemptId("map-9", 1), 0.0, "w3"), now=2.0)  # not an attempt: ignored
+    assert p.progress(AttemptId("map-1", 1), now=2.0) == 0.1
+    backups = [a for a in p.tick(now=2.0) if isinstance(a, Launch)]
+    assert [(a.task, a.backup, a.worker) for a in backups] == [("map-1", True, "w4")]
+    p.validate()

@@ -1,0 +1,176 @@
+"""Attempt progress: the Progress event, the attempt runner's meter, the local workers and
+the in-process executor that carry it, and LATE using it on real runs."""
+
+import operator
+import os
+import sys
+import time
+
+import cloudpickle
+import pytest
+
+import mergeagg as ma
+from mergeagg.inputs import files
+from mergeagg.runtime.attempt import Meter
+from mergeagg.runtime.faults import Fault, FaultPlan
+from mergeagg.runtime.inprocess import InProcessExecutor
+from mergeagg.runtime.port import AttemptId, Progress
+from mergeagg.runtime.speculation import Late
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class Reader:
+    """A stand-in for a split's records: what the meter samples is ``bytes_read``."""
+
+    bytes_read = 0
+
+
+def test_the_meter_reads_the_readers_bytes_and_a_delay_is_seen_as_a_slow_attempt():
+    m = Meter(AttemptId("map-0", 1), 1000)
+    records = Reader()
+    m.reading(records)
+    assert m.sample() == (0.0, 0)
+    records.bytes_read = 1000
+    assert m.sample() == (1.0, 1000)
+    slow = Meter(AttemptId("map-1", 1), 1000, slow=10.0)
+    slow.reading(records)
+    assert slow.sample() == (0.1, 100)  # it computes ten times slower than it reads
+    slow.computed()
+    slow.stretch(10.0, 0.5)  # then the delay: 0.5 s of work stretched to 5 s
+    frac, _ = slow.sample()
+    assert 0.1 <= frac < 0.2
+    assert Meter(AttemptId("map-2", 1), 0).sample() is None  # no byte count: unknown
+    gone = Meter(AttemptId("map-3", 1), 0)
+    gone.computed()
+    assert gone.sample() == (1.0, 0)
+
+
+def test_progress_crosses_a_pipe_as_plain_data():
+    import pickle
+
+    ev = Progress(AttemptId("map-0", 1, 2), 0.25, "w1", 10, 40)
+    assert pickle.loads(pickle.dumps(ev)) == ev
+
+
+def slow_length(shard):
+    """The partial of the tests below: read the split, then take 0.4 s over it."""
+    n = len(shard.text())
+    time.sleep(0.4)
+    return n
+
+
+@pytest.fixture
+def text_files(tmp_path):
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"part-{i}.txt"
+        p.write_text("".join(f"line {i} {j}\n" for j in range(200)))
+        paths.append(str(p))
+    return paths
+
+
+def test_a_long_map_attempt_on_a_worker_process_reports_its_progress(text_files):
+    from mergeagg.runtime.driver import drive, fetch_root
+    from mergeagg.runtime.local import LocalExecutor
+    from mergeagg.runtime.master import Policy, PolicyConfig, fold_tasks
+
+    seen = []
+
+    class Recording(LocalExecutor):
+        def events(self, timeout):
+            out = super().events(timeout)
+            seen.extend(e for e in out if isinstance(e, Progress))
+            return out
+
+    agg = ma.Aggregator(slow_length, operator.add)
+    splits = files(text_files[:2]).splits()
+    policy = Policy(fold_tasks(splits, 2), PolicyConfig(backups=False))
+    plan = FaultPlan(only={"map-1": {1: Fault("delay", factor=4.0)}})
+    total, _ = drive(policy, Recording(2, heartbeat_interval=0.05), agg, fetch_root,
+                     faults=plan)
+    assert total == sum(os.path.getsize(p) for p in text_files[:2])
+    by_task = {}
+    for ev in seen:
+        by_task.setdefault(ev.attempt.task, []).append(ev)
+    # The normal attempt read its split at once and says so; the delayed one (four times
+    # slower) reports a quarter, then more and more through its delay.
+    assert {ev.fraction for ev in by_task["map-0"]} == {1.0}
+    slow = [ev.fraction for ev in by_task["map-1"]]
+    assert slow[0] == pytest.approx(0.25) and slow == sorted(slow) and len(slow) >= 3
+    assert all(ev.bytes_total == os.path.getsize(text_files[1]) for ev in by_task["map-1"])
+
+
+def test_late_backs_up_the_slow_attempt_it_finds_by_its_progress_on_worker_processes(
+        text_files):
+    agg = ma.Aggregator(slow_length, operator.add)
+    plan = FaultPlan(only={"map-2": {1: Fault("delay", factor=30.0)}})
+    t0 = time.monotonic()
+    r = ma.run(agg, text_files, workers=2, faults=plan, speculation=Late(interval=0.1))
+    took = time.monotonic() - t0
+    assert r.value == sum(os.path.getsize(p) for p in text_files)
+    assert r.fingerprint == ma.run(agg, text_files, workers=0).fingerprint
+    attempts = {t.task: t.attempts for t in r.report.tasks}
+    assert attempts["map-2"] == 2 and sum(attempts.values()) == len(attempts) + 1
+    assert r.report.backups_launched == 1 and r.report.backups_won == 1
+    assert took < 0.4 * 30  # it did not wait for the delayed attempt
+
+
+def test_late_by_name_runs_in_process_on_the_progress_the_executor_reports():
+    from mergeagg.runtime.api import run_on
+    from mergeagg.runtime.master import PolicyConfig
+
+    agg = ma.Aggregator(sum, operator.add)
+    src = ma.inputs.as_source([[i] for i in range(40)])
+    plan = FaultPlan(only={"map-7": {1: Fault("delay", factor=20.0)}})
+    ex = InProcessExecutor(4, task_seconds=lambda launch: 1.0 + 0.13 * (launch.index % 7))
+    r = run_on(agg, src, ex, own=True, config=PolicyConfig(speculation="late"),
+               faults=plan)
+    assert r.value == sum(range(40))
+    rows = {t.task: t for t in r.report.tasks}
+    # The delayed attempt (20 s of virtual time) lost to its backup; LATE, as in its paper,
+    # also races the slowest of the others while fewer than 10% of the workers run a copy.
+    assert rows["map-7"].attempts == 2 and rows["map-7"].seconds < 2.0
+    assert ex.clock() < 20.0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_progress_reports_never_break_a_chaotic_run(text_files, seed):
+    agg = ma.Aggregator(lambda shard: len(shard.text()), operator.add)
+    clean = ma.run(agg, text_files, workers=0)
+    r = ma.run(agg, text_files, workers=2, faults=f"chaos,seed={seed}",
+               speculation="late", heartbeat_timeout=5.0)
+    assert r.fingerprint == clean.fingerprint and r.value == clean.value
+
+
+
+def test_the_command_line_chooses_the_backup_rule_of_a_real_run(text_files, capsys,
+                                                                 monkeypatch, tmp_path):
+    import json
+
+    from mergeagg.cli import main
+    from mergeagg.runtime import api
+
+    seen = []
+    real_run_on = api.run_on
+
+    def run_on(*args, config, **kw):
+        seen.append(config)
+        return real_run_on(*args, config=config, **kw)
+
+    monkeypatch.setattr(api, "run_on", run_on)
+
+    def fingerprint_of(*flags):
+        report = tmp_path / "report.json"
+        assert main(["run", "wordcount", *text_files, "--quiet", "--json", str(report),
+                     *flags]) == 0
+        return json.loads(report.read_text())["fingerprint"]
+
+    clean = fingerprint_of("--workers", "0")
+    for name, rule in (("late", "Late"), ("hadoop", "Capped"), ("none", "NoneType")):
+        assert fingerprint_of("--workers", "2", "--speculation", name) == clean
+        assert type(seen[-1].speculation).__name__ == rule
+    assert seen[-1].backups is False  # "none" turns backups off
+    with pytest.raises(SystemExit):
+        main(["run", "wordcount", *text_files, "--speculation", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
