@@ -105,11 +105,12 @@ class MemoryHost:
         load = self.jobs[part.load_job][0]
         if part.parent is not None:
             base, parent_stats = self.cached(part.parent)
+            self.cache[key] = loaded = load(base)
             nbytes = parent_stats["bytes_read"]
         else:
             base = read_split(part.split)
-            nbytes = getattr(base, "bytes_read", 0)
-        self.cache[key] = loaded = load(base)
+            self.cache[key] = loaded = load(base)
+            nbytes = getattr(base, "bytes_read", 0)  # text splits are read on first use
         return loaded, {"cache_hits": 0, "cache_misses": 1, "bytes_read": nbytes}
 
     def side(self, ref):
