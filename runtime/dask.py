@@ -72,9 +72,10 @@ import cloudpickle
 from mergeagg.errors import InputError, JobFailed, NondeterminismError
 from mergeagg.inputs import read_split
 from mergeagg.runtime.attempt import run_attempt as _attempt
-from mergeagg.runtime.driver import drive as _drive
+from mergeagg.runtime.datasets import empty_counts
 from mergeagg.runtime.driver import run_fold, run_keyed
 from mergeagg.runtime.faults import ProcessFaults
+from mergeagg.runtime.pickling import Shipped
 from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.port import (
     NOT_YET,
@@ -91,7 +92,7 @@ from mergeagg.runtime.port import (
 from mergeagg.runtime.refs import ResidentPartition, dumps
 from mergeagg.runtime.shuffle import KeyedSpec, MapOutput, PartRef, side_of
 
-__all__ = ["run_dask", "run_keyed_dask", "drive", "DaskExecutor", "DaskPartition", "Loaded",
+__all__ = ["run_dask", "run_keyed_dask", "DaskExecutor", "DaskPartition", "Loaded",
            "load_partition", "derive_partition", "DaskRef", "require_dask", "run_attempt",
            "slot_name", "slot_address", "connect", "await_workers", "INSTALL_HINT",
            "EVENT_TOPIC"]
@@ -452,59 +453,65 @@ def _copy_buckets(buckets, r, directory):
 # -- the driver's side ----------------------------------------------------------------------
 
 class DaskExecutor:
-    """The executor port on a ``dask.distributed`` cluster: one job at a time.
+    """The executor port on a ``dask.distributed`` cluster: jobs one after another (a
+    :class:`~mergeagg.Session` keeps one), and the persisted datasets of a session.
 
     ``client`` is a ``dask.distributed.Client`` (the caller's: it stays open) or a
     scheduler address (a client is connected on start and closed on close). The loss
-    model: a worker's outputs die with it (it may be on another host). Cost: one
-    ``submit`` per attempt (Dask's scheduler handles several hundred to a few thousand
-    tasks per second), one event per completion, one ``scheduler_info`` call per
-    ``poll_interval``. Use as a context manager, or call :meth:`close` (it releases every
-    future of the job).
+    model: a worker's outputs die with it (it may be on another host). Each job has a
+    token of its own: its tasks' keys and its events carry it, so that nothing of one job
+    reaches the next. Cost: one ``submit`` per attempt (Dask's scheduler handles several
+    hundred to a few thousand tasks per second), one event per completion, one
+    ``scheduler_info`` call per ``poll_interval``. Use as a context manager, or call
+    :meth:`close` (it releases every future it holds).
     """
 
     outputs_survive_worker = False
     mode = "dask"
 
     def __init__(self, client, *, poll_interval=0.25, heartbeat_timeout=None,
-                 partitions=None, wait_for_workers=60.0):
+                 wait_for_workers=60.0):
         self.client = client
         self._owns_client = False
         self.poll_interval = poll_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.wait_for_workers = wait_for_workers
         self._last_seen = {}  # Dask worker address -> its last heartbeat, scheduler's clock
-        self.token = uuid.uuid4().hex[:12]
+        self.cleanup_timeout = 5.0
+        self._resident = {}  # DaskPartition.id -> Future of its Loaded
+        self._datasets = {}  # persisted dataset id -> its partitions' futures
+        self._runs_seen = set()  # lineage run ids of partitions seen loaded
+        self.known = {}  # Dask worker address -> nthreads, as last seen alive
+        self.banned = set()  # addresses the policy killed: never taken back
+        self._pending = []  # membership events seen before the driver asked
+        self._last_poll = float("-inf")
+        self._started = False
+        self._closed = False
+        self.token = None  # the current job's
+        self._job_state()
+
+    def _job_state(self):
+        """Everything that belongs to one job, fresh."""
         self.payload = None
         self.digest = None
         self.keyed = False
         self.map_workers = set()  # addresses that ran keyed map attempts (spill files)
         self.buckets = {}  # (map attempt, r) -> Future of read_bucket on the map's worker
         self._bucket_reads = 0
-        self.cleanup_timeout = 5.0
-        self.partitions = partitions or {}  # DaskPartition.id -> Future of its Loaded
         self.futures = {}  # attempt id -> Future (running, or its output still held)
         self.where = {}  # attempt id -> Dask worker address
-        self.known = {}  # Dask worker address -> nthreads, as last seen alive
-        self.banned = set()  # addresses the policy killed: never taken back
         self.reported = set()  # attempts whose outcome event arrived
         self.unreported = {}  # attempt id -> when Dask said finished without an event
         self._launched = {}  # str(attempt id) -> its Launch (events name attempts by text)
-        self._pending = []  # membership events seen before the driver asked
         self._queue = queue.Queue()
-        self._last_poll = float("-inf")
-        self._started = False
-        self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self):
-        """Connect (for an address), subscribe to the job's events and wait for a first
-        worker. Returns ``self``."""
+        """Connect (for an address) and wait for a first worker. Returns ``self``."""
         if self._started:
             return self
         self.client, self._owns_client = connect(self.client)
-        _subscribe(self.client, self.token, self._queue)
         self._started = True
         self._pending = self.membership(force=True)
         if not self.known:
@@ -519,48 +526,147 @@ class DaskExecutor:
         self.close()
 
     def close(self):
-        """Release the job's futures and stop listening to its events (idempotent)."""
+        """Drop the current job, release every persisted partition, and close the
+        client if this executor connected it (idempotent)."""
         if self._closed or not self._started:
             self._closed = True
             return
         self._closed = True
-        for fut in [*self.futures.values(), *self.buckets.values()]:
-            fut.release()
-        self.futures.clear()
-        self.buckets.clear()
-        _unsubscribe(self.client, self.token)
-        if self.map_workers:
-            # The spill files, on the workers that ran map attempts. Waited for a few
-            # seconds only: a hung worker must not hold up a finished job.
-            cleanup = threading.Thread(target=self._remove_spills, daemon=True,
-                                       name="mergeagg-dask-cleanup")
-            cleanup.start()
-            cleanup.join(self.cleanup_timeout)
+        self.drop_job(self.token)
+        for futures in self._datasets.values():
+            for fut in futures:
+                fut.release()
+        self._datasets.clear()
+        self._resident.clear()
         if self._owns_client:
             self.client.close()
 
-    def _remove_spills(self):
+    def _remove_spills(self, token, workers):
         # Only on workers still in the cluster: a lost worker took its files with it, and
         # the scheduler would spend its connect timeout on the dead address.
-        live = sorted(self.map_workers & set(self.known))
+        live = sorted(workers & set(self.known))
         if not live:
             return
         try:
-            self.client.run(remove_workdir, self.token, workers=live, on_error="ignore")
+            self.client.run(remove_workdir, token, workers=live, on_error="ignore")
         except Exception:  # a closing client or a lost worker: nothing more to do
             pass
 
     # -- the port --------------------------------------------------------------------------
 
     def load_job(self, payload, faults=None):
-        """Ship the job's payload with every attempt (see :func:`run_attempt`)."""
+        """Start a job (dropping the last one, if any): a token of its own, its events'
+        subscription, and its payload, shipped with every attempt (see
+        :func:`run_attempt`)."""
+        if self.token is not None:
+            self.drop_job(self.token)
+        self._job_state()
+        self.token = uuid.uuid4().hex[:12]
+        _subscribe(self.client, self.token, self._queue)
+        self._pending = []  # the job starts from live_workers()
         self.payload = ship_dumps((payload, faults))
         self.digest = hashlib.blake2b(self.payload, digest_size=16).hexdigest()
         self.keyed = isinstance(payload, KeyedSpec)
         return self.token
 
     def drop_job(self, job):
-        """Nothing to do: a Dask executor runs one job."""
+        """End job ``job``: release its futures, stop listening to its events, and delete
+        its spill files on the workers that ran its maps (waiting a few seconds only: a
+        hung worker must not hold up a finished job)."""
+        if job is None or job != self.token:
+            return
+        self.token = None
+        for fut in [*self.futures.values(), *self.buckets.values()]:
+            fut.release()
+        self.futures.clear()
+        self.buckets.clear()
+        _unsubscribe(self.client, job)
+        if self.map_workers:
+            cleanup = threading.Thread(target=self._remove_spills,
+                                       args=(job, set(self.map_workers)), daemon=True,
+                                       name="mergeagg-dask-cleanup")
+            cleanup.start()
+            cleanup.join(self.cleanup_timeout)
+        self.map_workers = set()
+
+    def settle(self, timeout=10.0):
+        """Between jobs: nothing to wait for (each job's keys and events carry its own
+        token, so a late answer never reaches the next)."""
+
+    # -- persisted datasets ----------------------------------------------------------------
+
+    def persist(self, dataset):
+        """One Dask task per partition: read the split and ``load`` it (or load the
+        parent partition), kept in the cluster's memory until :meth:`uncache`. Dask
+        recomputes a lost one from this lineage (the task graph)."""
+        load = Shipped(dataset.load)  # Dask would pickle it without its file name
+        token = uuid.uuid4().hex[:8]
+        futures = []
+        for i, split in enumerate(dataset.splits()):
+            key = f"mergeagg-{dataset.id}-{token}-{i}"
+            if dataset.parent is not None:
+                parent = self._datasets[dataset.parent.id][i]
+                fut = self.client.submit(derive_partition, load, parent, key=key, pure=False)
+            else:
+                fut = self.client.submit(load_partition, load, split, key=key, pure=False)
+            futures.append(fut)
+            self._resident[DaskPartition(dataset.id, i, split.id).id] = fut
+        self._datasets[dataset.id] = futures
+
+    def partitions(self, dataset):
+        """The map tasks' splits over ``dataset``, in index order."""
+        return [DaskPartition(dataset.id, i, split.id)
+                for i, split in enumerate(dataset.splits())]
+
+    def locate(self, dataset):
+        """Per partition, the slot to prefer: one of the threads, in turn, of the worker
+        Dask says holds it (``who_has``); ``None`` where it holds none."""
+        futures = self._datasets[dataset.id]
+        who = self.client.who_has(futures)
+        threads = {a: max(1, int(w.get("nthreads", 1))) for a, w in
+                   self.client.scheduler_info(n_workers=-1)["workers"].items()}
+        turn = {}
+        out = []
+        for fut in futures:
+            holders = [a for a in sorted(who.get(fut.key) or ()) if a in threads]
+            if not holders:
+                out.append(None)
+                continue
+            a = holders[0]
+            turn[a] = turn.get(a, -1) + 1
+            out.append(slot_name(a, turn[a] % threads[a]))
+        return out
+
+    def account(self, dataset, policy):
+        """Cache counters of the job ``policy`` ran over ``dataset``, from the lineage
+        runs each map task's partition reported: a partition whose run ids were all seen
+        before was a hit; a new run id is a load (a miss the first time, a rebuild by
+        Dask after its holder was lost) and its bytes are what that map task read (set
+        in its stats, so the report counts them). Dask rebuilds a lost partition as soon
+        as its holder dies, so a rebuild is counted by the first job that reads it."""
+        counts = empty_counts()
+        for i in range(len(dataset)):
+            stats = policy.tasks[f"map-{i}"].stats
+            new = [(rid, nbytes) for rid, nbytes in stats.get("cache_runs", ())
+                   if rid not in self._runs_seen]
+            if not new:
+                counts["cache_hits"] += 1
+            elif i in dataset.loaded_once:
+                counts["cache_rebuilds"] += 1
+            else:
+                counts["cache_misses"] += 1
+            nbytes = sum(nbytes for _rid, nbytes in new)
+            counts["cache_bytes_read"] += nbytes
+            stats["bytes_read"] = stats.get("bytes_read", 0) + nbytes
+            self._runs_seen.update(rid for rid, _nbytes in new)
+            dataset.loaded_once.add(i)
+        return counts
+
+    def uncache(self, dataset):
+        """Release ``dataset``'s partitions: Dask frees them."""
+        for i, fut in enumerate(self._datasets.pop(dataset.id, ())):
+            self._resident.pop(f"{dataset.id}/{dataset.splits()[i].id}", None)
+            fut.release()
 
     def live_workers(self):
         """The policy slots of the workers seen alive, sorted."""
@@ -738,7 +844,7 @@ class DaskExecutor:
         expected = tuple(r.fingerprint for r in a.inputs)
         inputs = [r.future for r in a.inputs]
         if isinstance(a.split, DaskPartition):
-            inputs = [self.partitions[a.split.id]]
+            inputs = [self._resident[a.split.id]]
         if self.keyed and a.kind == "reduce":
             inputs = [self._bucket(ref, a.index) for ref in a.inputs]
         elif self.keyed and a.kind == "map":
@@ -750,7 +856,7 @@ class DaskExecutor:
         self.futures[aid] = fut
         self.where[aid] = address
         self._launched[aid] = a
-        fut.add_done_callback(lambda f, aid=aid: self._queue.put(("future", aid, f)))
+        fut.add_done_callback(lambda f, aid=aid, q=self._queue: q.put(("future", aid, f)))
 
     def _bucket(self, ref, r):
         """The future of bucket ``r`` of map output ``ref``, read on the map's worker.
@@ -889,7 +995,7 @@ def run_dask(aggregator, source, *, client, fan_in, config, faults=None, progres
     only the root's output travels to this process. ``watch_heartbeats`` turns on the
     detection of hung workers by ``config.heartbeat_timeout`` (see the module docstring).
     """
-    ex = DaskExecutor(client, poll_interval=poll_interval, partitions=None,
+    ex = DaskExecutor(client, poll_interval=poll_interval,
                       heartbeat_timeout=config.heartbeat_timeout if watch_heartbeats else None,
                       wait_for_workers=wait_for_workers)
     return run_fold(aggregator, source, ex, fan_in=fan_in, config=config, faults=faults,
@@ -912,16 +1018,6 @@ def run_keyed_dask(spec, source, *, client, config, faults=None, progress=None,
                       heartbeat_timeout=config.heartbeat_timeout if watch_heartbeats else None,
                       wait_for_workers=wait_for_workers)
     return run_keyed(spec, source, ex, config=config, faults=faults, progress=progress)
-
-
-def drive(policy, payload, fetch, *, client, config, faults=None, progress=None,
-          poll_interval=0.25, partitions=None):
-    """The driver (:func:`mergeagg.runtime.driver.drive`) over a :class:`DaskExecutor` on
-    ``client``, for a session's jobs over persisted datasets: ``partitions`` maps the ids
-    of the :class:`DaskPartition` splits of map tasks to their futures. Returns
-    ``(fetched, phases)``."""
-    ex = DaskExecutor(client, poll_interval=poll_interval, partitions=partitions)
-    return _drive(policy, ex, payload, fetch, faults=faults, progress=progress)
 
 
 def await_workers(client, timeout):

@@ -44,6 +44,7 @@ from collections import deque
 from mergeagg.errors import CorruptSpillError
 from mergeagg.inputs import read_split
 from mergeagg.runtime.attempt import PROGRESS_EVERY, run_attempt
+from mergeagg.runtime.datasets import WorkerMemoryDatasets
 from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.port import (
     Cancel,
@@ -105,11 +106,12 @@ class MemoryHost:
         load = self.jobs[part.load_job][0]
         if part.parent is not None:
             base, parent_stats = self.cached(part.parent)
+            self.cache[key] = loaded = load(base)
             nbytes = parent_stats["bytes_read"]
         else:
             base = read_split(part.split)
-            nbytes = getattr(base, "bytes_read", 0)
-        self.cache[key] = loaded = load(base)
+            self.cache[key] = loaded = load(base)
+            nbytes = getattr(base, "bytes_read", 0)  # text splits are read on first use
         return loaded, {"cache_hits": 0, "cache_misses": 1, "bytes_read": nbytes}
 
     def side(self, ref):
@@ -139,19 +141,20 @@ class MemoryHost:
 
 
 class _SimWorker:
-    __slots__ = ("name", "queue", "host", "head", "alive", "hung", "reported")
+    __slots__ = ("name", "queue", "host", "head", "job", "alive", "hung", "reported")
 
     def __init__(self, name, host):
         self.name = name
         self.queue = deque()  # Launches waiting, the head excluded
         self.host = host
-        self.head = None  # (launch, event[, start, duration]) of the running attempt
+        self.head = None  # (launch, event or None[, start, duration]) of the running attempt
+        self.job = None  # the job of the running attempt
         self.alive = True
         self.hung = False
         self.reported = 0.0  # when its running attempt's progress was last reported
 
 
-class InProcessExecutor:
+class InProcessExecutor(WorkerMemoryDatasets):
     """``workers`` simulated workers in this process on a virtual clock (see the module
     docstring). ``task_seconds``: the virtual duration of an attempt (a number, or
     ``task_seconds(launch) -> seconds``); ``restart_seconds``: how long a killed worker's
@@ -159,6 +162,8 @@ class InProcessExecutor:
     one machine; ``False`` as when a worker's disk goes with it). ``seed`` makes the
     ``corrupt`` fault's noise repeatable. Cost: O(log workers) per attempt besides the
     attempt itself; no threads, no processes, one temporary directory for spill files.
+    Persisted datasets live in the simulated workers' memory
+    (:class:`~mergeagg.runtime.datasets.WorkerMemoryDatasets`) and die with them.
     """
 
     mode = "inprocess"
@@ -184,6 +189,7 @@ class InProcessExecutor:
         self._seq = itertools.count()
         self.workdir = None
         self._started = False
+        self.dataset_jobs = {}  # persisted dataset id -> the job carrying its load
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -238,7 +244,27 @@ class InProcessExecutor:
         return job
 
     def drop_job(self, job):
+        """Forget a job: what it left queued or running is abandoned and its answers not
+        yet delivered are dropped (attempt ids repeat from one job to the next; a hung
+        worker stays hung)."""
         self.jobs.pop(job, None)
+        now = self.clock()
+        for w in list(self.workers.values()):
+            w.queue = deque(item for item in w.queue if item[1] != job)
+            if w.head is not None and w.job == job and not w.hung:
+                w.head = None
+                self._start_next(w, now)
+        self._outbox = [ev for ev in self._outbox if isinstance(ev, (Joined, Lost))]
+
+    def settle(self, timeout=10.0):
+        """Between jobs: nothing to wait for (:meth:`drop_job` already dropped what the
+        last job left)."""
+
+    def evict(self, dataset_id):
+        """Drop a persisted dataset's partitions from every simulated worker's memory."""
+        for w in self.workers.values():
+            for key in [k for k in w.host.cache if k[0] == dataset_id]:
+                del w.host.cache[key]
 
     def apply(self, actions, job, hint=0.0):
         """Queue launches, carry out cancels and kills; releases free nothing (outputs
@@ -320,6 +346,7 @@ class InProcessExecutor:
             return
         launch, job, hint = w.queue.popleft()
         payload, plan = self.jobs[job]
+        w.job = job
         host = w.host
         host.stretch, host.kill_at = 1.0, None
         try:

@@ -30,9 +30,13 @@ import time
 
 from mergeagg.errors import JobFailed, WorkerLost
 from mergeagg.runtime.channel import Channel
+from mergeagg.runtime.datasets import WorkerMemoryDatasets
 from mergeagg.runtime.pickling import dumps as ship_dumps
 from mergeagg.runtime.port import (
     Cancel,
+    Cancelled,
+    Failed,
+    Finished,
     Heartbeat,
     Joined,
     KillWorker,
@@ -100,13 +104,18 @@ def refuse_to_run_in_a_starting_worker():
         frame = frame.f_back
 
 
-class LocalExecutor:
+class LocalExecutor(WorkerMemoryDatasets):
     """A pool of worker processes on this machine; the executor port's local adapter.
 
     Its loss model: a worker process that dies leaves its committed outputs and spill
     files on this machine's disk, where they stay valid (read back under CRC and
     fingerprint checks; only an output that fails them runs again). They are removed with
     the working directory when the executor closes.
+
+    It runs any number of jobs in turn (a :class:`~mergeagg.Session` keeps one), and
+    persisted datasets live in its workers' memory
+    (:class:`~mergeagg.runtime.datasets.WorkerMemoryDatasets`). Between two jobs,
+    :meth:`settle` waits for the answers of the previous job's cancelled attempts.
 
     Cost: starting it forks ``workers`` processes (milliseconds each under forkserver once
     the fork server runs, about 0.1-0.3 s each under spawn). Use as a context manager, or
@@ -147,6 +156,8 @@ class LocalExecutor:
         self._selector = selectors.DefaultSelector()
         self._last_os_check = 0.0
         self.current_job = None
+        self.unsettled = {}  # cancelled attempt -> its worker, until it answers
+        self.dataset_jobs = {}  # persisted dataset id -> the job carrying its load
 
     outputs_survive_worker = True  # see the class docstring
     mode = "local"
@@ -273,10 +284,30 @@ class LocalExecutor:
             self._send(wid, ("job", job_id, payload, faults))
         return job_id
 
-    def uncache(self, dataset):
+    def evict(self, dataset_id):
         """Drop a persisted dataset's partitions from every worker's memory."""
         for wid in list(self.procs):
-            self._send(wid, ("uncache", dataset))
+            self._send(wid, ("uncache", dataset_id))
+
+    def settle(self, timeout=10.0):
+        """Between jobs: wait up to ``timeout`` seconds until every worker is ready and
+        every cancelled attempt has answered (done, failed or cancelled), freeing the
+        outputs of losers that completed anyway. Attempt ids (``map-3#2``) repeat from one
+        job to the next, so a loser's late answer must not reach the next job: a worker
+        whose cancelled attempt stays silent (hung) is replaced. Other events between
+        jobs carry nothing the next job needs (it starts from :meth:`live_workers`)."""
+        deadline = time.monotonic() + timeout
+        while ((self.unsettled or len(self.ready) < self.size)
+               and time.monotonic() < deadline):
+            for ev in self.events(0.05):
+                if isinstance(ev, Finished) and ev.ref is not None:
+                    self._release(ev.ref)
+        for aid, wid in list(self.unsettled.items()):
+            if wid not in self.procs:
+                del self.unsettled[aid]
+        for wid in sorted(set(self.unsettled.values())):
+            self.kill(wid, "a cancelled attempt never answered")
+        self.unsettled.clear()
 
     def drop_job(self, job_id):
         """Forget a job's functions on every worker."""
@@ -291,6 +322,7 @@ class LocalExecutor:
             if isinstance(a, Launch):
                 batches.setdefault(a.worker, []).append((a, job_id, hint))
             elif isinstance(a, Cancel):
+                self.unsettled[a.attempt] = a.worker
                 self._send(a.worker, ("cancel", a.attempt))
             elif isinstance(a, KillWorker):
                 self.kill(a.worker, a.cause)
@@ -370,7 +402,18 @@ class LocalExecutor:
         for wid in dict.fromkeys(dead):
             self._on_death(wid, out)
         self._os_alive(out, time.monotonic())
+        if self.unsettled:
+            self._note_answers(out)
         return out
+
+    def _note_answers(self, events):
+        """Cancelled attempts that answered, or whose worker died, are settled."""
+        for ev in events:
+            if isinstance(ev, (Finished, Failed, Cancelled)):
+                self.unsettled.pop(ev.attempt, None)
+            elif isinstance(ev, Lost):
+                for aid in [a for a, w in self.unsettled.items() if w == ev.worker]:
+                    del self.unsettled[aid]
 
     # -- internals -------------------------------------------------------------------------
 

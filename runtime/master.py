@@ -322,6 +322,7 @@ class _Task:
     waiting_since: float | None = None  # when it began waiting for its preferred worker
     bisect: int | None = None  # set once it failed twice alike: run by bisection
     last_signature: object = None  # (exception type, line) of its last failure
+    moved: AttemptId | None = None  # an attempt that never ran: its next launch keeps it
 
 
 @dataclass(slots=True)
@@ -438,7 +439,7 @@ class Policy:
         self.backups_launched = 0
         self.backups_won = 0
         self.bytes_read = 0
-        self.steals = 0
+        self.steals = 0  # attempts moved before they ran: stolen, or off a dead worker
         self.verified = 0
         self.workers_lost = 0
         self.restored = 0  # tasks whose outputs an earlier run's journal gave
@@ -541,28 +542,28 @@ class Policy:
         self._ordinal.pop(worker, None)
         self._deep.discard(worker)
         self.detector.forget(worker)
-        for position, aid in enumerate(list(assigned)):
+        for aid in list(assigned):
             att = self.attempts.pop(aid, None)
             if att is None:
                 continue
             task = self.tasks[att.task]
             if aid in task.running:
                 task.running.remove(aid)
+            if att.started is None:
+                self._move_queued(task, att)
+                continue
             # Only the attempt that was running (the head of the worker's queue) can have
-            # caused the loss; queued ones died as bystanders and are not held against
-            # their tasks.
-            culprit = position == 0 and att.started is not None
+            # caused the loss.
             if att.audit:
-                task.lost += culprit
+                task.lost += 1
                 self._audit_failed(task, att, "lost", cause,
                                    give_up=task.lost >= self.config.max_lost)
                 if self.error is not None:
                     return
                 continue
-            self.failures.append((att.task, att.number, worker,
-                                  "worker lost" if culprit else "worker lost (queued)", cause))
+            self.failures.append((att.task, att.number, worker, "worker lost", cause))
             if task.state is TaskState.IN_PROGRESS:
-                task.lost += culprit
+                task.lost += 1
                 if task.lost >= self.config.max_lost:
                     self._fail(JobFailed(
                         f"task {att.task} ({self._where(task)}) lost its worker {task.lost} "
@@ -581,6 +582,26 @@ class Policy:
                 task.ref_worker = _GONE
                 self._gone[tid] = None
         self._rerun_lost_outputs(worker, cause)
+
+    def _move_queued(self, task, att):
+        """``att`` was only queued on a worker that died: it never ran, so it is no failed
+        attempt. As an attempt an idle worker takes, it keeps its number (its faults, its
+        row in the report, ``max_attempts`` and ``max_lost`` see one attempt) and its
+        task's next launch gives it its next placement. Counted in :attr:`steals` (the
+        report's ``attempts_moved``)."""
+        self.steals += 1
+        task.moved = att.id
+        if att.audit:
+            self.audits_running -= 1
+            self.audits_wanted.appendleft(task.d.id)
+        elif task.state is TaskState.IN_PROGRESS:
+            if att.backup:
+                # Counted again when it is placed; if the original wins first, it never ran.
+                self.backups_launched -= 1
+                if task.running:
+                    self.backup_wanted.appendleft(task.d.id)
+            if not task.running:
+                self._requeue(task)
 
     def output_lost(self, task_id, cause, now):
         """The output of completed task ``task_id`` could not be read (gone, torn or
@@ -999,6 +1020,8 @@ class Policy:
 
     def _launch(self, task, worker, now, backup=False, audit=False, aid=None):
         d = task.d
+        if aid is None and task.moved is not None:
+            aid, task.moved = task.moved.moved(), None  # it never ran: same attempt
         if aid is None:
             task.launched += 1
             aid = AttemptId(d.id, task.launched)

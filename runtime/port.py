@@ -36,6 +36,7 @@ __all__ = [
     "KillWorker",
     "Release",
     "Executor",
+    "SessionExecutor",
     "Clock",
     "MonotonicClock",
     "VirtualClock",
@@ -272,6 +273,38 @@ class Executor(Protocol):
     def events(self, timeout): ...
 
     def fetch(self, ref): ...
+
+
+@runtime_checkable
+class SessionExecutor(Executor, Protocol):
+    """An executor a :class:`~mergeagg.Session` can keep: jobs one after another, and
+    persisted datasets (a ``Dataset``: ``id``, ``splits()``, ``load``, ``parent``,
+    ``holders``, ``loaded_once``). The local processes, Dask and the in-process executor
+    implement it; the contract suite holds them to it.
+
+    * ``settle(timeout)``: between jobs, wait up to ``timeout`` seconds until the
+      workers are ready and nothing of the last job can reach the next.
+    * ``persist(dataset)``: take the dataset's lineage (its splits, its parent, ``load``)
+      so that its partitions can be kept where they are loaded.
+    * ``partitions(dataset) -> list``: the map tasks' splits over its partitions, in
+      index order (:class:`~mergeagg.runtime.refs.ResidentPartition` s).
+    * ``locate(dataset) -> list``: per partition, the worker to prefer (``None``: any).
+    * ``account(dataset, policy) -> dict``: the cache counters (hits, misses, rebuilds,
+      bytes read) of the job ``policy`` ran over it, and note where its partitions live.
+    * ``uncache(dataset)``: drop its partitions and forget its lineage.
+    """
+
+    def settle(self, timeout): ...
+
+    def persist(self, dataset): ...
+
+    def partitions(self, dataset): ...
+
+    def locate(self, dataset): ...
+
+    def account(self, dataset, policy): ...
+
+    def uncache(self, dataset): ...
 
 
 # -- clocks ---------------------------------------------------------------------------------

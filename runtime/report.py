@@ -81,7 +81,7 @@ class Report:
         ...                   TaskRecord("map-1", "map", "s1", attempts=2),
         ...                   TaskRecord("map-2", "map", "s2", attempts=2)],
         ...            failures=[FailureRecord("map-1", 1, "w1", "worker lost"),
-        ...                      FailureRecord("map-2", 1, "w1", "worker lost (queued)")],
+        ...                      FailureRecord("map-2", 2, "w2", "audit raise")],
         ...            backups_launched=1)
         >>> r.retried, r.retries, r.attempts
         (1, 1, [2, 2, 2])
@@ -100,13 +100,11 @@ class Report:
     def _retried_failures(self):
         launched = {t.task: t.attempts for t in self.tasks}
         for f in self.failures:
-            # A failed audit (a verify re-run) is not a retry of its task; an attempt that
-            # waited in a dead worker's queue never ran, so running it elsewhere is not a
-            # retry either; and an attempt that was the task's last one (a backup that
-            # failed while the original won, or the failure that stopped the job) was not
-            # followed by another.
-            if (not f.cause.startswith("audit") and f.cause != "worker lost (queued)"
-                    and f.attempt < launched.get(f.task, 0)):
+            # A failed audit (a verify re-run) is not a retry of its task; and an attempt
+            # that was the task's last one (a backup that failed while the original won,
+            # or the failure that stopped the job) was not followed by another. (An
+            # attempt that only waited in a dead worker's queue is no failure: it moves.)
+            if not f.cause.startswith("audit") and f.attempt < launched.get(f.task, 0):
                 yield f
 
     def to_dict(self):

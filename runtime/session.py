@@ -32,22 +32,21 @@ from __future__ import annotations
 import itertools
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from mergeagg.aggregator import Aggregator, identity
 from mergeagg.fingerprint import fingerprint
-from mergeagg.inputs import Source, as_source, read_split
+from mergeagg.inputs import Source, as_source
 from mergeagg.keyed import KeyedJob
+from mergeagg.runtime.datasets import CACHE_COUNTERS
 from mergeagg.runtime.driver import fetch_root
 from mergeagg.runtime.master import Policy, PolicyConfig, TaskDef, fold_tasks
 from mergeagg.runtime.port import NOT_YET
-from mergeagg.runtime.report import Report, TaskRecord
-from mergeagg.runtime.tree import check_fan_in, fold_fixed
+from mergeagg.runtime.report import Report
+from mergeagg.runtime.tree import check_fan_in
 
 __all__ = ["Session", "Dataset", "Collected", "CACHE_COUNTERS", "BACKUP_MIN_SECONDS"]
 
-CACHE_COUNTERS = ("cache_hits", "cache_misses", "cache_rebuilds", "cache_bytes_read")
 BACKUP_MIN_SECONDS = 0.5
 
 _dataset_ids = itertools.count(1)
@@ -58,21 +57,20 @@ class Dataset:
     """A persisted input: its splits and ``load`` function (the lineage of every
     partition), where each partition lives, and the cache counters of every job over it.
 
-    ``holders[i]`` lists the workers holding partition ``i`` (the first is preferred);
+    ``holders[i]`` lists the workers holding partition ``i`` (the first is preferred),
+    where the executor tracks them (its workers' memory; on Dask, Dask knows);
     ``counters`` accumulates ``cache_hits``, ``cache_misses``, ``cache_rebuilds`` and
-    ``cache_bytes_read`` over the dataset's life, the initial load included.
+    ``cache_bytes_read`` over the dataset's life, the initial load included. Where the
+    partitions are kept is the session's executor's business (the port's dataset methods).
     """
 
     id: str
     source: Source
     load: object
     parent: Dataset | None = None
-    load_job: int | None = None
     holders: dict = field(default_factory=dict)
     loaded_once: set = field(default_factory=set)
     counters: dict = field(default_factory=lambda: dict.fromkeys(CACHE_COUNTERS, 0))
-    local: dict = field(default_factory=dict, repr=False)  # workers=0: index -> loaded form
-    futures: list = field(default_factory=list, repr=False)  # Dask: the partitions' futures
 
     def __len__(self):
         return len(self.source)
@@ -97,16 +95,19 @@ class Session:
     """Worker processes kept across jobs, and the datasets they hold.
 
     ``Session(workers=N)`` starts N worker processes (``None``: one per CPU; ``0``: no
-    processes, everything runs in this process, the serial reference);
-    ``Session(backend=client)`` runs every job, persisted dataset and collect on a
-    dask.distributed cluster (a ``Client`` or a scheduler address; see ``docs/dask.md``),
-    where Dask keeps the loaded partitions and recomputes lost ones from their lineage.
-    Use it as a context manager, or call :meth:`close`. Policy knobs (``max_attempts``, ``backups``,
-    ``locality_wait``, ...) given here apply to every job unless a job overrides them.
-    ``backup_min_seconds`` defaults to ``BACKUP_MIN_SECONDS`` (0.5 s) here, not 0: a task
-    over a cached partition takes milliseconds, and a speculative copy of it on another
-    worker must first rebuild the partition from disk (Spark's speculation has the same
-    kind of floor).
+    processes: jobs over a source run serially, the reference, and datasets are kept in
+    this process by the in-process executor); ``Session(backend="inprocess",
+    workers=N)`` simulates N workers in this process; ``Session(backend=client)`` runs
+    every job, persisted dataset and collect on a dask.distributed cluster (a ``Client``
+    or a scheduler address; see ``docs/dask.md``), where Dask keeps the loaded
+    partitions and recomputes lost ones from their lineage. The session chooses its
+    executor once, when it starts, and keeps it (and its workers) until it closes. Use it
+    as a context manager, or call :meth:`close`. Policy knobs (``max_attempts``,
+    ``backups``, ``locality_wait``, ...) given here apply to every job unless a job
+    overrides them. ``backup_min_seconds`` defaults to ``BACKUP_MIN_SECONDS`` (0.5 s)
+    here, not 0: a task over a cached partition takes milliseconds, and a speculative
+    copy of it on another worker must first rebuild the partition from disk (Spark's
+    speculation has the same kind of floor).
 
     Cost: starting the workers once (milliseconds each under forkserver); each job then
     costs what ``mergeagg.run`` costs minus the start-up.
@@ -128,8 +129,7 @@ class Session:
         if self.dask is not None and workers is not None:
             raise ValueError("workers= sets the local backend's processes; a Dask session "
                              "runs on the cluster's workers (leave workers=None)")
-        self.client = None
-        self._owns_client = False
+        self.backend = backend
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         self.policy_defaults = {"backup_min_seconds": BACKUP_MIN_SECONDS, **policy}
         PolicyConfig(**self.policy_defaults)  # refuse a bad knob now, not at the first job
@@ -140,43 +140,48 @@ class Session:
         self.jobs_run = 0
         self._closed = False
         self._root_fingerprint = None
-        self._runs_seen = set()  # Dask: lineage run ids of partitions seen loaded
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self):
-        """Start the workers (idempotent). Returns ``self``. Cost: one start of the pool."""
+        """Start the executor and its workers (idempotent). Returns ``self``. Cost: one
+        start of the pool."""
         if self._closed:
             raise RuntimeError("this Session is closed; start a new one")
-        if self.dask is not None:
-            if self.client is None:
-                from mergeagg.runtime.dask import await_workers, connect
-
-                self.client, self._owns_client = connect(self.dask)
-                await_workers(self.client, 60)
-                info = self.client.scheduler_info(n_workers=-1)["workers"]
-                self.workers = sum(int(w.get("nthreads", 1)) for w in info.values())
-            return self
-        if self.workers > 0 and self.executor is None:
-            self.executor = _session_executor(self.workers,
-                                              heartbeat_interval=self.heartbeat_interval,
-                                              start_method=self.start_method)
-            self.executor.start()
-            self.executor.wait_ready()
+        if self.executor is None:
+            executor = self._make_executor()
+            try:
+                executor.start()
+                executor.settle(30.0)  # every worker ready: the first job sees them all
+            except BaseException:
+                executor.close()
+                raise
+            self.executor = executor
+            if self.dask is not None:
+                self.workers = executor.size
         return self
+
+    def _make_executor(self):
+        """The one place that chooses the executor: Dask, simulated workers, or worker
+        processes (with ``workers=0``, the in-process executor holds datasets)."""
+        if self.dask is not None:
+            from mergeagg.runtime.dask import DaskExecutor
+
+            return DaskExecutor(self.dask)
+        if self.backend == "inprocess" or self.workers == 0:
+            from mergeagg.runtime.inprocess import InProcessExecutor
+
+            return InProcessExecutor(max(self.workers, 1))
+        from mergeagg.runtime.local import LocalExecutor
+
+        return LocalExecutor(self.workers, heartbeat_interval=self.heartbeat_interval,
+                             start_method=self.start_method)
 
     def close(self):
         """Stop the workers; cached partitions die with them. Idempotent."""
         if self.executor is not None:
             self.executor.close()
             self.executor = None
-        for ds in self.datasets.values():
-            for fut in ds.futures:
-                fut.release()
-            ds.futures.clear()
-        if self.client is not None and self._owns_client:
-            self.client.close()
-        self.client = None
         self.datasets.clear()
         self._closed = True
 
@@ -193,8 +198,9 @@ class Session:
         return f"Session({state}, {len(self.datasets)} dataset(s))"
 
     def worker_pids(self):
-        """``{worker id: pid}`` of the live worker processes (empty with ``workers=0``)."""
-        return {} if self.executor is None else self.executor.worker_pids()
+        """``{worker id: pid}`` of the live worker processes (empty where the workers are
+        no processes of this machine's: ``workers=0``, in-process, Dask)."""
+        return getattr(self.executor, "worker_pids", dict)()
 
     # -- datasets --------------------------------------------------------------------------
 
@@ -228,13 +234,9 @@ class Session:
         else:
             src = as_source(source, split_size=split_size, format=format, errors=errors)
             ds = Dataset(f"ds{next(_dataset_ids)}", src, load)
-        if self.executor is not None:
-            # The lineage's function goes to every worker once (and to replacements).
-            ds.load_job = self.executor.load_job(load)
-        if self.client is not None:
-            ds.futures = self._submit_loads(ds)
         self.datasets[ds.id] = ds
         try:
+            self.executor.persist(ds)
             self._run_fold(_LOAD_JOB, ds, fan_in=max(2, len(ds)), config=self._config({}),
                            faults=None, progress=False)
         except BaseException:
@@ -252,14 +254,9 @@ class Session:
                              "unpersist those first (their lost partitions are rebuilt "
                              "from it)")
         self.datasets.pop(dataset.id, None)
+        if self.executor is not None:
+            self.executor.uncache(dataset)
         dataset.holders.clear()
-        dataset.local.clear()
-        for fut in dataset.futures:
-            fut.release()
-        dataset.futures.clear()
-        if self.executor is not None and dataset.load_job is not None:
-            self.executor.drop_job(dataset.load_job)
-            self.executor.uncache(dataset.id)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -290,7 +287,7 @@ class Session:
         self.start()
         config = self._config(policy)
         plan = FaultPlan.parse(faults) if isinstance(faults, (str, type(None))) else faults
-        if plan is not None and self.executor is None and self.client is None:
+        if plan is not None and self._serial:
             raise ValueError("faults are injected into worker processes; a Session with "
                              "workers=0 has none")
         self.jobs_run += 1
@@ -311,28 +308,22 @@ class Session:
             report.wall_seconds = time.perf_counter() - start
             return Result(value, fp, report)
         src = as_source(source, split_size=split_size, format=format, errors=errors)
-        executor, own = self._job_executor()
+        # workers=0: a job over a source is the serial reference, in this process.
+        executor = None if self._serial else self.executor
         try:
-            return run_on(job, src, executor, own=own, config=config, fan_in=fan_in,
+            return run_on(job, src, executor, own=False, config=config, fan_in=fan_in,
                           faults=plan, progress=progress, **keyed_options)
         finally:
-            if self.executor is not None:
-                # A cancelled attempt on a hung worker never answers: wait no longer for it
-                # than the job would have waited for a silent worker.
-                self.executor.settle(timeout=config.heartbeat_timeout)
+            # A cancelled attempt on a hung worker never answers: wait no longer for it
+            # than the job would have waited for a silent worker.
+            self.executor.settle(timeout=config.heartbeat_timeout)
+
+    @property
+    def _serial(self):
+        return self.workers == 0 and self.dask is None and self.backend != "inprocess"
 
     def _config(self, overrides):
         return PolicyConfig(**{**self.policy_defaults, **overrides})
-
-    def _job_executor(self):
-        """The executor for one job and whether the job owns it: this session's worker
-        pool (kept), a Dask executor over the session's client (one per job), or ``None``
-        (``workers=0``: the serial reference in this process)."""
-        if self.client is not None:
-            from mergeagg.runtime.dask import DaskExecutor
-
-            return DaskExecutor(self.client), True
-        return self.executor, False
 
     # -- jobs over a dataset ---------------------------------------------------------------
 
@@ -344,17 +335,8 @@ class Session:
                                  "unpersisted, or belongs to another session)")
             d = d.parent
 
-    def _partition(self, ds, split):
-        from mergeagg.runtime.refs import CachedPartition
-
-        parent = None if ds.parent is None else self._partition(ds.parent, split)
-        return CachedPartition(ds.id, split, ds.load_job, parent)
-
     def _run_fold(self, job, ds, *, fan_in, config, faults, progress):
         self._check_persisted(ds)
-        if self.executor is None and self.client is None:
-            return self._run_fold_here(job, ds, fan_in)
-
         acc, phases, policy = self._drive_dataset(
             job, ds, lambda parts: fold_tasks(parts, fan_in), fetch_root, config=config,
             faults=faults, progress=progress)
@@ -365,108 +347,33 @@ class Session:
         return value, self._dataset_report(ds, policy, fan_in, phases)
 
     def _drive_dataset(self, payload, ds, make_tasks, fetch, *, config, faults, progress):
-        if self.client is not None:
-            return self._drive_dataset_dask(payload, ds, make_tasks, fetch, config=config,
-                                            faults=faults, progress=progress)
+        """Run a job whose map tasks read ``ds``'s partitions where the executor keeps
+        them, each preferring the worker that holds its partition."""
         from mergeagg.runtime.driver import drive
 
-        parts = [self._partition(ds, split) for split in ds.splits()]
-        tasks = make_tasks(parts)
-        live = set(self.executor.live_workers())
-        for t in tasks[:len(parts)]:
-            t.prefer = _holder(ds, t.index, live)
+        ex = self.executor
+        tasks = make_tasks(ex.partitions(ds))
+        for t, holder in zip(tasks, ex.locate(ds)):
+            t.prefer = holder
         policy = Policy(tasks, config)
         try:
-            fetched, phases = drive(policy, self.executor, payload, fetch, faults=faults,
-                                    progress=progress, own=False)
+            fetched, phases = drive(policy, ex, payload, fetch, faults=faults,
+                                    progress=progress, clock=getattr(ex, "clock", None),
+                                    own=False)
         finally:
-            self.executor.settle(timeout=config.heartbeat_timeout)
+            ex.settle(timeout=config.heartbeat_timeout)
         return fetched, phases, policy
 
     def _dataset_report(self, ds, policy, fan_in, phases):
         from mergeagg.runtime.driver import report as make_report
 
-        report = make_report(policy, self.workers, fan_in, phases)
-        if self.client is not None:
-            report.mode = "dask"
-            self._account_dask(ds, policy, report)
-            return report
-        report.mode = "session"
-        self._account(ds, policy, report)
-        return report
-
-    # -- datasets on Dask ------------------------------------------------------------------
-
-    def _submit_loads(self, ds):
-        """One Dask task per partition: read the split and load it (or load the parent
-        partition), kept in the cluster's memory for as long as this session holds the
-        future. Dask recomputes a lost one from this lineage (the task graph)."""
-        from mergeagg.runtime.dask import derive_partition, load_partition
-        from mergeagg.runtime.pickling import Shipped
-
-        load = Shipped(ds.load)  # Dask would pickle it without its file name
-        token = uuid.uuid4().hex[:8]
-        futures = []
-        for i, split in enumerate(ds.splits()):
-            key = f"mergeagg-{ds.id}-{token}-{i}"
-            if ds.parent is not None:
-                futures.append(self.client.submit(derive_partition, load,
-                                                  ds.parent.futures[i], key=key, pure=False))
-            else:
-                futures.append(self.client.submit(load_partition, load, split, key=key,
-                                                  pure=False))
-        return futures
-
-    def _drive_dataset_dask(self, payload, ds, make_tasks, fetch, *, config, faults,
-                            progress):
-        from mergeagg.runtime.dask import DaskPartition, drive, slot_name
-
-        parts = [DaskPartition(ds.id, i, split.id) for i, split in enumerate(ds.splits())]
-        futures = {p.id: ds.futures[p.index] for p in parts}
-        tasks = make_tasks(parts)
-        # Locality: a map task prefers the worker holding its partition, on one of that
-        # worker's slots in turn (a worker of n threads is n slots).
-        who = self.client.who_has(ds.futures)
-        threads = {a: max(1, int(w.get("nthreads", 1))) for a, w in
-                   self.client.scheduler_info(n_workers=-1)["workers"].items()}
-        turn = {}
-        for t, fut in zip(tasks[:len(parts)], ds.futures):
-            holders = [a for a in sorted(who.get(fut.key) or ()) if a in threads]
-            if holders:
-                a = holders[0]
-                turn[a] = turn.get(a, -1) + 1
-                t.prefer = slot_name(a, turn[a] % threads[a])
-        policy = Policy(tasks, config)
-        fetched, phases = drive(policy, payload, fetch, client=self.client, config=config,
-                                faults=faults, progress=progress, partitions=futures)
-        return fetched, phases, policy
-
-    def _account_dask(self, ds, policy, report):
-        """Cache counters of a job over a dataset on Dask, from the lineage runs each map
-        task's partition reported: a partition whose run ids were all seen before was a
-        hit; a new run id is a load (a miss the first time, a rebuild by Dask after its
-        holder was lost) and adds the bytes that run read. Dask rebuilds a lost partition
-        as soon as its holder dies (the session holds its future), so a rebuild is counted
-        by the first job that reads the rebuilt partition."""
-        counts = dict.fromkeys(CACHE_COUNTERS, 0)
-        for i in range(len(ds)):
-            stats = policy.tasks[f"map-{i}"].stats or {}
-            new = [(rid, nbytes) for rid, nbytes in stats.get("cache_runs", ())
-                   if rid not in self._runs_seen]
-            if not new:
-                counts["cache_hits"] += 1
-            elif i in ds.loaded_once:
-                counts["cache_rebuilds"] += 1
-            else:
-                counts["cache_misses"] += 1
-            nbytes = sum(nbytes for _rid, nbytes in new)
-            counts["cache_bytes_read"] += nbytes
-            report.bytes_read += nbytes
-            self._runs_seen.update(rid for rid, _nbytes in new)
-            ds.loaded_once.add(i)
+        counts = self.executor.account(ds, policy)  # before the report: it may add bytes
+        report = make_report(policy, self.executor.size, fan_in, phases,
+                             mode=self.executor.mode)
         for k, v in counts.items():
             ds.counters[k] += v
         report.counters.update(counts)
+        return report
 
     def collect(self, fn, dataset, **policy):
         """``fn(partition)`` on every partition of ``dataset``, where it is cached; returns
@@ -487,98 +394,22 @@ class Session:
         config = self._config(policy)
         self.jobs_run += 1
         start = time.perf_counter()
-        if self.executor is None and self.client is None:
-            values, report = self._collect_here(fn, dataset)
-            fps = [fingerprint(v) for v in values]
-        else:
-            n = len(dataset)
+        n = len(dataset)
 
-            def fetch(policy, ex):
-                out = [ex.fetch(policy.results[f"map-{i}"][0]) for i in range(n)]
-                return NOT_YET if any(v is NOT_YET for v in out) else out
+        def fetch(policy, ex):
+            out = [ex.fetch(policy.results[f"map-{i}"][0]) for i in range(n)]
+            return NOT_YET if any(v is NOT_YET for v in out) else out
 
-            def tasks(parts):
-                return [TaskDef(f"map-{p.index}", "map", split=p, index=p.index)
-                        for p in parts]
+        def tasks(parts):
+            return [TaskDef(f"map-{i}", "map", split=p, index=i) for i, p in enumerate(parts)]
 
-            values, phases, pol = self._drive_dataset(
-                Aggregator(fn, _no_combine, name="collect"), dataset, tasks, fetch,
-                config=config, faults=None, progress=False)
-            fps = [pol.results[f"map-{i}"][1] for i in range(n)]
-            report = self._dataset_report(dataset, pol, 0, phases)
+        values, phases, pol = self._drive_dataset(
+            Aggregator(fn, _no_combine, name="collect"), dataset, tasks, fetch,
+            config=config, faults=None, progress=False)
+        fps = [pol.results[f"map-{i}"][1] for i in range(n)]
+        report = self._dataset_report(dataset, pol, 0, phases)
         report.wall_seconds = time.perf_counter() - start
         return Collected(values, fps, report)
-
-    def _account(self, ds, policy, report):
-        """Cache counters of a finished job, and where each partition now lives."""
-        live = set(self.executor.live_workers())
-        counts = dict.fromkeys(CACHE_COUNTERS, 0)
-        for i in range(len(ds)):
-            task = policy.tasks[f"map-{i}"]
-            stats = task.stats or {}
-            worker = task.worker
-            if stats.get("cache_hits"):
-                counts["cache_hits"] += 1
-            elif stats.get("cache_misses"):
-                previous = ds.holders.get(i, [])
-                if i in ds.loaded_once and not any(w in live and w != worker
-                                                   for w in previous):
-                    counts["cache_rebuilds"] += 1
-                else:
-                    counts["cache_misses"] += 1
-                counts["cache_bytes_read"] += stats.get("bytes_read", 0)
-            ds.loaded_once.add(i)
-            d = ds
-            while d is not None:  # a miss also (re)loaded the missing ancestors there
-                holders = [w for w in d.holders.get(i, []) if w in live]
-                if worker in live and worker not in holders:
-                    holders.insert(0, worker)
-                d.holders[i] = holders
-                d = d.parent if stats.get("cache_misses") else None
-        for k, v in counts.items():
-            ds.counters[k] += v
-        report.counters.update(counts)
-
-    def _collect_here(self, fn, ds):
-        """``workers=0``: every partition's ``fn`` output, in split order, in this process."""
-        report = Report(mode="session", workers=0, fan_in=0)
-        t0 = time.perf_counter()
-        values = list(self._partials_here(fn, ds, report))
-        report.phases = {"map": time.perf_counter() - t0}
-        return values, report
-
-    def _run_fold_here(self, job, ds, fan_in):
-        """``workers=0``: partitions loaded in this process, folded along the same tree."""
-        report = Report(mode="session", workers=0, fan_in=fan_in)
-        t0 = time.perf_counter()
-        root = fold_fixed(self._partials_here(job.partial, ds, report), job.combine, fan_in)
-        t1 = time.perf_counter()
-        value = job.finalize(root)
-        report.phases = {"map+combine": t1 - t0, "finalize": time.perf_counter() - t1}
-        return value, report
-
-    @staticmethod
-    def _partials_here(fn, ds, report):
-        counts = dict.fromkeys(CACHE_COUNTERS, 0)
-        for split in ds.splits():
-            i = split.index
-            started = time.perf_counter()
-            nbytes = 0
-            if i in ds.local:
-                counts["cache_hits"] += 1
-            else:
-                nbytes = _load_here(ds, split)
-                counts["cache_misses"] += 1
-                counts["cache_bytes_read"] += nbytes
-            acc = fn(ds.local[i])
-            report.bytes_read += nbytes
-            report.tasks.append(TaskRecord(f"map-{i}", "map", f"{ds.id}/{split.id}",
-                                           attempts=1, seconds=time.perf_counter() - started,
-                                           bytes_read=nbytes))
-            yield acc
-        for k, v in counts.items():
-            ds.counters[k] += v
-        report.counters.update(counts)
 
 
 @dataclass
@@ -593,87 +424,3 @@ class Collected:
 
 def _no_combine(a, b):
     raise RuntimeError("collect jobs have no combine task")  # pragma: no cover
-
-
-def _holder(ds, i, live):
-    """The live worker holding partition ``i`` of ``ds``, else of its nearest ancestor."""
-    while ds is not None:
-        for w in ds.holders.get(i, ()):
-            if w in live:
-                return w
-        ds = ds.parent
-    return None
-
-
-def _load_here(ds, split):
-    """Load partition ``split.index`` of ``ds`` in this process (its parent first if
-    needed); returns the bytes read from disk."""
-    i = split.index
-    if ds.parent is not None:
-        nbytes = 0 if i in ds.parent.local else _load_here(ds.parent, split)
-        ds.local[i] = ds.load(ds.parent.local[i])
-        return nbytes
-    records = read_split(split)
-    ds.local[i] = ds.load(records)
-    return getattr(records, "bytes_read", 0)
-
-
-def _session_executor(workers, **kw):
-    """A LocalExecutor that, between jobs, waits for the answers of cancelled attempts.
-
-    Attempt ids (``map-3#2``) repeat from one job to the next; a backup's loser whose
-    completion arrived during the next job would be taken for that job's attempt. So the
-    executor remembers every attempt it was told to cancel and :meth:`settle` drains
-    events until each has answered (done, failed or cancelled) or its worker is gone.
-    """
-    from mergeagg.runtime.local import LocalExecutor
-    from mergeagg.runtime.port import Cancel, Cancelled, Failed, Finished, Lost
-
-    class _SessionExecutor(LocalExecutor):
-        def __init__(self, workers, **kw):
-            super().__init__(workers, **kw)
-            self.unsettled = {}  # attempt -> worker
-
-        def apply(self, actions, job_id, hint=0.0):
-            for a in actions:
-                if isinstance(a, Cancel):
-                    self.unsettled[a.attempt] = a.worker
-            super().apply(actions, job_id, hint)
-
-        def events(self, timeout):
-            evs = super().events(timeout)
-            if self.unsettled:
-                for ev in evs:
-                    if isinstance(ev, (Finished, Failed, Cancelled)):
-                        self.unsettled.pop(ev.attempt, None)
-                    elif isinstance(ev, Lost):
-                        for aid in [a for a, w in self.unsettled.items() if w == ev.worker]:
-                            del self.unsettled[aid]
-            return evs
-
-        def wait_ready(self, timeout=30.0):
-            """Wait until every worker said it is ready (the first job then sees all)."""
-            deadline = time.monotonic() + timeout
-            while len(self.live_workers()) < self.size and time.monotonic() < deadline:
-                self._events.extend(super().events(0.05))
-
-        def settle(self, timeout=10.0):
-            """Drain events until every cancelled attempt has answered; free the outputs
-            of losers that completed anyway. Other events between jobs carry nothing the
-            next job needs (it starts from ``live_workers()``)."""
-            deadline = time.monotonic() + timeout
-            while self.unsettled and time.monotonic() < deadline:
-                for ev in self.events(0.05):
-                    if isinstance(ev, Finished) and ev.ref is not None:
-                        self._release(ev.ref)
-            for aid, wid in list(self.unsettled.items()):
-                if wid not in self.procs:
-                    del self.unsettled[aid]
-            if self.unsettled:
-                # Still silent: these workers may be hung; replace them rather than let an
-                # old answer reach the next job.
-                for wid in sorted(set(self.unsettled.values())):
-                    self.kill(wid, "a cancelled attempt never answered")
-                self.unsettled.clear()
-
-    return _SessionExecutor(workers, **kw)

@@ -175,3 +175,110 @@ def test_an_idle_worker_takes_what_is_queued_behind_stalls(kind, clean, request)
         # attempt is still queued behind a stall when a worker idles is a matter of timing
         # (tests/runtime/test_local.py holds the real case, with stalls of 4 s, to it).
         assert r.report.counters.get("attempts_moved", 0) >= 1
+
+
+# -- the session's half of the port: persisted datasets -------------------------------------
+
+def session_executor(kind, request):
+    """An executor as a Session keeps it: started, and settled (every worker ready)."""
+    if kind == "dask":
+        from mergeagg.runtime.dask import DaskExecutor
+
+        ex = DaskExecutor(request.getfixturevalue("dask_client"))
+    else:
+        ex = make_executor(kind, request)
+    ex.start()
+    ex.settle(30.0)
+    return ex
+
+
+def over_dataset(ex, ds, job):
+    """Run fold ``job`` over persisted ``ds`` as a Session does: through the port alone."""
+    from mergeagg.runtime.driver import drive, fetch_root
+    from mergeagg.runtime.master import Policy, fold_tasks
+
+    tasks = fold_tasks(ex.partitions(ds), 3)
+    for t, holder in zip(tasks, ex.locate(ds)):
+        t.prefer = holder
+    policy = Policy(tasks, PolicyConfig(backups=False, heartbeat_timeout=5.0))
+    acc, _ = drive(policy, ex, job, fetch_root, progress=False,
+                   clock=getattr(ex, "clock", None), own=False)
+    ex.settle(5.0)
+    return job.finalize(acc), policy, ex.account(ds, policy)
+
+
+def words(lines):
+    return [w for line in lines for w in line.split()]
+
+
+def distinct(ws):
+    return sorted(set(ws))
+
+
+COUNT = ma.Aggregator(len, lambda a, b: a + b)
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_persisted_partitions_load_once_and_then_hit_where_they_live(kind, request):
+    from mergeagg.runtime.port import SessionExecutor
+    from mergeagg.runtime.session import Dataset
+
+    expected = sum(len(words(shard)) for shard in TEXT)
+    ex = session_executor(kind, request)
+    try:
+        assert isinstance(ex, SessionExecutor)
+        ds = Dataset("contract-a", as_source(TEXT), words)
+        ex.persist(ds)
+        value, _, counts = over_dataset(ex, ds, COUNT)
+        assert value == expected
+        assert (counts["cache_misses"], counts["cache_hits"]) == (len(TEXT), 0)
+        where = ex.locate(ds)
+        assert None not in where  # every partition has a holder now
+        value, policy, counts = over_dataset(ex, ds, COUNT)
+        assert value == expected
+        assert counts == {"cache_hits": len(TEXT), "cache_misses": 0, "cache_rebuilds": 0,
+                          "cache_bytes_read": 0}
+        assert [policy.tasks[f"map-{i}"].worker for i in range(len(TEXT))] == where
+        # A derived dataset loads from its parent's partitions, in memory.
+        derived = Dataset("contract-b", ds.source, distinct, parent=ds)
+        ex.persist(derived)
+        value, _, counts = over_dataset(ex, derived, COUNT)
+        assert value == sum(len(distinct(words(shard))) for shard in TEXT)
+        assert counts["cache_misses"] == len(TEXT) and counts["cache_bytes_read"] == 0
+        ex.uncache(derived)
+        ex.uncache(ds)
+        assert derived.holders == {} and ds.holders == {}
+    finally:
+        ex.close()
+
+
+@pytest.mark.parametrize("kind", ["inprocess", "local"])
+def test_a_dead_holder_partitions_are_rebuilt_from_their_lineage(kind, request):
+    import signal
+
+    import psutil
+
+    from mergeagg.runtime.port import KillWorker
+    from mergeagg.runtime.session import Dataset
+
+    ex = session_executor(kind, request)
+    try:
+        ds = Dataset("contract-c", as_source(TEXT), words)
+        ex.persist(ds)
+        clean, _, _ = over_dataset(ex, ds, COUNT)
+        victim = ex.locate(ds)[0]
+        lost = ex.locate(ds).count(victim)
+        if kind == "local":  # a real SIGKILL, seen by the executor as a death
+            pid = ex.worker_pids()[victim]
+            os.kill(pid, signal.SIGKILL)
+            psutil.Process(pid).wait(10)
+        else:
+            ex.apply([KillWorker(victim, "test")], None)
+        ex.settle(30.0)
+        value, _, counts = over_dataset(ex, ds, COUNT)
+        assert value == clean
+        assert counts["cache_rebuilds"] == lost
+        assert counts["cache_hits"] == len(TEXT) - lost
+        assert victim not in ex.locate(ds)
+    finally:
+        ex.close()

@@ -35,6 +35,7 @@ class Sim:
         self.cancelled = set()
         self.killed = []
         self.alive = set()
+        self.launched = set()  # every attempt id ever launched: none may come twice
         self.next_worker = 0
         for _ in range(workers):
             self.add_worker()
@@ -65,6 +66,8 @@ class Sim:
         for a in actions:
             if isinstance(a, Launch):
                 assert a.worker in self.alive
+                assert a.attempt not in self.launched, f"{a.attempt} launched twice"
+                self.launched.add(a.attempt)
                 self.running[str(a.attempt)] = a
             elif isinstance(a, Cancel):
                 self.cancelled.add(str(a.attempt))
@@ -453,6 +456,94 @@ def test_an_idle_worker_takes_attempts_queued_behind_stalled_ones_and_backups_fo
     assert p.backups_launched == 2 and p.backups_won == 2  # progress made them fire
     # A moved attempt keeps its number: no task other than the stalled ones ran twice.
     assert all(p.tasks[f"map-{i}"].launched == 1 for i in range(2, 8))
+
+
+def test_an_attempt_queued_on_a_dead_worker_is_moved_not_retried():
+    # w1 runs map-0 with map-2 queued behind it; w2 runs map-1 with map-3 queued.
+    sim = Sim(4, 4, 2, prefetch=2, backups=False)
+    sim.tick()
+    assert {a: launch.worker for a, launch in sim.running.items()} == {
+        "map-0#1": "w1", "map-2#1": "w1", "map-1#1": "w2", "map-3#1": "w2"}
+    sim.drop_worker("w1")
+    p = sim.policy
+    # Only the attempt that ran is a failed attempt; the queued one never ran.
+    assert [(t, n, w, c) for t, n, w, c, _ in p.failures] == [("map-0", 1, "w1",
+                                                               "worker lost")]
+    assert p.steals == 1 and p.tasks["map-0"].lost == 1 and p.tasks["map-2"].lost == 0
+    sim.tick()
+    assert "map-2#1~2" in sim.running and "map-0#2" in sim.running  # same number, moved
+    drive(sim)
+    assert p.done and sim.root_value() == 1 + 2 + 3 + 4
+    assert p.tasks["map-2"].launched == 1 and p.tasks["map-0"].launched == 2
+
+
+def test_moving_a_queued_attempt_does_not_spend_max_attempts():
+    sim = Sim(3, 3, 1, prefetch=2, max_attempts=2, backups=False)
+    sim.tick()
+    sim.fail("map-0#1")  # map-0 has one attempt left
+    sim.tick()
+    assert sim.running["map-0#2"].worker == "w1"
+    assert sim.policy.attempts[sim.running["map-0#2"].attempt].started is None  # queued
+    sim.drop_worker("w1")  # map-1 was running; map-0's last attempt only waited
+    sim.tick()
+    assert "map-0#2~2" in sim.running  # still its second attempt, not a third
+    sim.finish("map-0#2~2")
+    drive(sim)
+    p = sim.policy
+    assert p.done and sim.root_value() == 1 + 2 + 3
+    assert p.tasks["map-0"].launched == 2 and p.tasks["map-0"].failures == 1
+    assert not any(f[0] == "map-0" and f[3].startswith("worker lost") for f in p.failures)
+
+
+def test_a_moved_attempt_that_raises_is_its_tasks_last_attempt():
+    sim = Sim(3, 3, 1, prefetch=2, max_attempts=2, backups=False)
+    sim.tick()
+    sim.fail("map-0#1")
+    sim.tick()
+    sim.drop_worker("w1")
+    sim.tick()
+    sim.fail("map-0#2~2")
+    sim.tick()
+    err = sim.policy.error
+    assert isinstance(err, TaskFailed) and err.task == "map-0" and err.attempts == 2
+    assert [f[1] for f in sim.policy.failures if f[0] == "map-0"] == [1, 2]
+
+
+def test_queued_audits_and_backups_are_moved_and_counted_once():
+    # An audit queued on a dying worker runs elsewhere under its own number.
+    sim = Sim(4, 4, 2, verify=1.0, prefetch=2, backups=False)
+    sim.tick()
+    sim.finish("map-0#1")  # on w1; its audit must go to w2, whose queue is full
+    sim.tick()
+    sim.finish("map-1#1")
+    sim.tick()
+    audit = sim.running["map-0#2"]
+    assert audit.audit and audit.worker == "w2"
+    assert sim.policy.attempts[audit.attempt].started is None  # behind map-3
+    sim.drop_worker("w2")
+    sim.tick()
+    assert "map-0#2~2" in sim.running and sim.running["map-0#2~2"].audit
+    drive(sim)
+    assert sim.policy.done and sim.policy.verified == 4
+    assert sim.policy.tasks["map-0"].launched == 2
+    assert [f for f in sim.policy.failures if f[0] == "map-0"] == []
+    # A backup queued on a dying worker: placed again, counted once.
+    sim = Sim(3, 3, 2, prefetch=2, backup_after=0.0, backup_factor=1.0)
+    sim.tick()
+    sim.now = 5.0
+    for w in list(sim.alive):
+        sim.policy.heartbeat(w, sim.now)
+    sim.finish("map-0#1")
+    sim.tick()
+    backups = [a for a, launch in sim.running.items() if launch.backup]
+    p = sim.policy
+    assert backups == ["map-1#2"] and p.attempts[sim.running["map-1#2"].attempt].started is None
+    assert p.backups_launched == 1
+    sim.drop_worker(sim.running["map-1#2"].worker)  # w1, running map-2
+    sim.tick()
+    assert p.backups_launched == 1 and sim.running["map-1#2~2"].backup
+    drive(sim)
+    assert p.done and sim.root_value() == 1 + 2 + 3
 
 
 def test_stealing_off_leaves_queued_attempts_where_they_are():

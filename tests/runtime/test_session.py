@@ -223,3 +223,18 @@ def test_a_session_races_backups_only_for_tasks_past_half_a_second():
     assert Session(workers=0).policy_defaults["backup_min_seconds"] == 0.5
     s = Session(workers=0, backup_min_seconds=0.0, backups=False)
     assert s.policy_defaults == {"backup_min_seconds": 0.0, "backups": False}
+
+
+def test_an_in_process_session_simulates_its_workers_and_takes_faults():
+    with Session(backend="inprocess", workers=3, backups=False) as s:
+        assert s.worker_pids() == {}  # no processes: simulated workers
+        ds = s.persist(SHARDS, load=tenfold)
+        clean = s.run(total(), ds)
+        assert clean.value == 450 and clean.report.mode == "inprocess"
+        assert clean.report.counters["cache_hits"] == len(SHARDS)
+        hurt = s.run(total(), ds, faults="kill=0.5,seed=3")
+        assert hurt.fingerprint == clean.fingerprint and hurt.report.workers_lost >= 1
+        assert hurt.report.counters["cache_rebuilds"] >= 1
+        assert s.collect(sum, ds).values == [sum(tenfold(x)) for x in SHARDS]
+    with Session(workers=0) as serial, pytest.raises(ValueError, match="workers=0"):
+        serial.run(total(), SHARDS, faults="kill=0.5")
