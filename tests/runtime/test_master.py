@@ -87,10 +87,9 @@ class Sim:
         self.finished_msgs.append((launch.attempt, ref, str(v)))
         self.policy.finished(launch.attempt, ref, str(v), self.now, {"seconds": 1})
 
-    def fail(self, attempt):
+    def fail(self, attempt, error="ValueError: boom"):
         launch = self.running.pop(attempt)
-        self.policy.failed(launch.attempt, "ValueError: boom", self.now,
-                           traceback="Traceback...")
+        self.policy.failed(launch.attempt, error, self.now, traceback="Traceback...")
 
     def drop_worker(self, w, notify=True):
         self.alive.discard(w)
@@ -502,7 +501,7 @@ def test_a_moved_attempt_that_raises_is_its_tasks_last_attempt():
     sim.tick()
     sim.drop_worker("w1")
     sim.tick()
-    sim.fail("map-0#2~2")
+    sim.fail("map-0#2~2", error="KeyError: other")  # not twice alike: no bisection
     sim.tick()
     err = sim.policy.error
     assert isinstance(err, TaskFailed) and err.task == "map-0" and err.attempts == 2
@@ -623,3 +622,14 @@ def test_workers_are_picked_least_loaded_then_earliest_joined():
     launches = [a for a in p.tick(0.0) if isinstance(a, Launch)]
     assert [a.worker for a in launches] == ["w3", "w1", "w2", "w3", "w1"]
     p.validate()
+
+
+def test_a_task_failing_twice_alike_is_bisected_even_at_its_attempt_limit():
+    sim = Sim(3, 3, 1, prefetch=1, max_attempts=2, backups=False)
+    sim.tick()
+    sim.fail("map-0#1")
+    sim.tick()
+    sim.fail("map-0#2")
+    sim.tick()
+    assert sim.policy.error is None
+    assert sim.running["map-0#3"].bisect == 0  # names the bad record, skips none
