@@ -40,6 +40,10 @@ import numpy as np
 from mergeagg.algorithms._exact import ExactSum
 
 SEED = 20251206
+# ExactSum's loop, as --profile re-times it: values per pass, bins of sign and exponent,
+# and the mask that keeps a value's top 27 mantissa bits (see algorithms/_exact.py).
+PROFILE_PASS, PROFILE_BINS = 1 << 14, 1 << 12
+PROFILE_HIGH_MASK = np.uint64(~((1 << 26) - 1) & ((1 << 64) - 1))
 
 
 def exact_sum(arr):
@@ -112,24 +116,22 @@ def main(argv=None):
 
 def profile(arr, repeat):
     """Time each step of ExactSum's inner loop over ``arr``, cumulatively (a step's cost is
-    the difference to the line above), with its own pass size."""
-    from mergeagg.algorithms import _exact
-
-    bits, size = arr.view(np.uint64), _exact._PASS
+    the difference to the line above): the same numpy calls, pass size and bins."""
+    bits, size = arr.view(np.uint64), PROFILE_PASS
     steps = ["exponent shift", "mask (high part)", "subtract (rest)", "bincount of highs",
              "bincount of rests"]
 
     def upto(k):
-        sums = np.zeros(_exact._BINS)
+        sums = np.zeros(PROFILE_BINS)
         for lo in range(0, arr.size, size):
             b = bits[lo:lo + size]
             e = np.right_shift(b, 52).view(np.int64)
-            h = np.bitwise_and(b, _exact._HIGH_MASK).view(np.float64) if k > 1 else None
+            h = np.bitwise_and(b, PROFILE_HIGH_MASK).view(np.float64) if k > 1 else None
             r = arr[lo:lo + size] - h if k > 2 else None
             if k > 3:
-                sums += np.bincount(e, weights=h, minlength=_exact._BINS)
+                sums += np.bincount(e, weights=h, minlength=PROFILE_BINS)
             if k > 4:
-                sums += np.bincount(e, weights=r, minlength=_exact._BINS)
+                sums += np.bincount(e, weights=r, minlength=PROFILE_BINS)
 
     print(f"profile of ExactSum's loop (pass {size} values; medians of {repeat}; "
           f"loadavg {loadavg()}):")
