@@ -8,6 +8,15 @@ for in-memory arrays, just the slices it needs. :func:`matmul` is the Aggregator
 accumulator is a dict ``(I, J) -> BlockSum``, and finalize assembles ``C`` (or, with
 ``assemble=False``, returns the dict of finished tiles).
 
+**Tiles written in place.** With ``matmul_source(..., out="C.npy")`` the source creates
+``C`` as a ``.npy`` file first, and each task writes its finished tile straight into its
+place in that file (a memory map shared through the page cache) and returns only a
+:class:`WrittenTile`: the tile's place and fingerprint. No tile travels to the driver and
+nothing is assembled: finalize returns ``C`` memory-mapped from the file. Every attempt of a
+task computes the same bits (the k-sum order below), so a retried, raced or killed attempt
+can only write the bytes the winner writes. Each task then covers all ``K`` blocks of its
+tile (``k_split`` must be left at its default).
+
 **The k-sum order is fixed.** A :class:`BlockSum` adds the products of a tile strictly in
 ascending ``K``: it folds the contiguous prefix ``K = 0, 1, 2, ...`` as soon as those
 products are present, and holds any later one until its predecessors arrive. So each tile is
@@ -45,6 +54,7 @@ __all__ = [
     "matmul",
     "matmul_source",
     "BlockSum",
+    "WrittenTile",
     "BlockTask",
     "block_products",
     "assemble",
@@ -198,6 +208,53 @@ class BlockSum:
         return self._state()
 
 
+@dataclasses.dataclass(frozen=True)
+class WrittenTile:
+    """A finished tile that its task wrote into ``C``'s ``.npy`` file at ``path``: its place
+    (``rows``, ``cols`` of ``C``, whose shape is ``shape``) and the fingerprint of its bytes.
+
+    Merging two of one tile is an error (one task computes a whole tile). Cost: O(1); a
+    :meth:`result` maps the file.
+
+    >>> t = WrittenTile("C.npy", (0, 2), (0, 2), (2, 2), "ab12")
+    >>> t.merge(t)
+    Traceback (most recent call last):
+    ...
+    ValueError: the tile at rows (0, 2), cols (0, 2) of C.npy was written twice: ...
+    """
+
+    path: str
+    rows: tuple
+    cols: tuple
+    shape: tuple
+    fingerprint: str
+
+    def merge(self, other):
+        """Never valid: see the class. Raises ``ValueError``."""
+        raise ValueError(f"the tile at rows {self.rows}, cols {self.cols} of {self.path} was "
+                         "written twice: two tasks computed the same tile")
+
+    def copy(self):
+        """This tile (it is immutable). Cost: O(1)."""
+        return self
+
+    def result(self):
+        """The tile, a read-only view of the memory-mapped file. Cost: one mapping."""
+        c = _mapped_out(self.path, "r")
+        return c[self.rows[0]:self.rows[1], self.cols[0]:self.cols[1]]
+
+    def __mergeagg_fingerprint__(self):
+        return ("WrittenTile", self.path, self.rows, self.cols, self.shape, self.fingerprint)
+
+
+def _mapped_out(path, mode):
+    """``C``'s ``.npy`` file memory-mapped (``"r+"`` to write tiles, ``"r"`` to read)."""
+    try:
+        return np.load(path, mmap_mode=mode)
+    except (OSError, ValueError) as exc:
+        raise _inputs.InputError(f"cannot map the output C at {path!r}: {exc}") from exc
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class BlockTask:
     """One task: tile ``(i, j)`` of ``C`` and its ``K`` blocks ``k0 .. k1 - 1``.
@@ -222,6 +279,7 @@ class BlockTask:
     inner: int
     a: object
     b: object
+    out: object = None  # the path of C's .npy file when tiles are written in place
 
     @property
     def n_k(self):
@@ -393,7 +451,21 @@ def block_products(tasks):
         for k in range(task.k0, task.k1):
             a, b = task.operands(k)
             s.add(k, a @ b)
+        if task.out is not None:
+            out[(task.i, task.j)] = _write_tile(task, s.result())
     return out
+
+
+def _write_tile(task, tile):
+    """Write a finished tile into its place in ``C``'s file; its :class:`WrittenTile`."""
+    c = _mapped_out(task.out, "r+")
+    if c.shape != task.shape:
+        raise _inputs.InputError(f"the output C at {task.out!r} is {c.shape[0]}x{c.shape[1]}, "
+                                 f"not {task.shape[0]}x{task.shape[1]}: it changed after "
+                                 "matmul_source created it")
+    c[task.rows[0]:task.rows[1], task.cols[0]:task.cols[1]] = tile
+    del c  # unmapped; the page cache holds the tile for the driver's mapping
+    return WrittenTile(task.out, task.rows, task.cols, task.shape, fingerprint(tile))
 
 
 def _merge_sum(a, b):
@@ -428,6 +500,11 @@ def assemble(tiles):
     if area != m * p:
         raise ValueError(f"the tiles cover {area} of the {m * p} entries of a {m}x{p} C; "
                          "some output blocks were never computed")
+    paths = {s.path if isinstance(s, WrittenTile) else None for s in tiles.values()}
+    if paths != {None}:
+        if len(paths) != 1:
+            raise ValueError("the tiles were not all written into one output file")
+        return _mapped_out(paths.pop(), "r")  # C is already in place: nothing to copy
     first = next(iter(tiles.values())).result()
     c = np.empty((m, p), dtype=first.dtype)
     for s in tiles.values():
@@ -519,16 +596,28 @@ def _operand(x, label):
     return arr, ref
 
 
-def matmul_source(a, b, *, block=DEFAULT_BLOCK, k_split=None, tasks_per_split=1):
+def matmul_source(a, b, *, block=DEFAULT_BLOCK, k_split=None, tasks_per_split=1,
+                  out=None):
     """The tasks of ``a @ b`` in ``block``-sized tiles, as a Source of splits.
 
     ``a`` and ``b`` are ndarrays or ``.npy`` paths. Each task covers one tile and
     ``k_split`` of its ``K`` blocks (default: all, so a task finishes its tile); each split
     holds ``tasks_per_split`` consecutive tasks (row-major over tiles, then ``K``). Raises
-    ``ValueError`` for shapes that do not chain. Cost: O(number of tasks); nothing is read.
+    ``ValueError`` for shapes that do not chain. ``out``: a ``.npy`` path that is created
+    (replacing any file there) as an ``m`` x ``p`` array for the tasks to write their tiles
+    into; the workers must see the same file system (one machine, or a shared one). Cost:
+    O(number of tasks); nothing is read (with ``out``, a sparse file of ``C``'s size is
+    created).
 
     >>> len(matmul_source(np.ones((4, 6)), np.ones((6, 4)), block=2, k_split=1))
     12
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "C.npy")
+    >>> a = np.arange(6.0).reshape(2, 3)
+    >>> c = matmul().reduce(s.payload for s in matmul_source(a, a.T, block=1, out=path).splits())
+    >>> bool((c == a @ a.T).all()), bool((np.load(path) == c).all())
+    (True, True)
+    >>> os.remove(path); os.rmdir(os.path.dirname(path))
     """
     if isinstance(block, bool) or not isinstance(block, int):
         raise TypeError(f"block must be an int, got {type(block).__name__}")
@@ -549,6 +638,11 @@ def matmul_source(a, b, *, block=DEFAULT_BLOCK, k_split=None, tasks_per_split=1)
     if isinstance(tasks_per_split, bool) or not isinstance(tasks_per_split, int) \
             or tasks_per_split < 1:
         raise ValueError(f"tasks_per_split must be a positive int, got {tasks_per_split!r}")
+    if out is not None:
+        if k_split < n_k:
+            raise ValueError(f"out= has each task write a whole tile: k_split ({k_split}) "
+                             f"must cover all {n_k} K blocks (leave it at its default)")
+        out = _create_out(out, (m, p), np.result_type(arr_a.dtype, arr_b.dtype))
     tasks = []
     for i in range(n_i):
         rows = (i * block, min((i + 1) * block, m))
@@ -559,7 +653,8 @@ def matmul_source(a, b, *, block=DEFAULT_BLOCK, k_split=None, tasks_per_split=1)
                 lo, hi = k0 * block, min(k1 * block, n)
                 ta = ref_a if ref_a is not None else arr_a[rows[0]:rows[1], lo:hi]
                 tb = ref_b if ref_b is not None else arr_b[lo:hi, cols[0]:cols[1]]
-                tasks.append(BlockTask(i, j, k0, k1, rows, cols, (m, p), block, n, ta, tb))
+                tasks.append(BlockTask(i, j, k0, k1, rows, cols, (m, p), block, n, ta, tb,
+                                       out))
     per = tasks_per_split
     splits = []
     for start in range(0, len(tasks), per):
@@ -571,11 +666,27 @@ def matmul_source(a, b, *, block=DEFAULT_BLOCK, k_split=None, tasks_per_split=1)
     return _inputs.Source(splits, f"{m}x{n} @ {n}x{p} in {block}-blocks, {len(tasks)} tasks")
 
 
+def _create_out(path, shape, dtype):
+    """Create ``C``'s ``.npy`` file (sparse: no tile is written yet); its absolute path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"out must be a path, got {type(path).__name__}")
+    path = os.path.abspath(os.fspath(path))
+    try:
+        c = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    except OSError as exc:
+        raise _inputs.InputError(f"cannot create the output C at {path!r}: {exc}") from exc
+    del c
+    return path
+
+
 def _make_source(inputs, split_size, params):
     if len(inputs) != 2:
         raise ValueError(f"matmul takes exactly two inputs, A.npy and B.npy; got {len(inputs)}")
+    # A fold job without --k-split writes its tiles straight into --out (see out=).
+    in_place = params.get("_out") and not params.get("keyed") and not params.get("_k_split")
     return matmul_source(inputs[0], inputs[1], block=params.get("_block") or DEFAULT_BLOCK,
-                         k_split=params.get("_k_split"))
+                         k_split=params.get("_k_split"),
+                         out=params["_out"] if in_place else None)
 
 
 def run_matmul(job, source, **options):
@@ -608,7 +719,9 @@ def _summarize(value, params):
     lines = [f"C: {value.shape[0]}x{value.shape[1]} {value.dtype}"]
     out = params.get("_out")
     if out:
-        np.save(out, value)
+        if not (isinstance(value, np.memmap) and value.filename
+                and os.path.samefile(value.filename, out)):
+            np.save(out, value)  # (tiles written in place are there already)
         lines.append(f"written to {out}")
     return lines
 

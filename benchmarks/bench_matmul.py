@@ -3,9 +3,11 @@
 Workload (shared/BENCHMARKS.md): A and B are 4096 x 4096 float64, standard normal, fixed
 seeds, stored as ``.npy`` files (cached). Both sides do the whole job: the baseline loads A
 and B, multiplies them with one ``numpy.matmul`` and saves C; mergeagg runs
-``matmul()`` over ``matmul_source(A.npy, B.npy, block=...)`` — each task memory-maps the
-files and reads only its blocks — and saves C. Both results must agree within tolerance, and
-every mergeagg repetition must give the same fingerprint (the k-sum order is fixed).
+``matmul()`` over ``matmul_source(A.npy, B.npy, block=..., out=C.npy)`` — each task
+memory-maps the files, reads only its blocks and writes its finished tile into its place in
+C.npy (``--no-in-place``: tiles go to the driver, which assembles C and saves it, as
+before). Both results must agree within tolerance, and every mergeagg repetition must give
+the same fingerprint (the k-sum order is fixed).
 
 Target (issue 18): with 2 workers, at least 0.8x the throughput of the single numpy.matmul
 using both cores (numpy reaches ~135 GFLOP/s with 2 threads here). Each worker limits its
@@ -67,10 +69,12 @@ def baseline(a_path, b_path, out_path):
     return c
 
 
-def ours(a_path, b_path, out_path, block, workers, k_split, threads):
-    src = matmul_source(a_path, b_path, block=block, k_split=k_split)
+def ours(a_path, b_path, out_path, block, workers, k_split, threads, in_place=True):
+    src = matmul_source(a_path, b_path, block=block, k_split=k_split,
+                        out=out_path if in_place else None)
     result = mergeagg.run(matmul(threads_per_worker=threads), src, workers=workers)
-    np.save(out_path, result.value)
+    if not in_place:
+        np.save(out_path, result.value)
     return result
 
 
@@ -87,6 +91,8 @@ def main(argv=None):
                         help="BLAS threads in each worker (default: cores // workers)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each (default 3)")
     parser.add_argument("--smoke", action="store_true", help="256^2, 2 repetitions, for CI")
+    parser.add_argument("--no-in-place", dest="in_place", action="store_false",
+                        help="ship the tiles to the driver and assemble C there (the old way)")
     args = parser.parse_args(argv)
     n, block, repeat = (256, 64, 2) if args.smoke else (args.n, args.block, args.repeat)
 
@@ -96,7 +102,8 @@ def main(argv=None):
     out_dir = tempfile.mkdtemp(prefix="mergeagg-bench-matmul-")
     print(f"matmul: {n}x{n} float64, block {block}, k_split {args.k_split or 'all'}, "
           f"workers={args.workers} (BLAS threads each: {threads or 'default'}; here: "
-          f"{blas_threads()}), {repeat} repetitions")
+          f"{blas_threads()}), tiles {'written in place' if args.in_place else 'assembled'}"
+          f", {repeat} repetitions")
     try:
         return _measure(args, a_path, b_path, block, repeat, flops, out_dir, threads, n)
     finally:
@@ -114,15 +121,17 @@ def loadavg():
 
 def _measure(args, a_path, b_path, block, repeat, flops, out_dir, threads, n):
     base_times, our_times, prints = [], [], set()
-    for _ in range(repeat):
+    for rep in range(repeat):
         start = time.perf_counter()
         expected = baseline(a_path, b_path, os.path.join(out_dir, "C-numpy.npy"))
         base_times.append(time.perf_counter() - start)
 
         start = time.perf_counter()
         result = ours(a_path, b_path, os.path.join(out_dir, "C-mergeagg.npy"), block,
-                      args.workers, args.k_split, threads)
+                      args.workers, args.k_split, threads, args.in_place)
         our_times.append(time.perf_counter() - start)
+        print(f"  pair {rep + 1}: numpy {base_times[-1]:.3f}s, mergeagg {our_times[-1]:.3f}s, "
+              f"ratio {base_times[-1] / our_times[-1]:.2f}x; loadavg {loadavg()}")
         prints.add(result.fingerprint)
         scale = float(np.abs(expected).max())
         if not np.allclose(result.value, expected, rtol=1e-10, atol=1e-10 * n * scale):
