@@ -113,11 +113,24 @@ def _is_number(text):
 
 
 def _add(a, b):
+    if not b.size:  # an empty shard's gram: the identity
+        return a
+    if not a.size:
+        return b.copy()  # never hand out the right operand itself
     a += b
     return a
 
 
+def _is_empty(shard):
+    if isinstance(shard, tuple) and len(shard) == 2:
+        return len(shard[1]) == 0
+    return len(shard) == 0
+
+
 def _gradient_partial(w, intercept, shard):
+    shard = shard if isinstance(shard, (tuple, np.ndarray, list)) else list(shard)
+    if _is_empty(shard):
+        return np.zeros(w.shape[0] + 2)
     X, y = rows_of(shard, intercept)
     r = X @ w - y
     return np.concatenate([X.T @ r, [r @ r, float(X.shape[0])]])
@@ -140,6 +153,9 @@ def gradient(w, intercept=True):
 
 
 def _gram_partial(intercept, shard):
+    shard = shard if isinstance(shard, (tuple, np.ndarray, list)) else list(shard)
+    if _is_empty(shard):
+        return np.zeros(0)  # its width is not known here: the identity of _add
     X, _y = rows_of(shard, intercept)
     return np.concatenate([(X.T @ X).reshape(-1), [float(X.shape[0])]])
 
@@ -250,15 +266,18 @@ def fit(shards, runner=serial_runner, *, steps=500, tol=1e-10, lr=None, intercep
 
 
 def _width(shards, intercept):
-    first = _first_shard(shards)
-    return rows_of(first, intercept)[0].shape[1]
+    for shard in _shards_of(shards):
+        shard = shard if isinstance(shard, (tuple, np.ndarray, list)) else list(shard)
+        if not _is_empty(shard):
+            return rows_of(shard, intercept)[0].shape[1]
+    raise ValueError("linreg needs at least one row: every shard is empty")
 
 
-def _first_shard(shards):
-    read = getattr(shards, "read", None)  # a mergeagg Source: read its first split
+def _shards_of(shards):
+    read = getattr(shards, "read", None)  # a mergeagg Source: read its splits in order
     if read is not None:
-        return read(shards.splits()[0])
-    return next(iter(shards))
+        return (read(sp) for sp in shards.splits())
+    return iter(shards)
 
 
 # -- the normal equations --------------------------------------------------------------------

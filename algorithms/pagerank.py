@@ -563,8 +563,10 @@ class _Contrib:
         self.xw = xw
 
     def __call__(self, ids):
+        # float64 even for a split without edges (bincount of nothing counts in int64)
         return _Contributions(np.bincount(ids.dst, weights=self.xw[ids.src],
-                                         minlength=len(self.xw)))
+                                         minlength=len(self.xw)).astype(np.float64,
+                                                                        copy=False))
 
 
 def _add(a, b):
@@ -597,7 +599,7 @@ class _DiskMap:
         text, where = _text_of(records)
         src, dst = parse_edge_ids(text, TokenTable(keys), where)
         xw = x * invdeg
-        c = np.bincount(dst, weights=xw[src], minlength=len(xw))
+        c = np.bincount(dst, weights=xw[src], minlength=len(xw)).astype(np.float64, copy=False)
         out = {b: _Contributions(c[lo:hi].copy())
                for b, (lo, hi) in enumerate(zip(self.bounds[:-1], self.bounds[1:]))}
         out[_SIDE] = n1 + n2 + n3

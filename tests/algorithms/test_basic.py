@@ -289,8 +289,11 @@ def test_the_cli_infers_csv_from_the_name_and_skips_a_bom(tmp_path, capsys):
     assert "no column 'nosuch'; its header has 2: 'k', 'a'" in capsys.readouterr().err
 
 
+# The variance's moments merge rounds differently per sharding (the docs promise equality
+# within rounding); its exact mode gives the same bits, which this fingerprint test needs.
 ALL_BASIC = [basic.count, basic.total, basic.minimum, basic.maximum, basic.mean,
-             basic.variance, lambda field: basic.total(field=field, exact=True)]
+             lambda field: basic.variance(field=field, exact=True),
+             lambda field: basic.total(field=field, exact=True)]
 
 
 @pytest.mark.parametrize("factory", ALL_BASIC)
