@@ -744,8 +744,13 @@ class Policy:
             # Twice alike: the split's records are to blame, most likely one of them.
             task.bisect = self.config.skip_bad_records or 0
             task.last_signature = signature
-            if not task.running:
-                self._requeue(task)
+            for other in list(task.running):  # a copy started before: it would fail alike
+                oatt = self.attempts.pop(other, None)
+                if oatt is not None:
+                    self._unassign(oatt)
+                    self._actions.append(Cancel(other, oatt.worker))
+            task.running.clear()
+            self._requeue(task)
             return
         task.last_signature = signature
         if task.failures >= self.config.max_attempts:

@@ -633,3 +633,25 @@ def test_a_task_failing_twice_alike_is_bisected_even_at_its_attempt_limit():
     sim.tick()
     assert sim.policy.error is None
     assert sim.running["map-0#3"].bisect == 0  # names the bad record, skips none
+
+
+def test_a_copy_running_when_bisection_is_decided_is_cancelled_for_the_bisecting_one():
+    sim = Sim(1, 2, 2, prefetch=1, max_attempts=2)
+    sim.tick()
+    sim.fail("map-0#1")
+    sim.tick()  # map-0#2 on a worker
+    second = next(a for a in sim.running if a.startswith("map-0#"))
+    # A copy of the same task starts beside it (a backup), then the first copy fails.
+    task = sim.policy.tasks["map-0"]
+    sim.policy.backup_wanted.append("map-0")
+    sim.tick()
+    copies = [a for a in sim.running if a.startswith("map-0#")]
+    sim.fail(second)
+    actions = sim.tick()
+    assert sim.policy.error is None
+    launched = [a for a in sim.running if a.startswith("map-0#") and a not in copies]
+    assert task.bisect == 0 and launched and sim.running[launched[0]].bisect == 0
+    assert len(copies) == 2, "the backup copy ran beside the second attempt"
+    live = {str(a) for a in sim.policy.attempts}
+    assert not live & set(copies), "the copy started before bisection was cancelled"
+    del actions
