@@ -118,15 +118,18 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
     keyed_options = dict(partitions=partitions, combiner=combiner, memory_limit=memory_limit,
                          output=output, salt=salt, output_format=output_format)
     if journal is not None:
-        from mergeagg.keyed import KeyedJob
 
-        if session is not None or (workers == 0 and dask_client is None):
+        if session is not None:
+            if dask_client is not None:
+                raise ValueError("give either session= or a Dask backend=, not both (a "
+                                 "session runs on its own workers)")
+            return session.run(job, source, fan_in=fan_in, split_size=split_size,
+                               format=format, errors=errors, faults=plan, progress=progress,
+                               journal=journal, **keyed_options, **knobs)
+        if workers == 0 and dask_client is None:
             raise ValueError("journal= runs on worker processes, the in-process backend or "
-                             "Dask: not with session= or workers=0")
-        if dask_client is not None and isinstance(job, KeyedJob):
-            raise ValueError("journal= on Dask runs fold jobs: a keyed job's map outputs "
-                             "stay in its Dask workers' spill files, which a journal on this "
-                             "machine cannot keep")
+                             "Dask: not with workers=0")
+        check_journal_backend(job, dask_client is not None)
         return _run_journaled(job, source, src, journal, workers, dask_client, fan_in, plan,
                               progress, heartbeat_interval, start_method, knobs, backend,
                               dict(split_size=split_size, format=format, errors=errors),
@@ -166,20 +169,10 @@ def _run_journaled(job, source, src, directory, workers, dask_client, fan_in, pl
                    keyed_options):
     """``run`` with a journal in ``directory`` (see :mod:`mergeagg.runtime.journal`): the
     executor's scratch space is inside it, so outputs move there by rename."""
-    from mergeagg.keyed import KeyedJob
-    from mergeagg.runtime.journal import Journal, job_identity
     from mergeagg.runtime.master import PolicyConfig
 
-    params = dict(input_options)
-    if isinstance(job, KeyedJob):
-        params.update({k: v for k, v in keyed_options.items()
-                       if k in ("partitions", "combiner", "salt")})
-    else:
-        params["fan_in"] = fan_in
     n = workers if workers is not None else (os.cpu_count() or 1)
-    with Journal(directory, job_identity(job, source, params)) as jr:
-        if keyed_options.get("output") is not None:
-            jr.output_dir = os.path.abspath(os.fspath(keyed_options["output"]))
+    with open_journal(directory, job, source, fan_in, input_options, keyed_options) as jr:
         if dask_client is not None:
             from mergeagg.runtime.dask import DaskExecutor
 
@@ -196,6 +189,34 @@ def _run_journaled(job, source, src, directory, workers, dask_client, fan_in, pl
         return run_on(job, src, executor, own=True, config=PolicyConfig(**knobs),
                       fan_in=fan_in, faults=plan, progress=progress, journal=jr,
                       **keyed_options)
+
+
+def open_journal(directory, job, source, fan_in, input_options, keyed_options):
+    """The :class:`~mergeagg.runtime.journal.Journal` in ``directory`` for this job: its
+    identity names the job, the inputs as given and the parameters that shape its tasks."""
+    from mergeagg.keyed import KeyedJob
+    from mergeagg.runtime.journal import Journal, job_identity
+
+    params = dict(input_options)
+    if isinstance(job, KeyedJob):
+        params.update({k: v for k, v in keyed_options.items()
+                       if k in ("partitions", "combiner", "salt")})
+    else:
+        params["fan_in"] = fan_in
+    jr = Journal(directory, job_identity(job, source, params))
+    if keyed_options.get("output") is not None:
+        jr.output_dir = os.path.abspath(os.fspath(keyed_options["output"]))
+    return jr
+
+
+def check_journal_backend(job, on_dask):
+    """Refuse what a journal cannot keep: a keyed job's map outputs on Dask."""
+    from mergeagg.keyed import KeyedJob
+
+    if on_dask and isinstance(job, KeyedJob):
+        raise ValueError("journal= on Dask runs fold jobs: a keyed job's map outputs stay "
+                         "in its Dask workers' spill files, which a journal on this machine "
+                         "cannot keep")
 
 
 def check_job(job, **keyed_options):

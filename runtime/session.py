@@ -262,7 +262,7 @@ class Session:
 
     def run(self, job, source, *, fan_in=8, split_size=None, format=None, errors="strict",
             faults=None, progress=None, partitions=None, combiner=None, memory_limit=None,
-            output=None, salt=None, output_format=None, **policy):
+            output=None, salt=None, output_format=None, journal=None, **policy):
         """Run ``job`` (an Aggregator or a KeyedJob) over ``source`` (anything
         ``mergeagg.run`` accepts, or a :class:`Dataset`) on this session's workers, with
         every option ``mergeagg.run`` takes. Returns a :class:`~mergeagg.runtime.api.Result`.
@@ -295,6 +295,9 @@ class Session:
             if isinstance(job, KeyedJob):
                 raise TypeError("keyed jobs over a persisted Dataset are not supported; run "
                                 "a fold job (mergeagg.Aggregator) over it")
+            if journal is not None:
+                raise ValueError("journal= keeps jobs over inputs (files, shards), not over "
+                                 "a persisted Dataset, whose partitions live in memory")
             start = time.perf_counter()
             self._root_fingerprint = None
             value, report = self._run_fold(job, source, fan_in=fan_in, config=config,
@@ -310,10 +313,23 @@ class Session:
         src = as_source(source, split_size=split_size, format=format, errors=errors)
         # workers=0: a job over a source is the serial reference, in this process.
         executor = None if self._serial else self.executor
+        jr = None
         try:
+            if journal is not None:
+                from mergeagg.runtime.api import check_journal_backend, open_journal
+
+                if executor is None:
+                    raise ValueError("journal= needs the session's workers; a Session with "
+                                     "workers=0 runs jobs serially")
+                check_journal_backend(job, self.dask is not None)
+                jr = open_journal(journal, job, source, fan_in,
+                                  dict(split_size=split_size, format=format, errors=errors),
+                                  keyed_options)
             return run_on(job, src, executor, own=False, config=config, fan_in=fan_in,
-                          faults=plan, progress=progress, **keyed_options)
+                          faults=plan, progress=progress, journal=jr, **keyed_options)
         finally:
+            if jr is not None:
+                jr.close()
             # A cancelled attempt on a hung worker never answers: wait no longer for it
             # than the job would have waited for a silent worker.
             self.executor.settle(timeout=config.heartbeat_timeout)

@@ -471,3 +471,19 @@ def test_a_keyed_job_writing_parts_resumes_into_its_unfinished_output(tmp_path):
     assert dict(third.value.items()) == dict(first.value.items())
     with pytest.raises(ValueError, match="exists and is not empty"):
         ma.run(KEYED, data, journal=jdir, output=out, **opts)  # finished: never overwritten
+
+
+@pytest.mark.parametrize("backend", ["inprocess", "local"])
+def test_a_session_runs_journaled_jobs(tmp_path, backend):
+    data = write_corpus(str(tmp_path / "in"), files=2, lines=100)
+    jdir = str(tmp_path / "j")
+    opts = {"backend": "inprocess", "workers": 2} if backend == "inprocess" else {"workers": 2}
+    with ma.Session(**opts) as session:
+        first = session.run(WORDS, data, split_size="1K", journal=jdir)
+        again = ma.run(WORDS, data, split_size="1K", journal=jdir, session=session)
+        keyed = session.run(KEYED, data, split_size="1K", journal=str(tmp_path / "k"))
+        assert keyed.report.journal["tasks_recorded"] > 0
+    assert again.fingerprint == first.fingerprint
+    assert again.report.journal["tasks_reused"] == len(first.report.tasks)
+    with ma.Session(workers=0) as serial, pytest.raises(ValueError, match="workers=0"):
+        serial.run(WORDS, data, journal=str(tmp_path / "s"))
