@@ -113,9 +113,9 @@ def _is_number(text):
 
 
 def _add(a, b):
-    if not b.size:  # an empty shard's gram: the identity
+    if isinstance(b, np.ndarray) and not b.size:  # an empty shard's gram: the identity
         return a
-    if not a.size:
+    if isinstance(a, np.ndarray) and not a.size:
         return b.copy()  # never hand out the right operand itself
     a += b
     return a

@@ -145,7 +145,11 @@ def test_sigkill_during_combine(tmp_path):
     t.join()
     assert killed and r.fingerprint == clean.fingerprint
     assert r.report.workers_lost >= 1
-    assert any(f.task.startswith("combine") for f in r.report.failures)
+    # The combine ran again: as a failed attempt, or, when the policy had not yet seen the
+    # worker finish the attempt before it (so it took the combine for one still queued),
+    # as an attempt moved to the other worker under its own number.
+    assert (any(f.task.startswith("combine") for f in r.report.failures)
+            or r.report.counters.get("attempts_moved", 0) >= 1)
     assert_gone(pids_in(pid_dir))
 
 
