@@ -129,7 +129,7 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
         if workers == 0 and dask_client is None:
             raise ValueError("journal= runs on worker processes, the in-process backend or "
                              "Dask: not with workers=0")
-        check_journal_backend(job, dask_client is not None)
+        check_journal_backend(job, dask_client is not None, salt)
         return _run_journaled(job, source, src, journal, workers, dask_client, fan_in, plan,
                               progress, heartbeat_interval, start_method, knobs, backend,
                               dict(split_size=split_size, format=format, errors=errors),
@@ -209,14 +209,13 @@ def open_journal(directory, job, source, fan_in, input_options, keyed_options):
     return jr
 
 
-def check_journal_backend(job, on_dask):
-    """Refuse what a journal cannot keep: a keyed job's map outputs on Dask."""
+def check_journal_backend(job, on_dask, salt=None):
+    """Refuse what a journal cannot keep: a salted keyed job's side outputs on Dask."""
     from mergeagg.keyed import KeyedJob
 
-    if on_dask and isinstance(job, KeyedJob):
-        raise ValueError("journal= on Dask runs fold jobs: a keyed job's map outputs stay "
-                         "in its Dask workers' spill files, which a journal on this machine "
-                         "cannot keep")
+    if on_dask and isinstance(job, KeyedJob) and salt not in (None, False):
+        raise ValueError("journal= on Dask runs keyed jobs without salt=: a salted "
+                         "reducer's side partials stay on its Dask worker")
 
 
 def check_job(job, **keyed_options):

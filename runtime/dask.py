@@ -89,7 +89,7 @@ from mergeagg.runtime.port import (
     Lost,
     Release,
 )
-from mergeagg.runtime.refs import ResidentPartition, dumps
+from mergeagg.runtime.refs import InputLost, ResidentPartition, dumps
 from mergeagg.runtime.shuffle import KeyedSpec, MapOutput, PartRef, side_of
 
 __all__ = ["run_dask", "run_keyed_dask", "DaskExecutor", "DaskPartition", "Loaded",
@@ -429,6 +429,8 @@ def read_bucket(map_outcome, r):
     """
     out = map_outcome[1]
     path, _nbytes, entries = out.buckets[r]
+    if isinstance(path, bytes):  # a map output a journal gave back: held in memory
+        return ("ok", out.key, out.salted, path, entries, map_outcome[2])
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -816,24 +818,50 @@ class DaskExecutor:
         data = ref.future.result(timeout=timeout)[1]
         return data if isinstance(data, (bytes, bytearray)) else None
 
+    def map_buckets(self, ref, timeout=300.0):
+        """A keyed map output's buckets, read on the worker that holds them, for a
+        journal to keep: ``(salted keys, [(spill bytes, entries), ...])``."""
+        out = ref.future.result(timeout=timeout)[1]
+        address = slot_address(ref.worker)
+        futs = [self.client.submit(read_bucket, ref.future, r, pure=False, workers=[address],
+                                   allow_other_workers=False)
+                for r in range(len(out.buckets))]
+        got = self.client.gather(futs)
+        for fut in futs:
+            fut.release()
+        bad = [g for g in got if g[0] != "ok"]
+        if bad:
+            raise InputLost(bad[0][2], task=bad[0][1])
+        return out.salted, [(g[3], g[4]) for g in got]
+
     def adopt(self, ref, fingerprint):
         """A reference Dask tasks can read for an output kept on this machine (a
         journal's): its bytes scattered to a worker, held as a finished attempt's
-        outcome. It is lost with that worker, like any output here."""
+        outcome (a keyed map output with its buckets' bytes in memory). It is lost with
+        that worker, like any output here."""
         from mergeagg.runtime.refs import load_ref
 
-        if ref.data is not None:
+        if isinstance(ref, MapOutput):
+            buckets = []
+            for path, nbytes, entries in ref.buckets:
+                with open(path, "rb") as f:
+                    buckets.append((f.read(), nbytes, entries))
+            data = MapOutput(None, ref.key, None, buckets, ref.salted)
+            size = sum(b[1] for b in buckets)
+        elif ref.data is not None:
             data = ref.data
+            size = len(data)
         else:
             with open(ref.path, "rb") as f:
                 data = f.read()
             load_ref(ref)  # its size and CRC-32, checked before it is used
+            size = len(data)
         [fut] = self.client.scatter([("done", data, fingerprint, {})], hash=False)
         address = sorted(self.client.who_has([fut])[fut.key])[0]
         aid = f"journal-{ref.key}"
         self.futures[aid] = fut
         self.where[aid] = address
-        return DaskRef(slot_name(address, 0), aid, fut, fingerprint, len(data))
+        return DaskRef(slot_name(address, 0), aid, fut, fingerprint, size)
 
     # -- internals -------------------------------------------------------------------------
 

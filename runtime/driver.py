@@ -146,7 +146,7 @@ def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
         if journal is not None:
             journal.bind(policy)
             journal.restore(policy, getattr(executor, "adopt", None))
-            handle = _journaling(policy, journal, getattr(executor, "output_bytes", None))
+            handle = _journaling(policy, journal, executor)
             phases["journal"] = clock() - t_started
             t_started = clock()
 
@@ -174,10 +174,10 @@ def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
     return fetched, phases
 
 
-def _journaling(policy, journal, output_bytes=None):
+def _journaling(policy, journal, executor=None):
     """``policy.handle`` that first moves a winning completion's output into ``journal``
-    and, once the policy took it, records it there (``output_bytes(ref)``: the executor's
-    way to read an output held elsewhere, Dask's)."""
+    and, once the policy took it, records it there (through ``executor`` when the output
+    is held elsewhere: Dask's)."""
     from mergeagg.runtime.master import TaskState
 
     def handle(ev, now):
@@ -186,7 +186,7 @@ def _journaling(policy, journal, output_bytes=None):
             if (task is not None and task.state is not TaskState.COMPLETED
                     and ev.attempt in policy.attempts
                     and not policy.attempts[ev.attempt].audit):
-                now_ref, kept = journal.keep(ev.attempt.task, ev.ref, output_bytes)
+                now_ref, kept = journal.keep(ev.attempt.task, ev.ref, executor)
                 ev = dataclasses.replace(ev, ref=now_ref)
                 policy.handle(ev, now)
                 if task.state is TaskState.COMPLETED and task.ref is ev.ref:

@@ -233,20 +233,34 @@ class Journal:
         self.reused = policy.restored
         return policy.restored, policy.skip_unneeded()
 
-    def keep(self, task, ref, output_bytes=None):
+    def keep(self, task, ref, executor=None):
         """Move the output ``ref`` of ``task`` into the journal. Returns ``(ref to use in
         this run, ref to record)``: the same one (which survives every worker) when the
-        output was on this machine; else the executor's own, and a copy of its bytes
-        (``output_bytes(ref)``) kept here."""
+        output was on this machine; else the executor's own, and a copy here of its bytes
+        (the executor's ``output_bytes(ref)``, or a keyed map's ``map_buckets(ref)``)."""
         key = self.keys[task]
         if isinstance(ref, Ref):
             kept = self._keep_ref(key, ref)
             return kept, kept
+        output_bytes = getattr(executor, "output_bytes", None)
         if output_bytes is not None:
             data = output_bytes(ref)
             if isinstance(data, (bytes, bytearray)):
                 return ref, self._keep_ref(key, Ref(None, ref.key, data=bytes(data),
                                                     nbytes=len(data)))
+            map_buckets = getattr(executor, "map_buckets", None)
+            if data is None and map_buckets is not None:
+                salted, buckets = map_buckets(ref)
+                dst = os.path.join(self.outputs, key)
+                shutil.rmtree(dst, ignore_errors=True)
+                os.makedirs(dst)
+                kept = []
+                for r, (data, entries) in enumerate(buckets):
+                    path = os.path.join(dst, f"b{r}.spill")
+                    with open(path, "wb") as f:
+                        f.write(data)
+                    kept.append((path, len(data), entries))
+                return ref, MapOutput(None, ref.key, dst, kept, salted)
         if isinstance(ref, MapOutput):
             dst = os.path.join(self.outputs, key)
             shutil.rmtree(dst, ignore_errors=True)

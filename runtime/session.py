@@ -321,7 +321,7 @@ class Session:
                 if executor is None:
                     raise ValueError("journal= needs the session's workers; a Session with "
                                      "workers=0 runs jobs serially")
-                check_journal_backend(job, self.dask is not None)
+                check_journal_backend(job, self.dask is not None, salt)
                 jr = open_journal(journal, job, source, fan_in,
                                   dict(split_size=split_size, format=format, errors=errors),
                                   keyed_options)

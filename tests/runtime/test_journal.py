@@ -386,8 +386,29 @@ def test_a_fold_job_on_dask_resumes_from_its_journal(dask_client, tmp_path):
     assert again.fingerprint == first.fingerprint
     ran = {t.task for t in again.report.tasks if t.attempts}
     assert ran and all(not t.startswith("map") for t in ran)
-    with pytest.raises(ValueError, match="journal= on Dask runs fold jobs"):
-        ma.run(KEYED, data, journal=str(tmp_path / "k"), backend=dask_client)
+    with pytest.raises(ValueError, match="without salt="):
+        ma.run(KEYED, data, journal=str(tmp_path / "k"), backend=dask_client, salt=True)
+
+
+def test_a_keyed_job_on_dask_resumes_from_its_journaled_map_outputs(dask_client, tmp_path):
+    data = write_corpus(str(tmp_path / "in"), files=3, lines=300)
+    jdir = str(tmp_path / "j")
+    opts = dict(split_size="4K", backend=dask_client, partitions=3)
+    first = ma.run(KEYED, data, journal=jdir, **opts)
+    plain = ma.run(KEYED, data, split_size="4K", backend="inprocess", workers=2, partitions=3)
+    assert first.fingerprint == plain.fingerprint
+    spills = [n for n in os.listdir(os.path.join(jdir, "outputs"))
+              if os.path.isdir(os.path.join(jdir, "outputs", n))]
+    assert spills, "the maps' buckets were copied here"
+    # Forget the reducers: they run again on Dask from the journaled map outputs.
+    _rewrite_log(jdir, lambda r: r["t"] != "done" or r["task"].startswith("map"))
+    again = ma.run(KEYED, data, journal=jdir, **opts)
+    assert again.fingerprint == first.fingerprint and again.value == first.value
+    ran = {t.task for t in again.report.tasks if t.attempts}
+    assert ran == {"reduce-0", "reduce-1", "reduce-2"}
+    whole = ma.run(KEYED, data, journal=jdir, **opts)  # every task reused
+    assert whole.fingerprint == first.fingerprint
+    assert not any(t.attempts for t in whole.report.tasks)
 
 
 # -- the command line ------------------------------------------------------------------------
