@@ -271,7 +271,10 @@ def test_a_dead_holder_partitions_are_rebuilt_from_their_lineage(kind, request):
         if kind == "local":  # a real SIGKILL, seen by the executor as a death
             pid = ex.worker_pids()[victim]
             os.kill(pid, signal.SIGKILL)
-            psutil.Process(pid).wait(10)
+            try:
+                psutil.Process(pid).wait(10)
+            except psutil.NoSuchProcess:  # already dead and reaped
+                pass
         else:
             ex.apply([KillWorker(victim, "test")], None)
         ex.settle(30.0)
