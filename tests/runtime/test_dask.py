@@ -455,12 +455,19 @@ def test_a_killed_worker_s_cached_partitions_are_rebuilt_from_lineage(dask_clien
         assert hurt.fingerprint == clean.fingerprint
         counters = hurt.report.counters
         assert hurt.report.workers_lost >= 1
-        assert counters["cache_rebuilds"] >= 1 and counters["cache_bytes_read"] > 0
         assert counters["cache_hits"] + counters["cache_rebuilds"] == 6
         dask_client.wait_for_workers(2, timeout=60)
-        again = session.run(total(), ds)  # the rebuilt partitions stay cached
+        again = session.run(total(), ds)
         assert again.fingerprint == clean.fingerprint
-        assert again.report.counters["cache_hits"] == 6
+        # A rebuild is counted by the first job that reads the rebuilt partition: this
+        # one, or (when every task that read the dead worker's partitions had completed
+        # before it died) the next.
+        rebuilds = counters["cache_rebuilds"] + again.report.counters["cache_rebuilds"]
+        rebuilt_bytes = counters["cache_bytes_read"] + again.report.counters["cache_bytes_read"]
+        assert rebuilds >= 1 and rebuilt_bytes > 0
+        third = session.run(total(), ds)  # the rebuilt partitions stay cached
+        assert third.fingerprint == clean.fingerprint
+        assert third.report.counters["cache_hits"] == 6
 
 
 def test_pagerank_runs_on_a_dask_session_with_the_local_bytes(dask_client):
