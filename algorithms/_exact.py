@@ -101,13 +101,7 @@ class ExactSum:
         >>> ExactSum.of([1, 0.5]).value()
         1.5
         """
-        s = cls()
-        ints, floats = [], []
-        for v in values:
-            (floats if isinstance(v, float) else ints).append(v)
-        s.add_ints(ints)
-        s.add_floats(floats)
-        return s
+        return _of(cls(), values)
 
     def add_ints(self, values):
         """Add Python ints (or bools) exactly. Cost: O(n) int additions.
@@ -354,13 +348,7 @@ class ExactMoments:
         >>> ExactMoments.of([3, 5]).variance(ddof=1)
         2.0
         """
-        m = cls()
-        ints, floats = [], []
-        for v in values:
-            (floats if isinstance(v, float) else ints).append(v)
-        m.add_ints(ints)
-        m.add_floats(floats)
-        return m
+        return _of(cls(), values)
 
     def add_ints(self, values):
         """Add Python ints exactly. Cost: O(n) int multiplications and additions."""
@@ -445,3 +433,13 @@ class ExactMoments:
 
     def __repr__(self):
         return f"ExactMoments(n={self.n}, variance={self.variance(ddof=0)!r})"
+
+
+def _of(acc, values):
+    """``acc`` (an ExactSum or ExactMoments) with ``values``, ints and floats, added."""
+    ints, floats = [], []
+    for v in values:
+        (floats if isinstance(v, float) else ints).append(v)
+    acc.add_ints(ints)
+    acc.add_floats(floats)
+    return acc

@@ -114,65 +114,28 @@ def run(job, source, *, workers=None, backend="local", fan_in=DEFAULT_FAN_IN,
                  heartbeat_timeout=heartbeat_timeout, task_timeout=task_timeout)
     if skip_bad_records is not None:
         knobs["skip_bad_records"] = skip_bad_records
-    src = as_source(source, split_size=split_size, format=format, errors=errors)
     keyed_options = dict(partitions=partitions, combiner=combiner, memory_limit=memory_limit,
                          output=output, salt=salt, output_format=output_format)
-    if journal is not None:
-
-        if session is not None:
-            if dask_client is not None:
-                raise ValueError("give either session= or a Dask backend=, not both (a "
-                                 "session runs on its own workers)")
-            return session.run(job, source, fan_in=fan_in, split_size=split_size,
-                               format=format, errors=errors, faults=plan, progress=progress,
-                               journal=journal, **keyed_options, **knobs)
-        if workers == 0 and dask_client is None:
-            raise ValueError("journal= runs on worker processes, the in-process backend or "
-                             "Dask: not with workers=0")
-        check_journal_backend(job, dask_client is not None, salt)
-        return _run_journaled(job, source, src, journal, workers, dask_client, fan_in, plan,
-                              progress, heartbeat_interval, start_method, knobs, backend,
-                              dict(split_size=split_size, format=format, errors=errors),
-                              keyed_options)
     if session is not None:
         if dask_client is not None:
             raise ValueError("give either session= or a Dask backend=, not both (a session "
                              "runs on its own workers)")
-        return session.run(job, src, fan_in=fan_in, faults=plan, progress=progress,
+        return session.run(job, source, fan_in=fan_in, split_size=split_size, format=format,
+                           errors=errors, faults=plan, progress=progress, journal=journal,
                            **keyed_options, **knobs)
+    src = as_source(source, split_size=split_size, format=format, errors=errors)
     config = PolicyConfig(**knobs)
     n = workers if workers is not None else (os.cpu_count() or 1)
-    if dask_client is not None:
-        from mergeagg.runtime.dask import DaskExecutor
-
-        executor = DaskExecutor(dask_client)
-    elif backend == "inprocess":
-        from mergeagg.runtime.inprocess import InProcessExecutor
-
-        executor = InProcessExecutor(max(n, 1))
-    elif n == 0:
-        if plan is not None:
-            raise ValueError("faults are injected into worker processes; workers=0 has "
-                             "none")
-        executor = None  # the serial reference, in this process
-    else:
-        from mergeagg.runtime.local import LocalExecutor
-
-        executor = LocalExecutor(n, heartbeat_interval=heartbeat_interval,
-                                 start_method=start_method)
-    return run_on(job, src, executor, own=True, config=config, fan_in=fan_in, faults=plan,
-                  progress=progress, **keyed_options)
-
-
-def _run_journaled(job, source, src, directory, workers, dask_client, fan_in, plan, progress,
-                   heartbeat_interval, start_method, knobs, backend, input_options,
-                   keyed_options):
-    """``run`` with a journal in ``directory`` (see :mod:`mergeagg.runtime.journal`): the
-    executor's scratch space is inside it, so outputs move there by rename."""
-    from mergeagg.runtime.master import PolicyConfig
-
-    n = workers if workers is not None else (os.cpu_count() or 1)
-    with open_journal(directory, job, source, fan_in, input_options, keyed_options) as jr:
+    jr = None
+    if journal is not None:
+        if workers == 0 and dask_client is None:
+            raise ValueError("journal= runs on worker processes, the in-process backend or "
+                             "Dask: not with workers=0")
+        check_journal_backend(job, dask_client is not None, salt)
+        jr = open_journal(journal, job, source, fan_in,
+                          dict(split_size=split_size, format=format, errors=errors),
+                          keyed_options)
+    try:
         if dask_client is not None:
             from mergeagg.runtime.dask import DaskExecutor
 
@@ -181,14 +144,23 @@ def _run_journaled(job, source, src, directory, workers, dask_client, fan_in, pl
             from mergeagg.runtime.inprocess import InProcessExecutor
 
             executor = InProcessExecutor(max(n, 1))
+        elif n == 0:
+            if plan is not None:
+                raise ValueError("faults are injected into worker processes; workers=0 has "
+                                 "none")
+            executor = None  # the serial reference, in this process
         else:
             from mergeagg.runtime.local import LocalExecutor
 
+            # With a journal, scratch space is inside it: outputs move there by rename.
             executor = LocalExecutor(n, heartbeat_interval=heartbeat_interval,
-                                     start_method=start_method, workdir=jr.workdir)
-        return run_on(job, src, executor, own=True, config=PolicyConfig(**knobs),
-                      fan_in=fan_in, faults=plan, progress=progress, journal=jr,
-                      **keyed_options)
+                                     start_method=start_method,
+                                     workdir=jr.workdir if jr is not None else None)
+        return run_on(job, src, executor, own=True, config=config, fan_in=fan_in,
+                      faults=plan, progress=progress, journal=jr, **keyed_options)
+    finally:
+        if jr is not None:
+            jr.close()
 
 
 def open_journal(directory, job, source, fan_in, input_options, keyed_options):

@@ -839,8 +839,6 @@ class DaskExecutor:
         journal's): its bytes scattered to a worker, held as a finished attempt's
         outcome (a keyed map output with its buckets' bytes in memory). It is lost with
         that worker, like any output here."""
-        from mergeagg.runtime.refs import load_ref
-
         if isinstance(ref, MapOutput):
             buckets = []
             for path, nbytes, entries in ref.buckets:
@@ -851,10 +849,9 @@ class DaskExecutor:
         elif ref.data is not None:
             data = ref.data
             size = len(data)
-        else:
+        else:  # the journal checked its size and CRC-32 when it restored it
             with open(ref.path, "rb") as f:
                 data = f.read()
-            load_ref(ref)  # its size and CRC-32, checked before it is used
             size = len(data)
         [fut] = self.client.scatter([("done", data, fingerprint, {})], hash=False)
         address = sorted(self.client.who_has([fut])[fut.key])[0]

@@ -78,7 +78,6 @@ def _executor_report(policy, executor, fan_in, phases, journal=None):
     rep.counters.update(getattr(executor, "report_counters", dict)())
     if journal is not None:
         rep.journal = journal.summary()
-        rep.journal["tasks_skipped"] = policy.skipped
     return rep
 
 

@@ -105,6 +105,7 @@ class Journal:
         self.output_dir = None  # a keyed job's output directory (its parts are reusable)
         self.keys = {}
         self.reused = 0
+        self.skipped = 0
         self.recorded = 0
         self.unusable = []  # (task, why) of journaled outputs that could not be used
         self._new_digests = {}
@@ -231,7 +232,8 @@ class Journal:
             ref = entry.ref if adopt is None else adopt(entry.ref, entry.fingerprint)
             policy.restore(tid, ref, entry.fingerprint, entry.stats)
         self.reused = policy.restored
-        return policy.restored, policy.skip_unneeded()
+        self.skipped = policy.skip_unneeded()
+        return self.reused, self.skipped
 
     def keep(self, task, ref, executor=None):
         """Move the output ``ref`` of ``task`` into the journal. Returns ``(ref to use in
@@ -342,7 +344,7 @@ class Journal:
     def summary(self):
         """What the report says of the journal."""
         out = {"directory": self.directory, "tasks_reused": self.reused,
-               "tasks_recorded": self.recorded}
+               "tasks_skipped": self.skipped, "tasks_recorded": self.recorded}
         if self.torn_bytes:
             out["torn_tail_bytes"] = self.torn_bytes
         if self.unusable:
@@ -581,13 +583,16 @@ def _unusable(ref):
     if isinstance(ref, Ref):
         if ref.path is None:
             return None
+        size, crc = 0, 0
         try:
             with open(ref.path, "rb") as f:
-                data = f.read()
+                while chunk := f.read(1 << 20):  # a CRC in chunks: no copy of a big output
+                    size += len(chunk)
+                    crc = zlib.crc32(chunk, crc)
         except OSError as exc:
             return f"output file unreadable ({exc})"
-        if len(data) != ref.nbytes or zlib.crc32(data) != ref.crc:
-            return f"output file {ref.path} is torn or changed ({len(data)} of {ref.nbytes} bytes)"
+        if size != ref.nbytes or crc != ref.crc:
+            return f"output file {ref.path} is torn or changed ({size} of {ref.nbytes} bytes)"
         return None
     if isinstance(ref, MapOutput):
         for path, nbytes, _n in ref.buckets:

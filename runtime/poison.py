@@ -60,7 +60,7 @@ class _Tracked(RecordList):
 
 
 def _view(records, idx, like):
-    out = _Tracked(records[i] for i in idx)
+    out = _Tracked(map(records.__getitem__, idx))
     out.columns = getattr(like, "columns", None)
     out.bytes_read = getattr(like, "bytes_read", 0)
     return out
@@ -117,7 +117,6 @@ def without_bad_records(fn, records, limit, locate=None):
     like = records
     records = list(records)
     bad = []
-    skip = set()
     idx = list(range(len(records)))
     while True:
         result, exc, last = _run(fn, records, idx, like)
@@ -128,8 +127,8 @@ def without_bad_records(fn, records, limit, locate=None):
             error, frame = _describe(exc)
             raise BadRecords(
                 f"the task fails over its records ({error}, at {frame}) but on no single "
-                f"record alone{_so_far(bad, locate)}: it depends on several records "
-                "together, so skipping records cannot help", records=_listed(bad, locate))
+                f"record alone{_so_far(bad)}: it depends on several records together, so "
+                "skipping records cannot help", records=[b.describe() for b in bad])
         i, alone = found
         error, frame = _describe(alone)
         bad.append(BadRecord(i, error, frame, locate(i) if locate else ""))
@@ -139,16 +138,11 @@ def without_bad_records(fn, records, limit, locate=None):
             raise BadRecords(
                 f"bad record{'s' if len(bad) > 1 else ''} found by bisection: "
                 + "; ".join(b.describe() for b in bad) + f" ({allowed})",
-                records=_listed(bad, locate))
-        skip.add(i)
-        idx = [j for j in idx if j != i]
+                records=[b.describe() for b in bad])
+        idx.remove(i)
 
 
-def _listed(bad, locate):
-    return [b.describe() for b in bad]
-
-
-def _so_far(bad, locate):
+def _so_far(bad):
     if not bad:
         return ""
     return " (records set aside so far: " + "; ".join(b.describe() for b in bad) + ")"
