@@ -39,6 +39,7 @@ import io
 import json
 import lzma
 import mmap
+import operator
 import os
 import re
 import sys
@@ -631,6 +632,7 @@ class TextShard:
     ``bytes_read`` counts what was read from disk (the compressed bytes of a compressed
     file); ``columns`` is the header of a CSV or TSV file (``None`` for other formats, and
     for an empty file).
+    ``consumed()`` says how far the last iteration is (what a progress report reads).
     Cost: the split's bytes, read and decoded once, on first use; the records are kept.
 
     >>> import tempfile
@@ -643,7 +645,7 @@ class TextShard:
     >>> tmp.cleanup()
     """
 
-    __slots__ = ("split", "_records", "_text", "_base", "bytes_read")
+    __slots__ = ("split", "_records", "_text", "_base", "bytes_read", "_it")
 
     def __init__(self, split):
         self.split = split
@@ -651,6 +653,7 @@ class TextShard:
         self._text = None
         self._base = 0
         self.bytes_read = 0
+        self._it = None
 
     def text(self):
         """The split's whole lines as one string (line ends kept as in the file)."""
@@ -674,7 +677,27 @@ class TextShard:
             text = self.text()
             self._records = _records_of_text(text, self.split.format, self.split.path,
                                              self.split, self._base)
-        return iter(self._records)
+        self._it = it = iter(self._records)
+        return it
+
+    def consumed(self):
+        """The share of the records the last iteration has handed out, or ``None`` if
+        they were never iterated (a partial that took :meth:`text` whole says nothing of
+        how far it is). Safe to call from another thread. Cost: O(1): it reads the list
+        iterator's position, so iterating costs nothing more.
+
+        >>> shard = TextShard.__new__(TextShard); shard._it = None
+        >>> shard.consumed() is None
+        True
+        >>> shard._records = ["a", "b", "c", "d"]; it = iter(shard); _ = next(it)
+        >>> shard.consumed()
+        0.25
+        """
+        it = self._it
+        if it is None:
+            return None
+        n = len(self._records)
+        return 1.0 if n == 0 else (n - operator.length_hint(it)) / n
 
     @property
     def columns(self):

@@ -23,8 +23,9 @@ The policies:
   time left, ``(1 - progress) / progress rate``, among those whose rate is in the slowest
   ``slow_task`` share, only on a worker that is not among the slowest ``slow_node`` share,
   with at most ``cap`` of the workers running backups. It needs each attempt's progress:
-  the simulator (:mod:`mergeagg.runtime.simulate`) reports it; the local and Dask
-  executors do not yet, so ``Late`` refuses to run without a ``progress`` function.
+  the simulator (:mod:`mergeagg.runtime.simulate`) gives it directly; the local, Dask and
+  in-process executors report it as ``Progress`` events (the share of its input a map
+  attempt has consumed), which the policy keeps.
 
 >>> from mergeagg.runtime.speculation import by_name
 >>> by_name("spark"), by_name("cubed")
