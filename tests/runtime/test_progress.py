@@ -256,3 +256,20 @@ def test_the_command_line_chooses_the_backup_rule_of_a_real_run(text_files, caps
     with pytest.raises(SystemExit):
         main(["run", "wordcount", *text_files, "--speculation", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_late_judges_an_attempt_left_running_alone_by_the_stage_s_completed_attempts():
+    from mergeagg.runtime.api import run_on
+    from mergeagg.runtime.master import PolicyConfig
+
+    # Three maps of 1 s on two workers: map-2 starts alone at 1 s, twenty times slower.
+    # No other attempt runs beside it to be compared with; the two completed ones are.
+    agg = ma.Aggregator(sum, operator.add)
+    src = ma.inputs.as_source([[i] for i in range(3)])
+    plan = FaultPlan(only={"map-2": {1: Fault("delay", factor=20.0)}})
+    ex = InProcessExecutor(2, task_seconds=lambda launch: 1.0 if launch.kind == "map" else 0.0)
+    r = run_on(agg, src, ex, own=True, config=PolicyConfig(speculation="late"), faults=plan)
+    assert r.value == 3
+    rows = {t.task: t for t in r.report.tasks}
+    assert rows["map-2"].attempts == 2 and r.report.backups_won == 1
+    assert ex.clock() < 4.0  # not the delayed attempt's 21 s
