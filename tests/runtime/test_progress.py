@@ -63,6 +63,15 @@ def test_the_meter_counts_the_records_a_partial_has_been_handed(tmp_path):
     assert m.sample()[0] == pytest.approx(0.4)
     list(it)
     assert m.sample()[0] == 1.0
+    # Word count takes the text a few kilobytes of whole lines at a time: as far as that.
+    pieces = read_split(split)
+    m = Meter(AttemptId("map-2", 1), split.end - split.start)
+    m.reading(pieces)
+    chunks = pieces.pieces(100)
+    next(chunks)
+    assert 0.1 < m.sample()[0] < 0.2  # the first line end after 100 of ~790 characters
+    list(chunks)
+    assert m.sample()[0] == 1.0
     # A partial that takes the text whole has consumed its input once it is read.
     whole = read_split(split)
     m = Meter(AttemptId("map-1", 1), split.end - split.start, slow=2.0)
