@@ -51,7 +51,7 @@ from mergeagg.runtime.shuffle import (
     run_reduce,
 )
 
-__all__ = ["run_attempt", "Host", "Cancel", "Meter", "Reporter", "PROGRESS_EVERY"]
+__all__ = ["run_attempt", "Host", "Cancel", "Meter", "Reporter", "Steps", "PROGRESS_EVERY"]
 
 PROGRESS_EVERY = 0.2  # seconds between two progress reports of one attempt, at least
 _BYTE_SPLITS = ("text", "gzip", "bz2", "xz")  # split kinds whose range is in file bytes
@@ -98,8 +98,8 @@ class Host(Protocol):
 
 
 class Meter:
-    """How far a running map attempt is, for its executor to sample (from another thread,
-    or between events).
+    """How far a running map (or combine) attempt is, for its executor to sample (from
+    another thread, or between events).
 
     Progress is the share of its input the partial has consumed (Hadoop's measure of a
     map task's progress, which LATE rates attempts by):
@@ -112,7 +112,9 @@ class Meter:
       however long it then computes, it reports 1 (LATE cannot see such an attempt
       straggle; the threshold rules can);
     * a split without a byte count (in memory) is unknown (``None``) until the partial
-      returns; then 1.
+      returns; then 1;
+    * a fold's combine: the share of its steps done (load each input, fold each in:
+      :class:`Steps`).
     * A ``delay`` fault (a straggler ``factor`` times slower) is seen as one: its fractions
       are divided by ``factor`` while the attempt computes, then grow with time through
       the delay, as a task slowed uniformly would report them.
@@ -210,11 +212,37 @@ class Reporter:
             del self._last[m]
 
 
+class Steps:
+    """A fold combine's progress: of its ``total`` steps (load each input, then fold each
+    in), how many are ``done``; what its :class:`Meter` samples. Cost: one increment a
+    step.
+
+    >>> s = Steps(4); s.done = 1; s.consumed()
+    0.25
+    """
+
+    __slots__ = ("done", "total")
+
+    def __init__(self, total):
+        self.done = 0
+        self.total = total
+
+    def consumed(self):
+        return self.done / self.total if self.total else 1.0
+
+
 def _meter(launch, fault, host):
-    """A :class:`Meter` for a map attempt on a host that tracks progress (else ``None``)."""
+    """A :class:`Meter` for a map attempt, or a fold's combine, on a host that tracks
+    progress (else ``None``)."""
     track = getattr(host, "track", None)
-    if track is None or launch.kind != "map" or isinstance(launch.split, ResidentPartition):
+    if track is None or launch.kind not in ("map", "combine") \
+            or isinstance(launch.split, ResidentPartition):
         return None
+    if launch.kind == "combine":
+        meter = Meter(launch.attempt, 0, fault.factor if fault is not None
+                      and fault.kind == "delay" else 1.0)
+        track(meter)  # its steps are counted as the combine runs (_fold)
+        return meter
     split = launch.split
     total = 0
     if getattr(split, "kind", None) in _BYTE_SPLITS:
@@ -313,10 +341,18 @@ def _fold(agg, launch, host, meter=None):
         if meter is not None:
             meter.computed()
         return acc, {"bytes_read": getattr(records, "bytes_read", 0)}
-    values = [host.load(r) for r in launch.inputs]
+    steps = Steps(2 * len(launch.inputs))
+    if meter is not None:
+        meter.reading(steps)
+    values = []
+    for r in launch.inputs:
+        values.append(host.load(r))
+        steps.done += 1
     acc = values[0]
+    steps.done += 1
     for v in values[1:]:
         acc = agg.combine(acc, v)
+        steps.done += 1
     return acc, {"bytes_read": 0}
 
 

@@ -282,3 +282,25 @@ def test_late_judges_an_attempt_left_running_alone_by_the_stage_s_completed_atte
     rows = {t.task: t for t in r.report.tasks}
     assert rows["map-2"].attempts == 2 and r.report.backups_won == 1
     assert ex.clock() < 4.0  # not the delayed attempt's 21 s
+
+
+def slow_add(a, b):
+    time.sleep(0.3)
+    return a + b
+
+
+def test_late_backs_up_a_slow_combine_by_the_steps_it_reports_on_worker_processes(
+        text_files):
+    # A combine reports the share of its steps done (load each input, fold each in); one
+    # delayed 30x is raced and beaten, and the job does not wait its ~9 s.
+    agg = ma.Aggregator(lambda shard: len(shard.text()), slow_add)
+    plan = FaultPlan(only={"combine-1-1": {1: Fault("delay", factor=30.0)}})
+    t0 = time.monotonic()
+    r = ma.run(agg, text_files, workers=2, fan_in=2, faults=plan,
+               speculation=Late(interval=0.1))
+    took = time.monotonic() - t0
+    assert r.value == sum(os.path.getsize(p) for p in text_files)
+    assert r.fingerprint == ma.run(agg, text_files, workers=0, fan_in=2).fingerprint
+    rows = {t.task: t for t in r.report.tasks}
+    assert rows["combine-1-1"].attempts == 2 and rows["combine-1-1"].seconds < 2.0
+    assert took < 0.3 * 30
