@@ -72,7 +72,7 @@ import uuid
 
 import cloudpickle
 
-from mergeagg.errors import InputError, JobFailed, NondeterminismError
+from mergeagg.errors import InputError, JobFailed, NondeterminismError, WorkerLost
 from mergeagg.inputs import read_split
 from mergeagg.runtime.attempt import PROGRESS_EVERY, Reporter
 from mergeagg.runtime.attempt import run_attempt as _attempt
@@ -540,6 +540,7 @@ class DaskExecutor:
         self.banned = set()  # addresses the policy killed: never taken back
         self._pending = []  # membership events seen before the driver asked
         self._last_poll = float("-inf")
+        self._empty_since = None  # when the scheduler last went from some workers to none
         self._started = False
         self._closed = False
         self.token = None  # the current job's
@@ -742,6 +743,7 @@ class DaskExecutor:
         for addr in sorted(set(self.known) - set(alive)):
             status = info.get(addr, {}).get("status", "gone")
             out.extend(self._lost(addr, f"Dask worker left the scheduler (status {status})"))
+        self._check_not_empty(alive, now)
         watch = self._watch_heartbeats(len(info))
         for addr, n in sorted(alive.items()):
             seen = info[addr].get("last_seen")
@@ -754,6 +756,26 @@ class DaskExecutor:
                 continue  # no heartbeat since the last look: silent, maybe hung
             out.extend(Heartbeat(slot_name(addr, i)) for i in range(self.known[addr]))
         return out
+
+    def _check_not_empty(self, alive, now):
+        """A cluster left with no worker for ``wait_for_workers`` seconds in a job ends it
+        with :class:`~mergeagg.errors.WorkerLost`: waiting on would never end if nothing
+        brings workers back (a nanny that gave up restarting its worker; a cluster scaled
+        to zero), and the driver must never hang."""
+        if alive:
+            self._empty_since = None
+            return
+        if self._empty_since is None:
+            self._empty_since = now
+            return
+        if now - self._empty_since > self.wait_for_workers:
+            lost = ", ".join(sorted(self.banned | set(self._last_seen))) or "none seen"
+            raise WorkerLost(
+                f"the Dask scheduler at {self.client.scheduler.address} has had no worker "
+                f"for {now - self._empty_since:.0f}s in this job (workers seen: {lost}); "
+                "a nanny may have given up restarting its worker. Start workers with: "
+                f"dask worker {self.client.scheduler.address}, then run the job again "
+                f"(wait_for_workers={self.wait_for_workers:g}s sets how long to wait)")
 
     def _watch_heartbeats(self, n_workers):
         """Whether a worker counts as heard from only when the scheduler got a heartbeat

@@ -567,3 +567,36 @@ def test_a_failing_load_on_dask_names_its_error_and_drops_the_dataset(dask_clien
         with pytest.raises(ma.errors.InputError, match="bad.txt.*UTF-8"):
             session.persist([str(bad)], load=list)
         assert session.datasets == {}
+
+
+def test_a_cluster_left_without_workers_ends_the_job_by_name_instead_of_waiting_for_ever():
+    from mergeagg.errors import WorkerLost
+    from mergeagg.runtime.dask import DaskExecutor
+
+    class NoWorkers:  # a scheduler whose workers are all gone (nannies that gave up)
+        class scheduler:
+            address = "tcp://10.0.0.1:8786"
+
+        workers = {"tcp://10.0.0.2:1234": {"nthreads": 1, "status": "running"}}
+
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": self.workers}
+
+    client = NoWorkers()
+    ex = DaskExecutor(client, wait_for_workers=0.2)
+    assert [type(e).__name__ for e in ex.membership(force=True)] == ["Joined", "Heartbeat"]
+    client.workers = {}
+    lost = ex.membership(force=True)
+    assert [type(e).__name__ for e in lost] == ["Lost"]  # the policy hears it first
+    assert ex.membership(force=True) == []  # and waits a while for workers to come back
+    time.sleep(0.25)
+    with pytest.raises(WorkerLost, match=r"tcp://10.0.0.1:8786 has had no worker for"):
+        ex.membership(force=True)
+    client.workers = {"tcp://10.0.0.3:1": {"nthreads": 1, "status": "running"}}
+    ex = DaskExecutor(client, wait_for_workers=0.2)
+    ex.membership(force=True)
+    client.workers = {}
+    ex.membership(force=True)
+    client.workers = {"tcp://10.0.0.4:1": {"nthreads": 1, "status": "running"}}
+    time.sleep(0.25)
+    assert any(type(e).__name__ == "Joined" for e in ex.membership(force=True))  # back
