@@ -115,9 +115,10 @@ class Meter:
       returns; then 1;
     * a fold's combine: the share of its steps done (load each input, fold each in:
       :class:`Steps`).
-    * A ``delay`` fault (a straggler ``factor`` times slower) is seen as one: its fractions
-      are divided by ``factor`` while the attempt computes, then grow with time through
-      the delay, as a task slowed uniformly would report them.
+
+    A ``delay`` fault (a straggler ``factor`` times slower) is seen as one: its fractions
+    are divided by ``factor`` while the attempt computes, then grow with time through the
+    delay, as a task slowed uniformly would report them.
 
     Cost: nothing per record (a sample reads the iterator's position or the reader's byte
     counter); O(1) per sample.
