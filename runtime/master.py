@@ -460,6 +460,7 @@ class Policy:
             spec = Threshold(config.backup_after, config.backup_factor,
                              min_seconds=config.backup_min_seconds)
         self.speculation = spec
+        spec.start()  # a rule given to job after job keeps nothing of the last one
         self._last_scan = float("-inf")
         self._index = {tid: i for i, tid in enumerate(self.order)}
         self._ordinal = {}  # worker -> join order (ties in picking go to the earliest)
