@@ -526,8 +526,11 @@ class DaskExecutor:
     mode = "dask"
 
     def __init__(self, client, *, poll_interval=0.25, heartbeat_timeout=None,
-                 wait_for_workers=60.0):
+                 wait_for_workers=60.0, stuck_after=10.0):
         self.client = client
+        self.stuck_after = stuck_after  # quiet seconds before looking for stuck attempts
+        self._quiet_since = time.monotonic()
+        self._stuck_checked = float("-inf")
         self._owns_client = False
         self.poll_interval = poll_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -860,6 +863,48 @@ class DaskExecutor:
             except queue.Empty:
                 break
         self._check_unreported(out)
+        now = time.monotonic()
+        if out:
+            self._quiet_since = now
+        elif now - self._quiet_since > self.stuck_after \
+                and now - self._stuck_checked > self.stuck_after:
+            self._stuck_checked = now
+            out = self._unstick()
+        return out
+
+    def _unstick(self):
+        """Failed events for attempts Dask can never run: an input of theirs that Dask
+        dropped and would recompute (a completed output whose worker left, or a replica
+        Dask let go), when the recomputation waits for a worker that is gone (every
+        attempt is restricted to the worker the policy chose). The policy hears
+        ``input_lost`` naming those inputs' tasks, runs them again and then the attempt.
+        Asked after ``stuck_after`` quiet seconds: one scheduler round trip, so a job
+        whose attempts are merely long pays nearly nothing. Found on the Debian doc tree
+        under kill faults: a combine waited for ever on such an input."""
+        keys = {f"mergeagg-{self.token}-{aid}": aid for aid in self.futures
+                if aid not in self.reported}
+        if not keys:
+            return []
+        try:
+            stuck = self.client.run_on_scheduler(_stuck_tasks, list(keys))
+        except Exception:  # the scheduler is unreachable: membership will say so
+            return []
+        out = []
+        prefix = f"mergeagg-{self.token}-"
+        for key, blocked in stuck.items():
+            aid = keys[key]
+            launch = self._launched.get(aid)
+            if launch is None:
+                continue
+            lost = tuple(sorted({self._launched[b[len(prefix):]].attempt.task
+                                 for b in blocked if b.startswith(prefix)
+                                 and b[len(prefix):] in self._launched}))
+            self.reported.add(aid)
+            self._forget(aid)
+            what = f"its inputs of {', '.join(lost)}" if lost else "it"
+            out.append(Failed(launch.attempt, "input_lost",
+                              f"Dask cannot run {aid}: {what} would wait for ever for a "
+                              "worker that left", "", lost, launch.worker))
         return out
 
     def fetch(self, ref, transfer_timeout=300.0):
@@ -1067,6 +1112,28 @@ class DaskExecutor:
                 continue
             outcome = fut.result()
             self._take(("event", _as_message(aid, self.where[aid], outcome)), out)
+
+
+def _stuck_tasks(keys, dask_scheduler=None):
+    """On the scheduler: of the tasks ``keys``, those that can never run because they, or
+    an input they wait for (at any depth), are in ``no-worker`` state (restricted to a
+    worker that is gone); each with its direct inputs that are not in memory."""
+    tasks = dask_scheduler.tasks
+
+    def blocked(ts, seen):
+        if ts.state == "no-worker":
+            return True
+        if ts.state != "waiting" or ts.key in seen:
+            return False
+        seen.add(ts.key)
+        return any(blocked(d, seen) for d in ts.dependencies)
+
+    out = {}
+    for key in keys:
+        ts = tasks.get(key)
+        if ts is not None and blocked(ts, set()):
+            out[key] = [d.key for d in ts.dependencies if d.state != "memory"]
+    return out
 
 
 def _as_message(aid, address, outcome):

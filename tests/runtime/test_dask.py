@@ -600,3 +600,45 @@ def test_a_cluster_left_without_workers_ends_the_job_by_name_instead_of_waiting_
     client.workers = {"tcp://10.0.0.4:1": {"nthreads": 1, "status": "running"}}
     time.sleep(0.25)
     assert any(type(e).__name__ == "Joined" for e in ex.membership(force=True))  # back
+
+
+def identity_after(x, _y=None):
+    return x
+
+
+def test_an_attempt_waiting_on_an_input_dask_cannot_recompute_is_reported_not_waited_on(
+        dask_client):
+    # What the Debian doc tree under kill faults showed: a combine waited for ever on a map
+    # output that Dask had dropped and would recompute, restricted to a worker that left.
+    from mergeagg.runtime.dask import DaskExecutor
+    from mergeagg.runtime.port import Failed
+
+    live = sorted(dask_client.scheduler_info()["workers"])[0]
+    ex = DaskExecutor(dask_client, stuck_after=0.0)
+    ex.token = "stuck0test"
+    gone = ex.client.submit(identity_after, 1, key="mergeagg-stuck0test-map-3#2",
+                            workers=["tcp://127.0.0.1:9"], allow_other_workers=False,
+                            pure=False)
+    waiting = ex.client.submit(identity_after, gone, key="mergeagg-stuck0test-combine-1-0#1",
+                               workers=[live], allow_other_workers=False, pure=False)
+    for aid, fut, kind, worker in (("map-3#2", gone, "map", "tcp://127.0.0.1:9/0"),
+                                   ("combine-1-0#1", waiting, "combine", f"{live}/0")):
+        task, number = aid.split("#")
+        ex.futures[aid] = fut
+        ex.where[aid] = worker.rsplit("/", 1)[0]
+        ex._launched[aid] = Launch(AttemptId(task, int(number)), worker, kind)
+    try:
+        deadline = time.monotonic() + 10
+        events = []
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.2)
+            events = ex._unstick()
+        by_task = {e.attempt.task: e for e in events}
+        assert set(by_task) == {"map-3", "combine-1-0"}
+        assert all(isinstance(e, Failed) and e.kind == "input_lost" for e in events)
+        assert by_task["combine-1-0"].lost == ("map-3",)  # the input the policy re-runs
+        assert "would wait for ever for a worker that left" in by_task["combine-1-0"].error
+        assert ex._unstick() == []  # each is reported once
+    finally:
+        gone.release()
+        waiting.release()
