@@ -107,6 +107,7 @@ INSTALL_HINT = "pip install 'mergeagg[dask]'"
 EVENT_TOPIC = "mergeagg"
 
 _ALIVE = ("running", "paused", "init")
+_MEMBERSHIP = (Heartbeat, Joined, Lost)  # events that say nothing of the attempts
 
 # Jobs running in this process, by token: where their events go; and how many jobs each
 # client (by id) runs, so that it stays subscribed while any does.
@@ -864,12 +865,12 @@ class DaskExecutor:
                 break
         self._check_unreported(out)
         now = time.monotonic()
-        if out:
-            self._quiet_since = now
+        if any(type(e) not in _MEMBERSHIP for e in out):
+            self._quiet_since = now  # an attempt moved: nothing is stuck
         elif now - self._quiet_since > self.stuck_after \
                 and now - self._stuck_checked > self.stuck_after:
             self._stuck_checked = now
-            out = self._unstick()
+            out += self._unstick()
         return out
 
     def _unstick(self):
