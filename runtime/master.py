@@ -49,6 +49,7 @@ from mergeagg.runtime.port import (
     Failed,
     Finished,
     Heartbeat,
+    Heartbeats,
     Joined,
     KillWorker,
     Launch,
@@ -227,6 +228,28 @@ class FailureDetector:
             else:
                 self._newest = timestamp
 
+    def heartbeats(self, workers, timestamp):
+        """Record that each of ``workers`` was heard from at ``timestamp`` (a round of
+        heartbeats). The same as :meth:`heartbeat` for each, in O(len(workers)) dict
+        operations without a call per worker.
+
+        >>> d = FailureDetector()
+        >>> d.heartbeat("w1", 0); d.heartbeat("w2", 0); d.heartbeat("w3", 4)
+        >>> d.heartbeats(["w1", "w3"], 6)
+        >>> d.failed(now=12, timeout=5), list(d.last)
+        (['w2'], ['w2', 'w1', 'w3'])
+        """
+        if timestamp < self._newest:
+            for w in workers:  # out of time order: keep the newest of each worker
+                self.heartbeat(w, timestamp)
+            return
+        last = self.last
+        pop = last.pop
+        for w in workers:
+            pop(w, None)  # to the end: every time kept is at most timestamp
+        last.update(dict.fromkeys(workers, timestamp))
+        self._newest = timestamp
+
     def forget(self, worker):
         """Stop tracking ``worker`` (it was replaced)."""
         self.last.pop(worker, None)
@@ -300,7 +323,7 @@ class SortedDurations:
         return f"SortedDurations({self._list()!r})"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Task:
     d: TaskDef
     state: TaskState = TaskState.IDLE
@@ -456,6 +479,10 @@ class Policy:
         self._ordinal = {}  # worker -> join order (ties in picking go to the earliest)
         self._ordinals = itertools.count()
         self._free = []  # heap of (load, ordinal, worker); stale entries skipped
+        # Loads below this are in the heap: the largest ``cap`` asked of ``_pick`` so far
+        # (a worker at or past every cap asked needs no entry: at prefetch 1 the heap holds
+        # only the idle workers, not one entry per launch as well).
+        self._indexed = config.prefetch
         self._deep = set()  # workers with two or more attempts queued
         self._starts = {k: [] for k in kinds}  # heap of (started, seq, attempt id)
         self._seq = itertools.count()
@@ -478,6 +505,9 @@ class Policy:
             if worker is not None and worker in self.workers:
                 self.detector.heartbeat(worker, now)
             self.finished(event.attempt, event.ref, event.fingerprint, now, event.stats)
+        elif kind is Heartbeats:
+            workers = self.workers
+            self.detector.heartbeats([w for w in event.workers if w in workers], now)
         elif kind is Failed:
             if event.worker is not None:
                 self.heartbeat(event.worker, now)
@@ -1174,6 +1204,9 @@ class Policy:
         """The least loaded worker with fewer than ``cap`` attempts for which ``ok(w)``
         holds (``ok=None``: any), the earliest joined among equals; ``None`` if there is none. Cost:
         O(log workers) amortised, plus O(log workers) per worker ``ok`` refuses."""
+        if cap > self._indexed:
+            self._indexed = cap
+            self._reindex()
         heap = self._free
         workers, ordinal = self.workers, self._ordinal
         refused = []
@@ -1201,16 +1234,24 @@ class Policy:
         """Record ``worker``'s new queue length in the free-slot heap. Cost: O(log W)."""
         workers = self.workers
         n = len(workers[worker])
-        free = self._free
-        if len(free) > 4 * len(workers) + 64:
-            self._free = [(len(q), self._ordinal[w], w) for w, q in workers.items()]
-            heapq.heapify(self._free)
-        else:
-            heapq.heappush(free, (n, self._ordinal[worker], worker))
+        if n < self._indexed:
+            free = self._free
+            if len(free) > 4 * len(workers) + 64:
+                self._reindex()
+            else:
+                heapq.heappush(free, (n, self._ordinal[worker], worker))
         if n >= 2:
             self._deep.add(worker)
         elif self._deep:
             self._deep.discard(worker)
+
+    def _reindex(self):
+        """Rebuild the free-slot heap from the workers' queues (its stale entries dropped).
+        Cost: O(workers)."""
+        limit, ordinal = self._indexed, self._ordinal
+        self._free = [(len(q), ordinal[w], w) for w, q in self.workers.items()
+                      if len(q) < limit]
+        heapq.heapify(self._free)
 
     def _started_now(self, att, kind=None):
         """``att`` reached the head of its worker's queue: a first attempt joins its
@@ -1394,7 +1435,8 @@ class Policy:
             assert self.tasks[tid].state is TaskState.COMPLETED, f"result of {tid} not done"
         assert self.audits_running == sum(a.audit for a in self.attempts.values())
         assert set(self._ordinal) == set(self.workers), "ordinals do not match the workers"
-        live = {(len(q), self._ordinal[w], w) for w, q in self.workers.items()}
+        live = {(len(q), self._ordinal[w], w) for w, q in self.workers.items()
+                if len(q) < self._indexed}
         assert live <= set(self._free), "a worker's load is missing from the free-slot heap"
         assert self._deep == {w for w, q in self.workers.items() if len(q) >= 2}
         entries = {(e[0], e[2]) for heap in self._starts.values() for e in heap}

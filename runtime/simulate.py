@@ -36,7 +36,7 @@ from mergeagg.runtime.port import (
     Cancel,
     Cancelled,
     Finished,
-    Heartbeat,
+    Heartbeats,
     Joined,
     KillWorker,
     Launch,
@@ -130,7 +130,7 @@ class _Ref:
 
 class _Machine:
     __slots__ = ("name", "queue", "head", "start", "end", "alive", "crashed", "factor",
-                 "ref", "token", "beat")
+                 "ref", "token")
 
     def __init__(self, name, factor):
         self.name = name
@@ -141,7 +141,6 @@ class _Machine:
         self.crashed = False
         self.factor = factor
         self.ref = _Ref(name)
-        self.beat = Heartbeat(name)  # events are immutable: one per machine will do
         self.token = 0  # bumped whenever the head changes: stale completions are dropped
 
 
@@ -191,7 +190,8 @@ class SimulatedExecutor:
         self.where = {}  # attempt id -> machine running or queueing it
         self.task_seconds = 0.0
         self.useful_seconds = 0.0
-        self.events_out = 0
+        self.events_out = 0  # messages delivered to the policy (see _deliver)
+        self._beats = 0  # heartbeats gathered in rounds beyond one event per round
         self._heap = []
         self._seq = itertools.count()
         self._names = itertools.count(1)
@@ -267,9 +267,7 @@ class SimulatedExecutor:
         if self.check is not None:
             self.check()
         if self._outbox:
-            out, self._outbox = self._outbox, []
-            self.events_out += len(out)
-            return out
+            return self._deliver()
         now = self.clock.t
         if now > self.max_seconds:
             raise SimulationTooLong(f"the simulated job ran past max_seconds="
@@ -292,7 +290,12 @@ class SimulatedExecutor:
                 if m.token == token and m.alive and not m.crashed:
                     self._complete(m, when)
             elif code == _BEAT:
-                self._outbox.extend([m.beat for m in self.alive.values() if not m.crashed])
+                # One heartbeat per live machine, handed over as one round (counted as
+                # that many events: each is a message a real worker would send).
+                beating = tuple([m.name for m in self.alive.values() if not m.crashed])
+                if beating:
+                    self._outbox.append(Heartbeats(beating))
+                    self._beats += len(beating) - 1
                 self._at(when + self.heartbeat_interval, _BEAT, None)
             elif code == _CRASH:
                 live = [m for m in self.alive.values() if not m.crashed]
@@ -310,8 +313,14 @@ class SimulatedExecutor:
             elif code == _JOIN:
                 self._joins_pending -= 1
                 self._outbox.append(Joined(self._spawn(arg).name))
+        return self._deliver()
+
+    def _deliver(self):
+        """The events gathered, counted as the messages they are (a round of heartbeats
+        is one per machine)."""
         out, self._outbox = self._outbox, []
-        self.events_out += len(out)
+        self.events_out += len(out) + self._beats
+        self._beats = 0
         return out
 
     def progress(self, attempt, now):
