@@ -205,15 +205,17 @@ def run_policy(policy, apply, events, finish, show, t_started, clock, handle=Non
     ``t_started``."""
     map_done_at = None
     stage_done, stage_total = policy.stage_counts()
+    maps = stage_total["map"]
     handle = handle or policy.handle
+    tick, next_deadline = policy.tick, policy.next_deadline
     while True:
         now = clock()
-        actions = policy.tick(now)
+        actions = tick(now)
         if actions:
             apply(actions, median_map_seconds(policy))
         if policy.error is not None:
             raise policy.error
-        if map_done_at is None and stage_done["map"] == stage_total["map"]:
+        if map_done_at is None and stage_done["map"] == maps:
             map_done_at = now
         if policy.done:
             fetched = finish()
@@ -224,8 +226,9 @@ def run_policy(policy, apply, events, finish, show, t_started, clock, handle=Non
             for ev in events(0.01):
                 handle(ev, clock())
             continue
-        show.update(now)
-        timeout = max(0.0, policy.next_deadline(now) - clock())
+        if show.enabled:
+            show.update(now)
+        timeout = max(0.0, next_deadline(now) - clock())
         for ev in events(timeout):
             handle(ev, clock())
     t_end = clock()
@@ -240,7 +243,10 @@ def median_map_seconds(policy):
     """The median seconds of the map attempts completed so far (0 before the first): the
     ``hint`` that faults striking part-way through a task use."""
     d = policy.durations("map")
-    return d[len(d) // 2] if d else 0.0
+    if not d:
+        return 0.0
+    median = getattr(d, "median", None)  # a SortedDurations: O(1), no sort
+    return median() if median is not None else d[len(d) // 2]
 
 
 class Progress:

@@ -34,6 +34,7 @@ The life of a job, as in MapReduce:
 
 from __future__ import annotations
 
+import bisect
 import enum
 import hashlib
 import heapq
@@ -261,8 +262,11 @@ class FailureDetector:
         if not self._ordered:
             self.last = dict(sorted(self.last.items(), key=lambda kv: kv[1]))
             self._ordered = True
+        last = self.last
+        if not last or now - next(iter(last.values())) <= timeout:
+            return []  # the longest silent is within the timeout: nobody is failed
         out = []
-        for w, t in self.last.items():
+        for w, t in last.items():
             if now - t <= timeout:
                 break
             out.append(w)
@@ -417,7 +421,7 @@ class Policy:
     root task has completed (and every audit has compared); ``error`` holds the exception
     when the job failed. Cost: O(log workers) amortised per event and per attempt
     launched (workers with free slots are a heap keyed by load, running first attempts a
-    heap per stage keyed by start time, heartbeats a dict in time order); ``tick`` is
+    queue per stage in start-time order, heartbeats a dict in time order); ``tick`` is
     O(stages) besides, plus the speculation rule's own cost (:class:`Late` scans the
     running attempts every ``interval``), plus O(workers) while idle workers may steal.
     """
@@ -484,7 +488,9 @@ class Policy:
         # only the idle workers, not one entry per launch as well).
         self._indexed = config.prefetch
         self._deep = set()  # workers with two or more attempts queued
-        self._starts = {k: [] for k in kinds}  # heap of (started, seq, attempt id)
+        # (started, seq, attempt id) per stage, oldest first: attempts start in time order,
+        # so an append keeps it sorted (an out-of-order start is inserted in its place).
+        self._starts = {k: deque() for k in kinds}
         self._seq = itertools.count()
         self._backup_ids = set()  # backup attempts, some finished (pruned when counted)
         self._held = {}  # worker -> completed tasks whose outputs it held
@@ -654,8 +660,11 @@ class Policy:
         self._unassign(att, now)
         task = self.tasks[attempt_id.task]
         running = task.running
-        if attempt_id in running:
-            running.remove(attempt_id)
+        if running:
+            if running[0] == attempt_id:
+                del running[0]
+            elif attempt_id in running:
+                running.remove(attempt_id)
         if att.audit:
             self.audits_running -= 1
         if task.state is TaskState.COMPLETED:
@@ -669,32 +678,38 @@ class Policy:
         if self.error is not None or self.done:
             return
         d = task.d
+        tid = d.id
         task.state = TaskState.COMPLETED
         task.ref = ref
         ref_worker = task.ref_worker = getattr(ref, "worker", None)
         if ref_worker is not None:
             held = self._held.get(ref_worker)
             if held is None:
-                held = self._held[ref_worker] = []
-            held.append(d.id)
+                self._held[ref_worker] = [tid]
+            else:
+                held.append(tid)
         task.fingerprint = fingerprint
-        task.worker = att.worker
-        # (Copied: the report keeps them, and an executor may reuse its dict.)
-        stats = task.stats = dict(stats) if stats else {}
-        measured = stats.get("seconds")
+        worker = task.worker = att.worker
+        if stats:
+            # (Copied: the report keeps them, and an executor may reuse its dict.)
+            stats = task.stats = dict(stats)
+            measured = stats.get("seconds")
+            nbytes = stats.get("bytes_read")
+            if nbytes:
+                self.bytes_read += nbytes
+        else:
+            stats = task.stats = {}
+            measured = None
         # The worker's own measure of the attempt when it gives one (the master sees
         # completions in batches); else the time since the attempt reached its queue's head.
         duration = task.duration = measured if measured is not None else (
             now - (att.started if att.started is not None else now))
-        nbytes = stats.get("bytes_read")
-        if nbytes:
-            self.bytes_read += nbytes
         kind = d.kind
         self._stage_done[kind] += 1
         self._durations[kind].add(duration)
         if att.backup:
             self.backups_won += 1
-        self.speculation.finished(att.worker, kind, duration)
+        self.speculation.finished(worker, kind, duration)
         if running:
             for other in list(running):
                 oatt = self.attempts.pop(other, None)
@@ -704,12 +719,12 @@ class Policy:
                     self._unassign(oatt)
                     self._actions.append(Cancel(other, oatt.worker))
             running.clear()
-        if self.config.verify and kind == "map" and self._sampled(d.id):
-            self.audits_wanted.append(d.id)
+        if self.config.verify and kind == "map" and self._sampled(tid):
+            self.audits_wanted.append(tid)
         parents = d.parents
         if not parents or d.output:
-            self.results[d.id] = (ref, fingerprint)
-            if d.id == self.root:
+            self.results[tid] = (ref, fingerprint)
+            if tid == self.root:
                 self.result = (ref, fingerprint)
         if not parents:
             self._maybe_done()
@@ -800,11 +815,13 @@ class Policy:
     def tick(self, now):
         """The actions to carry out now: launches, cancels, kills and releases."""
         self._now = now
+        config = self.config
         if self.error is None and not self.done:
             self._check_silence(now)
-            self._check_timeouts(now)
+            if config.task_timeout is not None:
+                self._check_timeouts(now)
         if self.error is None and not self.done:
-            if self.config.backups and now - self._last_scan >= self.config.scan_interval:
+            if config.backups and now - self._last_scan >= config.scan_interval:
                 self._last_scan = now
                 self._speculate(now)
             self._assign(now)
@@ -814,17 +831,18 @@ class Policy:
 
     def next_deadline(self, now):
         """The latest time the caller should call ``tick`` again, even without events."""
-        horizon = self.config.heartbeat_timeout / 4
-        if self.config.task_timeout is not None:
-            horizon = min(horizon, self.config.task_timeout / 4)
-        if self.config.backups and self.attempts and self.error is None:
+        config = self.config
+        horizon = config.heartbeat_timeout / 4
+        if config.task_timeout is not None:
+            horizon = min(horizon, config.task_timeout / 4)
+        if config.backups and self.attempts and self.error is None:
             when = self.speculation.next_check(self, now)
             if when is not None:
-                when = max(when, self._last_scan + self.config.scan_interval)
+                when = max(when, self._last_scan + config.scan_interval)
                 # Just past the moment a task turns slow (the test is strict).
                 horizon = min(horizon, when - now + 1e-6 if when > now else 1e-3)
-        if self.config.stealing and self._deep and self._idle_worker() is not None:
-            horizon = min(horizon, max(self.config.scan_interval, 0.005))
+        if config.stealing and self._deep and self._idle_worker() is not None:
+            horizon = min(horizon, max(config.scan_interval, 0.005))
         if self._locality_deadline is not None:
             horizon = min(horizon, max(self._locality_deadline - now, 0.0))
         return now + horizon
@@ -888,10 +906,14 @@ class Policy:
     def _unassign(self, att, now=None):
         """Take ``att`` off its worker's queue; the next queued attempt starts now."""
         now = self._now if now is None else now
-        lst = self.workers.get(att.worker)
+        worker = att.worker
+        lst = self.workers.get(worker)
         if lst is not None and att.id in lst:
-            lst.remove(att.id)
-            self._load_changed(att.worker)
+            if lst[0] == att.id:
+                del lst[0]  # the running attempt: the usual case
+            else:
+                lst.remove(att.id)
+            self._load_changed(worker)
             if lst:
                 head = self.attempts.get(lst[0])
                 if head is not None and head.started is None:
@@ -1066,8 +1088,9 @@ class Policy:
         self.attempts[aid] = att
         queue.append(aid)
         self._load_changed(worker)
-        if not queued:
-            self._started_now(att, d.kind)
+        kind = d.kind
+        if not queued and not backup and not audit:
+            self._started_now(att, kind)
         if backup:
             self._backup_ids.add(aid)
         children = d.children
@@ -1075,7 +1098,7 @@ class Policy:
         if not audit:
             task.running.append(aid)
             task.state = TaskState.IN_PROGRESS
-        self._actions.append(Launch(aid, worker, d.kind, d.split, inputs, d.index, backup,
+        self._actions.append(Launch(aid, worker, kind, d.split, inputs, d.index, backup,
                                     audit, task.bisect))
 
     def _assign(self, now):
@@ -1116,41 +1139,45 @@ class Policy:
             self._launch(task, worker, now, audit=True)
         waiting = []  # tasks held back for their preferred worker, in ready order
         self._locality_deadline = None
-        while self.ready:
-            tid = self.ready[0]
-            task = self.tasks[tid]
-            if task.state is not TaskState.IDLE or task.pending_children:
-                self.ready.popleft()
+        ready, tasks, workers = self.ready, self.tasks, self.workers
+        idle = TaskState.IDLE
+        while ready:
+            tid = ready[0]
+            task = tasks[tid]
+            if task.state is not idle or task.pending_children:
+                ready.popleft()
                 continue
+            d = task.d
             worker = None
-            prefer = task.d.prefer
-            if prefer is not None and prefer in self.workers:
-                if len(self.workers[prefer]) < cap:
+            prefer = d.prefer
+            if prefer is not None and prefer in workers:
+                if len(workers[prefer]) < cap:
                     worker = prefer
                 else:
                     if task.waiting_since is None:
                         task.waiting_since = now
                     give_up = task.waiting_since + self.config.locality_wait
                     if now < give_up:
-                        self.ready.popleft()
+                        ready.popleft()
                         waiting.append(tid)
                         if self._locality_deadline is None or give_up < self._locality_deadline:
                             self._locality_deadline = give_up
                         continue
-            if worker is None and task.d.kind == "combine":
-                holders = [self.tasks[c].ref_worker for c in task.d.children]
-                for h in holders:
-                    if h in self.workers and len(self.workers[h]) < cap:
+            if worker is None and d.kind == "combine":
+                for c in d.children:
+                    h = tasks[c].ref_worker
+                    if h in workers and len(workers[h]) < cap:
                         worker = h
                         break
             if worker is None:
                 worker = self._pick(None, cap)
-            if worker is None:
-                break
-            self.ready.popleft()
+                if worker is None:
+                    break
+            ready.popleft()
             task.waiting_since = None
             self._launch(task, worker, now)
-        self.ready.extendleft(reversed(waiting))
+        if waiting:
+            ready.extendleft(reversed(waiting))
         if self.config.stealing:
             self._steal(now)
 
@@ -1255,14 +1282,21 @@ class Policy:
 
     def _started_now(self, att, kind=None):
         """``att`` reached the head of its worker's queue: a first attempt joins its
-        stage's start-time heap (what speculation rules look slow tasks up in)."""
+        stage's start times (what speculation rules look slow tasks up in). Cost: O(1)
+        amortised when attempts start in time order (a driver's clock), O(running)
+        otherwise."""
         if att.backup or att.audit:
             return
-        heap = self._starts[kind if kind is not None else self.tasks[att.id.task].d.kind]
-        if len(heap) > 4 * len(self.attempts) + 64:
-            heap[:] = [e for e in heap if self._live_start(e)]
-            heapq.heapify(heap)
-        heapq.heappush(heap, (att.started, next(self._seq), att.id))
+        starts = self._starts[kind if kind is not None else self.tasks[att.id.task].d.kind]
+        if len(starts) > 4 * len(self.attempts) + 64:
+            live = [e for e in starts if self._live_start(e)]
+            starts.clear()
+            starts.extend(live)
+        entry = (att.started, next(self._seq), att.id)
+        if not starts or starts[-1][0] <= entry[0]:
+            starts.append(entry)
+        else:
+            bisect.insort(starts, entry)
 
     def _live_start(self, entry):
         started, _seq, aid = entry
@@ -1277,28 +1311,29 @@ class Policy:
     def overdue(self, kind, limit, now, most=None):
         """Running first attempts of ``kind`` that have run more than ``limit`` seconds
         and whose tasks have no backup yet, longest running first, at most ``most``: their
-        task ids. Each is reported once (the rule decides now). Cost: O(log running) per
-        task returned or stale entry dropped."""
-        heap = self._starts[kind]
+        task ids. Each is reported once (the rule decides now). Cost: O(1) per task
+        returned or stale entry dropped."""
+        starts = self._starts[kind]
+        live = self._live_start
         out = []
-        while heap and (most is None or len(out) < most):
-            entry = heap[0]
-            if not self._live_start(entry):
-                heapq.heappop(heap)
+        while starts and (most is None or len(out) < most):
+            entry = starts[0]
+            if not live(entry):
+                starts.popleft()
                 continue
             if now - entry[0] <= limit:
                 break
-            heapq.heappop(heap)
+            starts.popleft()
             out.append(entry[2].task)
         return out
 
     def oldest_start(self, kind):
         """When the longest-running first attempt of ``kind`` without a backup started
-        (``None``: there is none). Cost: O(log running) per stale entry dropped."""
-        heap = self._starts[kind]
-        while heap and not self._live_start(heap[0]):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        (``None``: there is none). Cost: O(1) per stale entry dropped."""
+        starts = self._starts[kind]
+        while starts and not self._live_start(starts[0]):
+            starts.popleft()
+        return starts[0][0] if starts else None
 
     def running_primaries(self):
         """``(attempt id, started)`` of every running first attempt without a backup.
@@ -1441,7 +1476,7 @@ class Policy:
         assert self._deep == {w for w, q in self.workers.items() if len(q) >= 2}
         entries = {(e[0], e[2]) for heap in self._starts.values() for e in heap}
         for aid, started in self.running_primaries():
-            assert (started, aid) in entries, f"{aid} runs but is not in its start heap"
+            assert (started, aid) in entries, f"{aid} runs, not in its stage's start times"
 
     # -- reporting -------------------------------------------------------------------------
 
