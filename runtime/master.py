@@ -89,7 +89,7 @@ class TaskState(enum.Enum):
     COMPLETED = "completed"
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskDef:
     """A task: ``kind`` "map" (reads ``split``), "combine" (folds ``children`` in order),
     "reduce" (merges one partition of every map output) or "merge" (a final small step).
@@ -229,26 +229,36 @@ class FailureDetector:
             else:
                 self._newest = timestamp
 
-    def heartbeats(self, workers, timestamp):
+    def heartbeats(self, workers, timestamp, only=None):
         """Record that each of ``workers`` was heard from at ``timestamp`` (a round of
-        heartbeats). The same as :meth:`heartbeat` for each, in O(len(workers)) dict
-        operations without a call per worker.
+        heartbeats): the same as :meth:`heartbeat` for each (``only``: a dict or set; the
+        workers not in it are ignored), in set operations at C speed rather than a call
+        per worker. Cost: O(len(workers) + silent workers × log of them).
 
         >>> d = FailureDetector()
         >>> d.heartbeat("w1", 0); d.heartbeat("w2", 0); d.heartbeat("w3", 4)
-        >>> d.heartbeats(["w1", "w3"], 6)
-        >>> d.failed(now=12, timeout=5), list(d.last)
+        >>> d.heartbeats(["w1", "w3", "w9"], 6, only={"w1", "w2", "w3"})
+        >>> d.failed(now=10, timeout=5), list(d.last)
         (['w2'], ['w2', 'w1', 'w3'])
         """
         if timestamp < self._newest:
             for w in workers:  # out of time order: keep the newest of each worker
-                self.heartbeat(w, timestamp)
+                if only is None or w in only:
+                    self.heartbeat(w, timestamp)
             return
+        heard = dict.fromkeys(workers, timestamp)
+        if only is not None:
+            for w in heard.keys() - only:
+                del heard[w]
         last = self.last
-        pop = last.pop
-        for w in workers:
-            pop(w, None)  # to the end: every time kept is at most timestamp
-        last.update(dict.fromkeys(workers, timestamp))
+        silent = last.keys() - heard.keys()
+        if silent:
+            # The workers not heard keep their times, first (every time kept is at most
+            # ``timestamp``), oldest first as ever.
+            kept = {w: last[w] for w in sorted(silent, key=lambda w: (last[w], w))}
+            kept.update(heard)
+            heard = kept
+        self.last = heard
         self._newest = timestamp
 
     def forget(self, worker):
@@ -512,8 +522,7 @@ class Policy:
                 self.detector.heartbeat(worker, now)
             self.finished(event.attempt, event.ref, event.fingerprint, now, event.stats)
         elif kind is Heartbeats:
-            workers = self.workers
-            self.detector.heartbeats([w for w in event.workers if w in workers], now)
+            self.detector.heartbeats(event.workers, now, only=self.workers.keys())
         elif kind is Failed:
             if event.worker is not None:
                 self.heartbeat(event.worker, now)
