@@ -208,11 +208,14 @@ def run_policy(policy, apply, events, finish, show, t_started, clock, handle=Non
     maps = stage_total["map"]
     handle = handle or policy.handle
     tick, next_deadline = policy.tick, policy.next_deadline
+    # The map stage's durations, sorted as they come: the hint is their median.
+    median = getattr(policy.durations("map"), "median", None)
     while True:
         now = clock()
         actions = tick(now)
         if actions:
-            apply(actions, median_map_seconds(policy))
+            apply(actions, (median() or 0.0) if median is not None
+                  else median_map_seconds(policy))
         if policy.error is not None:
             raise policy.error
         if map_done_at is None and stage_done["map"] == maps:

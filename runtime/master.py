@@ -736,7 +736,8 @@ class Policy:
             if tid == self.root:
                 self.result = (ref, fingerprint)
         if not parents:
-            self._maybe_done()
+            if len(self.results) == len(self.outputs):
+                self._maybe_done()
             return
         for parent_id in parents:
             parent = self.tasks[parent_id]
@@ -834,7 +835,8 @@ class Policy:
                 self._last_scan = now
                 self._speculate(now)
             self._assign(now)
-            self._maybe_done()
+            if len(self.results) == len(self.outputs):
+                self._maybe_done()
         out, self._actions = self._actions, []
         return out
 
@@ -922,7 +924,7 @@ class Policy:
                 del lst[0]  # the running attempt: the usual case
             else:
                 lst.remove(att.id)
-            self._load_changed(worker)
+            self._load_changed(worker, len(lst))
             if lst:
                 head = self.attempts.get(lst[0])
                 if head is not None and head.started is None:
@@ -1096,7 +1098,7 @@ class Policy:
         att = _Attempt(aid, worker, None if queued else now, backup, audit)
         self.attempts[aid] = att
         queue.append(aid)
-        self._load_changed(worker)
+        self._load_changed(worker, len(queue))
         kind = d.kind
         if not queued and not backup and not audit:
             self._started_now(att, kind)
@@ -1245,6 +1247,15 @@ class Policy:
             self._reindex()
         heap = self._free
         workers, ordinal = self.workers, self._ordinal
+        if ok is None:  # the usual question, without the bookkeeping of refusals
+            while heap:
+                load, o, w = heap[0]
+                lst = workers.get(w)
+                if lst is None or len(lst) != load or ordinal.get(w) != o:
+                    heapq.heappop(heap)  # stale
+                    continue
+                return w if load < cap else None
+            return None
         refused = []
         found = None
         while heap:
@@ -1266,10 +1277,12 @@ class Policy:
     def _idle_worker(self):
         return self._pick(None, 1)
 
-    def _load_changed(self, worker):
-        """Record ``worker``'s new queue length in the free-slot heap. Cost: O(log W)."""
+    def _load_changed(self, worker, n=None):
+        """Record ``worker``'s new queue length ``n`` in the free-slot heap. Cost:
+        O(log W)."""
         workers = self.workers
-        n = len(workers[worker])
+        if n is None:
+            n = len(workers[worker])
         if n < self._indexed:
             free = self._free
             if len(free) > 4 * len(workers) + 64:
