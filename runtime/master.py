@@ -827,7 +827,9 @@ class Policy:
         self._now = now
         config = self.config
         if self.error is None and not self.done:
-            self._check_silence(now)
+            silent = self.detector.failed(now, config.heartbeat_timeout)
+            if silent:
+                self._lose_silent(silent, now)
             if config.task_timeout is not None:
                 self._check_timeouts(now)
         if self.error is None and not self.done:
@@ -1016,8 +1018,9 @@ class Policy:
                 and self.error is None):
             self.done = True
 
-    def _check_silence(self, now):
-        for worker in self.detector.failed(now, self.config.heartbeat_timeout):
+    def _lose_silent(self, workers, now):
+        """``workers`` have been silent past the heartbeat timeout: kill and lose them."""
+        for worker in workers:
             self._actions.append(KillWorker(worker, "missed heartbeats for "
                                             f"{self.config.heartbeat_timeout:g}s"))
             self.worker_lost(worker, "missed heartbeats", now)
@@ -1116,9 +1119,26 @@ class Policy:
         if not self.workers:
             return
         cap = self._cap()
+        if self.backup_wanted:
+            self._assign_backups(now, cap)
+        while self.audits_wanted:
+            tid = self.audits_wanted[0]
+            task = self.tasks[tid]
+            avoid = task.worker if len(self.workers) > 1 else None
+            worker = self._pick(lambda w, avoid=avoid: w != avoid, cap)
+            if worker is None:
+                break
+            self.audits_wanted.popleft()
+            self.audits_running += 1
+            self._launch(task, worker, now, audit=True)
+        self._assign_ready(now, cap)
+        if self.config.stealing:
+            self._steal(now)
+
+    def _assign_backups(self, now, cap):
+        """Backups first: they are why an idle slot exists near the end of a stage."""
         spec = self.speculation
-        backup_cap = spec.cap(self) if self.backup_wanted else None
-        # Backups first: they are why an idle slot exists near the end of a stage.
+        backup_cap = spec.cap(self)
         while self.backup_wanted:
             tid = self.backup_wanted[0]
             task = self.tasks[tid]
@@ -1138,16 +1158,11 @@ class Policy:
             self.backup_wanted.popleft()
             self.backups_launched += 1
             self._launch(task, worker, now, backup=True)
-        while self.audits_wanted:
-            tid = self.audits_wanted[0]
-            task = self.tasks[tid]
-            avoid = task.worker if len(self.workers) > 1 else None
-            worker = self._pick(lambda w, avoid=avoid: w != avoid, cap)
-            if worker is None:
-                break
-            self.audits_wanted.popleft()
-            self.audits_running += 1
-            self._launch(task, worker, now, audit=True)
+
+    def _assign_ready(self, now, cap):
+        """Ready tasks, in order, to workers with a free slot: a task that prefers a worker
+        waits for it up to ``locality_wait``; a combine goes where a child's output is if
+        that worker has room."""
         waiting = []  # tasks held back for their preferred worker, in ready order
         self._locality_deadline = None
         ready, tasks, workers = self.ready, self.tasks, self.workers
@@ -1189,8 +1204,6 @@ class Policy:
             self._launch(task, worker, now)
         if waiting:
             ready.extendleft(reversed(waiting))
-        if self.config.stealing:
-            self._steal(now)
 
     def _steal(self, now):
         """Idle workers take attempts queued behind another worker's running one.

@@ -192,7 +192,7 @@ class SimulatedExecutor:
         self.useful_seconds = 0.0
         self.events_out = 0  # messages delivered to the policy (see _deliver)
         self._beats = 0  # heartbeats gathered in rounds beyond one event per round
-        self._down = 0  # crashed machines still in ``alive`` (the policy has not noticed)
+        self._down = {}  # crashed machines still in ``alive`` (the policy has not noticed)
         # What is due when: a heap of (time, sequence, code, machine or argument, token);
         # the sequence keeps simultaneous events in the order they were scheduled.
         self._heap = []
@@ -286,7 +286,8 @@ class SimulatedExecutor:
             self.clock.advance_to(deadline)
             return []
         when = heap[0][0]
-        self.clock.advance_to(when)
+        if when > now:
+            self.clock.t = when  # (the clock's advance_to, without the call)
         # What comes due at ``when`` while this runs (a zero-second attempt) comes after.
         pop = heapq.heappop
         while heap and heap[0][0] <= when:
@@ -296,15 +297,22 @@ class SimulatedExecutor:
                     self._complete(arg, when)
             else:
                 self._other(code, arg, token, when)
-        return self._deliver()
+        out, self._outbox = self._outbox, []
+        self.events_out += len(out) + self._beats
+        self._beats = 0
+        return out
 
     def _other(self, code, arg, token, when):
         """Carry out what is due at ``when`` besides a completion."""
         if code == _BEAT:
             # One heartbeat per live machine, handed over as one round (counted as
             # that many events: each is a message a real worker would send).
-            beating = (tuple([m.name for m in self.alive.values() if not m.crashed])
-                       if self._down else tuple(self.alive))
+            beating = tuple(self.alive)
+            if self._down:
+                up = dict.fromkeys(beating)
+                for name in self._down:
+                    del up[name]
+                beating = tuple(up)
             if beating:
                 self._outbox.append(Heartbeats(beating))
                 self._beats += len(beating) - 1
@@ -326,14 +334,18 @@ class SimulatedExecutor:
             self._outbox.append(Joined(self._spawn(arg).name))
 
     def _up(self):
-        """The machines alive and not crashed, in join order. Cost: O(machines), at C
-        speed while none has crashed unnoticed."""
-        machines = list(self.alive.values())
-        return [m for m in machines if not m.crashed] if self._down else machines
+        """The machines alive and not crashed, in join order. Cost: O(machines) at C
+        speed, plus O(crashed machines not yet noticed)."""
+        if not self._down:
+            return list(self.alive.values())
+        up = dict(self.alive)
+        for name in self._down:
+            del up[name]
+        return list(up.values())
 
     def _deliver(self):
         """The events gathered, counted as the messages they are (a round of heartbeats
-        is one per machine)."""
+        is one per machine; ``events`` does the same inline)."""
         out, self._outbox = self._outbox, []
         self.events_out += len(out) + self._beats
         self._beats = 0
@@ -354,7 +366,7 @@ class SimulatedExecutor:
         token = m.token = m.token + 1
         m.start = now
         end = m.end = now + self.seconds(launch) * m.factor
-        self._at(end, _DONE, m, token)
+        heapq.heappush(self._heap, (end, next(self._seq), _DONE, m, token))
         if self.kill_after is not None:
             after = self.kill_after(launch, self._hint)
             if after is not None and now + after < end:
@@ -413,7 +425,7 @@ class SimulatedExecutor:
         """The machine stops: no completion, no heartbeat; the policy's detector will
         declare it lost and tell us to kill it."""
         m.crashed = True
-        self._down += 1
+        self._down[m.name] = m
         if m.head is not None:
             self._span(m, now, "lost")
             m.head = None
@@ -431,7 +443,7 @@ class SimulatedExecutor:
         m.alive = False
         del self.alive[m.name]
         if m.crashed:
-            self._down -= 1
+            del self._down[m.name]
         if announce:
             self._outbox.append(Lost(m.name, cause))
         if not m.crashed and self.restart_seconds is not None:
