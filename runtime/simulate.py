@@ -187,12 +187,14 @@ class SimulatedExecutor:
         self._hint = 0.0
         self.machines = {}
         self.alive = {}  # name -> machine, in join order
-        self.where = {}  # attempt id -> machine running or queueing it
+        # attempt id -> machine running or queueing it, for progress(); None: not kept
+        # (simulate() keeps it only for a rule that reads progress, such as LATE)
+        self.where = {}
         self.task_seconds = 0.0
         self.useful_seconds = 0.0
         self.events_out = 0  # messages delivered to the policy (see _deliver)
         self._beats = 0  # heartbeats gathered in rounds beyond one event per round
-        self._down = {}  # crashed machines still in ``alive`` (the policy has not noticed)
+        self.up = {}  # name -> machine alive and not crashed, in join order
         # What is due when: a heap of (time, sequence, code, machine or argument, token);
         # the sequence keeps simultaneous events in the order they were scheduled.
         self._heap = []
@@ -236,6 +238,7 @@ class SimulatedExecutor:
         m = _Machine(name, self.machine_factor.get(name, 1.0) if factor is None else factor)
         self.machines[name] = m
         self.alive[name] = m
+        self.up[name] = m
         return m
 
     def _at(self, when, code, arg, token=None):
@@ -253,7 +256,8 @@ class SimulatedExecutor:
                 m = alive.get(a.worker)
                 if m is None:
                     continue  # it died meanwhile: the policy hears of it
-                where[a.attempt] = m
+                if where is not None:
+                    where[a.attempt] = m
                 if m.head is None and not m.crashed:
                     self._begin(m, a, now)
                 else:
@@ -307,22 +311,17 @@ class SimulatedExecutor:
         if code == _BEAT:
             # One heartbeat per live machine, handed over as one round (counted as
             # that many events: each is a message a real worker would send).
-            beating = tuple(self.alive)
-            if self._down:
-                up = dict.fromkeys(beating)
-                for name in self._down:
-                    del up[name]
-                beating = tuple(up)
+            beating = tuple(self.up)
             if beating:
                 self._outbox.append(Heartbeats(beating))
                 self._beats += len(beating) - 1
             self._at(when + self.heartbeat_interval, _BEAT, None)
         elif code == _CRASH:
-            live = self._up()
+            live = list(self.up.values())
             if live:
                 self._crash(self.rng.choice(live), when)
         elif code == _KILL:
-            live = self._up()
+            live = list(self.up.values())
             if live:
                 self._remove(self.rng.choice(live), when, "worker process killed",
                              announce=True)
@@ -332,16 +331,6 @@ class SimulatedExecutor:
         elif code == _JOIN:
             self._joins_pending -= 1
             self._outbox.append(Joined(self._spawn(arg).name))
-
-    def _up(self):
-        """The machines alive and not crashed, in join order. Cost: O(machines) at C
-        speed, plus O(crashed machines not yet noticed)."""
-        if not self._down:
-            return list(self.alive.values())
-        up = dict(self.alive)
-        for name in self._down:
-            del up[name]
-        return list(up.values())
 
     def _deliver(self):
         """The events gathered, counted as the messages they are (a round of heartbeats
@@ -354,6 +343,9 @@ class SimulatedExecutor:
     def progress(self, attempt, now):
         """The share of ``attempt`` done at ``now`` (0 while it waits to start): what
         :class:`~mergeagg.runtime.speculation.Late` reads."""
+        if self.where is None:
+            raise RuntimeError("this simulated executor does not keep its attempts' "
+                               "progress (where is None)")
         m = self.where.get(attempt)
         if m is None or m.head is None or m.head.attempt != attempt or m.end <= m.start:
             return 0.0
@@ -396,7 +388,8 @@ class SimulatedExecutor:
         if self.timeline is not None:
             self.timeline.append(Span(m.name, str(aid), launch.kind, m.start, now, "finished",
                                       launch.backup))
-        self.where.pop(aid, None)
+        if self.where is not None:
+            self.where.pop(aid, None)
         self._outbox.append(Finished(aid, m.ref, aid.task, {"seconds": ran}, m.name))
         m.head = None
         m.token += 1
@@ -404,8 +397,10 @@ class SimulatedExecutor:
             self._begin(m, m.queue.pop(0), now)
 
     def _cancel(self, attempt, worker, now):
-        m = self.where.pop(attempt, None)
-        if m is None or m.name != worker or not m.alive:
+        if self.where is not None:
+            self.where.pop(attempt, None)
+        m = self.alive.get(worker)  # (names are never reused)
+        if m is None:
             return
         if m.head is not None and m.head.attempt == attempt:
             if m.crashed:
@@ -425,7 +420,7 @@ class SimulatedExecutor:
         """The machine stops: no completion, no heartbeat; the policy's detector will
         declare it lost and tell us to kill it."""
         m.crashed = True
-        self._down[m.name] = m
+        del self.up[m.name]
         if m.head is not None:
             self._span(m, now, "lost")
             m.head = None
@@ -434,16 +429,16 @@ class SimulatedExecutor:
     def _remove(self, m, now, cause, announce):
         if m.head is not None:
             self._span(m, now, "lost")
-        for launch in [m.head, *m.queue]:
-            if launch is not None:
-                self.where.pop(launch.attempt, None)
+        if self.where is not None:
+            for launch in [m.head, *m.queue]:
+                if launch is not None:
+                    self.where.pop(launch.attempt, None)
         m.head = None
         m.queue = []
         m.token += 1
         m.alive = False
         del self.alive[m.name]
-        if m.crashed:
-            del self._down[m.name]
+        self.up.pop(m.name, None)
         if announce:
             self._outbox.append(Lost(m.name, cause))
         if not m.crashed and self.restart_seconds is not None:
@@ -644,6 +639,8 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
         speculation = spec_mod.Threshold(0.75, backup_factor)
     elif isinstance(speculation, str):
         speculation = spec_mod.by_name(speculation, progress=ex.progress)
+    if not getattr(speculation, "needs_progress", False):
+        ex.where = None  # nothing reads the attempts' progress: no need to keep where
     config = PolicyConfig(backups=speculation is not None,
                           speculation=speculation, heartbeat_timeout=heartbeat_timeout,
                           prefetch=prefetch, max_attempts=max_attempts, max_lost=max_lost,
