@@ -312,11 +312,19 @@ def _duration(seconds):
 def report(policy, workers, fan_in, phases, mode="local"):
     """The job's :class:`~mergeagg.runtime.report.Report` from the policy's task table."""
     rep = Report(mode=mode, workers=workers, fan_in=fan_in)
+    records, skipped = rep.tasks, rep.skipped_records
+    nbytes_total = 0
+    # One pass over the task table (100,000 rows in a large simulation): a row's stats are
+    # read only when it has any.
     for tid, kind, split, attempts, seconds, worker, stats, fp in policy.task_rows():
-        nbytes = stats.get("bytes_read", 0) if stats else 0
-        rep.tasks.append(TaskRecord(tid, kind, split, attempts=attempts, seconds=seconds,
-                                    worker=worker, bytes_read=nbytes, fingerprint=fp))
-        rep.bytes_read += nbytes
+        nbytes = 0
+        if stats:
+            nbytes = stats.get("bytes_read", 0)
+            nbytes_total += nbytes
+            for where in stats.get("skipped_records", ()):
+                skipped.append({"task": tid, "record": where})
+        records.append(TaskRecord(tid, kind, split, attempts, seconds, worker, nbytes, fp))
+    rep.bytes_read += nbytes_total
     for task, attempt, worker, cause, detail in policy.failures:
         rep.failures.append(FailureRecord(task, attempt, worker, cause, str(detail)[:2000]))
     rep.backups_launched = policy.backups_launched
@@ -325,9 +333,6 @@ def report(policy, workers, fan_in, phases, mode="local"):
     rep.workers_lost = policy.workers_lost
     if policy.steals:
         rep.counters["attempts_moved"] = policy.steals
-    for tid, _kind, _split, _n, _s, _w, stats, _fp in policy.task_rows():
-        for where in (stats or {}).get("skipped_records", ()):
-            rep.skipped_records.append({"task": tid, "record": where})
     rep.phases = phases
     return rep
 

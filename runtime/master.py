@@ -1518,7 +1518,12 @@ class Policy:
     def task_rows(self):
         """Per-task facts for the report: (id, kind, split id, attempts, seconds, worker,
         stats, fingerprint), in task order."""
+        tasks = self.tasks
         for tid in self.order:
-            t = self.tasks[tid]
-            yield (tid, t.d.kind, self._split_id(t), t.launched, t.duration, t.worker,
-                   t.stats, t.fingerprint)
+            t = tasks[tid]
+            d = t.d
+            split = d.split
+            if split is not None:
+                split = getattr(split, "id", split)  # (_split_id, without a call a row)
+            yield (tid, d.kind, split, t.launched, t.duration, t.worker, t.stats,
+                   t.fingerprint)

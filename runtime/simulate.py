@@ -660,7 +660,8 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
         _fetched, phases = drive(policy, ex, None, lambda p, e: None, progress=False,
                                  clock=ex.clock)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rep = report(policy, workers, 0, phases, mode="simulated")
+    with _static_heap():  # a row per task, no cycles either: 5x faster without collections
+        rep = report(policy, workers, 0, phases, mode="simulated")
     retries = sum(t.launched for t in policy.tasks.values()) - len(policy.tasks) \
         - policy.backups_launched
     return Simulation(seconds=ex.clock(), report=rep, timeline=ex.timeline or [],
