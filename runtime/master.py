@@ -370,6 +370,7 @@ class _Attempt:
     backup: bool = False
     audit: bool = False
     progress: tuple | None = None  # (share of its work, when) it last reported
+    seq: int = 0  # a first attempt's place among the starts (ties in ``started``)
 
     @property
     def task(self):
@@ -500,7 +501,10 @@ class Policy:
         self._deep = set()  # workers with two or more attempts queued
         # (started, seq, attempt id) per stage, oldest first: attempts start in time order,
         # so an append keeps it sorted (an out-of-order start is inserted in its place).
+        # Kept from the first time a speculation rule reads a stage's (``_kept``), built then
+        # from the running attempts: most of a job runs before any rule looks.
         self._starts = {k: deque() for k in kinds}
+        self._kept = set()
         self._seq = itertools.count()
         self._backup_ids = set()  # backup attempts, some finished (pruned when counted)
         self._held = {}  # worker -> completed tasks whose outputs it held
@@ -1322,16 +1326,35 @@ class Policy:
         otherwise."""
         if att.backup or att.audit:
             return
-        starts = self._starts[kind if kind is not None else self.tasks[att.id.task].d.kind]
+        att.seq = next(self._seq)
+        if kind is None:
+            kind = self.tasks[att.id.task].d.kind
+        if kind not in self._kept:
+            return  # no rule has read this stage yet: built from the attempts when one does
+        starts = self._starts[kind]
         if len(starts) > 4 * len(self.attempts) + 64:
             live = [e for e in starts if self._live_start(e)]
             starts.clear()
             starts.extend(live)
-        entry = (att.started, next(self._seq), att.id)
+        entry = (att.started, att.seq, att.id)
         if not starts or starts[-1][0] <= entry[0]:
             starts.append(entry)
         else:
             bisect.insort(starts, entry)
+
+    def _start_queue(self, kind):
+        """The start queue of stage ``kind``, kept from now on; built on the first read
+        from the running first attempts, in the order they started. Cost: O(1), and
+        O(attempts log attempts) once per stage."""
+        starts = self._starts[kind]
+        if kind not in self._kept:
+            self._kept.add(kind)
+            tasks = self.tasks
+            starts.extend(sorted(
+                (att.started, att.seq, aid) for aid, att in self.attempts.items()
+                if att.started is not None and not att.backup and not att.audit
+                and tasks[aid.task].d.kind == kind))
+        return starts
 
     def _live_start(self, entry):
         started, _seq, aid = entry
@@ -1348,7 +1371,7 @@ class Policy:
         and whose tasks have no backup yet, longest running first, at most ``most``: their
         task ids. Each is reported once (the rule decides now). Cost: O(1) per task
         returned or stale entry dropped."""
-        starts = self._starts[kind]
+        starts = self._start_queue(kind)
         live = self._live_start
         out = []
         while starts and (most is None or len(out) < most):
@@ -1365,7 +1388,7 @@ class Policy:
     def oldest_start(self, kind):
         """When the longest-running first attempt of ``kind`` without a backup started
         (``None``: there is none). Cost: O(1) per stale entry dropped."""
-        starts = self._starts[kind]
+        starts = self._start_queue(kind)
         while starts and not self._live_start(starts[0]):
             starts.popleft()
         return starts[0][0] if starts else None
@@ -1511,6 +1534,8 @@ class Policy:
         assert self._deep == {w for w, q in self.workers.items() if len(q) >= 2}
         entries = {(e[0], e[2]) for heap in self._starts.values() for e in heap}
         for aid, started in self.running_primaries():
+            if self.tasks[aid.task].d.kind not in self._kept:
+                continue  # not read by a rule yet: built from the attempts when it is
             assert (started, aid) in entries, f"{aid} runs, not in its stage's start times"
 
     # -- reporting -------------------------------------------------------------------------
