@@ -89,6 +89,10 @@ class TaskState(enum.Enum):
     COMPLETED = "completed"
 
 
+# (Module constants: read per completion and per launch, an enum's attribute is a lookup more.)
+_IDLE, _IN_PROGRESS, _COMPLETED = TaskState.IDLE, TaskState.IN_PROGRESS, TaskState.COMPLETED
+
+
 @dataclass(slots=True)
 class TaskDef:
     """A task: ``kind`` "map" (reads ``split``), "combine" (folds ``children`` in order),
@@ -680,7 +684,7 @@ class Policy:
                 running.remove(attempt_id)
         if att.audit:
             self.audits_running -= 1
-        if task.state is TaskState.COMPLETED:
+        if task.state is _COMPLETED:
             self._compare(task, fingerprint, att)
             if ref is not None and ref is not task.ref:
                 self._actions.append(Release((ref,)))
@@ -692,7 +696,7 @@ class Policy:
             return
         d = task.d
         tid = d.id
-        task.state = TaskState.COMPLETED
+        task.state = _COMPLETED
         task.ref = ref
         ref_worker = task.ref_worker = getattr(ref, "worker", None)
         if ref_worker is not None:
@@ -1115,7 +1119,7 @@ class Policy:
         inputs = tuple([self.tasks[c].ref for c in children]) if children else ()
         if not audit:
             task.running.append(aid)
-            task.state = TaskState.IN_PROGRESS
+            task.state = _IN_PROGRESS
         self._actions.append(Launch(aid, worker, kind, d.split, inputs, d.index, backup,
                                     audit, task.bisect))
 
@@ -1170,11 +1174,10 @@ class Policy:
         waiting = []  # tasks held back for their preferred worker, in ready order
         self._locality_deadline = None
         ready, tasks, workers = self.ready, self.tasks, self.workers
-        idle = TaskState.IDLE
         while ready:
             tid = ready[0]
             task = tasks[tid]
-            if task.state is not idle or task.pending_children:
+            if task.state is not _IDLE or task.pending_children:
                 ready.popleft()
                 continue
             d = task.d
@@ -1362,7 +1365,7 @@ class Policy:
         if att is None or att.started != started:
             return False
         task = self.tasks[aid.task]
-        return task.state is TaskState.IN_PROGRESS and not task.backup_launched
+        return task.state is _IN_PROGRESS and not task.backup_launched
 
     # -- what a speculation rule reads ----------------------------------------------------
 
