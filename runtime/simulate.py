@@ -160,7 +160,11 @@ class SimulatedExecutor:
     before every batch of events (tests pass ``policy.validate``); ``kill_after(launch,
     hint)``: seconds into the attempt at which its worker is killed (``None``: not), as the
     ``kill`` fault does on real workers (``hint``: the median map seconds so far). Cost:
-    O(log events pending) per attempt and per event, O(workers) per heartbeat round.
+    O(log events pending) per attempt and per event, O(workers) at C speed per heartbeat
+    round: a round reaches the policy as one
+    :class:`~mergeagg.runtime.port.Heartbeats` event, counted in ``events_out`` as the one
+    message per machine it stands for. :meth:`progress` needs ``where`` (attempt ->
+    machine), which :func:`simulate` keeps only for a rule that reads progress.
     """
 
     mode = "simulated"
