@@ -1126,7 +1126,10 @@ class Policy:
     def _assign(self, now):
         if not self.workers:
             return
-        cap = self._cap()
+        cap = self.config.prefetch
+        d = self._durations["map"]
+        if len(d._lo) >= 4 and d._hi[0] < 0.005:  # tiny tasks: deeper queues (_cap)
+            cap = self._cap()
         if self.backup_wanted:
             self._assign_backups(now, cap)
         while self.audits_wanted:
@@ -1181,8 +1184,16 @@ class Policy:
                 ready.popleft()
                 continue
             d = task.d
-            worker = None
             prefer = d.prefer
+            if prefer is None and d.kind != "combine":  # the usual task: any worker
+                worker = self._pick(None, cap)
+                if worker is None:
+                    break
+                ready.popleft()
+                task.waiting_since = None
+                self._launch(task, worker, now)
+                continue
+            worker = None
             if prefer is not None and prefer in workers:
                 if len(workers[prefer]) < cap:
                     worker = prefer
@@ -1303,12 +1314,14 @@ class Policy:
         workers = self.workers
         if n is None:
             n = len(workers[worker])
+        free = self._free
         if n < self._indexed:
-            free = self._free
             if len(free) > 4 * len(workers) + 64:
                 self._reindex()
             else:
                 heapq.heappush(free, (n, self._ordinal[worker], worker))
+        elif free and free[0][2] == worker:
+            heapq.heappop(free)  # its entry, now stale, is the first: the worker just picked
         if n >= 2:
             self._deep.add(worker)
         elif self._deep:
