@@ -436,7 +436,9 @@ class Policy:
     root task has completed (and every audit has compared); ``error`` holds the exception
     when the job failed. Cost: O(log workers) amortised per event and per attempt
     launched (workers with free slots are a heap keyed by load, running first attempts a
-    queue per stage in start-time order, heartbeats a dict in time order); ``tick`` is
+    queue per stage in start-time order once a speculation rule reads it, heartbeats a dict
+    in time order; a round of heartbeats, :class:`~mergeagg.runtime.port.Heartbeats`, is
+    O(workers) dict and set operations at C speed); ``tick`` is
     O(stages) besides, plus the speculation rule's own cost (:class:`Late` scans the
     running attempts every ``interval``), plus O(workers) while idle workers may steal.
     """
