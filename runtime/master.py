@@ -375,6 +375,7 @@ class _Attempt:
     audit: bool = False
     progress: tuple | None = None  # (share of its work, when) it last reported
     seq: int = 0  # a first attempt's place among the starts (ties in ``started``)
+    rec: object = None  # its task's record (_Task): a completion needs no lookup by id
 
     @property
     def task(self):
@@ -677,7 +678,7 @@ class Policy:
             # Cancelled or from a lost worker: still a witness of determinism.
             return self._late_completion(attempt_id, ref, fingerprint)
         self._unassign(att, now)
-        task = self.tasks[attempt_id.task]
+        task = att.rec
         running = task.running
         if running:
             if running[0] == attempt_id:
@@ -1108,7 +1109,7 @@ class Policy:
             aid = AttemptId(d.id, task.launched)
         queue = self.workers[worker]
         queued = bool(queue)
-        att = _Attempt(aid, worker, None if queued else now, backup, audit)
+        att = _Attempt(aid, worker, None if queued else now, backup, audit, None, 0, task)
         self.attempts[aid] = att
         queue.append(aid)
         self._load_changed(worker, len(queue))
@@ -1379,7 +1380,7 @@ class Policy:
         att = self.attempts.get(aid)
         if att is None or att.started != started:
             return False
-        task = self.tasks[aid.task]
+        task = att.rec
         return task.state is _IN_PROGRESS and not task.backup_launched
 
     # -- what a speculation rule reads ----------------------------------------------------
