@@ -23,7 +23,16 @@ __all__ = ["wordcount", "count_words", "add_counts"]
 
 
 def count_words(shard, lowercase=False):
-    """Counter of the words in a shard of lines. Cost: O(characters in the shard)."""
+    """Counter of the words in a shard of lines. A file split's text is counted a few
+    kilobytes of whole lines at a time (see :func:`_count_text`), through its ``pieces()``,
+    which also lets its attempt report how far it is. Cost: O(characters in the shard)."""
+    pieces_of = getattr(shard, "pieces", None)
+    if pieces_of is not None:
+        counts = Counter()
+        update = counts.update
+        for piece in pieces_of(_CHUNK):
+            update((piece.lower() if lowercase else piece).split())
+        return counts
     text_of = getattr(shard, "text", None)
     if text_of is not None:
         text = text_of()

@@ -8,8 +8,9 @@ on 2 worker processes, four ways, in the same run:
 * **kill** — 10% of map attempts die (SIGKILL) at a random point of the partial
   (``kill=0.1,kinds=map,seed=S``); target: wall time <= 1.25x the clean run. The
   re-executions are counted from ``result.report.failures`` and split by why they happened:
-  the attempt that was killed, attempts queued on the dead worker behind it, and completed
-  outputs that lived on the dead worker and were still needed;
+  the attempt that was killed and completed outputs that lived on the dead worker and were
+  still needed (attempts only queued on the dead worker never ran: they move to another
+  worker with their number, counted in ``attempts_moved`` with work stealing);
 * **delay, backups on** — 5% of map tasks take 10x their normal time, as a sleep
   (``delay=0.05x10,kinds=map,attempts=1,seed=S``: only the first attempt is slow);
   target: <= 1.3x the clean run;
@@ -55,7 +56,7 @@ DELAY_TARGET = 1.3
 
 # Why a task ran again, as the report below names it (keys: our classification).
 KILLED = "killed mid-partial (the injected fault)"
-QUEUED = "queued on the killed worker"
+OTHER_LOSS = "lost with its worker, no kill injected on it"
 OUTPUT_LOST = "completed output lost with its worker"
 
 
@@ -77,15 +78,14 @@ def reexecutions(report, plan):
     other cause the report names, verbatim).
 
     A lost attempt is the injected kill when the plan put a kill on that very (task,
-    attempt); otherwise it was only queued behind the killed one on the same worker (the
-    report says "worker lost (queued)" for those).
+    attempt). (An attempt only queued on the killed worker is no failure: it moves.)
     """
     causes = Counter()
     for f in report.failures:
         if f.cause.startswith("worker lost"):
             fault = plan.fault_for(f.task, f.attempt) if plan is not None else None
             killed = fault is not None and fault.kind == "kill"
-            causes[KILLED if killed and f.cause == "worker lost" else QUEUED] += 1
+            causes[KILLED if killed else OTHER_LOSS] += 1
         elif f.cause == "output lost with worker":
             causes[OUTPUT_LOST] += 1
         else:
@@ -147,6 +147,7 @@ def describe(result, plan):
     parts = [f"{extra} extra attempts"]
     if causes:
         parts.append("(" + ", ".join(f"{n} {c}" for c, n in causes.most_common()) + ")")
+    parts.append(f"attempts moved {rep.counters.get('attempts_moved', 0)}")
     parts.append(f"workers lost {rep.workers_lost}, backups {rep.backups_launched} "
                  f"launched / {rep.backups_won} won")
     parts.append(f"map task median {statistics.median(durations):.3f}s, "

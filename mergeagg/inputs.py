@@ -39,6 +39,7 @@ import io
 import json
 import lzma
 import mmap
+import operator
 import os
 import re
 import sys
@@ -627,10 +628,12 @@ class TextShard:
     """The records of one file split. Iterate it for records, or call :meth:`text`.
 
     ``text()`` returns the split's text, whole lines (a fast path for partials that
-    tokenise, such as word count; a byte-order mark at the file's start is left out);
+    tokenise, such as word count; a byte-order mark at the file's start is left out), and
+    ``pieces()`` the same text a few kilobytes of whole lines at a time;
     ``bytes_read`` counts what was read from disk (the compressed bytes of a compressed
     file); ``columns`` is the header of a CSV or TSV file (``None`` for other formats, and
     for an empty file).
+    ``consumed()`` says how far the last iteration is (what a progress report reads).
     Cost: the split's bytes, read and decoded once, on first use; the records are kept.
 
     >>> import tempfile
@@ -643,7 +646,7 @@ class TextShard:
     >>> tmp.cleanup()
     """
 
-    __slots__ = ("split", "_records", "_text", "_base", "bytes_read")
+    __slots__ = ("split", "_records", "_text", "_base", "bytes_read", "_it", "_at")
 
     def __init__(self, split):
         self.split = split
@@ -651,6 +654,8 @@ class TextShard:
         self._text = None
         self._base = 0
         self.bytes_read = 0
+        self._it = None
+        self._at = None  # characters of the text handed out by pieces(), while it runs
 
     def text(self):
         """The split's whole lines as one string (line ends kept as in the file)."""
@@ -674,7 +679,54 @@ class TextShard:
             text = self.text()
             self._records = _records_of_text(text, self.split.format, self.split.path,
                                              self.split, self._base)
-        return iter(self._records)
+        self._it = it = iter(self._records)
+        return it
+
+    def pieces(self, size=4096):
+        """The split's text (as :meth:`text`) in pieces of whole lines, each the first line
+        end at or after ``size`` characters (the last may be shorter): for a partial that
+        tokenises, a piece's words are handled while they are still in the CPU cache, and
+        :meth:`consumed` can say how far it is. Cost: O(characters), one slice a piece.
+
+        >>> shard = TextShard.__new__(TextShard); shard._text = "ab\\ncd\\nef"
+        >>> list(shard.pieces(1))
+        ['ab\\n', 'cd\\n', 'ef']
+        """
+        text = self.text()
+        find = text.find
+        n = len(text)
+        pos = 0
+        self._at = 0
+        while pos < n:
+            end = find("\n", pos + size)
+            end = n if end < 0 else end + 1
+            self._at = end
+            yield text[pos:end]
+            pos = end
+
+    def consumed(self):
+        """The share of the records the last iteration has handed out (or of the text
+        :meth:`pieces` has), or ``None`` if neither ran (a partial that took :meth:`text`
+        whole says nothing of how far it is). Safe to call from another thread. Cost:
+        O(1): it reads the list iterator's position (or the pieces' end), so iterating
+        costs nothing more.
+
+        >>> shard = TextShard.__new__(TextShard); shard._it = shard._at = None
+        >>> shard.consumed() is None
+        True
+        >>> shard._records = ["a", "b", "c", "d"]; it = iter(shard); _ = next(it)
+        >>> shard.consumed()
+        0.25
+        """
+        it = self._it
+        if it is None:
+            at = self._at
+            if at is None:
+                return None
+            n = len(self._text)
+            return 1.0 if n == 0 else at / n
+        n = len(self._records)
+        return 1.0 if n == 0 else (n - operator.length_hint(it)) / n
 
     @property
     def columns(self):

@@ -51,7 +51,7 @@ from mergeagg.runtime.shuffle import (
     run_reduce,
 )
 
-__all__ = ["run_attempt", "Host", "Cancel", "Meter", "PROGRESS_EVERY"]
+__all__ = ["run_attempt", "Host", "Cancel", "Meter", "Reporter", "Steps", "PROGRESS_EVERY"]
 
 PROGRESS_EVERY = 0.2  # seconds between two progress reports of one attempt, at least
 _BYTE_SPLITS = ("text", "gzip", "bz2", "xz")  # split kinds whose range is in file bytes
@@ -98,16 +98,30 @@ class Host(Protocol):
 
 
 class Meter:
-    """How far a running map attempt is, for its executor to sample (from another thread,
-    or between events): the bytes of the split its reader has read, of the split's bytes,
-    and all of it once the ``partial`` has returned. The reader reads a split on first use,
-    so on a file split the fraction steps from 0 to 1 as the read completes; a split
-    without a byte count (in memory) is unknown (``None``) until the partial returns.
+    """How far a running map (or combine) attempt is, for its executor to sample (from
+    another thread, or between events).
+
+    Progress is the share of its input the partial has consumed (Hadoop's measure of a
+    map task's progress, which LATE rates attempts by):
+
+    * while the partial iterates the split's records, the share of them it has been
+      handed (:meth:`~mergeagg.inputs.TextShard.consumed`, the list iterator's position);
+    * otherwise the share of the split's bytes read. The reader reads a split whole on
+      first use, so this steps from 0 to 1 as the read completes: a partial that takes
+      the text whole (``shard.text()``) has consumed its input once it is read, and
+      however long it then computes, it reports 1 (LATE cannot see such an attempt
+      straggle; the threshold rules can);
+    * a split without a byte count (in memory) is unknown (``None``) until the partial
+      returns; then 1;
+    * a fold's combine: the share of its steps done (load each input, fold each in:
+      :class:`Steps`).
+
     A ``delay`` fault (a straggler ``factor`` times slower) is seen as one: its fractions
     are divided by ``factor`` while the attempt computes, then grow with time through the
     delay, as a task slowed uniformly would report them.
 
-    Cost: nothing per record (a sample reads the reader's byte counter); O(1) per sample.
+    Cost: nothing per record (a sample reads the iterator's position or the reader's byte
+    counter); O(1) per sample.
 
     >>> m = Meter("map-0#1", 100, slow=4.0)
     >>> m.sample() is None, m.computed() or m.sample()
@@ -126,7 +140,8 @@ class Meter:
         self._stretch = None
 
     def reading(self, records):
-        """The records the partial consumes (their ``bytes_read`` is sampled)."""
+        """The records the partial consumes (their position or ``bytes_read`` is
+        sampled)."""
         self._records = records
 
     def computed(self):
@@ -147,20 +162,88 @@ class Meter:
             frac = min(1.0, (elapsed + time.perf_counter() - t0) / whole)
             return frac, int(frac * total)
         if self._done:
-            done = total
-        elif total > 0:
-            done = min(getattr(self._records, "bytes_read", 0) or 0, total)
+            frac = 1.0
         else:
-            return None
-        frac = (done / total if total > 0 else 1.0) / self._slow
+            records = self._records
+            consumed = getattr(records, "consumed", None)
+            frac = consumed() if consumed is not None else None
+            if frac is None:
+                if total <= 0:
+                    return None
+                frac = min(getattr(records, "bytes_read", 0) or 0, total) / total
+        frac /= self._slow
         return frac, int(frac * total)
 
 
+class Reporter:
+    """When an executor sends a running attempt's progress: once it has run
+    ``PROGRESS_EVERY`` seconds, then at most every ``PROGRESS_EVERY`` seconds, and only
+    when the fraction moved. One per worker process (the local workers' and the Dask
+    workers' samplers share it). Cost: O(1) per meter per call; it remembers only the
+    meters it was last shown.
+
+    >>> r, m = Reporter(), Meter("map-0#1", 100)
+    >>> m.computed(); r.due(m, m.started + 0.1), r.due(m, m.started + 0.3)
+    (None, (1.0, 100))
+    >>> r.due(m, m.started + 0.9) is None  # it has not moved since
+    True
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self):
+        self._last = {}  # meter -> (fraction, when) of its last report
+
+    def due(self, meter, now):
+        """``(fraction, bytes_done)`` to report for ``meter`` now, or ``None``."""
+        if now - meter.started < PROGRESS_EVERY:
+            return None
+        last = self._last.get(meter)
+        if last is not None and now - last[1] < PROGRESS_EVERY:
+            return None
+        sample = meter.sample()
+        if sample is None or (last is not None and last[0] == sample[0]):
+            return None
+        self._last[meter] = (sample[0], now)
+        return sample
+
+    def keep(self, meters):
+        """Forget every meter but ``meters`` (the attempts still running)."""
+        for m in [m for m in self._last if m not in meters]:
+            del self._last[m]
+
+
+class Steps:
+    """A fold combine's progress: of its ``total`` steps (load each input, then fold each
+    in), how many are ``done``; what its :class:`Meter` samples. Cost: one increment a
+    step.
+
+    >>> s = Steps(4); s.done = 1; s.consumed()
+    0.25
+    """
+
+    __slots__ = ("done", "total")
+
+    def __init__(self, total):
+        self.done = 0
+        self.total = total
+
+    def consumed(self):
+        return self.done / self.total if self.total else 1.0
+
+
 def _meter(launch, fault, host):
-    """A :class:`Meter` for a map attempt on a host that tracks progress (else ``None``)."""
+    """A :class:`Meter` for a map attempt, or a fold's combine, on a host that tracks
+    progress (else ``None``)."""
     track = getattr(host, "track", None)
-    if track is None or launch.kind != "map" or isinstance(launch.split, ResidentPartition):
+    if track is None or launch.kind not in ("map", "combine") \
+            or isinstance(launch.split, ResidentPartition):
         return None
+    if launch.kind == "combine":
+        meter = Meter(launch.attempt, 0, fault.factor if fault is not None
+                      and fault.kind == "delay" else 1.0)
+        track(meter)  # its steps are counted as the combine runs (_fold)
+        return meter
     split = launch.split
     total = 0
     if getattr(split, "kind", None) in _BYTE_SPLITS:
@@ -259,10 +342,18 @@ def _fold(agg, launch, host, meter=None):
         if meter is not None:
             meter.computed()
         return acc, {"bytes_read": getattr(records, "bytes_read", 0)}
-    values = [host.load(r) for r in launch.inputs]
+    steps = Steps(2 * len(launch.inputs))
+    if meter is not None:
+        meter.reading(steps)
+    values = []
+    for r in launch.inputs:
+        values.append(host.load(r))
+        steps.done += 1
     acc = values[0]
+    steps.done += 1
     for v in values[1:]:
         acc = agg.combine(acc, v)
+        steps.done += 1
     return acc, {"bytes_read": 0}
 
 

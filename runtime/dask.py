@@ -19,7 +19,10 @@ actions on a Dask cluster:
   topic, tagged with the job's token; the client subscribes once and routes them to their
   job): only the fingerprint and the stats cross to the client, never the output. One
   topic for every job keeps the scheduler's event log bounded (Dask never forgets a
-  topic). Future callbacks report what Dask itself failed at.
+  topic). Future callbacks report what Dask itself failed at. A running map attempt's
+  progress (the share of its input consumed, for
+  :class:`~mergeagg.runtime.speculation.Late`) goes out the same way, from a sampler
+  thread in each worker process, at most every 0.2 s per attempt.
 * **Workers**: the scheduler's list of workers (``client.scheduler_info()``, polled every
   ``poll_interval``) is the membership, and a listed worker is alive: Dask's own
   ``worker-ttl`` (5 minutes by default) finds hung ones, and backups route work around
@@ -69,8 +72,9 @@ import uuid
 
 import cloudpickle
 
-from mergeagg.errors import InputError, JobFailed, NondeterminismError
+from mergeagg.errors import InputError, JobFailed, NondeterminismError, WorkerLost
 from mergeagg.inputs import read_split
+from mergeagg.runtime.attempt import PROGRESS_EVERY, Reporter
 from mergeagg.runtime.attempt import run_attempt as _attempt
 from mergeagg.runtime.datasets import empty_counts
 from mergeagg.runtime.driver import run_fold, run_keyed
@@ -87,6 +91,7 @@ from mergeagg.runtime.port import (
     KillWorker,
     Launch,
     Lost,
+    Progress,
     Release,
 )
 from mergeagg.runtime.refs import InputLost, ResidentPartition, dumps
@@ -260,17 +265,65 @@ def _sleep_unless_cancelled(seconds, key):
         time.sleep(min(left, 0.02))
 
 
+# The map attempts running in this Dask worker process, by Dask key: (meter, worker, job
+# token), for the progress sampler; it starts with the first one.
+_tracked = {}
+_tracked_lock = threading.Lock()
+_sampler = []
+
+
+def _track(key, entry):
+    with _tracked_lock:
+        if entry is None:
+            _tracked.pop(key, None)
+            return
+        _tracked[key] = entry
+        if not _sampler:
+            t = threading.Thread(target=_sample_progress, name="mergeagg-progress",
+                                 daemon=True)
+            _sampler.append(t)
+            t.start()
+
+
+def _sample_progress():
+    """This worker process's progress sampler: every ``PROGRESS_EVERY`` seconds at most,
+    each running map attempt's progress (the rule is
+    :class:`~mergeagg.runtime.attempt.Reporter`'s) goes out as an event on the job's topic,
+    beside its completion (``Worker.log_event`` is safe from any thread: it hands the
+    message to the worker's event loop). Attempts pay nothing per record."""
+    reporter = Reporter()
+    while True:
+        time.sleep(PROGRESS_EVERY / 4)
+        with _tracked_lock:
+            running = list(_tracked.values())
+        reporter.keep({meter for meter, _w, _t in running})
+        now = time.perf_counter()
+        for meter, worker, token in running:
+            sample = reporter.due(meter, now)
+            if sample is not None:
+                worker.log_event(EVENT_TOPIC, {
+                    "job": token, "attempt": str(meter.attempt), "progress": sample[0],
+                    "bytes": sample[1], "total": meter.total})
+
+
 class DaskHost(ProcessFaults):
     """The attempt runner's host on a Dask worker: an output is returned to Dask as its
     pickled bytes (Dask keeps it in the worker's memory and moves it when a combine runs
     elsewhere); a keyed map's spill files stay in the worker's local directory; a ``delay``
-    fault stops sleeping when Dask drops the attempt (a backup's loser)."""
+    fault stops sleeping when Dask drops the attempt (a backup's loser); a map attempt's
+    progress is sampled by this process's progress thread."""
 
     def __init__(self, token, key, resident=None):
         self.worker = _worker_address()
         self.workdir = _workdir(token)
+        self.token = token
         self.key = key
         self.resident = resident
+
+    def track(self, meter):
+        from distributed import get_worker
+
+        _track(self.key, None if meter is None else (meter, get_worker(), self.token))
 
     load = staticmethod(pickle.loads)
 
@@ -487,6 +540,7 @@ class DaskExecutor:
         self.banned = set()  # addresses the policy killed: never taken back
         self._pending = []  # membership events seen before the driver asked
         self._last_poll = float("-inf")
+        self._empty_since = None  # when the scheduler last went from some workers to none
         self._started = False
         self._closed = False
         self.token = None  # the current job's
@@ -689,6 +743,7 @@ class DaskExecutor:
         for addr in sorted(set(self.known) - set(alive)):
             status = info.get(addr, {}).get("status", "gone")
             out.extend(self._lost(addr, f"Dask worker left the scheduler (status {status})"))
+        self._check_not_empty(alive, now)
         watch = self._watch_heartbeats(len(info))
         for addr, n in sorted(alive.items()):
             seen = info[addr].get("last_seen")
@@ -701,6 +756,26 @@ class DaskExecutor:
                 continue  # no heartbeat since the last look: silent, maybe hung
             out.extend(Heartbeat(slot_name(addr, i)) for i in range(self.known[addr]))
         return out
+
+    def _check_not_empty(self, alive, now):
+        """A cluster left with no worker for ``wait_for_workers`` seconds in a job ends it
+        with :class:`~mergeagg.errors.WorkerLost`: waiting on would never end if nothing
+        brings workers back (a nanny that gave up restarting its worker; a cluster scaled
+        to zero), and the driver must never hang."""
+        if alive:
+            self._empty_since = None
+            return
+        if self._empty_since is None:
+            self._empty_since = now
+            return
+        if now - self._empty_since > self.wait_for_workers:
+            lost = ", ".join(sorted(self.banned | set(self._last_seen))) or "none seen"
+            raise WorkerLost(
+                f"the Dask scheduler at {self.client.scheduler.address} has had no worker "
+                f"for {now - self._empty_since:.0f}s in this job (workers seen: {lost}); "
+                "a nanny may have given up restarting its worker. Start workers with: "
+                f"dask worker {self.client.scheduler.address}, then run the job again "
+                f"(wait_for_workers={self.wait_for_workers:g}s sets how long to wait)")
 
     def _watch_heartbeats(self, n_workers):
         """Whether a worker counts as heard from only when the scheduler got a heartbeat
@@ -928,6 +1003,10 @@ class DaskExecutor:
             aid = msg["attempt"]
             launch = self._launched.get(aid)
             if aid in self.reported or launch is None:
+                return
+            if "progress" in msg:
+                out.append(Progress(launch.attempt, msg["progress"], launch.worker,
+                                    msg["bytes"], msg["total"]))
                 return
             self.reported.add(aid)
             self.unreported.pop(aid, None)

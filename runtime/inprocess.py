@@ -316,9 +316,10 @@ class InProcessExecutor(WorkerMemoryDatasets):
         return [Heartbeat(n) for n, w in self.workers.items() if w.alive and not w.hung]
 
     def _progress(self):
-        """Running map attempts' progress, as the share of their virtual time gone (a
-        ``delay`` fault's attempt moves ``factor`` times slower), for those that have run
-        ``PROGRESS_EVERY`` seconds, at most that often each."""
+        """Running map and combine attempts' progress (as the real executors report), as
+        the share of their virtual time gone (a ``delay`` fault's attempt moves ``factor``
+        times slower), for those that have run ``PROGRESS_EVERY`` seconds, at most that
+        often each."""
         now = self.clock()
         out = []
         for w in self.workers.values():
@@ -326,7 +327,7 @@ class InProcessExecutor(WorkerMemoryDatasets):
             if head is None or len(head) < 4 or w.hung or now - w.reported < PROGRESS_EVERY:
                 continue
             launch, _event, start, duration = head
-            if launch.kind == "map" and now - start >= PROGRESS_EVERY:
+            if launch.kind in ("map", "combine") and now - start >= PROGRESS_EVERY:
                 w.reported = now
                 out.append(Progress(launch.attempt, min(1.0, (now - start) / duration)
                                     if duration > 0 else 1.0, w.name))

@@ -21,10 +21,13 @@ The policies:
   (Hadoop's ``DefaultSpeculator``: 10, 1% and 10%).
 * :class:`Late` (Zaharia et al., OSDI 2008): back up the task with the longest estimated
   time left, ``(1 - progress) / progress rate``, among those whose rate is in the slowest
-  ``slow_task`` share, only on a worker that is not among the slowest ``slow_node`` share,
+  ``slow_task`` share of its stage's rates (its running attempts', and its completed
+  attempts' at 1 / seconds, so that an attempt left running alone at the end of a stage is
+  still judged), only on a worker that is not among the slowest ``slow_node`` share,
   with at most ``cap`` of the workers running backups. It needs each attempt's progress:
-  the simulator (:mod:`mergeagg.runtime.simulate`) reports it; the local and Dask
-  executors do not yet, so ``Late`` refuses to run without a ``progress`` function.
+  the simulator (:mod:`mergeagg.runtime.simulate`) gives it directly; the local, Dask and
+  in-process executors report it as ``Progress`` events (the share of its input a map
+  attempt has consumed), which the policy keeps.
 
 >>> from mergeagg.runtime.speculation import by_name
 >>> by_name("spark"), by_name("cubed")
@@ -34,6 +37,7 @@ Threshold(after=0.5, factor=3.0, min_tasks=10, min_seconds=0.0))
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -169,7 +173,9 @@ class Capped(Speculation):
 class Late(Speculation):
     """LATE: Longest Approximate Time to End. Every ``interval`` seconds, among running
     first attempts that have run at least ``min_seconds``, those whose progress rate is in
-    the slowest ``slow_task`` share are candidates; the ones with the longest estimated
+    the slowest ``slow_task`` share of their stage's rates (running attempts', and completed
+    ones' at 1 / seconds, as Hadoop's speculator also judges by completed tasks) are
+    candidates; the ones with the longest estimated
     time left get backups, up to ``cap`` × workers running at once, on workers whose mean
     task time is not in the slowest ``slow_node`` share. ``progress(attempt_id, now)``
     gives an attempt's progress in [0, 1], or ``None`` if unknown (the attempt is then
@@ -237,6 +243,7 @@ class Late(Speculation):
             return ()
         rated = []
         progress = self.progress if self.progress is not None else policy.progress
+        running = {}  # kind -> the rates of its rated running attempts
         for aid, started in policy.running_primaries():
             elapsed = now - started
             if elapsed <= self.min_seconds or elapsed <= 0:
@@ -247,15 +254,29 @@ class Late(Speculation):
             p = min(max(p, 0.0), 1.0)
             rate = p / elapsed
             left = (1.0 - p) / rate if rate > 0 else math.inf
-            rated.append((rate, left, aid.task))
+            kind = aid.task.partition("-")[0]
+            rated.append((rate, left, aid.task, kind))
+            running.setdefault(kind, []).append(rate)
         if not rated:
             return ()
-        rates = sorted(r for r, _l, _t in rated)
-        slow = rates[min(len(rates) - 1, int(self.slow_task * len(rates)))]
-        # (An attempt that says it is done with its input has nothing left to race.)
-        candidates = sorted(((-left, task) for rate, left, task in rated
-                             if rate <= slow and rate < rates[-1] and left > 0),
-                            key=lambda c: c[0])
+        candidates = []
+        for kind, rates in running.items():
+            rates.sort()
+            done = policy.durations(kind)  # sorted seconds; a completed attempt's rate is 1/s
+            size = len(rates) + len(done)
+            k = min(size - 1, int(self.slow_task * size))
+            top = max(rates[-1], 1.0 / done[0] if done and done[0] > 0 else 0.0)
+            for rate, left, task, kind_ in rated:
+                if kind_ != kind or left <= 0 or rate >= top:
+                    continue  # done with its input, or the fastest: nothing to race
+                # Its rank among the stage's rates, running and completed: slow if at most
+                # the slowest ``slow_task`` share are slower than it.
+                below = bisect.bisect_left(rates, rate)
+                if rate > 0:
+                    below += len(done) - bisect.bisect_right(done, 1.0 / rate)
+                if below <= k:
+                    candidates.append((-left, task))
+        candidates.sort(key=lambda c: c[0])
         return [task for _l, task in candidates[:room]]
 
 

@@ -4,8 +4,8 @@ One worker is one OS process with five threads: the main thread runs tasks one a
 (user code runs here, so a cancel can interrupt it with a signal), a reader thread takes
 messages off the pipe (a cancel acts at once), a writer thread sends what the others hand
 it (so no thread ever waits behind another's write), a heartbeat thread says "alive"
-every ``heartbeat_interval`` seconds, and a progress thread reports how far a long map
-attempt is (:class:`~mergeagg.runtime.port.Progress`, at most every 0.2 s). When the
+every ``heartbeat_interval`` seconds, and a progress thread reports how far a long map or
+combine attempt is (:class:`~mergeagg.runtime.port.Progress`, at most every 0.2 s). When the
 master's end of the pipe closes, the worker exits: no orphans. Every attempt runs through
 the one attempt runner, :func:`mergeagg.runtime.attempt.run_attempt`; this module is its
 :class:`ProcessHost`.
@@ -41,7 +41,7 @@ import cloudpickle
 
 from mergeagg.errors import CorruptSpillError
 from mergeagg.inputs import read_split
-from mergeagg.runtime.attempt import PROGRESS_EVERY, run_attempt
+from mergeagg.runtime.attempt import PROGRESS_EVERY, Reporter, run_attempt
 from mergeagg.runtime.faults import ProcessFaults
 from mergeagg.runtime.port import Cancelled, Progress
 from mergeagg.runtime.refs import (  # noqa: F401  (re-exported: the worker's data types)
@@ -71,12 +71,12 @@ class ProcessHost(ProcessFaults):
         self.jobs = jobs
         self.cache = {}  # (dataset, split index) -> loaded partition
         self.job = None  # the job of the attempt being run
-        self.meter = None  # (Meter, job) of the running map attempt, for the sampler
+        self.meter = None  # (Meter, job) of the running map or combine attempt, for the sampler
 
     load = staticmethod(load_ref)
 
     def track(self, meter):
-        """The running map attempt's meter (``None``: none runs); one assignment, read by
+        """The running map or combine attempt's meter (``None``: none runs); one assignment, read by
         the progress thread as one tuple."""
         self.meter = (meter, self.job) if meter is not None else None
 
@@ -202,28 +202,22 @@ class _Worker:
             self.send(msg)
 
     def progress(self):
-        """Every ``PROGRESS_EVERY`` seconds, send the running map attempt's progress if it
-        has run at least that long and moved since the last report: a sample reads the
-        reader's byte counter, so the attempt pays nothing per record, and attempts
-        shorter than the period send nothing."""
-        last = None  # (attempt, fraction, when) of the last report
+        """Every ``PROGRESS_EVERY`` seconds at most, send the running map or combine
+        attempt's progress (the rule is :class:`~mergeagg.runtime.attempt.Reporter`'s): a sample
+        reads the meter, so the attempt pays nothing per record, and attempts shorter than
+        the period send nothing."""
+        reporter = Reporter()
         while True:
             time.sleep(PROGRESS_EVERY / 4)  # a report comes soon after an attempt is due one
             tracked = self.host.meter
             if tracked is None:
                 continue
             meter, job = tracked
-            now = time.perf_counter()
-            if now - meter.started < PROGRESS_EVERY:
-                continue
-            if last is not None and last[0] == meter.attempt and now - last[2] < PROGRESS_EVERY:
-                continue
-            sample = meter.sample()
-            if sample is None or (last is not None and last[:2] == (meter.attempt, sample[0])):
-                continue
-            last = (meter.attempt, sample[0], now)
-            self.send(("progress", Progress(meter.attempt, sample[0], self.wid, sample[1],
-                                            meter.total), job))
+            reporter.keep((meter,))
+            sample = reporter.due(meter, time.perf_counter())
+            if sample is not None:
+                self.send(("progress", Progress(meter.attempt, sample[0], self.wid,
+                                                sample[1], meter.total), job))
 
     def _cancel(self, aid):
         with self.cv:

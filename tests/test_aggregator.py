@@ -4,6 +4,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import mergeagg
 from mergeagg import Aggregator, product
@@ -111,3 +113,24 @@ def test_wordcount_handles_plain_lines_and_text_splits_alike(tmp_path):
     assert from_file == Counter({"The": 1, "cat": 1, "the": 1, "dog": 1, "THE": 1, "end": 1})
     lower = mergeagg.algorithms.wordcount(lowercase=True)
     assert mergeagg.run(lower, str(path), workers=0).value["the"] == 3
+
+
+@given(text=st.lists(st.sampled_from(list("aΣσςİi \n\t\r\u0345'.xX\u2028")), max_size=60)
+       .map("".join), size=st.integers(1, 8))
+def test_wordcount_over_pieces_of_whole_lines_counts_the_whole_text_s_words(text, size):
+    import sys
+
+    from mergeagg.inputs import TextShard
+
+    wordcount = sys.modules["mergeagg.algorithms.wordcount"]
+    shard = TextShard.__new__(TextShard)
+    shard._text, shard._at, shard._it = text, None, None
+    whole = {low: Counter((text.lower() if low else text).split()) for low in (False, True)}
+    chunk = wordcount._CHUNK
+    wordcount._CHUNK = size  # pieces of a few characters: many cuts, final sigmas at cuts
+    try:
+        for low in (False, True):
+            assert wordcount.count_words(shard, low) == whole[low]
+    finally:
+        wordcount._CHUNK = chunk
+    assert shard.consumed() == 1.0  # and it said how far it went

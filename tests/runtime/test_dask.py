@@ -178,6 +178,76 @@ def test_a_straggler_gets_a_backup_that_wins(dask_client, tmp_path):
     assert elapsed < 3.5
 
 
+def line_by_line(shard):
+    """A partial that iterates its records and takes 2 ms over each."""
+    n = 0
+    for line in shard:
+        time.sleep(0.002)
+        n += len(line)
+    return n
+
+
+@pytest.fixture
+def line_files(tmp_path):
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"lines-{i}.txt"
+        p.write_text("".join(f"line {i} {j}\n" for j in range(150)))
+        paths.append(str(p))
+    return paths
+
+
+def test_a_dask_worker_reports_a_running_map_attempt_s_progress(dask_client, line_files):
+    from mergeagg.inputs import files
+    from mergeagg.runtime.dask import DaskExecutor
+    from mergeagg.runtime.driver import drive, fetch_root
+    from mergeagg.runtime.master import Policy, fold_tasks
+    from mergeagg.runtime.port import Progress
+
+    seen = []
+
+    class Recording(DaskExecutor):
+        def events(self, timeout):
+            out = super().events(timeout)
+            seen.extend(e for e in out if isinstance(e, Progress))
+            return out
+
+    agg = ma.Aggregator(line_by_line, lambda a, b: a + b)
+    splits = files(line_files[:2]).splits()
+    policy = Policy(fold_tasks(splits, 2), PolicyConfig(backups=False))
+    total, _ = drive(policy, Recording(dask_client), agg, fetch_root)
+    assert total == sum(os.path.getsize(p) - 150 for p in line_files[:2])
+    by_task = {}
+    for ev in seen:
+        by_task.setdefault(ev.attempt.task, []).append(ev.fraction)
+    # 150 records over about 0.3 s each: a report part-way through, then rising.
+    assert set(by_task) == {"map-0", "map-1"}
+    for fractions in by_task.values():
+        assert fractions == sorted(fractions) and 0.1 < fractions[0] < 0.95
+    assert all(ev.worker in policy.workers for ev in seen)  # a slot the policy knows
+
+
+def test_late_backs_up_on_dask_the_slow_attempt_it_finds_by_its_progress(dask_client,
+                                                                         line_files):
+    from mergeagg.runtime.speculation import Late
+
+    agg = ma.Aggregator(line_by_line, lambda a, b: a + b)
+    clean = ma.run(agg, line_files, workers=0)
+    plan = FaultPlan(only={"map-2": {1: Fault("delay", factor=30.0)}})
+    start = time.monotonic()
+    result = run_on(dask_client, agg, line_files, faults=plan,
+                    speculation=Late(interval=0.1))
+    elapsed = time.monotonic() - start
+    assert result.fingerprint == clean.fingerprint and result.value == clean.value
+    report = result.report
+    straggler = next(t for t in report.tasks if t.task == "map-2")
+    assert straggler.attempts == 2 and straggler.seconds < 2.0  # its backup's time
+    # LATE, as in its paper, may also race the slower of two attempts running side by
+    # side (one of two is always in the slowest quarter); never more than one at once.
+    assert report.backups_won >= 1 and report.backups_launched <= len(line_files)
+    assert elapsed < 0.3 * 30 / 2  # it did not wait for the delayed attempt (9 s)
+
+
 def test_a_nondeterministic_partial_is_caught(dask_client):
     data = shards(6)
     plan = FaultPlan(only={"map-2": {1: Fault("corrupt")}})
@@ -497,3 +567,36 @@ def test_a_failing_load_on_dask_names_its_error_and_drops_the_dataset(dask_clien
         with pytest.raises(ma.errors.InputError, match="bad.txt.*UTF-8"):
             session.persist([str(bad)], load=list)
         assert session.datasets == {}
+
+
+def test_a_cluster_left_without_workers_ends_the_job_by_name_instead_of_waiting_for_ever():
+    from mergeagg.errors import WorkerLost
+    from mergeagg.runtime.dask import DaskExecutor
+
+    class NoWorkers:  # a scheduler whose workers are all gone (nannies that gave up)
+        class scheduler:
+            address = "tcp://10.0.0.1:8786"
+
+        workers = {"tcp://10.0.0.2:1234": {"nthreads": 1, "status": "running"}}
+
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": self.workers}
+
+    client = NoWorkers()
+    ex = DaskExecutor(client, wait_for_workers=0.2)
+    assert [type(e).__name__ for e in ex.membership(force=True)] == ["Joined", "Heartbeat"]
+    client.workers = {}
+    lost = ex.membership(force=True)
+    assert [type(e).__name__ for e in lost] == ["Lost"]  # the policy hears it first
+    assert ex.membership(force=True) == []  # and waits a while for workers to come back
+    time.sleep(0.25)
+    with pytest.raises(WorkerLost, match=r"tcp://10.0.0.1:8786 has had no worker for"):
+        ex.membership(force=True)
+    client.workers = {"tcp://10.0.0.3:1": {"nthreads": 1, "status": "running"}}
+    ex = DaskExecutor(client, wait_for_workers=0.2)
+    ex.membership(force=True)
+    client.workers = {}
+    ex.membership(force=True)
+    client.workers = {"tcp://10.0.0.4:1": {"nthreads": 1, "status": "running"}}
+    time.sleep(0.25)
+    assert any(type(e).__name__ == "Joined" for e in ex.membership(force=True))  # back

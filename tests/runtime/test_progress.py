@@ -46,6 +46,65 @@ def test_the_meter_reads_the_readers_bytes_and_a_delay_is_seen_as_a_slow_attempt
     assert gone.sample() == (1.0, 0)
 
 
+def test_the_meter_counts_the_records_a_partial_has_been_handed(tmp_path):
+    from mergeagg.inputs import read_split
+
+    path = tmp_path / "t.txt"
+    path.write_text("".join(f"line {i}\n" for i in range(100)))
+    split = files(str(path)).splits()[0]
+    shard = read_split(split)
+    m = Meter(AttemptId("map-0", 1), split.end - split.start)
+    m.reading(shard)
+    assert m.sample() == (0.0, 0)  # nothing read yet
+    it = iter(shard)
+    assert m.sample()[0] == 0.0  # read, and no record handed out yet
+    for _ in range(40):
+        next(it)
+    assert m.sample()[0] == pytest.approx(0.4)
+    list(it)
+    assert m.sample()[0] == 1.0
+    # Word count takes the text a few kilobytes of whole lines at a time: as far as that.
+    pieces = read_split(split)
+    m = Meter(AttemptId("map-2", 1), split.end - split.start)
+    m.reading(pieces)
+    chunks = pieces.pieces(100)
+    next(chunks)
+    assert 0.1 < m.sample()[0] < 0.2  # the first line end after 100 of ~790 characters
+    list(chunks)
+    assert m.sample()[0] == 1.0
+    # A partial that takes the text whole has consumed its input once it is read.
+    whole = read_split(split)
+    m = Meter(AttemptId("map-1", 1), split.end - split.start, slow=2.0)
+    m.reading(whole)
+    whole.text()
+    assert m.sample()[0] == 0.5  # and a straggler twice as slow says half
+
+
+def test_the_reporter_reports_a_running_attempt_at_most_every_period_when_it_moved():
+    from mergeagg.runtime.attempt import PROGRESS_EVERY, Reporter
+
+    class Fixed:
+        fraction = 0.1
+        bytes_read = 0
+
+    r = Reporter()
+    m = Meter(AttemptId("map-0", 1), 10)
+    records = Fixed()
+    m.reading(records)
+    t = m.started
+    assert r.due(m, t + PROGRESS_EVERY / 2) is None  # too young
+    records.bytes_read = 3
+    assert r.due(m, t + PROGRESS_EVERY) == (0.3, 3)
+    records.bytes_read = 5
+    assert r.due(m, t + PROGRESS_EVERY * 1.5) is None  # too soon after the last
+    assert r.due(m, t + PROGRESS_EVERY * 2) == (0.5, 5)
+    assert r.due(m, t + PROGRESS_EVERY * 4) is None  # it has not moved
+    other = Meter(AttemptId("map-1", 1), 10)
+    r.keep((other,))
+    records.bytes_read = 5
+    assert r.due(m, t + PROGRESS_EVERY * 5) == (0.5, 5)  # forgotten: reported again
+
+
 def test_progress_crosses_a_pipe_as_plain_data():
     import pickle
 
@@ -99,6 +158,38 @@ def test_a_long_map_attempt_on_a_worker_process_reports_its_progress(text_files)
     slow = [ev.fraction for ev in by_task["map-1"]]
     assert slow[0] == pytest.approx(0.25) and slow == sorted(slow) and len(slow) >= 3
     assert all(ev.bytes_total == os.path.getsize(text_files[1]) for ev in by_task["map-1"])
+
+
+def line_by_line(shard):
+    """A partial that iterates its records and takes 2 ms over each."""
+    n = 0
+    for line in shard:
+        time.sleep(0.002)
+        n += len(line)
+    return n
+
+
+def test_an_attempt_that_iterates_its_records_reports_how_many_it_has_passed(text_files):
+    from mergeagg.runtime.driver import drive, fetch_root
+    from mergeagg.runtime.local import LocalExecutor
+    from mergeagg.runtime.master import Policy, PolicyConfig, fold_tasks
+
+    seen = []
+
+    class Recording(LocalExecutor):
+        def events(self, timeout):
+            out = super().events(timeout)
+            seen.extend(e for e in out if isinstance(e, Progress))
+            return out
+
+    agg = ma.Aggregator(line_by_line, operator.add)
+    splits = files(text_files[:1]).splits()
+    policy = Policy(fold_tasks(splits, 2), PolicyConfig(backups=False))
+    drive(policy, Recording(1, heartbeat_interval=0.05), agg, fetch_root)
+    fractions = [ev.fraction for ev in seen]
+    # 200 records over about 0.4 s, sampled every 0.2 s from 0.2 s on: part-way, rising.
+    assert fractions and fractions == sorted(fractions)
+    assert 0.1 < fractions[0] < 0.95
 
 
 def test_late_backs_up_the_slow_attempt_it_finds_by_its_progress_on_worker_processes(
@@ -174,3 +265,42 @@ def test_the_command_line_chooses_the_backup_rule_of_a_real_run(text_files, caps
     with pytest.raises(SystemExit):
         main(["run", "wordcount", *text_files, "--speculation", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_late_judges_an_attempt_left_running_alone_by_the_stage_s_completed_attempts():
+    from mergeagg.runtime.api import run_on
+    from mergeagg.runtime.master import PolicyConfig
+
+    # Three maps of 1 s on two workers: map-2 starts alone at 1 s, twenty times slower.
+    # No other attempt runs beside it to be compared with; the two completed ones are.
+    agg = ma.Aggregator(sum, operator.add)
+    src = ma.inputs.as_source([[i] for i in range(3)])
+    plan = FaultPlan(only={"map-2": {1: Fault("delay", factor=20.0)}})
+    ex = InProcessExecutor(2, task_seconds=lambda launch: 1.0 if launch.kind == "map" else 0.0)
+    r = run_on(agg, src, ex, own=True, config=PolicyConfig(speculation="late"), faults=plan)
+    assert r.value == 3
+    rows = {t.task: t for t in r.report.tasks}
+    assert rows["map-2"].attempts == 2 and r.report.backups_won == 1
+    assert ex.clock() < 4.0  # not the delayed attempt's 21 s
+
+
+def slow_add(a, b):
+    time.sleep(0.3)
+    return a + b
+
+
+def test_late_backs_up_a_slow_combine_by_the_steps_it_reports_on_worker_processes(
+        text_files):
+    # A combine reports the share of its steps done (load each input, fold each in); one
+    # delayed 30x is raced and beaten, and the job does not wait its ~9 s.
+    agg = ma.Aggregator(lambda shard: len(shard.text()), slow_add)
+    plan = FaultPlan(only={"combine-1-1": {1: Fault("delay", factor=30.0)}})
+    t0 = time.monotonic()
+    r = ma.run(agg, text_files, workers=2, fan_in=2, faults=plan,
+               speculation=Late(interval=0.1))
+    took = time.monotonic() - t0
+    assert r.value == sum(os.path.getsize(p) for p in text_files)
+    assert r.fingerprint == ma.run(agg, text_files, workers=0, fan_in=2).fingerprint
+    rows = {t.task: t for t in r.report.tasks}
+    assert rows["combine-1-1"].attempts == 2 and rows["combine-1-1"].seconds < 2.0
+    assert took < 0.3 * 30
