@@ -522,6 +522,7 @@ class DaskExecutor:
     """
 
     outputs_survive_worker = False
+    queues_in_order = False  # a Dask worker runs whichever of its tasks is ready first
     mode = "dask"
 
     def __init__(self, client, *, poll_interval=0.25, heartbeat_timeout=None,

@@ -127,7 +127,8 @@ def drive(policy, executor, payload, fetch, *, faults=None, progress=None,
     clock = clock if clock is not None else MonotonicClock()
     t_start = clock()
     policy.config = dataclasses.replace(
-        policy.config, outputs_survive_worker=executor.outputs_survive_worker)
+        policy.config, outputs_survive_worker=executor.outputs_survive_worker,
+        queues_in_order=getattr(executor, "queues_in_order", True))
     show = Progress(policy, progress if progress is not None else sys.stderr.isatty(),
                     clock=clock)
     job = None

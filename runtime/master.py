@@ -144,6 +144,14 @@ class PolicyConfig:
     ``scan_interval``: the rule is asked at most this often (seconds); on a real clock,
     asking at every event would back up sub-millisecond tasks whose first attempt has not
     yet reached its worker; the simulator asks at every event (0).
+    ``queues_in_order``: whether a worker runs the attempts queued to it in the order the
+    policy queued them (the local and in-process executors do). Where it does, an attempt
+    queued behind the running one when its worker dies never ran: it moves, keeping its
+    number. A Dask worker runs whichever of its tasks is ready first, so any of them may
+    have run, and crashed it: each runs again as a new attempt, recorded as ``worker lost
+    (queued, may have run)`` (not counted against ``max_lost``, which counts the attempts
+    known to have run: an injected ``kill`` on a moved attempt would strike again, worker
+    after worker).
     A map task whose user code fails twice the same way (same exception type, same line)
     runs next by bisection (:mod:`mergeagg.runtime.poison`), which finds the records it
     fails on: ``skip_bad_records`` is how many it may set aside (``None``: none; the job
@@ -163,6 +171,7 @@ class PolicyConfig:
     prefetch: int = 2
     locality_wait: float = 3.0
     outputs_survive_worker: bool = False
+    queues_in_order: bool = True
     stealing: bool = True
     steal_after: float = 0.05
     speculation: Speculation | None = None
@@ -496,6 +505,7 @@ class Policy:
             spec = Threshold(config.backup_after, config.backup_factor,
                              min_seconds=config.backup_min_seconds)
         self.speculation = spec
+        spec.start()  # a rule given to job after job keeps nothing of the last one
         self._last_scan = float("-inf")
         self._index = {tid: i for i, tid in enumerate(self.order)}
         self._ordinal = {}  # worker -> join order (ties in picking go to the earliest)
@@ -606,7 +616,13 @@ class Policy:
             if aid in task.running:
                 task.running.remove(aid)
             if att.started is None:
-                self._move_queued(task, att)
+                if self.config.queues_in_order or att.audit:
+                    self._move_queued(task, att)
+                    continue
+                self.failures.append((att.task, att.number, worker,
+                                      "worker lost (queued, may have run)", cause))
+                if task.state is TaskState.IN_PROGRESS and not task.running:
+                    self._requeue(task)
                 continue
             # Only the attempt that was running (the head of the worker's queue) can have
             # caused the loss.

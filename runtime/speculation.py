@@ -70,6 +70,9 @@ class Speculation:
         """An attempt of ``kind`` completed on ``worker`` in ``seconds`` (for policies that
         rate workers)."""
 
+    def start(self):
+        """A new job starts with this rule: forget what the last one taught it."""
+
 
 @dataclass(frozen=True)
 class Threshold(Speculation):
@@ -169,6 +172,9 @@ class Capped(Speculation):
     def finished(self, worker, kind, seconds):
         self.base.finished(worker, kind, seconds)
 
+    def start(self):
+        self.base.start()
+
 
 class Late(Speculation):
     """LATE: Longest Approximate Time to End. Every ``interval`` seconds, among running
@@ -202,6 +208,9 @@ class Late(Speculation):
         self.slow_node = slow_node
         self.min_seconds = min_seconds
         self.interval = interval
+        self.start()
+
+    def start(self):
         self._node = {}  # worker -> [sum of seconds, count]
         self._slow_nodes = frozenset()
         self._last = -math.inf

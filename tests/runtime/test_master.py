@@ -354,12 +354,14 @@ events = st.lists(
 
 
 @given(n=st.integers(1, 12), fan_in=st.integers(2, 4), workers=st.integers(1, 3),
-       script=events, backups=st.booleans(), verify=st.sampled_from([0.0, 0.5, 1.0]))
+       script=events, backups=st.booleans(), verify=st.sampled_from([0.0, 0.5, 1.0]),
+       in_order=st.booleans())
 def test_any_interleaving_ends_correct_or_named_and_never_counts_twice(n, fan_in, workers,
                                                                        script, backups,
-                                                                       verify):
+                                                                       verify, in_order):
     sim = Sim(n, fan_in, workers, max_attempts=3, backups=backups, backup_after=0.0,
-              backup_factor=1.0, heartbeat_timeout=4.0, verify=verify)
+              backup_factor=1.0, heartbeat_timeout=4.0, verify=verify,
+              queues_in_order=in_order)
     expected = sum(range(1, n + 1))
     sim.tick()
     for kind, pick in script:
@@ -474,6 +476,25 @@ def test_an_attempt_queued_on_a_dead_worker_is_moved_not_retried():
     drive(sim)
     assert p.done and sim.root_value() == 1 + 2 + 3 + 4
     assert p.tasks["map-2"].launched == 1 and p.tasks["map-0"].launched == 2
+
+
+def test_where_a_worker_runs_its_queue_in_its_own_order_a_queued_attempt_may_have_run():
+    # On Dask a worker runs whichever queued task is ready first: map-2#1, queued in the
+    # policy's view, may be what crashed w1. It runs again as a new attempt (an injected
+    # kill on attempt 1 must not strike again), without counting against max_lost.
+    sim = Sim(4, 4, 2, prefetch=2, backups=False, queues_in_order=False)
+    sim.tick()
+    assert sim.running["map-2#1"].worker == "w1"
+    sim.drop_worker("w1")
+    p = sim.policy
+    assert [(t, n, c) for t, n, _w, c, _ in p.failures] == [
+        ("map-0", 1, "worker lost"), ("map-2", 1, "worker lost (queued, may have run)")]
+    assert p.steals == 0 and p.tasks["map-0"].lost == 1 and p.tasks["map-2"].lost == 0
+    sim.tick()
+    assert "map-2#2" in sim.running and "map-0#2" in sim.running
+    drive(sim)
+    assert p.done and sim.root_value() == 1 + 2 + 3 + 4
+    assert p.tasks["map-2"].launched == 2
 
 
 def test_moving_a_queued_attempt_does_not_spend_max_attempts():

@@ -304,3 +304,23 @@ def test_late_backs_up_a_slow_combine_by_the_steps_it_reports_on_worker_processe
     rows = {t.task: t for t in r.report.tasks}
     assert rows["combine-1-1"].attempts == 2 and rows["combine-1-1"].seconds < 2.0
     assert took < 0.3 * 30
+
+
+def test_one_late_rule_given_to_job_after_job_starts_afresh_each_time():
+    from mergeagg.runtime.api import run_on
+    from mergeagg.runtime.master import PolicyConfig
+
+    def job(rule):
+        src = ma.inputs.as_source([[i] for i in range(40)])
+        plan = FaultPlan(only={"map-7": {1: Fault("delay", factor=20.0)}})
+        ex = InProcessExecutor(4, task_seconds=lambda launch: 1.0 + 0.13 * (launch.index % 7))
+        r = run_on(ma.Aggregator(sum, operator.add), src, ex, own=True,
+                   config=PolicyConfig(speculation=rule), faults=plan)
+        return r.report.backups_launched, round(ex.clock(), 6)
+
+    late = Late()
+    first = job(late)
+    # Each in-process job's clock starts at 0 again: a rule that kept its last check's
+    # time would wait past it before backing anything up.
+    assert job(late) == first == job(Late())
+    assert first[0] > 0
