@@ -2,9 +2,13 @@
 attempts (5x slower), 1% of machines crashing during the job, the default backup rule.
 
 Prints policy events per second (events the executor fed the policy: completions,
-heartbeats, losses, joins, cancellations) per second of wall time and per second of this
-process's CPU time (the CPU figure is the one to compare on a shared machine: other
-processes stretch the wall time, not the CPU time), the wall time of the simulation and its
+heartbeats, losses, joins, cancellations; a round of heartbeats reaches the policy as one
+``Heartbeats`` message but counts one event per machine in it, as a real worker sends one
+each, and the policy records each machine's heartbeat) per second of wall time and per
+second of this process's CPU time (the CPU figure is the one to compare on a shared
+machine: other processes stretch the wall time, not the CPU time; the measured interval is
+the simulation's loop, not building the job or its report), the wall time of the
+simulation and its
 peak memory (ru_maxrss), min and median of ``--repeat`` runs; the baseline beside it is
 the same job with backups off, run alternately in the same process. Every line carries
 the load average.

@@ -206,15 +206,20 @@ def run_policy(policy, apply, events, finish, show, t_started, clock, handle=Non
     ``t_started``."""
     map_done_at = None
     stage_done, stage_total = policy.stage_counts()
+    maps = stage_total["map"]
     handle = handle or policy.handle
+    tick, next_deadline = policy.tick, policy.next_deadline
+    # The map stage's durations, sorted as they come: the hint is their median.
+    median = getattr(policy.durations("map"), "median", None)
     while True:
         now = clock()
-        actions = policy.tick(now)
+        actions = tick(now)
         if actions:
-            apply(actions, median_map_seconds(policy))
+            apply(actions, (median() or 0.0) if median is not None
+                  else median_map_seconds(policy))
         if policy.error is not None:
             raise policy.error
-        if map_done_at is None and stage_done["map"] == stage_total["map"]:
+        if map_done_at is None and stage_done["map"] == maps:
             map_done_at = now
         if policy.done:
             fetched = finish()
@@ -225,8 +230,9 @@ def run_policy(policy, apply, events, finish, show, t_started, clock, handle=Non
             for ev in events(0.01):
                 handle(ev, clock())
             continue
-        show.update(now)
-        timeout = max(0.0, policy.next_deadline(now) - clock())
+        if show.enabled:
+            show.update(now)
+        timeout = max(0.0, next_deadline(now) - clock())
         for ev in events(timeout):
             handle(ev, clock())
     t_end = clock()
@@ -241,7 +247,10 @@ def median_map_seconds(policy):
     """The median seconds of the map attempts completed so far (0 before the first): the
     ``hint`` that faults striking part-way through a task use."""
     d = policy.durations("map")
-    return d[len(d) // 2] if d else 0.0
+    if not d:
+        return 0.0
+    median = getattr(d, "median", None)  # a SortedDurations: O(1), no sort
+    return median() if median is not None else d[len(d) // 2]
 
 
 class Progress:
@@ -304,11 +313,19 @@ def _duration(seconds):
 def report(policy, workers, fan_in, phases, mode="local"):
     """The job's :class:`~mergeagg.runtime.report.Report` from the policy's task table."""
     rep = Report(mode=mode, workers=workers, fan_in=fan_in)
+    records, skipped = rep.tasks, rep.skipped_records
+    nbytes_total = 0
+    # One pass over the task table (100,000 rows in a large simulation): a row's stats are
+    # read only when it has any.
     for tid, kind, split, attempts, seconds, worker, stats, fp in policy.task_rows():
-        nbytes = stats.get("bytes_read", 0) if stats else 0
-        rep.tasks.append(TaskRecord(tid, kind, split, attempts=attempts, seconds=seconds,
-                                    worker=worker, bytes_read=nbytes, fingerprint=fp))
-        rep.bytes_read += nbytes
+        nbytes = 0
+        if stats:
+            nbytes = stats.get("bytes_read", 0)
+            nbytes_total += nbytes
+            for where in stats.get("skipped_records", ()):
+                skipped.append({"task": tid, "record": where})
+        records.append(TaskRecord(tid, kind, split, attempts, seconds, worker, nbytes, fp))
+    rep.bytes_read += nbytes_total
     for task, attempt, worker, cause, detail in policy.failures:
         rep.failures.append(FailureRecord(task, attempt, worker, cause, str(detail)[:2000]))
     rep.backups_launched = policy.backups_launched
@@ -317,9 +334,6 @@ def report(policy, workers, fan_in, phases, mode="local"):
     rep.workers_lost = policy.workers_lost
     if policy.steals:
         rep.counters["attempts_moved"] = policy.steals
-    for tid, _kind, _split, _n, _s, _w, stats, _fp in policy.task_rows():
-        for where in (stats or {}).get("skipped_records", ()):
-            rep.skipped_records.append({"task": tid, "record": where})
     rep.phases = phases
     return rep
 

@@ -34,6 +34,7 @@ The life of a job, as in MapReduce:
 
 from __future__ import annotations
 
+import bisect
 import enum
 import hashlib
 import heapq
@@ -49,6 +50,7 @@ from mergeagg.runtime.port import (
     Failed,
     Finished,
     Heartbeat,
+    Heartbeats,
     Joined,
     KillWorker,
     Launch,
@@ -87,7 +89,11 @@ class TaskState(enum.Enum):
     COMPLETED = "completed"
 
 
-@dataclass
+# (Module constants: read per completion and per launch, an enum's attribute is a lookup more.)
+_IDLE, _IN_PROGRESS, _COMPLETED = TaskState.IDLE, TaskState.IN_PROGRESS, TaskState.COMPLETED
+
+
+@dataclass(slots=True)
 class TaskDef:
     """A task: ``kind`` "map" (reads ``split``), "combine" (folds ``children`` in order),
     "reduce" (merges one partition of every map output) or "merge" (a final small step).
@@ -236,6 +242,38 @@ class FailureDetector:
             else:
                 self._newest = timestamp
 
+    def heartbeats(self, workers, timestamp, only=None):
+        """Record that each of ``workers`` was heard from at ``timestamp`` (a round of
+        heartbeats): the same as :meth:`heartbeat` for each (``only``: a dict or set; the
+        workers not in it are ignored), in set operations at C speed rather than a call
+        per worker. Cost: O(len(workers) + silent workers × log of them).
+
+        >>> d = FailureDetector()
+        >>> d.heartbeat("w1", 0); d.heartbeat("w2", 0); d.heartbeat("w3", 4)
+        >>> d.heartbeats(["w1", "w3", "w9"], 6, only={"w1", "w2", "w3"})
+        >>> d.failed(now=10, timeout=5), list(d.last)
+        (['w2'], ['w2', 'w1', 'w3'])
+        """
+        if timestamp < self._newest:
+            for w in workers:  # out of time order: keep the newest of each worker
+                if only is None or w in only:
+                    self.heartbeat(w, timestamp)
+            return
+        heard = dict.fromkeys(workers, timestamp)
+        if only is not None:
+            for w in heard.keys() - only:
+                del heard[w]
+        last = self.last
+        silent = last.keys() - heard.keys()
+        if silent:
+            # The workers not heard keep their times, first (every time kept is at most
+            # ``timestamp``), oldest first as ever.
+            kept = {w: last[w] for w in sorted(silent, key=lambda w: (last[w], w))}
+            kept.update(heard)
+            heard = kept
+        self.last = heard
+        self._newest = timestamp
+
     def forget(self, worker):
         """Stop tracking ``worker`` (it was replaced)."""
         self.last.pop(worker, None)
@@ -247,8 +285,11 @@ class FailureDetector:
         if not self._ordered:
             self.last = dict(sorted(self.last.items(), key=lambda kv: kv[1]))
             self._ordered = True
+        last = self.last
+        if not last or now - next(iter(last.values())) <= timeout:
+            return []  # the longest silent is within the timeout: nobody is failed
         out = []
-        for w, t in self.last.items():
+        for w, t in last.items():
             if now - t <= timeout:
                 break
             out.append(w)
@@ -309,7 +350,7 @@ class SortedDurations:
         return f"SortedDurations({self._list()!r})"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Task:
     d: TaskDef
     state: TaskState = TaskState.IDLE
@@ -342,6 +383,8 @@ class _Attempt:
     backup: bool = False
     audit: bool = False
     progress: tuple | None = None  # (share of its work, when) it last reported
+    seq: int = 0  # a first attempt's place among the starts (ties in ``started``)
+    rec: object = None  # its task's record (_Task): a completion needs no lookup by id
 
     @property
     def task(self):
@@ -403,7 +446,9 @@ class Policy:
     root task has completed (and every audit has compared); ``error`` holds the exception
     when the job failed. Cost: O(log workers) amortised per event and per attempt
     launched (workers with free slots are a heap keyed by load, running first attempts a
-    heap per stage keyed by start time, heartbeats a dict in time order); ``tick`` is
+    queue per stage in start-time order once a speculation rule reads it, heartbeats a dict
+    in time order; a round of heartbeats, :class:`~mergeagg.runtime.port.Heartbeats`, is
+    O(workers) dict and set operations at C speed); ``tick`` is
     O(stages) besides, plus the speculation rule's own cost (:class:`Late` scans the
     running attempts every ``interval``), plus O(workers) while idle workers may steal.
     """
@@ -466,8 +511,17 @@ class Policy:
         self._ordinal = {}  # worker -> join order (ties in picking go to the earliest)
         self._ordinals = itertools.count()
         self._free = []  # heap of (load, ordinal, worker); stale entries skipped
+        # Loads below this are in the heap: the largest ``cap`` asked of ``_pick`` so far
+        # (a worker at or past every cap asked needs no entry: at prefetch 1 the heap holds
+        # only the idle workers, not one entry per launch as well).
+        self._indexed = config.prefetch
         self._deep = set()  # workers with two or more attempts queued
-        self._starts = {k: [] for k in kinds}  # heap of (started, seq, attempt id)
+        # (started, seq, attempt id) per stage, oldest first: attempts start in time order,
+        # so an append keeps it sorted (an out-of-order start is inserted in its place).
+        # Kept from the first time a speculation rule reads a stage's (``_kept``), built then
+        # from the running attempts: most of a job runs before any rule looks.
+        self._starts = {k: deque() for k in kinds}
+        self._kept = set()
         self._seq = itertools.count()
         self._backup_ids = set()  # backup attempts, some finished (pruned when counted)
         self._held = {}  # worker -> completed tasks whose outputs it held
@@ -488,6 +542,8 @@ class Policy:
             if worker is not None and worker in self.workers:
                 self.detector.heartbeat(worker, now)
             self.finished(event.attempt, event.ref, event.fingerprint, now, event.stats)
+        elif kind is Heartbeats:
+            self.detector.heartbeats(event.workers, now, only=self.workers.keys())
         elif kind is Failed:
             if event.worker is not None:
                 self.heartbeat(event.worker, now)
@@ -638,13 +694,16 @@ class Policy:
             # Cancelled or from a lost worker: still a witness of determinism.
             return self._late_completion(attempt_id, ref, fingerprint)
         self._unassign(att, now)
-        task = self.tasks[attempt_id.task]
+        task = att.rec
         running = task.running
-        if attempt_id in running:
-            running.remove(attempt_id)
+        if running:
+            if running[0] == attempt_id:
+                del running[0]
+            elif attempt_id in running:
+                running.remove(attempt_id)
         if att.audit:
             self.audits_running -= 1
-        if task.state is TaskState.COMPLETED:
+        if task.state is _COMPLETED:
             self._compare(task, fingerprint, att)
             if ref is not None and ref is not task.ref:
                 self._actions.append(Release((ref,)))
@@ -655,32 +714,38 @@ class Policy:
         if self.error is not None or self.done:
             return
         d = task.d
-        task.state = TaskState.COMPLETED
+        tid = d.id
+        task.state = _COMPLETED
         task.ref = ref
         ref_worker = task.ref_worker = getattr(ref, "worker", None)
         if ref_worker is not None:
             held = self._held.get(ref_worker)
             if held is None:
-                held = self._held[ref_worker] = []
-            held.append(d.id)
+                self._held[ref_worker] = [tid]
+            else:
+                held.append(tid)
         task.fingerprint = fingerprint
-        task.worker = att.worker
-        # (Copied: the report keeps them, and an executor may reuse its dict.)
-        stats = task.stats = dict(stats) if stats else {}
-        measured = stats.get("seconds")
+        worker = task.worker = att.worker
+        if stats:
+            # (Copied: the report keeps them, and an executor may reuse its dict.)
+            stats = task.stats = dict(stats)
+            measured = stats.get("seconds")
+            nbytes = stats.get("bytes_read")
+            if nbytes:
+                self.bytes_read += nbytes
+        else:
+            stats = task.stats = {}
+            measured = None
         # The worker's own measure of the attempt when it gives one (the master sees
         # completions in batches); else the time since the attempt reached its queue's head.
         duration = task.duration = measured if measured is not None else (
             now - (att.started if att.started is not None else now))
-        nbytes = stats.get("bytes_read")
-        if nbytes:
-            self.bytes_read += nbytes
         kind = d.kind
         self._stage_done[kind] += 1
         self._durations[kind].add(duration)
         if att.backup:
             self.backups_won += 1
-        self.speculation.finished(att.worker, kind, duration)
+        self.speculation.finished(worker, kind, duration)
         if running:
             for other in list(running):
                 oatt = self.attempts.pop(other, None)
@@ -690,15 +755,16 @@ class Policy:
                     self._unassign(oatt)
                     self._actions.append(Cancel(other, oatt.worker))
             running.clear()
-        if self.config.verify and kind == "map" and self._sampled(d.id):
-            self.audits_wanted.append(d.id)
+        if self.config.verify and kind == "map" and self._sampled(tid):
+            self.audits_wanted.append(tid)
         parents = d.parents
         if not parents or d.output:
-            self.results[d.id] = (ref, fingerprint)
-            if d.id == self.root:
+            self.results[tid] = (ref, fingerprint)
+            if tid == self.root:
                 self.result = (ref, fingerprint)
         if not parents:
-            self._maybe_done()
+            if len(self.results) == len(self.outputs):
+                self._maybe_done()
             return
         for parent_id in parents:
             parent = self.tasks[parent_id]
@@ -786,31 +852,37 @@ class Policy:
     def tick(self, now):
         """The actions to carry out now: launches, cancels, kills and releases."""
         self._now = now
+        config = self.config
         if self.error is None and not self.done:
-            self._check_silence(now)
-            self._check_timeouts(now)
+            silent = self.detector.failed(now, config.heartbeat_timeout)
+            if silent:
+                self._lose_silent(silent, now)
+            if config.task_timeout is not None:
+                self._check_timeouts(now)
         if self.error is None and not self.done:
-            if self.config.backups and now - self._last_scan >= self.config.scan_interval:
+            if config.backups and now - self._last_scan >= config.scan_interval:
                 self._last_scan = now
                 self._speculate(now)
             self._assign(now)
-            self._maybe_done()
+            if len(self.results) == len(self.outputs):
+                self._maybe_done()
         out, self._actions = self._actions, []
         return out
 
     def next_deadline(self, now):
         """The latest time the caller should call ``tick`` again, even without events."""
-        horizon = self.config.heartbeat_timeout / 4
-        if self.config.task_timeout is not None:
-            horizon = min(horizon, self.config.task_timeout / 4)
-        if self.config.backups and self.attempts and self.error is None:
+        config = self.config
+        horizon = config.heartbeat_timeout / 4
+        if config.task_timeout is not None:
+            horizon = min(horizon, config.task_timeout / 4)
+        if config.backups and self.attempts and self.error is None:
             when = self.speculation.next_check(self, now)
             if when is not None:
-                when = max(when, self._last_scan + self.config.scan_interval)
+                when = max(when, self._last_scan + config.scan_interval)
                 # Just past the moment a task turns slow (the test is strict).
                 horizon = min(horizon, when - now + 1e-6 if when > now else 1e-3)
-        if self.config.stealing and self._deep and self._idle_worker() is not None:
-            horizon = min(horizon, max(self.config.scan_interval, 0.005))
+        if config.stealing and self._deep and self._idle_worker() is not None:
+            horizon = min(horizon, max(config.scan_interval, 0.005))
         if self._locality_deadline is not None:
             horizon = min(horizon, max(self._locality_deadline - now, 0.0))
         return now + horizon
@@ -874,10 +946,14 @@ class Policy:
     def _unassign(self, att, now=None):
         """Take ``att`` off its worker's queue; the next queued attempt starts now."""
         now = self._now if now is None else now
-        lst = self.workers.get(att.worker)
+        worker = att.worker
+        lst = self.workers.get(worker)
         if lst is not None and att.id in lst:
-            lst.remove(att.id)
-            self._load_changed(att.worker)
+            if lst[0] == att.id:
+                del lst[0]  # the running attempt: the usual case
+            else:
+                lst.remove(att.id)
+            self._load_changed(worker, len(lst))
             if lst:
                 head = self.attempts.get(lst[0])
                 if head is not None and head.started is None:
@@ -969,8 +1045,9 @@ class Policy:
                 and self.error is None):
             self.done = True
 
-    def _check_silence(self, now):
-        for worker in self.detector.failed(now, self.config.heartbeat_timeout):
+    def _lose_silent(self, workers, now):
+        """``workers`` have been silent past the heartbeat timeout: kill and lose them."""
+        for worker in workers:
             self._actions.append(KillWorker(worker, "missed heartbeats for "
                                             f"{self.config.heartbeat_timeout:g}s"))
             self.worker_lost(worker, "missed heartbeats", now)
@@ -1048,29 +1125,50 @@ class Policy:
             aid = AttemptId(d.id, task.launched)
         queue = self.workers[worker]
         queued = bool(queue)
-        att = _Attempt(aid, worker, None if queued else now, backup, audit)
+        att = _Attempt(aid, worker, None if queued else now, backup, audit, None, 0, task)
         self.attempts[aid] = att
         queue.append(aid)
-        self._load_changed(worker)
-        if not queued:
-            self._started_now(att, d.kind)
+        self._load_changed(worker, len(queue))
+        kind = d.kind
+        if not queued and not backup and not audit:
+            self._started_now(att, kind)
         if backup:
             self._backup_ids.add(aid)
         children = d.children
         inputs = tuple([self.tasks[c].ref for c in children]) if children else ()
         if not audit:
             task.running.append(aid)
-            task.state = TaskState.IN_PROGRESS
-        self._actions.append(Launch(aid, worker, d.kind, d.split, inputs, d.index, backup,
+            task.state = _IN_PROGRESS
+        self._actions.append(Launch(aid, worker, kind, d.split, inputs, d.index, backup,
                                     audit, task.bisect))
 
     def _assign(self, now):
         if not self.workers:
             return
-        cap = self._cap()
+        cap = self.config.prefetch
+        d = self._durations["map"]
+        if len(d._lo) >= 4 and d._hi[0] < 0.005:  # tiny tasks: deeper queues (_cap)
+            cap = self._cap()
+        if self.backup_wanted:
+            self._assign_backups(now, cap)
+        while self.audits_wanted:
+            tid = self.audits_wanted[0]
+            task = self.tasks[tid]
+            avoid = task.worker if len(self.workers) > 1 else None
+            worker = self._pick(lambda w, avoid=avoid: w != avoid, cap)
+            if worker is None:
+                break
+            self.audits_wanted.popleft()
+            self.audits_running += 1
+            self._launch(task, worker, now, audit=True)
+        self._assign_ready(now, cap)
+        if self.config.stealing:
+            self._steal(now)
+
+    def _assign_backups(self, now, cap):
+        """Backups first: they are why an idle slot exists near the end of a stage."""
         spec = self.speculation
-        backup_cap = spec.cap(self) if self.backup_wanted else None
-        # Backups first: they are why an idle slot exists near the end of a stage.
+        backup_cap = spec.cap(self)
         while self.backup_wanted:
             tid = self.backup_wanted[0]
             task = self.tasks[tid]
@@ -1090,55 +1188,59 @@ class Policy:
             self.backup_wanted.popleft()
             self.backups_launched += 1
             self._launch(task, worker, now, backup=True)
-        while self.audits_wanted:
-            tid = self.audits_wanted[0]
-            task = self.tasks[tid]
-            avoid = task.worker if len(self.workers) > 1 else None
-            worker = self._pick(lambda w, avoid=avoid: w != avoid, cap)
-            if worker is None:
-                break
-            self.audits_wanted.popleft()
-            self.audits_running += 1
-            self._launch(task, worker, now, audit=True)
+
+    def _assign_ready(self, now, cap):
+        """Ready tasks, in order, to workers with a free slot: a task that prefers a worker
+        waits for it up to ``locality_wait``; a combine goes where a child's output is if
+        that worker has room."""
         waiting = []  # tasks held back for their preferred worker, in ready order
         self._locality_deadline = None
-        while self.ready:
-            tid = self.ready[0]
-            task = self.tasks[tid]
-            if task.state is not TaskState.IDLE or task.pending_children:
-                self.ready.popleft()
+        ready, tasks, workers = self.ready, self.tasks, self.workers
+        while ready:
+            tid = ready[0]
+            task = tasks[tid]
+            if task.state is not _IDLE or task.pending_children:
+                ready.popleft()
+                continue
+            d = task.d
+            prefer = d.prefer
+            if prefer is None and d.kind != "combine":  # the usual task: any worker
+                worker = self._pick(None, cap)
+                if worker is None:
+                    break
+                ready.popleft()
+                task.waiting_since = None
+                self._launch(task, worker, now)
                 continue
             worker = None
-            prefer = task.d.prefer
-            if prefer is not None and prefer in self.workers:
-                if len(self.workers[prefer]) < cap:
+            if prefer is not None and prefer in workers:
+                if len(workers[prefer]) < cap:
                     worker = prefer
                 else:
                     if task.waiting_since is None:
                         task.waiting_since = now
                     give_up = task.waiting_since + self.config.locality_wait
                     if now < give_up:
-                        self.ready.popleft()
+                        ready.popleft()
                         waiting.append(tid)
                         if self._locality_deadline is None or give_up < self._locality_deadline:
                             self._locality_deadline = give_up
                         continue
-            if worker is None and task.d.kind == "combine":
-                holders = [self.tasks[c].ref_worker for c in task.d.children]
-                for h in holders:
-                    if h in self.workers and len(self.workers[h]) < cap:
+            if worker is None and d.kind == "combine":
+                for c in d.children:
+                    h = tasks[c].ref_worker
+                    if h in workers and len(workers[h]) < cap:
                         worker = h
                         break
             if worker is None:
                 worker = self._pick(None, cap)
-            if worker is None:
-                break
-            self.ready.popleft()
+                if worker is None:
+                    break
+            ready.popleft()
             task.waiting_since = None
             self._launch(task, worker, now)
-        self.ready.extendleft(reversed(waiting))
-        if self.config.stealing:
-            self._steal(now)
+        if waiting:
+            ready.extendleft(reversed(waiting))
 
     def _steal(self, now):
         """Idle workers take attempts queued behind another worker's running one.
@@ -1190,8 +1292,20 @@ class Policy:
         """The least loaded worker with fewer than ``cap`` attempts for which ``ok(w)``
         holds (``ok=None``: any), the earliest joined among equals; ``None`` if there is none. Cost:
         O(log workers) amortised, plus O(log workers) per worker ``ok`` refuses."""
+        if cap > self._indexed:
+            self._indexed = cap
+            self._reindex()
         heap = self._free
         workers, ordinal = self.workers, self._ordinal
+        if ok is None:  # the usual question, without the bookkeeping of refusals
+            while heap:
+                load, o, w = heap[0]
+                lst = workers.get(w)
+                if lst is None or len(lst) != load or ordinal.get(w) != o:
+                    heapq.heappop(heap)  # stale
+                    continue
+                return w if load < cap else None
+            return None
         refused = []
         found = None
         while heap:
@@ -1213,67 +1327,106 @@ class Policy:
     def _idle_worker(self):
         return self._pick(None, 1)
 
-    def _load_changed(self, worker):
-        """Record ``worker``'s new queue length in the free-slot heap. Cost: O(log W)."""
+    def _load_changed(self, worker, n=None):
+        """Record ``worker``'s new queue length ``n`` in the free-slot heap. Cost:
+        O(log W)."""
         workers = self.workers
-        n = len(workers[worker])
+        if n is None:
+            n = len(workers[worker])
         free = self._free
-        if len(free) > 4 * len(workers) + 64:
-            self._free = [(len(q), self._ordinal[w], w) for w, q in workers.items()]
-            heapq.heapify(self._free)
-        else:
-            heapq.heappush(free, (n, self._ordinal[worker], worker))
+        if n < self._indexed:
+            if len(free) > 4 * len(workers) + 64:
+                self._reindex()
+            else:
+                heapq.heappush(free, (n, self._ordinal[worker], worker))
+        elif free and free[0][2] == worker:
+            heapq.heappop(free)  # its entry, now stale, is the first: the worker just picked
         if n >= 2:
             self._deep.add(worker)
         elif self._deep:
             self._deep.discard(worker)
 
+    def _reindex(self):
+        """Rebuild the free-slot heap from the workers' queues (its stale entries dropped).
+        Cost: O(workers)."""
+        limit, ordinal = self._indexed, self._ordinal
+        self._free = [(len(q), ordinal[w], w) for w, q in self.workers.items()
+                      if len(q) < limit]
+        heapq.heapify(self._free)
+
     def _started_now(self, att, kind=None):
         """``att`` reached the head of its worker's queue: a first attempt joins its
-        stage's start-time heap (what speculation rules look slow tasks up in)."""
+        stage's start times (what speculation rules look slow tasks up in). Cost: O(1)
+        amortised when attempts start in time order (a driver's clock), O(running)
+        otherwise."""
         if att.backup or att.audit:
             return
-        heap = self._starts[kind if kind is not None else self.tasks[att.id.task].d.kind]
-        if len(heap) > 4 * len(self.attempts) + 64:
-            heap[:] = [e for e in heap if self._live_start(e)]
-            heapq.heapify(heap)
-        heapq.heappush(heap, (att.started, next(self._seq), att.id))
+        att.seq = next(self._seq)
+        if kind is None:
+            kind = self.tasks[att.id.task].d.kind
+        if kind not in self._kept:
+            return  # no rule has read this stage yet: built from the attempts when one does
+        starts = self._starts[kind]
+        if len(starts) > 4 * len(self.attempts) + 64:
+            live = [e for e in starts if self._live_start(e)]
+            starts.clear()
+            starts.extend(live)
+        entry = (att.started, att.seq, att.id)
+        if not starts or starts[-1][0] <= entry[0]:
+            starts.append(entry)
+        else:
+            bisect.insort(starts, entry)
+
+    def _start_queue(self, kind):
+        """The start queue of stage ``kind``, kept from now on; built on the first read
+        from the running first attempts, in the order they started. Cost: O(1), and
+        O(attempts log attempts) once per stage."""
+        starts = self._starts[kind]
+        if kind not in self._kept:
+            self._kept.add(kind)
+            tasks = self.tasks
+            starts.extend(sorted(
+                (att.started, att.seq, aid) for aid, att in self.attempts.items()
+                if att.started is not None and not att.backup and not att.audit
+                and tasks[aid.task].d.kind == kind))
+        return starts
 
     def _live_start(self, entry):
         started, _seq, aid = entry
         att = self.attempts.get(aid)
         if att is None or att.started != started:
             return False
-        task = self.tasks[aid.task]
-        return task.state is TaskState.IN_PROGRESS and not task.backup_launched
+        task = att.rec
+        return task.state is _IN_PROGRESS and not task.backup_launched
 
     # -- what a speculation rule reads ----------------------------------------------------
 
     def overdue(self, kind, limit, now, most=None):
         """Running first attempts of ``kind`` that have run more than ``limit`` seconds
         and whose tasks have no backup yet, longest running first, at most ``most``: their
-        task ids. Each is reported once (the rule decides now). Cost: O(log running) per
-        task returned or stale entry dropped."""
-        heap = self._starts[kind]
+        task ids. Each is reported once (the rule decides now). Cost: O(1) per task
+        returned or stale entry dropped."""
+        starts = self._start_queue(kind)
+        live = self._live_start
         out = []
-        while heap and (most is None or len(out) < most):
-            entry = heap[0]
-            if not self._live_start(entry):
-                heapq.heappop(heap)
+        while starts and (most is None or len(out) < most):
+            entry = starts[0]
+            if not live(entry):
+                starts.popleft()
                 continue
             if now - entry[0] <= limit:
                 break
-            heapq.heappop(heap)
+            starts.popleft()
             out.append(entry[2].task)
         return out
 
     def oldest_start(self, kind):
         """When the longest-running first attempt of ``kind`` without a backup started
-        (``None``: there is none). Cost: O(log running) per stale entry dropped."""
-        heap = self._starts[kind]
-        while heap and not self._live_start(heap[0]):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        (``None``: there is none). Cost: O(1) per stale entry dropped."""
+        starts = self._start_queue(kind)
+        while starts and not self._live_start(starts[0]):
+            starts.popleft()
+        return starts[0][0] if starts else None
 
     def running_primaries(self):
         """``(attempt id, started)`` of every running first attempt without a backup.
@@ -1410,19 +1563,27 @@ class Policy:
             assert self.tasks[tid].state is TaskState.COMPLETED, f"result of {tid} not done"
         assert self.audits_running == sum(a.audit for a in self.attempts.values())
         assert set(self._ordinal) == set(self.workers), "ordinals do not match the workers"
-        live = {(len(q), self._ordinal[w], w) for w, q in self.workers.items()}
+        live = {(len(q), self._ordinal[w], w) for w, q in self.workers.items()
+                if len(q) < self._indexed}
         assert live <= set(self._free), "a worker's load is missing from the free-slot heap"
         assert self._deep == {w for w, q in self.workers.items() if len(q) >= 2}
         entries = {(e[0], e[2]) for heap in self._starts.values() for e in heap}
         for aid, started in self.running_primaries():
-            assert (started, aid) in entries, f"{aid} runs but is not in its start heap"
+            if self.tasks[aid.task].d.kind not in self._kept:
+                continue  # not read by a rule yet: built from the attempts when it is
+            assert (started, aid) in entries, f"{aid} runs, not in its stage's start times"
 
     # -- reporting -------------------------------------------------------------------------
 
     def task_rows(self):
         """Per-task facts for the report: (id, kind, split id, attempts, seconds, worker,
         stats, fingerprint), in task order."""
+        tasks = self.tasks
         for tid in self.order:
-            t = self.tasks[tid]
-            yield (tid, t.d.kind, self._split_id(t), t.launched, t.duration, t.worker,
-                   t.stats, t.fingerprint)
+            t = tasks[tid]
+            d = t.d
+            split = d.split
+            if split is not None:
+                split = getattr(split, "id", split)  # (_split_id, without a call a row)
+            yield (tid, d.kind, split, t.launched, t.duration, t.worker, t.stats,
+                   t.fingerprint)

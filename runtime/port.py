@@ -26,6 +26,7 @@ __all__ = [
     "Event",
     "Joined",
     "Heartbeat",
+    "Heartbeats",
     "Lost",
     "Finished",
     "Failed",
@@ -87,6 +88,18 @@ class Heartbeat:
     __reduce__ = _reduce
 
     worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeats:
+    """A round of heartbeats: each of ``workers`` was heard from. One event per worker, as
+    :class:`Heartbeat` is, delivered in one message by an executor that hears its workers
+    together (the simulator's rounds: 10,000 calls into the policy a round cost more than
+    the rest of a simulated job)."""
+
+    __reduce__ = _reduce
+
+    workers: tuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +176,7 @@ class Progress:
     bytes_total: int = 0
 
 
-Event = Joined | Heartbeat | Lost | Finished | Failed | Cancelled | Progress
+Event = Joined | Heartbeat | Heartbeats | Lost | Finished | Failed | Cancelled | Progress
 
 
 # -- actions: what the policy decides -------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 __all__ = ["Report", "TaskRecord", "FailureRecord"]
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRecord:
     """One task: its id, its input (a split id or the tree node it folds) and its attempts."""
 

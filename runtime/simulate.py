@@ -36,7 +36,7 @@ from mergeagg.runtime.port import (
     Cancel,
     Cancelled,
     Finished,
-    Heartbeat,
+    Heartbeats,
     Joined,
     KillWorker,
     Launch,
@@ -130,7 +130,7 @@ class _Ref:
 
 class _Machine:
     __slots__ = ("name", "queue", "head", "start", "end", "alive", "crashed", "factor",
-                 "ref", "token", "beat")
+                 "ref", "token")
 
     def __init__(self, name, factor):
         self.name = name
@@ -141,7 +141,6 @@ class _Machine:
         self.crashed = False
         self.factor = factor
         self.ref = _Ref(name)
-        self.beat = Heartbeat(name)  # events are immutable: one per machine will do
         self.token = 0  # bumped whenever the head changes: stale completions are dropped
 
 
@@ -161,7 +160,11 @@ class SimulatedExecutor:
     before every batch of events (tests pass ``policy.validate``); ``kill_after(launch,
     hint)``: seconds into the attempt at which its worker is killed (``None``: not), as the
     ``kill`` fault does on real workers (``hint``: the median map seconds so far). Cost:
-    O(log events pending) per attempt and per event, O(workers) per heartbeat round.
+    O(log events pending) per attempt and per event, O(workers) at C speed per heartbeat
+    round: a round reaches the policy as one
+    :class:`~mergeagg.runtime.port.Heartbeats` event, counted in ``events_out`` as the one
+    message per machine it stands for. :meth:`progress` needs ``where`` (attempt ->
+    machine), which :func:`simulate` keeps only for a rule that reads progress.
     """
 
     mode = "simulated"
@@ -188,10 +191,16 @@ class SimulatedExecutor:
         self._hint = 0.0
         self.machines = {}
         self.alive = {}  # name -> machine, in join order
-        self.where = {}  # attempt id -> machine running or queueing it
+        # attempt id -> machine running or queueing it, for progress(); None: not kept
+        # (simulate() keeps it only for a rule that reads progress, such as LATE)
+        self.where = {}
         self.task_seconds = 0.0
         self.useful_seconds = 0.0
-        self.events_out = 0
+        self.events_out = 0  # messages delivered to the policy (see _deliver)
+        self._beats = 0  # heartbeats gathered in rounds beyond one event per round
+        self.up = {}  # name -> machine alive and not crashed, in join order
+        # What is due when: a heap of (time, sequence, code, machine or argument, token);
+        # the sequence keeps simultaneous events in the order they were scheduled.
         self._heap = []
         self._seq = itertools.count()
         self._names = itertools.count(1)
@@ -233,23 +242,26 @@ class SimulatedExecutor:
         m = _Machine(name, self.machine_factor.get(name, 1.0) if factor is None else factor)
         self.machines[name] = m
         self.alive[name] = m
+        self.up[name] = m
         return m
 
-    def _at(self, when, code, arg):
-        heapq.heappush(self._heap, (when, next(self._seq), code, arg))
+    def _at(self, when, code, arg, token=None):
+        heapq.heappush(self._heap, (when, next(self._seq), code, arg, token))
 
     # -- the port --------------------------------------------------------------------------
 
     def apply(self, actions, job, hint=0.0):
         now = self.clock.t
         self._hint = hint
+        alive, where = self.alive, self.where
         for a in actions:
             kind = type(a)
             if kind is Launch:
-                m = self.alive.get(a.worker)
+                m = alive.get(a.worker)
                 if m is None:
                     continue  # it died meanwhile: the policy hears of it
-                self.where[a.attempt] = m
+                if where is not None:
+                    where[a.attempt] = m
                 if m.head is None and not m.crashed:
                     self._begin(m, a, now)
                 else:
@@ -267,9 +279,7 @@ class SimulatedExecutor:
         if self.check is not None:
             self.check()
         if self._outbox:
-            out, self._outbox = self._outbox, []
-            self.events_out += len(out)
-            return out
+            return self._deliver()
         now = self.clock.t
         if now > self.max_seconds:
             raise SimulationTooLong(f"the simulated job ran past max_seconds="
@@ -284,39 +294,62 @@ class SimulatedExecutor:
             self.clock.advance_to(deadline)
             return []
         when = heap[0][0]
-        self.clock.advance_to(when)
+        if when > now:
+            self.clock.t = when  # (the clock's advance_to, without the call)
+        # What comes due at ``when`` while this runs (a zero-second attempt) comes after.
+        pop = heapq.heappop
         while heap and heap[0][0] <= when:
-            _t, _s, code, arg = heapq.heappop(heap)
+            _t, _s, code, arg, token = pop(heap)
             if code == _DONE:
-                m, token = arg
-                if m.token == token and m.alive and not m.crashed:
-                    self._complete(m, when)
-            elif code == _BEAT:
-                self._outbox.extend([m.beat for m in self.alive.values() if not m.crashed])
-                self._at(when + self.heartbeat_interval, _BEAT, None)
-            elif code == _CRASH:
-                live = [m for m in self.alive.values() if not m.crashed]
-                if live:
-                    self._crash(self.rng.choice(live), when)
-            elif code == _KILL:
-                live = [m for m in self.alive.values() if not m.crashed]
-                if live:
-                    self._remove(self.rng.choice(live), when, "worker process killed",
-                                 announce=True)
-            elif code == _KILLW:
-                m, token = arg
-                if m.token == token and m.alive and not m.crashed:
-                    self._remove(m, when, "worker process killed", announce=True)
-            elif code == _JOIN:
-                self._joins_pending -= 1
-                self._outbox.append(Joined(self._spawn(arg).name))
+                if arg.token == token and arg.alive and not arg.crashed:
+                    self._complete(arg, when)
+            else:
+                self._other(code, arg, token, when)
         out, self._outbox = self._outbox, []
-        self.events_out += len(out)
+        self.events_out += len(out) + self._beats
+        self._beats = 0
+        return out
+
+    def _other(self, code, arg, token, when):
+        """Carry out what is due at ``when`` besides a completion."""
+        if code == _BEAT:
+            # One heartbeat per live machine, handed over as one round (counted as
+            # that many events: each is a message a real worker would send).
+            beating = tuple(self.up)
+            if beating:
+                self._outbox.append(Heartbeats(beating))
+                self._beats += len(beating) - 1
+            self._at(when + self.heartbeat_interval, _BEAT, None)
+        elif code == _CRASH:
+            live = list(self.up.values())
+            if live:
+                self._crash(self.rng.choice(live), when)
+        elif code == _KILL:
+            live = list(self.up.values())
+            if live:
+                self._remove(self.rng.choice(live), when, "worker process killed",
+                             announce=True)
+        elif code == _KILLW:
+            if arg.token == token and arg.alive and not arg.crashed:
+                self._remove(arg, when, "worker process killed", announce=True)
+        elif code == _JOIN:
+            self._joins_pending -= 1
+            self._outbox.append(Joined(self._spawn(arg).name))
+
+    def _deliver(self):
+        """The events gathered, counted as the messages they are (a round of heartbeats
+        is one per machine; ``events`` does the same inline)."""
+        out, self._outbox = self._outbox, []
+        self.events_out += len(out) + self._beats
+        self._beats = 0
         return out
 
     def progress(self, attempt, now):
         """The share of ``attempt`` done at ``now`` (0 while it waits to start): what
         :class:`~mergeagg.runtime.speculation.Late` reads."""
+        if self.where is None:
+            raise RuntimeError("this simulated executor does not keep its attempts' "
+                               "progress (where is None)")
         m = self.where.get(attempt)
         if m is None or m.head is None or m.head.attempt != attempt or m.end <= m.start:
             return 0.0
@@ -326,14 +359,14 @@ class SimulatedExecutor:
 
     def _begin(self, m, launch, now):
         m.head = launch
-        m.token += 1
+        token = m.token = m.token + 1
         m.start = now
-        m.end = now + self.seconds(launch) * m.factor
-        self._at(m.end, _DONE, (m, m.token))
+        end = m.end = now + self.seconds(launch) * m.factor
+        heapq.heappush(self._heap, (end, next(self._seq), _DONE, m, token))
         if self.kill_after is not None:
             after = self.kill_after(launch, self._hint)
-            if after is not None and now + after < m.end:
-                self._at(now + after, _KILLW, (m, m.token))
+            if after is not None and now + after < end:
+                self._at(now + after, _KILLW, m, token)
 
     def _span(self, m, now, outcome):
         launch = m.head
@@ -352,15 +385,26 @@ class SimulatedExecutor:
 
     def _complete(self, m, now):
         launch = m.head
-        self._span(m, now, "finished")
-        self.where.pop(launch.attempt, None)
-        self._outbox.append(Finished(launch.attempt, m.ref, launch.task,
-                                     {"seconds": now - m.start}, m.name))
-        self._next(m, now)
+        aid = launch.attempt
+        ran = now - m.start
+        self.task_seconds += ran
+        self.useful_seconds += ran
+        if self.timeline is not None:
+            self.timeline.append(Span(m.name, str(aid), launch.kind, m.start, now, "finished",
+                                      launch.backup))
+        if self.where is not None:
+            self.where.pop(aid, None)
+        self._outbox.append(Finished(aid, m.ref, aid.task, {"seconds": ran}, m.name))
+        m.head = None
+        m.token += 1
+        if m.queue:
+            self._begin(m, m.queue.pop(0), now)
 
     def _cancel(self, attempt, worker, now):
-        m = self.where.pop(attempt, None)
-        if m is None or m.name != worker or not m.alive:
+        if self.where is not None:
+            self.where.pop(attempt, None)
+        m = self.alive.get(worker)  # (names are never reused)
+        if m is None:
             return
         if m.head is not None and m.head.attempt == attempt:
             if m.crashed:
@@ -380,6 +424,7 @@ class SimulatedExecutor:
         """The machine stops: no completion, no heartbeat; the policy's detector will
         declare it lost and tell us to kill it."""
         m.crashed = True
+        del self.up[m.name]
         if m.head is not None:
             self._span(m, now, "lost")
             m.head = None
@@ -388,14 +433,16 @@ class SimulatedExecutor:
     def _remove(self, m, now, cause, announce):
         if m.head is not None:
             self._span(m, now, "lost")
-        for launch in [m.head, *m.queue]:
-            if launch is not None:
-                self.where.pop(launch.attempt, None)
+        if self.where is not None:
+            for launch in [m.head, *m.queue]:
+                if launch is not None:
+                    self.where.pop(launch.attempt, None)
         m.head = None
         m.queue = []
         m.token += 1
         m.alive = False
         del self.alive[m.name]
+        self.up.pop(m.name, None)
         if announce:
             self._outbox.append(Lost(m.name, cause))
         if not m.crashed and self.restart_seconds is not None:
@@ -596,6 +643,8 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
         speculation = spec_mod.Threshold(0.75, backup_factor)
     elif isinstance(speculation, str):
         speculation = spec_mod.by_name(speculation, progress=ex.progress)
+    if not getattr(speculation, "needs_progress", False):
+        ex.where = None  # nothing reads the attempts' progress: no need to keep where
     config = PolicyConfig(backups=speculation is not None,
                           speculation=speculation, heartbeat_timeout=heartbeat_timeout,
                           prefetch=prefetch, max_attempts=max_attempts, max_lost=max_lost,
@@ -615,7 +664,8 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
         _fetched, phases = drive(policy, ex, None, lambda p, e: None, progress=False,
                                  clock=ex.clock)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rep = report(policy, workers, 0, phases, mode="simulated")
+    with _static_heap():  # a row per task, no cycles either: 5x faster without collections
+        rep = report(policy, workers, 0, phases, mode="simulated")
     retries = sum(t.launched for t in policy.tasks.values()) - len(policy.tasks) \
         - policy.backups_launched
     return Simulation(seconds=ex.clock(), report=rep, timeline=ex.timeline or [],
@@ -626,17 +676,21 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
 
 @contextlib.contextmanager
 def _static_heap():
-    """Keep the collector off what exists when the simulation starts (the task table,
-    every TaskDef, the machines: millions of objects at 100,000 tasks) for its duration.
-    The loop allocates an attempt, a launch and an event or two per step, so collections
-    come often, and each full one traversed that whole heap: about 30% of the run's CPU at
-    10,000 workers x 100,000 maps. Objects made during the run are still collected, in
-    rounds of 50,000 allocations rather than 700."""
-    thresholds = gc.get_threshold()
+    """Keep the cyclic collector out of the simulation loop. The loop allocates an
+    attempt, a launch and an event or two per step, none of them in a reference cycle
+    (refcounting frees them all; tests/runtime/test_simulate.py checks that a simulation
+    leaves no cyclic garbage), so a collection only traverses live objects: with the
+    task table frozen (``gc.freeze``: millions of objects at 100,000 tasks) and young
+    collections every 50,000 allocations, they still took about 7% of the run's CPU at
+    10,000 workers x 100,000 maps, each traversing the tens of thousands of attempts,
+    launches and results made since the last. The collector is back on, and the heap
+    unfrozen, when the simulation ends or fails."""
+    enabled = gc.isenabled()
     gc.freeze()
-    gc.set_threshold(max(thresholds[0], 50_000), *thresholds[1:])
+    gc.disable()
     try:
         yield
     finally:
-        gc.set_threshold(*thresholds)
+        if enabled:
+            gc.enable()
         gc.unfreeze()

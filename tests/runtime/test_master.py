@@ -635,6 +635,48 @@ def test_failure_detector_in_any_heartbeat_order_matches_a_full_scan(beats, now,
     assert d.failed(now, timeout) == sorted(w for w, t in last.items() if now - t > timeout)
 
 
+_STEP = st.one_of(
+    st.tuples(st.just("beat"), st.sampled_from("abcdef"), st.integers(0, 50)),
+    st.tuples(st.just("round"), st.lists(st.sampled_from("abcdef"), unique=True),
+              st.integers(0, 50)),
+    st.tuples(st.just("forget"), st.sampled_from("abcdef"), st.just(0)))
+
+
+@given(st.lists(_STEP, max_size=30), st.integers(0, 60), st.integers(0, 20))
+def test_a_round_of_heartbeats_is_one_heartbeat_per_worker(steps, now, timeout):
+    """``heartbeats`` (a round, as the simulator delivers them) leaves the detector as a
+    heartbeat per worker does, in time order or not, with workers outside ``only`` left
+    out; and the policy records a ``Heartbeats`` event for each of its workers."""
+    only = set("abcde")  # "f" is not a worker: its beats are ignored
+    rounds, single = FailureDetector(), FailureDetector()
+    for op, who, t in steps:
+        if op == "beat" and who in only:
+            rounds.heartbeat(who, t)
+            single.heartbeat(who, t)
+        elif op == "round":
+            rounds.heartbeats(who, t, only=only)
+            for w in who:
+                if w in only:
+                    single.heartbeat(w, t)
+        elif op == "forget":
+            rounds.forget(who)
+            single.forget(who)
+        assert rounds.last == single.last  # the same times (as dicts: order aside)
+        assert rounds.failed(now, timeout) == single.failed(now, timeout)
+
+
+def test_the_policy_takes_a_round_of_heartbeats_for_its_workers_only():
+    from mergeagg.runtime.port import Heartbeats
+
+    p = Policy([TaskDef("map-0", "map", split=0)], PolicyConfig(heartbeat_timeout=5.0))
+    for w in ("w1", "w2"):
+        p.worker_joined(w, 0.0)
+    p.handle(Heartbeats(("w2", "w9")), 4.0)  # w9 is no worker of this policy
+    assert p.detector.last == {"w1": 0.0, "w2": 4.0}
+    p.tick(6.0)  # w1 silent for 6 s > 5: lost; w2 heard at 4
+    assert p.workers_lost == 1 and list(p.workers) == ["w2"]
+
+
 def test_workers_are_picked_least_loaded_then_earliest_joined():
     p = Policy([TaskDef(f"map-{i}", "map", split=i, index=i) for i in range(5)],
                PolicyConfig(prefetch=2, stealing=False))
