@@ -24,6 +24,7 @@ are modelled. Nothing sleeps; the same seed gives the same run.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import heapq
 import itertools
@@ -643,6 +644,11 @@ def simulate(workers=100, maps=100, reduces=0, *, duration=10.0, reduce_duration
         speculation = spec_mod.Threshold(0.75, backup_factor)
     elif isinstance(speculation, str):
         speculation = spec_mod.by_name(speculation, progress=ex.progress)
+    elif isinstance(speculation, spec_mod.Late) and speculation.progress is None:
+        # A rule built by the caller reads progress from the policy, which the simulated
+        # machines do not report event by event: a copy reads the simulator's directly.
+        speculation = copy.copy(speculation)
+        speculation.progress = ex.progress
     if not getattr(speculation, "needs_progress", False):
         ex.where = None  # nothing reads the attempts' progress: no need to keep where
     config = PolicyConfig(backups=speculation is not None,

@@ -324,3 +324,16 @@ def test_one_late_rule_given_to_job_after_job_starts_afresh_each_time():
     # time would wait past it before backing anything up.
     assert job(late) == first == job(Late())
     assert first[0] > 0
+
+
+def test_a_late_rule_built_by_the_caller_reads_the_simulator_s_progress():
+    from mergeagg.runtime.simulate import simulate
+
+    knobs = dict(workers=20, maps=60, duration=10.0, slow_attempts=0.1, slow_factor=6.0,
+                 seed=3, timeline=False)
+    mine = Late()
+    by_instance = simulate(speculation=mine, **knobs)
+    by_name = simulate(speculation="late", **knobs)
+    assert by_instance.backups_launched == by_name.backups_launched > 0
+    assert by_instance.seconds == by_name.seconds
+    assert mine.progress is None  # the caller's rule is left as it was
