@@ -45,3 +45,33 @@ def dask_client(dask_cluster):
         cluster.scale(2)
         client.wait_for_workers(2, timeout=60)
     return client
+
+
+@pytest.fixture
+def progress_of():
+    """``progress_of(executor, aggregator, paths, faults=None)`` drives a fold job over
+    ``paths`` (fan-in 2, no backups) on ``executor`` and returns ``(value, reports)``: the
+    Progress events the executor delivered, by task, in order."""
+
+    def run(executor, aggregator, paths, faults=None):
+        from mergeagg.inputs import files
+        from mergeagg.runtime.driver import drive, fetch_root
+        from mergeagg.runtime.master import Policy, PolicyConfig, fold_tasks
+        from mergeagg.runtime.port import Progress
+
+        reports = {}
+        events = executor.events
+
+        def recording(timeout):
+            out = events(timeout)
+            for e in out:
+                if isinstance(e, Progress):
+                    reports.setdefault(e.attempt.task, []).append(e)
+            return out
+
+        executor.events = recording
+        policy = Policy(fold_tasks(files(paths).splits(), 2), PolicyConfig(backups=False))
+        value, _ = drive(policy, executor, aggregator, fetch_root, faults=faults)
+        return value, reports
+
+    return run

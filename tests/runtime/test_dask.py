@@ -197,34 +197,20 @@ def line_files(tmp_path):
     return paths
 
 
-def test_a_dask_worker_reports_a_running_map_attempt_s_progress(dask_client, line_files):
-    from mergeagg.inputs import files
+def test_a_dask_worker_reports_a_running_map_attempt_s_progress(dask_client, line_files,
+                                                                 progress_of):
     from mergeagg.runtime.dask import DaskExecutor
-    from mergeagg.runtime.driver import drive, fetch_root
-    from mergeagg.runtime.master import Policy, fold_tasks
-    from mergeagg.runtime.port import Progress
 
-    seen = []
-
-    class Recording(DaskExecutor):
-        def events(self, timeout):
-            out = super().events(timeout)
-            seen.extend(e for e in out if isinstance(e, Progress))
-            return out
-
-    agg = ma.Aggregator(line_by_line, lambda a, b: a + b)
-    splits = files(line_files[:2]).splits()
-    policy = Policy(fold_tasks(splits, 2), PolicyConfig(backups=False))
-    total, _ = drive(policy, Recording(dask_client), agg, fetch_root)
+    ex = DaskExecutor(dask_client)
+    total, by_task = progress_of(ex, ma.Aggregator(line_by_line, lambda a, b: a + b),
+                                 line_files[:2])
     assert total == sum(os.path.getsize(p) - 150 for p in line_files[:2])
-    by_task = {}
-    for ev in seen:
-        by_task.setdefault(ev.attempt.task, []).append(ev.fraction)
     # 150 records over about 0.3 s each: a report part-way through, then rising.
     assert set(by_task) == {"map-0", "map-1"}
-    for fractions in by_task.values():
+    for reports in by_task.values():
+        fractions = [ev.fraction for ev in reports]
         assert fractions == sorted(fractions) and 0.1 < fractions[0] < 0.95
-    assert all(ev.worker in policy.workers for ev in seen)  # a slot the policy knows
+        assert all(ev.worker in ex.slots() for ev in reports)  # a slot the policy knows
 
 
 def test_late_backs_up_on_dask_the_slow_attempt_it_finds_by_its_progress(dask_client,

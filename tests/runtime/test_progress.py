@@ -129,29 +129,15 @@ def text_files(tmp_path):
     return paths
 
 
-def test_a_long_map_attempt_on_a_worker_process_reports_its_progress(text_files):
-    from mergeagg.runtime.driver import drive, fetch_root
+def test_a_long_map_attempt_on_a_worker_process_reports_its_progress(text_files,
+                                                                     progress_of):
     from mergeagg.runtime.local import LocalExecutor
-    from mergeagg.runtime.master import Policy, PolicyConfig, fold_tasks
 
-    seen = []
-
-    class Recording(LocalExecutor):
-        def events(self, timeout):
-            out = super().events(timeout)
-            seen.extend(e for e in out if isinstance(e, Progress))
-            return out
-
-    agg = ma.Aggregator(slow_length, operator.add)
-    splits = files(text_files[:2]).splits()
-    policy = Policy(fold_tasks(splits, 2), PolicyConfig(backups=False))
     plan = FaultPlan(only={"map-1": {1: Fault("delay", factor=4.0)}})
-    total, _ = drive(policy, Recording(2, heartbeat_interval=0.05), agg, fetch_root,
-                     faults=plan)
+    total, by_task = progress_of(LocalExecutor(2, heartbeat_interval=0.05),
+                                 ma.Aggregator(slow_length, operator.add), text_files[:2],
+                                 faults=plan)
     assert total == sum(os.path.getsize(p) for p in text_files[:2])
-    by_task = {}
-    for ev in seen:
-        by_task.setdefault(ev.attempt.task, []).append(ev)
     # The normal attempt read its split at once and says so; the delayed one (four times
     # slower) reports a quarter, then more and more through its delay.
     assert {ev.fraction for ev in by_task["map-0"]} == {1.0}
@@ -169,24 +155,13 @@ def line_by_line(shard):
     return n
 
 
-def test_an_attempt_that_iterates_its_records_reports_how_many_it_has_passed(text_files):
-    from mergeagg.runtime.driver import drive, fetch_root
+def test_an_attempt_that_iterates_its_records_reports_how_many_it_has_passed(text_files,
+                                                                            progress_of):
     from mergeagg.runtime.local import LocalExecutor
-    from mergeagg.runtime.master import Policy, PolicyConfig, fold_tasks
 
-    seen = []
-
-    class Recording(LocalExecutor):
-        def events(self, timeout):
-            out = super().events(timeout)
-            seen.extend(e for e in out if isinstance(e, Progress))
-            return out
-
-    agg = ma.Aggregator(line_by_line, operator.add)
-    splits = files(text_files[:1]).splits()
-    policy = Policy(fold_tasks(splits, 2), PolicyConfig(backups=False))
-    drive(policy, Recording(1, heartbeat_interval=0.05), agg, fetch_root)
-    fractions = [ev.fraction for ev in seen]
+    _total, by_task = progress_of(LocalExecutor(1, heartbeat_interval=0.05),
+                                  ma.Aggregator(line_by_line, operator.add), text_files[:1])
+    fractions = [ev.fraction for ev in by_task.get("map-0", [])]
     # 200 records over about 0.4 s, sampled every 0.2 s from 0.2 s on: part-way, rising.
     assert fractions and fractions == sorted(fractions)
     assert 0.1 < fractions[0] < 0.95
