@@ -947,12 +947,15 @@ def _corrupted(plan):
 
 def _require_struck(plan, report, where):
     """A plan given by hand that kills or raises at a task's first attempt must show in
-    the report, else the run proved nothing (a task id that the job does not have)."""
+    the report, else the run proved nothing (a task id that the job does not have). A
+    task whose first attempt lost a race to its backup before the fault struck (it ran
+    twice, no failure) is no such mistake: real processes on a loaded machine do that."""
     if plan is None:
         return
     sure = {task for task, by in plan.only.items()
             if any(n == 1 and f.kind in ("kill", "raise") for n, f in by.items())}
-    missed = sorted(sure - {f.task for f in report.failures})
+    raced = {t.task for t in report.tasks if t.attempts > 1}
+    missed = sorted(sure - {f.task for f in report.failures} - raced)
     if missed:
         raise LawViolation(
             f"{where} no failure was seen at {', '.join(missed)}: the fault never struck, so "

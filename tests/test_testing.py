@@ -373,3 +373,21 @@ def test_explicit_layouts_and_trees_run_without_a_search():
     assert_partition_independent(spy, None, layouts=[[[1], [2, 3]]],
                                  trees=[TreeShape("right")])
     assert seen == [[1], [2, 3], [1, 2, 3]]
+
+
+def test_a_hand_made_plan_must_strike_unless_its_task_lost_a_race_to_its_backup():
+    from mergeagg.laws import LawViolation
+    from mergeagg.runtime.faults import Fault, FaultPlan
+    from mergeagg.runtime.report import FailureRecord, Report, TaskRecord
+    from mergeagg.testing import _require_struck
+
+    plan = FaultPlan(only={"map-3": {1: Fault("kill")}})
+    struck = Report(tasks=[TaskRecord("map-3", "map", "s3", attempts=2)],
+                    failures=[FailureRecord("map-3", 1, "w1", "worker lost")])
+    raced = Report(tasks=[TaskRecord("map-3", "map", "s3", attempts=2)])
+    _require_struck(plan, struck, "here")
+    _require_struck(plan, raced, "here")  # its backup won before the kill came
+    for missed in (Report(tasks=[TaskRecord("map-3", "map", "s3", attempts=1)]),
+                   Report(tasks=[TaskRecord("map-0", "map", "s0", attempts=2)])):
+        with pytest.raises(LawViolation, match="no failure was seen at map-3"):
+            _require_struck(plan, missed, "here")

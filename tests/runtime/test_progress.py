@@ -92,17 +92,17 @@ def test_the_reporter_reports_a_running_attempt_at_most_every_period_when_it_mov
     records = Fixed()
     m.reading(records)
     t = m.started
+    p = PROGRESS_EVERY * 1.01  # a period and a little: (t + x) - t need not be x exactly
     assert r.due(m, t + PROGRESS_EVERY / 2) is None  # too young
     records.bytes_read = 3
-    assert r.due(m, t + PROGRESS_EVERY) == (0.3, 3)
+    assert r.due(m, t + p) == (0.3, 3)
     records.bytes_read = 5
-    assert r.due(m, t + PROGRESS_EVERY * 1.5) is None  # too soon after the last
-    assert r.due(m, t + PROGRESS_EVERY * 2) == (0.5, 5)
-    assert r.due(m, t + PROGRESS_EVERY * 4) is None  # it has not moved
+    assert r.due(m, t + p * 1.5) is None  # too soon after the last
+    assert r.due(m, t + p * 2.1) == (0.5, 5)
+    assert r.due(m, t + p * 4) is None  # it has not moved
     other = Meter(AttemptId("map-1", 1), 10)
     r.keep((other,))
-    records.bytes_read = 5
-    assert r.due(m, t + PROGRESS_EVERY * 5) == (0.5, 5)  # forgotten: reported again
+    assert r.due(m, t + p * 5) == (0.5, 5)  # forgotten: reported again
 
 
 def test_progress_crosses_a_pipe_as_plain_data():
