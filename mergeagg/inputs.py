@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_SPLIT_SIZE",
     "TextShard",
     "RecordList",
+    "line_pieces",
     "concat",
     "read_split",
     "infer_format",
@@ -683,26 +684,17 @@ class TextShard:
         return it
 
     def pieces(self, size=4096):
-        """The split's text (as :meth:`text`) in pieces of whole lines, each the first line
-        end at or after ``size`` characters (the last may be shorter): for a partial that
-        tokenises, a piece's words are handled while they are still in the CPU cache, and
-        :meth:`consumed` can say how far it is. Cost: O(characters), one slice a piece.
+        """The split's text (as :meth:`text`) as :func:`line_pieces`, and :meth:`consumed`
+        says how far they have got. Cost: O(characters), one slice a piece.
 
-        >>> shard = TextShard.__new__(TextShard); shard._text = "ab\\ncd\\nef"
-        >>> list(shard.pieces(1))
-        ['ab\\n', 'cd\\n', 'ef']
+        >>> shard = TextShard.__new__(TextShard); shard._text, shard._it = "ab\\ncd\\nef", None
+        >>> list(shard.pieces(1)), shard.consumed()
+        (['ab\\n', 'cd\\n', 'ef'], 1.0)
         """
-        text = self.text()
-        find = text.find
-        n = len(text)
-        pos = 0
         self._at = 0
-        while pos < n:
-            end = find("\n", pos + size)
-            end = n if end < 0 else end + 1
-            self._at = end
-            yield text[pos:end]
-            pos = end
+        for piece in line_pieces(self.text(), size):
+            self._at += len(piece)
+            yield piece
 
     def consumed(self):
         """The share of the records the last iteration has handed out (or of the text
@@ -736,6 +728,25 @@ class TextShard:
         if self._records is None:
             iter(self)
         return self._records.columns
+
+
+def line_pieces(text, size=4096):
+    """``text`` in pieces of whole lines, each ending at the first line end at or after
+    ``size`` characters (the last may be shorter; line ends kept): for a partial that
+    tokenises, a piece's words are handled while they are still in the CPU cache. Cost:
+    O(characters), one slice a piece.
+
+    >>> list(line_pieces("ab\\ncd\\nef", 1))
+    ['ab\\n', 'cd\\n', 'ef']
+    """
+    find = text.find
+    n = len(text)
+    pos = 0
+    while pos < n:
+        end = find("\n", pos + size)
+        end = n if end < 0 else end + 1
+        yield text[pos:end]
+        pos = end
 
 
 class RecordList(list):

@@ -233,23 +233,18 @@ class Steps:
 
 
 def _meter(launch, fault, host):
-    """A :class:`Meter` for a map attempt, or a fold's combine, on a host that tracks
-    progress (else ``None``)."""
+    """A :class:`Meter` for a map attempt, or a fold's combine (whose steps ``_fold``
+    counts), on a host that tracks progress (else ``None``)."""
     track = getattr(host, "track", None)
     if track is None or launch.kind not in ("map", "combine") \
             or isinstance(launch.split, ResidentPartition):
         return None
-    if launch.kind == "combine":
-        meter = Meter(launch.attempt, 0, fault.factor if fault is not None
-                      and fault.kind == "delay" else 1.0)
-        track(meter)  # its steps are counted as the combine runs (_fold)
-        return meter
     split = launch.split
     total = 0
     if getattr(split, "kind", None) in _BYTE_SPLITS:
         total = max(0, split.end - split.start)
     slow = fault.factor if fault is not None and fault.kind == "delay" else 1.0
-    if not total and slow == 1.0:
+    if launch.kind == "map" and not total and slow == 1.0:
         return None  # nothing to say until it is over (an in-memory split): no meter
     meter = Meter(launch.attempt, total, slow)
     track(meter)

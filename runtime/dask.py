@@ -19,8 +19,8 @@ actions on a Dask cluster:
   topic, tagged with the job's token; the client subscribes once and routes them to their
   job): only the fingerprint and the stats cross to the client, never the output. One
   topic for every job keeps the scheduler's event log bounded (Dask never forgets a
-  topic). Future callbacks report what Dask itself failed at. A running map attempt's
-  progress (the share of its input consumed, for
+  topic). Future callbacks report what Dask itself failed at. A running map or combine
+  attempt's progress (the share of its input consumed, for
   :class:`~mergeagg.runtime.speculation.Late`) goes out the same way, from a sampler
   thread in each worker process, at most every 0.2 s per attempt.
 * **Workers**: the scheduler's list of workers (``client.scheduler_info()``, polled every
@@ -266,7 +266,7 @@ def _sleep_unless_cancelled(seconds, key):
         time.sleep(min(left, 0.02))
 
 
-# The map attempts running in this Dask worker process, by Dask key: (meter, worker, job
+# The map and combine attempts running in this Dask worker process, by Dask key: (meter, worker, job
 # token), for the progress sampler; it starts with the first one.
 _tracked = {}
 _tracked_lock = threading.Lock()
@@ -288,7 +288,7 @@ def _track(key, entry):
 
 def _sample_progress():
     """This worker process's progress sampler: every ``PROGRESS_EVERY`` seconds at most,
-    each running map attempt's progress (the rule is
+    each running attempt's progress (the rule is
     :class:`~mergeagg.runtime.attempt.Reporter`'s) goes out as an event on the job's topic,
     beside its completion (``Worker.log_event`` is safe from any thread: it hands the
     message to the worker's event loop). Attempts pay nothing per record."""
@@ -311,7 +311,7 @@ class DaskHost(ProcessFaults):
     """The attempt runner's host on a Dask worker: an output is returned to Dask as its
     pickled bytes (Dask keeps it in the worker's memory and moves it when a combine runs
     elsewhere); a keyed map's spill files stay in the worker's local directory; a ``delay``
-    fault stops sleeping when Dask drops the attempt (a backup's loser); a map attempt's
+    fault stops sleeping when Dask drops the attempt (a backup's loser); an attempt's
     progress is sampled by this process's progress thread."""
 
     def __init__(self, token, key, resident=None):
@@ -882,24 +882,21 @@ class DaskExecutor:
         Asked after ``stuck_after`` quiet seconds: one scheduler round trip, so a job
         whose attempts are merely long pays nearly nothing. Found on the Debian doc tree
         under kill faults: a combine waited for ever on such an input."""
-        keys = {f"mergeagg-{self.token}-{aid}": aid for aid in self.futures
-                if aid not in self.reported}
-        if not keys:
+        waiting = [self._key(aid) for aid in self.futures if aid not in self.reported]
+        if not waiting:
             return []
         try:
-            stuck = self.client.run_on_scheduler(_stuck_tasks, list(keys))
+            stuck = self.client.run_on_scheduler(_stuck_tasks, waiting)
         except Exception:  # the scheduler is unreachable: membership will say so
             return []
+        by_key = {self._key(aid): launch for aid, launch in self._launched.items()}
         out = []
-        prefix = f"mergeagg-{self.token}-"
         for key, blocked in stuck.items():
-            aid = keys[key]
-            launch = self._launched.get(aid)
+            launch = by_key.get(key)
             if launch is None:
                 continue
-            lost = tuple(sorted({self._launched[b[len(prefix):]].attempt.task
-                                 for b in blocked if b.startswith(prefix)
-                                 and b[len(prefix):] in self._launched}))
+            aid = str(launch.attempt)
+            lost = tuple(sorted({by_key[b].attempt.task for b in blocked if b in by_key}))
             self.reported.add(aid)
             self._forget(aid)
             what = f"its inputs of {', '.join(lost)}" if lost else "it"
@@ -984,10 +981,14 @@ class DaskExecutor:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _key(self, aid):
+        """The Dask key of attempt ``aid`` (its text) of the current job."""
+        return f"mergeagg-{self.token}-{aid}"
+
     def _submit(self, a, hint):
         address = slot_address(a.worker)
         aid = str(a.attempt)
-        key = f"mergeagg-{self.token}-{aid}"
+        key = self._key(aid)
         expected = tuple(r.fingerprint for r in a.inputs)
         inputs = [r.future for r in a.inputs]
         if isinstance(a.split, DaskPartition):

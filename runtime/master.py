@@ -1204,14 +1204,6 @@ class Policy:
                 continue
             d = task.d
             prefer = d.prefer
-            if prefer is None and d.kind != "combine":  # the usual task: any worker
-                worker = self._pick(None, cap)
-                if worker is None:
-                    break
-                ready.popleft()
-                task.waiting_since = None
-                self._launch(task, worker, now)
-                continue
             worker = None
             if prefer is not None and prefer in workers:
                 if len(workers[prefer]) < cap:
